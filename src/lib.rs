@@ -1,0 +1,31 @@
+//! walrelay: receives PostgreSQL WAL over streaming replication, stores it as real WAL
+//! segments, archives it to object storage and re-serves it to standbys.
+//!
+//! Data flows one way: primary → [`upstream`] → [`store`] → ([`archive`], [`server`]).
+//!
+//! | module | owns | must not |
+//! |---|---|---|
+//! | [`lsn`] | `Lsn`, timelines, segment names | do IO |
+//! | [`protocol`] | wire codec for both directions, replication messages, command grammar | do IO |
+//! | [`wal`] | WAL page headers, records, history files | do IO |
+//! | [`upstream`] | the replication client: conninfo, TLS, auth, commands, streaming loop | write files |
+//! | [`store`] | segment files, `.partial`, fsync, durable rename, control file | touch sockets |
+//! | [`archive`] | uploads to object storage, `archived_lsn` | change local segments |
+//! | [`server`] | the walsender: listener, auth, sessions | write WAL |
+//! | [`metrics`] | metric names and the Prometheus endpoint | hold business logic |
+//! | [`config`] | TOML config and defaults | hold business logic |
+//!
+//! See `docs/architecture.md` for the data flow as built.
+
+pub mod archive;
+pub mod config;
+pub mod error;
+pub mod lsn;
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+pub mod store;
+pub mod upstream;
+pub mod wal;
+
+pub use lsn::{Lsn, TimelineId};
