@@ -1,1 +1,254 @@
-//! TODO
+//! The TOML configuration of `walrelay run`, with documented defaults.
+//!
+//! Owns: parsing and validating the file (unknown keys are rejected), human durations
+//! (`500ms`, `10s`, `8h`, `1h30m`, `2d`) and sizes (`64MB`), and the defaults that let
+//! walrelay run with no file at all. Command-line flags override the file
+//! (`main.rs` applies them). Must not: hold business logic.
+//!
+//! Every key, with its default, is listed in `docs/configuration.md`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where WAL segments, history files and the control file live.
+    pub data_dir: PathBuf,
+    pub upstream: UpstreamConfig,
+    pub server: ServerConfig,
+    pub archive: ArchiveConfig,
+    pub metrics: MetricsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./walrelay-data"),
+            upstream: UpstreamConfig::default(),
+            server: ServerConfig::default(),
+            archive: ArchiveConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// libpq connection string or URI of the primary (several hosts allowed).
+    pub conninfo: Option<String>,
+    /// Physical replication slot on the primary.
+    pub slot: Option<String>,
+    /// Create the slot (RESERVE_WAL) if it does not exist.
+    pub create_slot: bool,
+    /// fsync and report after every received batch (for `synchronous_standby_names`).
+    pub synchronous: bool,
+    /// Interval between status updates to the primary.
+    #[serde(deserialize_with = "de_duration")]
+    pub status_interval: Duration,
+    /// First delay before reconnecting; doubles up to `reconnect_max`.
+    #[serde(deserialize_with = "de_duration")]
+    pub reconnect_min: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub reconnect_max: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            conninfo: None,
+            slot: Some("walrelay".into()),
+            create_slot: true,
+            synchronous: false,
+            status_interval: Duration::from_secs(10),
+            reconnect_min: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the walsender listens on, e.g. `127.0.0.1:5433`. No listener when unset.
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Object store URL (`file:///path`, `s3://bucket/prefix`, `az://…`, `gs://…`).
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus endpoint (`/metrics`), e.g. `127.0.0.1:9187`.
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not read configuration file \"{path}\": {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration file \"{path}\": {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.into(),
+            message,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// Parses `500ms`, `10s`, `5min`/`5m`, `8h`, `2d`, combinations like `1h30m`, or a bare
+/// number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("invalid duration \"{s}\": expected a number"));
+        }
+        let num: f64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("invalid duration \"{s}\""))?;
+        rest = rest[digits..].trim_start();
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c.is_whitespace())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = rest[unit_len..].trim_start();
+        let mult = match unit {
+            "ms" => 0.001,
+            "s" | "sec" | "secs" => 1.0,
+            "m" | "min" | "mins" => 60.0,
+            "h" | "hour" | "hours" => 3600.0,
+            "d" | "day" | "days" => 86400.0,
+            _ => {
+                return Err(format!(
+                    "invalid duration \"{s}\": unknown unit \"{unit}\" (use ms, s, min, h, d)"
+                ))
+            }
+        };
+        total += Duration::from_secs_f64(num * mult);
+    }
+    Ok(total)
+}
+
+/// Parses `1024`, `64kB`, `16MB`, `2GB`, `1TB` (PostgreSQL's units, powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let num: u64 = s[..digits]
+        .parse()
+        .map_err(|_| format!("invalid size \"{s}\""))?;
+    let mult: u64 = match s[digits..].trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        "TB" => 1 << 40,
+        u => {
+            return Err(format!(
+                "invalid size \"{s}\": unknown unit \"{u}\" (use B, kB, MB, GB, TB)"
+            ))
+        }
+    };
+    num.checked_mul(mult)
+        .ok_or_else(|| format!("size \"{s}\" is too large"))
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(s) => Ok(Duration::from_secs(s)),
+        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Serde helper for size fields (`"64MB"` or a number of bytes).
+pub fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Bytes(b) => Ok(b),
+        Raw::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("8h").unwrap(), Duration::from_secs(8 * 3600));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172800));
+        assert_eq!(parse_duration("15").unwrap(), Duration::from_secs(15));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16MB").unwrap(), 16 << 20);
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert!(parse_size("5XB").is_err());
+    }
+
+    #[test]
+    fn defaults_and_unknown_keys() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./walrelay-data"));
+        assert_eq!(c.upstream.status_interval, Duration::from_secs(10));
+        let c = Config::parse(
+            "data_dir = \"/x\"\n[upstream]\nconninfo = \"host=a\"\nstatus_interval = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.upstream.status_interval, Duration::from_secs(2));
+        assert_eq!(c.upstream.conninfo.as_deref(), Some("host=a"));
+        let e = Config::parse("[upstream]\nconnifo = \"x\"\n").unwrap_err();
+        assert!(e.contains("unknown field `connifo`"), "{e}");
+    }
+}
