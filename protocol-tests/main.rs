@@ -1,1 +1,5 @@
+//! walrelay's integration tests against real PostgreSQL servers (and a real S3 server).
+//! One test target (`protocol`): the harness plus one module per test file.
 
+mod harness;
+mod harness_selftest;
