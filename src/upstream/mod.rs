@@ -13,6 +13,7 @@ pub mod conn;
 pub mod conninfo;
 pub mod error;
 pub mod pgpass;
+pub mod receiver;
 pub mod tls;
 
 pub use conn::{CopyEvent, IdentifySystem, QueryResult, ReplConnection, SlotInfo};
