@@ -178,7 +178,12 @@ pub fn describe_handshake_error(e: &std::io::Error, host: &str) -> String {
         rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
             presented,
             ..
-        }) => match presented.split_first() {
+        }) => match presented
+            .iter()
+            .map(|n| clean_name(n))
+            .collect::<Vec<_>>()
+            .split_first()
+        {
             Some((first, rest)) if !rest.is_empty() => format!(
                 "server certificate for \"{first}\" (and {} other name{}) does not match host name \"{host}\"",
                 rest.len(),
@@ -196,6 +201,14 @@ pub fn describe_handshake_error(e: &std::io::Error, host: &str) -> String {
             format!("SSL error: certificate verify failed: {c:?}")
         }
         other => format!("SSL error: {other}"),
+    }
+}
+
+/// rustls reports presented names as `DnsName("x")` / `IpAddress(..)`; keep the name.
+fn clean_name(n: &str) -> String {
+    match (n.find("(\""), n.rfind("\")")) {
+        (Some(a), Some(b)) if a + 2 <= b => n[a + 2..b].to_string(),
+        _ => n.to_string(),
     }
 }
 
@@ -468,6 +481,12 @@ mod tests {
         let ed = fixture("ed25519.der");
         assert!(signature_algorithm_oid(&ed).is_some());
         assert_eq!(channel_binding_hash(&ed), None);
+    }
+
+    #[test]
+    fn presented_names() {
+        assert_eq!(clean_name("DnsName(\"localhost\")"), "localhost");
+        assert_eq!(clean_name("odd"), "odd");
     }
 
     #[test]
