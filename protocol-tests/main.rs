@@ -4,3 +4,4 @@
 mod harness;
 mod harness_selftest;
 mod receive;
+mod upstream_conn;

@@ -33,7 +33,7 @@ async fn connect_err(s: &str) -> String {
 /// pg_hba.conf that picks the method by user name.
 fn tls_primary(major: &str, dir: &TestDir) -> (Pg, certs::Certs) {
     let c = certs::generate(dir.path(), &["localhost"]);
-    let pg = Pg::primary(
+    let mut pg = Pg::primary(
         major,
         &[
             "ssl = on",
