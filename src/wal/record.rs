@@ -521,3 +521,334 @@ impl RecordDecoder {
         };
     }
 }
+
+/// A tiny WAL writer for tests: lays records out on pages the way PostgreSQL does.
+#[cfg(test)]
+pub(crate) mod build {
+    use super::super::page::build::header;
+    use super::super::page::{XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD};
+    use super::*;
+
+    /// Record bytes (CRC and `xl_prev` filled in by [`Writer::record`]).
+    pub fn record(rmid: u8, info: u8, xid: u32, main: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        let tot = 24 + main.len() + if main.len() < 256 { 2 } else { 5 };
+        v.extend_from_slice(&(tot as u32).to_le_bytes());
+        v.extend_from_slice(&xid.to_le_bytes());
+        v.extend_from_slice(&[0; 8]);
+        v.extend_from_slice(&[info, rmid, 0, 0, 0, 0, 0, 0]);
+        if main.len() < 256 {
+            v.extend_from_slice(&[255, main.len() as u8]);
+        } else {
+            v.push(254);
+            v.extend_from_slice(&(main.len() as u32).to_le_bytes());
+        }
+        v.extend_from_slice(main);
+        v
+    }
+
+    pub struct Writer {
+        pub seg: u64,
+        pub start: u64,
+        pub buf: Vec<u8>,
+        pub prev: u64,
+        pub next_page_flags: u16,
+    }
+
+    impl Writer {
+        pub fn new(start: u64, seg: u64) -> Writer {
+            Writer {
+                seg,
+                start,
+                buf: Vec::new(),
+                prev: 0,
+                next_page_flags: 0,
+            }
+        }
+        pub fn pos(&self) -> u64 {
+            self.start + self.buf.len() as u64
+        }
+        fn page_header(&mut self, rem: u32) {
+            let p = self.pos();
+            let long = (p % self.seg == 0).then_some((42, self.seg as u32));
+            let flags = if rem > 0 { XLP_FIRST_IS_CONTRECORD } else { 0 } | self.next_page_flags;
+            self.next_page_flags = 0;
+            self.buf
+                .extend_from_slice(&header(0xD110, flags, 1, p, rem, long));
+        }
+        /// Writes (up to `limit` bytes of) a record; returns its LSN.
+        pub fn record_limited(&mut self, mut rec: Vec<u8>, limit: usize) -> u64 {
+            while self.pos() % 8 != 0 {
+                self.buf.push(0);
+            }
+            if self.pos() % WAL_PAGE_SIZE == 0 {
+                self.page_header(0);
+            }
+            let lsn = self.pos();
+            rec[8..16].copy_from_slice(&self.prev.to_le_bytes());
+            let crc = record_crc(&rec).unwrap();
+            rec[20..24].copy_from_slice(&crc.to_le_bytes());
+            let mut rest = &rec[..limit.min(rec.len())];
+            let mut owed = rec.len();
+            while !rest.is_empty() {
+                if self.pos() % WAL_PAGE_SIZE == 0 {
+                    self.page_header(owed as u32);
+                }
+                let room = (WAL_PAGE_SIZE - self.pos() % WAL_PAGE_SIZE) as usize;
+                let n = room.min(rest.len());
+                self.buf.extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+                owed -= n;
+            }
+            self.prev = lsn;
+            lsn
+        }
+        pub fn record(&mut self, rec: Vec<u8>) -> u64 {
+            self.record_limited(rec, usize::MAX)
+        }
+        /// Zero-fills to the next page boundary.
+        pub fn pad_page(&mut self) {
+            while self.pos() % WAL_PAGE_SIZE != 0 {
+                self.buf.push(0);
+            }
+        }
+        pub fn overwrite_next_page(&mut self) {
+            self.pad_page();
+            self.next_page_flags = XLP_FIRST_IS_OVERWRITE_CONTRECORD;
+        }
+        /// XLOG_SWITCH, then zeros to the end of the segment.
+        pub fn switch(&mut self) -> u64 {
+            let lsn = self.record(record(RM_XLOG_ID, XLOG_SWITCH, 0, &[]));
+            while self.pos() % self.seg != 0 {
+                self.buf.push(0);
+            }
+            lsn
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::build::*;
+    use super::*;
+
+    const SEG: u64 = 1 << 20;
+
+    fn decode(start: u64, data: &[u8], chunk: usize) -> Vec<Result<Record, WalError>> {
+        let mut d = RecordDecoder::new(Lsn(start), SEG);
+        let mut out = Vec::new();
+        let mut pos = start;
+        for c in data.chunks(chunk.max(1)) {
+            d.feed(Lsn(pos), c).unwrap();
+            pos += c.len() as u64;
+            while let Some(r) = d.next() {
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    /// LSNs of the records decoded; a trailing `EndOfWal` (zero padding) is fine.
+    fn ok_lsns(v: &[Result<Record, WalError>]) -> Vec<u64> {
+        v.iter()
+            .filter(|r| !matches!(r, Err(WalError::EndOfWal { .. })))
+            .map(|r| r.as_ref().unwrap().lsn.0)
+            .collect()
+    }
+
+    fn sample(w: &mut Writer) -> Vec<u64> {
+        let mut lsns = Vec::new();
+        for (i, size) in [0usize, 10, 300, 8100, 5, 20_000, 1, 7, 70_000, 33]
+            .iter()
+            .enumerate()
+        {
+            let main: Vec<u8> = (0..*size).map(|b| (b * 7 + i) as u8).collect();
+            lsns.push(w.record(record(10, 0x10, i as u32, &main)));
+        }
+        lsns
+    }
+
+    #[test]
+    fn spanning_records_any_chunking() {
+        let mut w = Writer::new(SEG * 5, SEG);
+        let lsns = sample(&mut w);
+        // A record header straddling a page boundary: fill to 8 bytes before a page end.
+        let room = |w: &Writer| {
+            let p = maxalign(w.pos());
+            WAL_PAGE_SIZE - p % WAL_PAGE_SIZE
+        };
+        if room(&w) <= 32 {
+            w.record(record(10, 0, 98, b"x"));
+        }
+        let fill = (room(&w) - 8) as usize;
+        let len = if fill - 26 < 256 {
+            fill - 26
+        } else {
+            fill - 29
+        };
+        w.record(record(10, 0, 97, &vec![3; len]));
+        let straddle = w.record(record(10, 0, 99, b"straddling"));
+        assert_eq!(straddle % WAL_PAGE_SIZE, WAL_PAGE_SIZE - 8);
+        w.pad_page();
+        let want: Vec<u64> = decode(SEG * 5, &w.buf, 1 << 20)
+            .iter()
+            .filter_map(|r| r.as_ref().ok().map(|r| r.lsn.0))
+            .collect();
+        assert_eq!(want[..lsns.len()], lsns[..]);
+        assert_eq!(*want.last().unwrap(), straddle);
+        for chunk in [1usize, 3, 24, 4096, 8192, 9000, 1 << 20] {
+            let got = decode(SEG * 5, &w.buf, chunk);
+            assert_eq!(ok_lsns(&got), want, "chunk {chunk}");
+            let r = got[5].as_ref().unwrap();
+            assert_eq!(r.main_data().unwrap().len(), 20_000);
+            assert_eq!(r.xid, 5);
+            assert_eq!(r.end.0, r.lsn.0 + r.tot_len() as u64 + 2 * 24);
+        }
+    }
+
+    #[test]
+    fn start_at_page_with_continuation() {
+        let mut w = Writer::new(SEG * 5, SEG);
+        let lsns = sample(&mut w);
+        w.pad_page();
+        // Start on every page boundary; the first record must be the first one starting at
+        // or after the page's header.
+        let mut page = SEG * 5;
+        while page < w.pos() {
+            let off = (page - SEG * 5) as usize;
+            let got = decode(page, &w.buf[off..], 5000);
+            let want: Vec<u64> = lsns.iter().copied().filter(|l| *l > page).collect();
+            assert_eq!(ok_lsns(&got), want, "page {page:X}");
+            page += WAL_PAGE_SIZE;
+        }
+    }
+
+    #[test]
+    fn switch_skips_to_next_segment() {
+        let mut w = Writer::new(SEG * 5 - 3 * WAL_PAGE_SIZE, SEG);
+        w.record(record(10, 0, 1, b"a"));
+        let sw = w.switch();
+        let after = w.record(record(10, 0, 2, b"b"));
+        assert_eq!(after, SEG * 5 + 40);
+        for chunk in [7usize, 8192, 1 << 20] {
+            let got = decode(w.start, &w.buf, chunk);
+            assert_eq!(ok_lsns(&got)[1..], [sw, after]);
+            assert_eq!(got[1].as_ref().unwrap().end, Lsn(SEG * 5));
+            assert!(got[1].as_ref().unwrap().is_switch());
+        }
+    }
+
+    #[test]
+    fn overwrite_contrecord_drops_partial() {
+        let mut w = Writer::new(SEG * 5, SEG);
+        let a = w.record(record(10, 0, 1, b"a"));
+        w.record_limited(record(10, 0, 2, &[9; 20_000]), 9000);
+        w.overwrite_next_page();
+        w.prev = 0; // xl_prev is not checked across an overwritten contrecord
+        let c = w.record(record(0, 0x90, 0, &[1; 16]));
+        let d = w.record(record(10, 0, 3, b"d"));
+        w.pad_page();
+        for chunk in [100usize, 8192, 1 << 20] {
+            let got = decode(w.start, &w.buf, chunk);
+            assert_eq!(ok_lsns(&got), [a, c, d], "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn errors_stop_the_decoder() {
+        let mut w = Writer::new(SEG * 5, SEG);
+        w.record(record(10, 0, 1, b"a"));
+        let b = w.record(record(10, 0, 2, &[5; 9000]));
+        w.record(record(10, 0, 3, b"c"));
+        w.pad_page();
+        let boff = (b - w.start) as usize;
+
+        let mut bad = w.buf.clone();
+        bad[boff + 30] ^= 1;
+        let got = decode(w.start, &bad, 1 << 20);
+        assert_eq!(got.len(), 2);
+        assert!(matches!(got[1], Err(WalError::BadCrc { lsn }) if lsn == Lsn(b)));
+
+        let mut bad = w.buf.clone();
+        bad[boff + 8] ^= 1;
+        let e = decode(w.start, &bad, 1 << 20).pop().unwrap().unwrap_err();
+        assert!(e.to_string().contains("incorrect prev-link"), "{e}");
+
+        let mut bad = w.buf.clone();
+        bad[boff + 17] = 50;
+        let e = decode(w.start, &bad, 1 << 20).pop().unwrap().unwrap_err();
+        assert!(matches!(e, WalError::BadRmgr { rmid: 50, .. }));
+
+        let mut bad = w.buf.clone();
+        bad[boff..boff + 4].copy_from_slice(&0u32.to_le_bytes());
+        let e = decode(w.start, &bad, 1 << 20).pop().unwrap().unwrap_err();
+        assert!(matches!(e, WalError::EndOfWal { .. }), "{e}");
+
+        let mut bad = w.buf.clone();
+        bad[boff..boff + 4].copy_from_slice(&0x7000_0000u32.to_le_bytes());
+        let e = decode(w.start, &bad, 1 << 20).pop().unwrap().unwrap_err();
+        assert!(matches!(e, WalError::RecordTooLong { .. }), "{e}");
+
+        // The continuation page without XLP_FIRST_IS_CONTRECORD, or with a wrong rem_len.
+        let cont_page = (b / WAL_PAGE_SIZE + 1) * WAL_PAGE_SIZE;
+        let coff = (cont_page - w.start) as usize;
+        let mut bad = w.buf.clone();
+        bad[coff + 2] &= !1;
+        let e = decode(w.start, &bad, 1 << 20).pop().unwrap().unwrap_err();
+        assert!(matches!(e, WalError::NoContRecord { .. }), "{e}");
+        let mut bad = w.buf.clone();
+        bad[coff + 16] ^= 4;
+        let e = decode(w.start, &bad, 1 << 20).pop().unwrap().unwrap_err();
+        assert!(e.to_string().contains("invalid contrecord length"), "{e}");
+        let mut bad = w.buf.clone();
+        bad[coff + 9] ^= 1;
+        let e = decode(w.start, &bad, 1 << 20).pop().unwrap().unwrap_err();
+        assert!(e.to_string().contains("unexpected pageaddr"), "{e}");
+
+        // After an error nothing more comes out.
+        let mut d = RecordDecoder::new(Lsn(w.start), SEG);
+        let mut bad = w.buf.clone();
+        bad[boff + 30] ^= 1;
+        d.feed(Lsn(w.start), &bad).unwrap();
+        assert!(d.next().unwrap().is_ok());
+        assert!(d.next().unwrap().is_err());
+        assert!(d.is_failed() && d.next().is_none());
+        // Non-contiguous feed.
+        let mut d = RecordDecoder::new(Lsn(w.start), SEG);
+        assert!(d.feed(Lsn(w.start + 1), &[0]).is_err());
+    }
+
+    #[test]
+    fn main_data_after_block_references() {
+        // Block 0 with data and a compressed image with a hole (15+ layout), block 1 with
+        // the same relation, then a short main-data header.
+        let mut body = Vec::new();
+        body.extend_from_slice(&[0, 0x10 | 0x20]); // block 0: HAS_IMAGE | HAS_DATA
+        body.extend_from_slice(&3u16.to_le_bytes()); // data_length
+        body.extend_from_slice(&5u16.to_le_bytes()); // bimg length
+        body.extend_from_slice(&100u16.to_le_bytes()); // hole offset
+        body.push(0x01 | 0x04); // HAS_HOLE | COMPRESS_PGLZ
+        body.extend_from_slice(&50u16.to_le_bytes()); // hole length
+        body.extend_from_slice(&[0; 12]); // RelFileLocator
+        body.extend_from_slice(&7u32.to_le_bytes()); // block number
+        body.extend_from_slice(&[1, 0x80 | 0x20]); // block 1: SAME_REL | HAS_DATA
+        body.extend_from_slice(&2u16.to_le_bytes());
+        body.extend_from_slice(&8u32.to_le_bytes());
+        body.extend_from_slice(&[252, 1, 2, 3, 4]); // top-level xid
+        body.extend_from_slice(&[255, 4]); // main data: 4 bytes
+        body.extend_from_slice(&[0xAA; 5 + 3 + 2]); // image + block data
+        body.extend_from_slice(b"MAIN");
+        let mut data = vec![0u8; 24];
+        data[..4].copy_from_slice(&((24 + body.len()) as u32).to_le_bytes());
+        data.extend_from_slice(&body);
+        let r = Record {
+            lsn: Lsn(1),
+            end: Lsn(2),
+            xid: 0,
+            rmid: 10,
+            info: 0,
+            data: data.into(),
+        };
+        assert_eq!(r.main_data(), Some(&b"MAIN"[..]));
+    }
+}

@@ -259,3 +259,96 @@ pub fn decode_restore_point(r: &Record) -> Option<(i64, String)> {
     let len = name.iter().position(|&c| c == 0).unwrap_or(name.len());
     Some((time, String::from_utf8_lossy(name.get(..len)?).into_owned()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::record::build::record;
+    use super::*;
+    use crate::lsn::Lsn;
+
+    fn rec(rmid: u8, info: u8, xid: u32, main: &[u8]) -> Record {
+        let data = record(rmid, info, xid, main);
+        Record {
+            lsn: Lsn(0x100),
+            end: Lsn(0x200),
+            xid,
+            rmid,
+            info,
+            data: data.into(),
+        }
+    }
+
+    fn commit_body(xinfo: u32, stats_len: usize) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&123_456_789i64.to_le_bytes());
+        m.extend_from_slice(&xinfo.to_le_bytes());
+        m.extend_from_slice(&[1, 0, 0, 0, 2, 0, 0, 0]); // dbinfo
+        m.extend_from_slice(&2i32.to_le_bytes()); // subxacts
+        m.extend_from_slice(&[0; 8]);
+        m.extend_from_slice(&1i32.to_le_bytes()); // rels
+        for v in [1663u32, 5, 16384] {
+            m.extend_from_slice(&v.to_le_bytes());
+        }
+        m.extend_from_slice(&2i32.to_le_bytes()); // dropped stats
+        m.extend(std::iter::repeat_n(0u8, 2 * stats_len));
+        m.extend_from_slice(&1i32.to_le_bytes()); // invals
+        m.extend_from_slice(&[0; 16]);
+        m.extend_from_slice(&777u32.to_le_bytes()); // twophase xid
+        m.extend_from_slice(b"my gid\0");
+        m.extend_from_slice(&[9; 16]); // origin (unaligned)
+        m
+    }
+
+    #[test]
+    fn commit_prepared_with_every_section() {
+        let xinfo = XACT_XINFO_HAS_DBINFO
+            | XACT_XINFO_HAS_SUBXACTS
+            | XACT_XINFO_HAS_RELFILELOCATORS
+            | XACT_XINFO_HAS_DROPPED_STATS
+            | XACT_XINFO_HAS_INVALS
+            | XACT_XINFO_HAS_TWOPHASE
+            | XACT_XINFO_HAS_GID
+            | XACT_XINFO_HAS_ORIGIN;
+        for stats_len in [12, 16] {
+            let r = rec(1, 0x30 | 0x80, 0, &commit_body(xinfo, stats_len));
+            let x = decode_xact(&r).unwrap();
+            assert_eq!(x.kind, XactKind::CommitPrepared);
+            assert_eq!(x.xid, 777);
+            assert_eq!(x.xact_time, 123_456_789);
+            assert_eq!(x.dropped_rels[0].path(), "base/5/16384");
+        }
+    }
+
+    #[test]
+    fn plain_and_other_records() {
+        let r = rec(1, 0x00, 42, &5i64.to_le_bytes());
+        let x = decode_xact(&r).unwrap();
+        assert_eq!((x.kind, x.xid, x.xact_time), (XactKind::Commit, 42, 5));
+        assert!(x.dropped_rels.is_empty());
+        let r = rec(1, 0x20, 43, &6i64.to_le_bytes());
+        assert_eq!(decode_xact(&r).unwrap().kind, XactKind::Abort);
+        // Assignment / invalidations / other rmgrs / truncated bodies.
+        assert!(decode_xact(&rec(1, 0x50, 1, &[0; 16])).is_none());
+        assert!(decode_xact(&rec(10, 0x00, 1, &[0; 16])).is_none());
+        assert!(decode_xact(&rec(1, 0x00, 1, &[0; 7])).is_none());
+        assert!(decode_xact(&rec(1, 0x80, 1, &[0; 9])).is_none());
+        // Prepare: TwoPhaseFileHeader.
+        let mut m = Vec::new();
+        for v in [0x57F9_4534u32, 200, 900, 5] {
+            m.extend_from_slice(&v.to_le_bytes());
+        }
+        m.extend_from_slice(&99i64.to_le_bytes());
+        m.extend_from_slice(&[0; 40]);
+        let x = decode_xact(&rec(1, 0x10, 900, &m)).unwrap();
+        assert_eq!((x.kind, x.xid, x.xact_time), (XactKind::Prepare, 900, 99));
+        // Restore point.
+        let mut m = 77i64.to_le_bytes().to_vec();
+        let mut name = [0u8; 64];
+        name[..4].copy_from_slice(b"rp_1");
+        m.extend_from_slice(&name);
+        let r = rec(0, XLOG_RESTORE_POINT, 0, &m);
+        assert_eq!(decode_restore_point(&r), Some((77, "rp_1".to_string())));
+        assert!(decode_restore_point(&rec(0, 0x40, 0, &m)).is_none());
+        assert!(decode_restore_point(&rec(0, XLOG_RESTORE_POINT, 0, &m[..40])).is_none());
+    }
+}
