@@ -54,10 +54,17 @@ fn waldump_ok(pg: &Pg, dir: &Path, first: &str, last: &str) {
     // pg_waldump -q reports nothing when every record is valid; at the end of the last
     // segment it may report where valid WAL ends, which is not an error of the files.
     assert!(
-        out.status.success() || stderr.contains("invalid record length") || stderr.contains("contrecord"),
+        out.status.success()
+            || stderr.contains("invalid record length")
+            || stderr.contains("contrecord"),
         "pg_waldump failed on walrelay's files: {stderr}"
     );
-    assert!(!stderr.contains("invalid magic") && !stderr.contains("incorrect prev-link") && !stderr.contains("checksum"), "{stderr}");
+    assert!(
+        !stderr.contains("invalid magic")
+            && !stderr.contains("incorrect prev-link")
+            && !stderr.contains("checksum"),
+        "{stderr}"
+    );
 }
 
 fn byte_identity(major: &str) {
@@ -71,35 +78,80 @@ fn byte_identity(major: &str) {
     let d = dir.to_str().unwrap();
 
     // --create-slot creates a slot that reserves WAL, then exits; --if-not-exists tolerates it.
-    let (st, _, err) = harness::walrelay::run_to_end(&["receive", "-d", &conninfo, "--slot", "wr", "--create-slot"]);
+    let (st, _, err) = harness::walrelay::run_to_end(&[
+        "receive",
+        "-d",
+        &conninfo,
+        "--slot",
+        "wr",
+        "--create-slot",
+    ]);
     assert!(st.success(), "{err}");
-    let (st, _, err) = harness::walrelay::run_to_end(&["receive", "-d", &conninfo, "--slot", "wr", "--create-slot"]);
+    let (st, _, err) = harness::walrelay::run_to_end(&[
+        "receive",
+        "-d",
+        &conninfo,
+        "--slot",
+        "wr",
+        "--create-slot",
+    ]);
     assert!(!st.success() && err.contains("already exists"), "{err}");
-    let (st, _, err) = harness::walrelay::run_to_end(&["receive", "-d", &conninfo, "--slot", "wr", "--create-slot", "--if-not-exists"]);
+    let (st, _, err) = harness::walrelay::run_to_end(&[
+        "receive",
+        "-d",
+        &conninfo,
+        "--slot",
+        "wr",
+        "--create-slot",
+        "--if-not-exists",
+    ]);
     assert!(st.success(), "{err}");
-    let restart = primary.psql("select restart_lsn from pg_replication_slots where slot_name = 'wr'");
+    let restart =
+        primary.psql("select restart_lsn from pg_replication_slots where slot_name = 'wr'");
     let restart: Lsn = restart.parse().expect("slot reserves WAL");
 
     let first_seg = segment_file_name(1, restart.segno(SEG), SEG);
-    let mut w = Walrelay::spawn(&["receive", "-D", d, "-d", &conninfo, "--slot", "wr", "-v", "--status-interval", "1"]);
+    let mut w = Walrelay::spawn(&[
+        "receive",
+        "-D",
+        d,
+        "-d",
+        &conninfo,
+        "--slot",
+        "wr",
+        "-v",
+        "--status-interval",
+        "1",
+    ]);
     // The first file is the slot's restart segment (READ_REPLICATION_SLOT on 15+, else the
     // server's position, which is the same segment here).
-    harness::wait_for(Duration::from_secs(30), "first .partial", || has_file(&dir, &format!("{first_seg}.partial")));
+    harness::wait_for(Duration::from_secs(30), "first .partial", || {
+        has_file(&dir, &format!("{first_seg}.partial"))
+    });
 
     generate_wal(&primary, 40);
     // A record crossing a segment boundary is all but certain with 40 MB of 1 kB rows; a
     // pg_switch_wal() then completes the segment it is in.
     let switched = primary.switch_wal();
     let last_complete = segment_file_name(1, Lsn(switched.0 - 1).segno(SEG), SEG);
-    harness::wait_for(Duration::from_secs(60), "switched segment completed", || has_file(&dir, &last_complete));
+    harness::wait_for(
+        Duration::from_secs(60),
+        "switched segment completed",
+        || has_file(&dir, &last_complete),
+    );
     primary.psql("insert into filler (pad) values ('after switch')");
     let tail_lsn = primary.current_lsn();
     let partial_name = format!("{}.partial", segment_file_name(1, tail_lsn.segno(SEG), SEG));
     // wait until the primary's slot says walrelay flushed the tail
-    harness::wait_for(Duration::from_secs(30), "flush reported for the tail", || {
-        let s = primary.psql("select restart_lsn from pg_replication_slots where slot_name = 'wr'");
-        s.parse::<Lsn>().map(|l| l >= tail_lsn).unwrap_or(false)
-    });
+    harness::wait_for(
+        Duration::from_secs(30),
+        "flush reported for the tail",
+        || {
+            let s =
+                primary.psql("select restart_lsn from pg_replication_slots where slot_name = 'wr'");
+            s.parse::<Lsn>().map(|l| l >= tail_lsn).unwrap_or(false)
+        },
+    );
     let st = w.stop();
     assert!(st.success(), "walrelay exit: {st:?}\n{}", w.log());
 
@@ -113,7 +165,12 @@ fn byte_identity(major: &str) {
         let b = u64::from_str_radix(&pair[1][16..], 16).unwrap();
         assert_eq!(a + 1, b, "gap between {} and {}", pair[0], pair[1]);
     }
-    compare::partial_matches(&dir.join(&partial_name), &primary.pg_wal(), tail_lsn.segment_offset(SEG)).unwrap();
+    compare::partial_matches(
+        &dir.join(&partial_name),
+        &primary.pg_wal(),
+        tail_lsn.segment_offset(SEG),
+    )
+    .unwrap();
     // At least one completed segment starts with a continuation record: the record crossed
     // a segment boundary (XLP_FIRST_IS_CONTRECORD in the long header's xlp_info).
     let crossing = segs.iter().skip(1).any(|s| {
@@ -124,23 +181,42 @@ fn byte_identity(major: &str) {
     waldump_ok(&primary, &dir, segs.first().unwrap(), segs.last().unwrap());
 
     // The slot never passes what walrelay fsynced: restart_lsn ≤ the end of its files.
-    let restart: Lsn = primary.psql("select restart_lsn from pg_replication_slots where slot_name = 'wr'").parse().unwrap();
+    let restart: Lsn = primary
+        .psql("select restart_lsn from pg_replication_slots where slot_name = 'wr'")
+        .parse()
+        .unwrap();
     let on_disk_end = Lsn(tail_lsn.segment_start(SEG).0 + tail_lsn.segment_offset(SEG));
-    assert!(restart <= on_disk_end, "slot restart_lsn {restart} beyond walrelay's files {on_disk_end}");
+    assert!(
+        restart <= on_disk_end,
+        "slot restart_lsn {restart} beyond walrelay's files {on_disk_end}"
+    );
 
     // Restart resumes at the partial's segment start and completes it.
     let mut w = Walrelay::spawn(&["receive", "-D", d, "-d", &conninfo, "--slot", "wr", "-v"]);
     let switched = primary.switch_wal();
     let name = segment_file_name(1, Lsn(switched.0 - 1).segno(SEG), SEG);
-    harness::wait_for(Duration::from_secs(30), "resumed segment completed", || has_file(&dir, &name));
+    harness::wait_for(Duration::from_secs(30), "resumed segment completed", || {
+        has_file(&dir, &name)
+    });
     w.stop();
     compare::assert_segments_identical(&dir, &primary.pg_wal());
-    assert!(w.log().contains(&format!("starting log streaming at {}", tail_lsn.segment_start(SEG))), "{}", w.log());
+    assert!(
+        w.log().contains(&format!(
+            "starting log streaming at {}",
+            tail_lsn.segment_start(SEG)
+        )),
+        "{}",
+        w.log()
+    );
 
     // --drop-slot
-    let (st, _, err) = harness::walrelay::run_to_end(&["receive", "-d", &conninfo, "--slot", "wr", "--drop-slot"]);
+    let (st, _, err) =
+        harness::walrelay::run_to_end(&["receive", "-d", &conninfo, "--slot", "wr", "--drop-slot"]);
     assert!(st.success(), "{err}");
-    assert_eq!(primary.psql("select count(*) from pg_replication_slots"), "0");
+    assert_eq!(
+        primary.psql("select count(*) from pg_replication_slots"),
+        "0"
+    );
 }
 
 #[test]
@@ -162,17 +238,38 @@ fn receive_endpos_and_no_loop() {
     generate_wal(&primary, 3);
     let endpos = Lsn(start.0 + (2 << 20));
     let (st, _, err) = harness::walrelay::run_to_end(&[
-        "receive", "-D", dir.to_str().unwrap(), "-d", &primary.conninfo(), "--endpos", &endpos.to_string(), "-n", "-v",
+        "receive",
+        "-D",
+        dir.to_str().unwrap(),
+        "-d",
+        &primary.conninfo(),
+        "--endpos",
+        &endpos.to_string(),
+        "-n",
+        "-v",
     ]);
     assert!(st.success(), "{err}");
     assert!(err.contains("stopped log streaming at"), "{err}");
-    let partial = dir.join(format!("{}.partial", segment_file_name(1, start.segno(SEG), SEG)));
+    let partial = dir.join(format!(
+        "{}.partial",
+        segment_file_name(1, start.segno(SEG), SEG)
+    ));
     compare::partial_matches(&partial, &primary.pg_wal(), endpos.segment_offset(SEG)).unwrap();
 
     // --no-loop: a failing connection ends walrelay with an error instead of retrying.
-    let (st, _, err) = harness::walrelay::run_to_end(&["receive", "-D", dir.to_str().unwrap(), "-d", "host=127.0.0.1 port=1 user=x", "-n"]);
+    let (st, _, err) = harness::walrelay::run_to_end(&[
+        "receive",
+        "-D",
+        dir.to_str().unwrap(),
+        "-d",
+        "host=127.0.0.1 port=1 user=x",
+        "-n",
+    ]);
     assert!(!st.success());
-    assert!(err.contains("connection to server at \"127.0.0.1\", port 1 failed"), "{err}");
+    assert!(
+        err.contains("connection to server at \"127.0.0.1\", port 1 failed"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -181,22 +278,49 @@ fn receive_synchronous_standby() {
     let dir = wal_dir(&t);
     let primary = Pg::primary("15", &["synchronous_standby_names = 'walrelay'"]);
     let conninfo = format!("{} application_name=walrelay", primary.conninfo());
-    let args = ["receive", "-D", dir.to_str().unwrap(), "-d", &conninfo, "--slot", "sync", "--synchronous", "-v"];
-    let (st, _, err) = harness::walrelay::run_to_end(&["receive", "-d", &conninfo, "--slot", "sync", "--create-slot"]);
+    let args = [
+        "receive",
+        "-D",
+        dir.to_str().unwrap(),
+        "-d",
+        &conninfo,
+        "--slot",
+        "sync",
+        "--synchronous",
+        "-v",
+    ];
+    let (st, _, err) = harness::walrelay::run_to_end(&[
+        "receive",
+        "-d",
+        &conninfo,
+        "--slot",
+        "sync",
+        "--create-slot",
+    ]);
     assert!(st.success(), "{err}");
     let mut w = Walrelay::spawn(&args);
-    harness::wait_for(Duration::from_secs(30), "walrelay is a sync standby", || {
-        primary.psql("select sync_state from pg_stat_replication where application_name = 'walrelay'") == "sync"
-    });
+    harness::wait_for(
+        Duration::from_secs(30),
+        "walrelay is a sync standby",
+        || {
+            primary.psql(
+                "select sync_state from pg_stat_replication where application_name = 'walrelay'",
+            ) == "sync"
+        },
+    );
     primary.psql("create table s (x int); insert into s values (1)");
     w.stop();
 
     // walrelay stopped: a commit waits for it
     let conn = primary.conninfo();
     let install = primary.install().clone();
-    let waiter = std::thread::spawn(move || install.psql_conninfo(&conn, "insert into s values (2)"));
+    let waiter =
+        std::thread::spawn(move || install.psql_conninfo(&conn, "insert into s values (2)"));
     std::thread::sleep(Duration::from_secs(2));
-    assert!(!waiter.is_finished(), "commit completed without the synchronous standby");
+    assert!(
+        !waiter.is_finished(),
+        "commit completed without the synchronous standby"
+    );
     let mut w = Walrelay::spawn(&args);
     let r = waiter.join().unwrap();
     assert!(r.is_ok(), "{r:?}");
@@ -211,12 +335,21 @@ fn receive_survives_kill9() {
     let primary = Pg::primary("15", &[]);
     let conninfo = primary.conninfo();
     let d = dir.to_str().unwrap().to_string();
-    let (st, _, err) = harness::walrelay::run_to_end(&["receive", "-d", &conninfo, "--slot", "k", "--create-slot"]);
+    let (st, _, err) = harness::walrelay::run_to_end(&[
+        "receive",
+        "-d",
+        &conninfo,
+        "--slot",
+        "k",
+        "--create-slot",
+    ]);
     assert!(st.success(), "{err}");
     let load_conn = conninfo.clone();
     let install = primary.install().clone();
     let load = std::thread::spawn(move || {
-        install.psql_conninfo(&load_conn, "create table filler (id bigserial, pad text)").unwrap();
+        install
+            .psql_conninfo(&load_conn, "create table filler (id bigserial, pad text)")
+            .unwrap();
         for _ in 0..12 {
             install
                 .psql_conninfo(&load_conn, "insert into filler (pad) select string_agg(md5(random()::text), '') from generate_series(1, 30) g, generate_series(1, 6000) r group by r")
@@ -232,7 +365,11 @@ fn receive_survives_kill9() {
     let end = primary.switch_wal();
     let last = segment_file_name(1, Lsn(end.0 - 1).segno(SEG), SEG);
     let mut w = Walrelay::spawn(&["receive", "-D", &d, "-d", &conninfo, "--slot", "k"]);
-    harness::wait_for(Duration::from_secs(60), "caught up after the crashes", || has_file(&dir, &last));
+    harness::wait_for(
+        Duration::from_secs(60),
+        "caught up after the crashes",
+        || has_file(&dir, &last),
+    );
     w.stop();
     let n = compare::assert_segments_identical(&dir, &primary.pg_wal());
     assert!(n >= 4, "{n}");
@@ -255,7 +392,15 @@ fn run_follows_promotion_through_multi_host_conninfo() {
         primary.port(),
         standby.port()
     );
-    let mut w = Walrelay::spawn(&["run", "--upstream", &conninfo, "--data-dir", dir.to_str().unwrap(), "--status-interval", "1s"]);
+    let mut w = Walrelay::spawn(&[
+        "run",
+        "--upstream",
+        &conninfo,
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--status-interval",
+        "1s",
+    ]);
     primary.psql("create table t as select generate_series(1, 100000) x");
     let lsn = primary.current_lsn();
     standby.wait_replayed(lsn, Duration::from_secs(60));
@@ -267,7 +412,11 @@ fn run_follows_promotion_through_multi_host_conninfo() {
     standby.psql("insert into t select generate_series(1, 50000)");
     let end = standby.switch_wal();
     let last = segment_file_name(2, Lsn(end.0 - 1).segno(SEG), SEG);
-    harness::wait_for(Duration::from_secs(90), "walrelay follows timeline 2", || has_file(&dir, &last));
+    harness::wait_for(
+        Duration::from_secs(90),
+        "walrelay follows timeline 2",
+        || has_file(&dir, &last),
+    );
     w.stop();
     assert!(has_file(&dir, "00000002.history"));
     assert_eq!(
@@ -275,10 +424,13 @@ fn run_follows_promotion_through_multi_host_conninfo() {
         std::fs::read(standby.pg_wal().join("00000002.history")).unwrap()
     );
     // the old timeline's last segment stays .partial
-    let has_old_partial = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).any(|e| {
-        let n = e.file_name().into_string().unwrap();
-        n.starts_with("00000001") && n.ends_with(".partial")
-    });
+    let has_old_partial = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            let n = e.file_name().into_string().unwrap();
+            n.starts_with("00000001") && n.ends_with(".partial")
+        });
     assert!(has_old_partial);
     let n = compare::segments_identical(&dir, &standby.pg_wal()).unwrap();
     assert!(n >= 1);

@@ -200,26 +200,32 @@ async fn commands_and_streaming() {
         if conn.server_version_num() >= 150000 {
             assert_eq!(conn.read_replication_slot("missing").await.unwrap(), None);
         }
-        conn.create_physical_slot("walrelay \"q\"", true).await.unwrap();
+        conn.create_physical_slot("walrelay_q", true).await.unwrap();
         let e = conn
-            .create_physical_slot("walrelay \"q\"", true)
+            .create_physical_slot("walrelay_q", true)
             .await
             .unwrap_err();
         assert_eq!(e.server_error().map(|f| f.code.as_str()), Some("42710"));
         if conn.server_version_num() >= 150000 {
             let s = conn
-                .read_replication_slot("walrelay \"q\"")
+                .read_replication_slot("walrelay_q")
                 .await
                 .unwrap()
                 .expect("slot exists");
             assert!(s.restart_lsn.is_some());
         }
         // A failing START_REPLICATION (before CopyBothResponse) keeps the session usable.
-        let e = conn.start_replication(None, id.xlogpos, 9).await.unwrap_err();
-        assert!(e.to_string().contains("not in this server's history"), "{e}");
+        let e = conn
+            .start_replication(None, id.xlogpos, 9)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("not in this server's history"),
+            "{e}"
+        );
 
         let start = id.xlogpos.segment_start(seg);
-        conn.start_replication(Some("walrelay \"q\""), start, id.timeline)
+        conn.start_replication(Some("walrelay_q"), start, id.timeline)
             .await
             .unwrap();
         pg.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS i");
@@ -250,7 +256,7 @@ async fn commands_and_streaming() {
         // Stop streaming ourselves; the session takes commands again.
         assert_eq!(conn.finish_timeline().await.unwrap(), None);
         assert_eq!(conn.identify_system().await.unwrap().systemid, id.systemid);
-        conn.drop_slot("walrelay \"q\"").await.unwrap();
+        conn.drop_slot("walrelay_q").await.unwrap();
         conn.close().await;
     }
 }
@@ -275,7 +281,13 @@ async fn multi_host_and_session_attrs() {
         "host=127.0.0.1,127.0.0.1 port={down},{down} user=postgres"
     ))
     .await;
-    assert_eq!(e.lines().filter(|l| l.starts_with("connection to server at")).count(), 2, "{e}");
+    assert_eq!(
+        e.lines()
+            .filter(|l| l.starts_with("connection to server at"))
+            .count(),
+        2,
+        "{e}"
+    );
 
     // read-write skips a standby listed first.
     let standby = Pg::standby_of(

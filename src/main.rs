@@ -15,7 +15,11 @@ use walrelay::upstream::conninfo::ConnInfo;
 use walrelay::upstream::receiver::{self, ReceiverExit, ReceiverOptions};
 
 #[derive(Parser)]
-#[command(name = "walrelay", version, about = "Receives, stores, archives and re-serves PostgreSQL WAL")]
+#[command(
+    name = "walrelay",
+    version,
+    about = "Receives, stores, archives and re-serves PostgreSQL WAL"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -120,13 +124,22 @@ struct RunArgs {
 }
 
 fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WALRELAY_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WALRELAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("walrelay: could not start the runtime: {e}");
@@ -153,7 +166,10 @@ fn shutdown_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             return;
         };
         tokio::select! {
@@ -166,8 +182,13 @@ fn shutdown_signal() -> watch::Receiver<bool> {
 }
 
 fn conninfo_from(conn: &ConnArgs) -> Result<ConnInfo, String> {
-    let mut info = ConnInfo::parse(conn.dbname.as_deref().unwrap_or("")).map_err(|e| e.to_string())?;
-    for (key, value) in [("host", &conn.host), ("port", &conn.port), ("user", &conn.username)] {
+    let mut info =
+        ConnInfo::parse(conn.dbname.as_deref().unwrap_or("")).map_err(|e| e.to_string())?;
+    for (key, value) in [
+        ("host", &conn.host),
+        ("port", &conn.port),
+        ("user", &conn.username),
+    ] {
         if let Some(v) = value {
             info.set(key, v.clone()).map_err(|e| e.to_string())?;
         }
@@ -183,17 +204,26 @@ async fn receive(a: ReceiveArgs) -> Result<(), String> {
         conninfo.application_name = Some("walrelay".into());
     }
     if a.create_slot || a.drop_slot {
-        let slot = a.slot.as_deref().ok_or("--create-slot and --drop-slot need a slot to be specified using --slot")?;
-        let mut conn = ReplConnection::connect(&conninfo).await.map_err(|e| e.to_string())?;
+        let slot = a
+            .slot
+            .as_deref()
+            .ok_or("--create-slot and --drop-slot need a slot to be specified using --slot")?;
+        let mut conn = ReplConnection::connect(&conninfo)
+            .await
+            .map_err(|e| e.to_string())?;
         if a.drop_slot {
             tracing::info!("dropping replication slot \"{slot}\"");
-            conn.drop_slot(slot).await.map_err(|e| format!("could not drop replication slot \"{slot}\": {e}"))?;
+            conn.drop_slot(slot)
+                .await
+                .map_err(|e| format!("could not drop replication slot \"{slot}\": {e}"))?;
         }
         if a.create_slot {
             tracing::info!("creating replication slot \"{slot}\"");
             match conn.create_physical_slot(slot, true).await {
                 Ok(()) => {}
-                Err(walrelay::upstream::error::UpstreamError::Server(e)) if a.if_not_exists && e.code == "42710" => {
+                Err(walrelay::upstream::error::UpstreamError::Server(e))
+                    if a.if_not_exists && e.code == "42710" =>
+                {
                     tracing::info!("replication slot \"{slot}\" already exists");
                 }
                 Err(e) => return Err(format!("could not create replication slot \"{slot}\": {e}")),
@@ -202,11 +232,23 @@ async fn receive(a: ReceiveArgs) -> Result<(), String> {
         conn.close().await;
         return Ok(());
     }
-    let dir = a.directory.ok_or("no target directory specified (use -D)")?;
+    let dir = a
+        .directory
+        .ok_or("no target directory specified (use -D)")?;
     if !dir.is_dir() {
-        return Err(format!("could not access directory \"{}\": No such file or directory", dir.display()));
+        return Err(format!(
+            "could not access directory \"{}\": No such file or directory",
+            dir.display()
+        ));
     }
-    let store = Store::start(&dir, StoreOptions { tail_bytes: 0, ..Default::default() }).map_err(|e| e.to_string())?;
+    let store = Store::start(
+        &dir,
+        StoreOptions {
+            tail_bytes: 0,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
     let opts = ReceiverOptions {
         conninfo,
         slot: a.slot,
@@ -219,7 +261,9 @@ async fn receive(a: ReceiveArgs) -> Result<(), String> {
         reconnect_max: Duration::from_secs(30),
         flush_cap: None,
     };
-    let exit = receiver::run(store.clone(), opts, shutdown_signal()).await.map_err(|e| e.to_string())?;
+    let exit = receiver::run(store.clone(), opts, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
     store.close().await.map_err(|e| e.to_string())?;
     if let ReceiverExit::EndPos(lsn) = exit {
         tracing::info!("reached endpos; last received position {lsn}");
@@ -266,10 +310,17 @@ async fn run(a: RunArgs) -> Result<(), String> {
         conninfo.application_name = Some("walrelay".into());
     }
     if let Some(addr) = &cfg.metrics.listen {
-        let addr = addr.parse().map_err(|e| format!("invalid metrics.listen \"{addr}\": {e}"))?;
+        let addr = addr
+            .parse()
+            .map_err(|e| format!("invalid metrics.listen \"{addr}\": {e}"))?;
         walrelay::metrics::install(addr)?;
     }
-    let store = Store::start(&cfg.data_dir, StoreOptions::default()).map_err(|e| format!("could not open data directory \"{}\": {e}", cfg.data_dir.display()))?;
+    let store = Store::start(&cfg.data_dir, StoreOptions::default()).map_err(|e| {
+        format!(
+            "could not open data directory \"{}\": {e}",
+            cfg.data_dir.display()
+        )
+    })?;
     let opts = ReceiverOptions {
         conninfo,
         slot: cfg.upstream.slot.clone(),
@@ -282,8 +333,13 @@ async fn run(a: RunArgs) -> Result<(), String> {
         reconnect_max: cfg.upstream.reconnect_max,
         flush_cap: None,
     };
-    tracing::info!("walrelay starting: data directory \"{}\"", cfg.data_dir.display());
-    receiver::run(store.clone(), opts, shutdown_signal()).await.map_err(|e| e.to_string())?;
+    tracing::info!(
+        "walrelay starting: data directory \"{}\"",
+        cfg.data_dir.display()
+    );
+    receiver::run(store.clone(), opts, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
     store.close().await.map_err(|e| e.to_string())?;
     tracing::info!("walrelay stopped");
     Ok(())

@@ -66,7 +66,10 @@ pub enum ReceiverError {
 impl ReceiverError {
     /// Errors that retrying cannot fix: walrelay stops instead of looping.
     fn is_fatal(&self) -> bool {
-        matches!(self, ReceiverError::Store(StoreError::IdentityMismatch { .. } | StoreError::Control(_)))
+        matches!(
+            self,
+            ReceiverError::Store(StoreError::IdentityMismatch { .. } | StoreError::Control(_))
+        )
     }
 }
 
@@ -79,7 +82,11 @@ enum CopyOutcome {
 
 /// Runs until `shutdown` turns true, `endpos` is reached, or (with `no_loop`) the first
 /// disconnection.
-pub async fn run(store: Store, opts: ReceiverOptions, mut shutdown: watch::Receiver<bool>) -> Result<ReceiverExit, ReceiverError> {
+pub async fn run(
+    store: Store,
+    opts: ReceiverOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<ReceiverExit, ReceiverError> {
     let mut backoff = opts.reconnect_min;
     loop {
         let started = Instant::now();
@@ -94,7 +101,9 @@ pub async fn run(store: Store, opts: ReceiverOptions, mut shutdown: watch::Recei
             Err(e) => Some(e),
         };
         let wait = match &err {
-            Some(e) if e.is_fatal() || opts.no_loop => return Err(err.unwrap_or_else(|| ReceiverError::Stream("stopped".into()))),
+            Some(e) if e.is_fatal() || opts.no_loop => {
+                return Err(err.unwrap_or_else(|| ReceiverError::Stream("stopped".into())))
+            }
             Some(e) => {
                 tracing::error!("{e}");
                 let kind = match e {
@@ -118,8 +127,12 @@ pub async fn run(store: Store, opts: ReceiverOptions, mut shutdown: watch::Recei
         } else {
             backoff = (backoff * 2).min(opts.reconnect_max);
         }
-        let jitter = Duration::from_millis(rand::random::<u64>() % (wait.as_millis() as u64 / 4 + 1));
-        tracing::info!("disconnected; waiting {:.1} seconds to try again", (wait + jitter).as_secs_f64());
+        let jitter =
+            Duration::from_millis(rand::random::<u64>() % (wait.as_millis() as u64 / 4 + 1));
+        tracing::info!(
+            "disconnected; waiting {:.1} seconds to try again",
+            (wait + jitter).as_secs_f64()
+        );
         tokio::select! {
             _ = tokio::time::sleep(wait + jitter) => {}
             _ = wait_true(&mut shutdown) => return Ok(ReceiverExit::Shutdown),
@@ -141,7 +154,13 @@ fn m_streaming(on: bool) {
 
 /// Where to start when the directory holds no WAL: the slot's restart_lsn (PG 15+), else the
 /// server's current position; always a segment start.
-async fn initial_start(conn: &mut ReplConnection, opts: &ReceiverOptions, ident_tli: TimelineId, xlogpos: Lsn, seg_size: u64) -> Result<(Lsn, TimelineId), ReceiverError> {
+async fn initial_start(
+    conn: &mut ReplConnection,
+    opts: &ReceiverOptions,
+    ident_tli: TimelineId,
+    xlogpos: Lsn,
+    seg_size: u64,
+) -> Result<(Lsn, TimelineId), ReceiverError> {
     if let (Some(slot), true) = (&opts.slot, conn.server_version_num() >= 150000) {
         if let Some(info) = conn.read_replication_slot(slot).await? {
             if let Some(lsn) = info.restart_lsn.filter(|l| l.is_valid()) {
@@ -153,12 +172,19 @@ async fn initial_start(conn: &mut ReplConnection, opts: &ReceiverOptions, ident_
     Ok((xlogpos.segment_start(seg_size), ident_tli))
 }
 
-async fn stream_once(store: &Store, opts: &ReceiverOptions, shutdown: watch::Receiver<bool>) -> Result<ReceiverExit, ReceiverError> {
+async fn stream_once(
+    store: &Store,
+    opts: &ReceiverOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<ReceiverExit, ReceiverError> {
     let mut conn = ReplConnection::connect(&opts.conninfo).await?;
     metrics::counter!(m::UPSTREAM_CONNECTS).increment(1);
     let ident = conn.identify_system().await?;
     let seg_size = conn.wal_segment_size().await?;
-    let version = conn.parameter("server_version").unwrap_or_default().to_string();
+    let version = conn
+        .parameter("server_version")
+        .unwrap_or_default()
+        .to_string();
     let resume = store.open(ident.systemid, seg_size, &version).await?;
 
     if let (Some(slot), true) = (&opts.slot, opts.create_slot_if_missing) {
@@ -179,14 +205,17 @@ async fn stream_once(store: &Store, opts: &ReceiverOptions, shutdown: watch::Rec
         if tli > 1 && !store.has_history(tli) {
             let (name, content) = conn.timeline_history(tli).await?;
             if name != crate::lsn::history_file_name(tli) {
-                return Err(ReceiverError::Stream(format!("server reported unexpected history file name \"{name}\" for timeline {tli}")));
+                return Err(ReceiverError::Stream(format!(
+                    "server reported unexpected history file name \"{name}\" for timeline {tli}"
+                )));
             }
             store.write_history(tli, content).await?;
         }
         store.begin(tli, start).await?;
         tracing::info!("starting log streaming at {start} (timeline {tli})");
         metrics::gauge!(m::TIMELINE).set(tli as f64);
-        conn.start_replication(opts.slot.as_deref(), start, tli).await?;
+        conn.start_replication(opts.slot.as_deref(), start, tli)
+            .await?;
         m_streaming(true);
         let outcome = copy_loop(&mut conn, store, opts, shutdown.clone()).await?;
         match outcome {
@@ -258,20 +287,35 @@ struct Reporter {
 impl Reporter {
     /// Sends write/flush as the store published them. `flush` is only ever fsynced WAL; it is
     /// kept monotonic within a connection (a position reported earlier stays durable).
-    async fn send(&mut self, conn: &mut ReplConnection, p: &Positions, reply: bool) -> Result<(), UpstreamError> {
+    async fn send(
+        &mut self,
+        conn: &mut ReplConnection,
+        p: &Positions,
+        reply: bool,
+    ) -> Result<(), UpstreamError> {
         let durable = match &self.cap {
             Some(cap) => p.flush_lsn.min(*cap.borrow()),
             None => p.flush_lsn,
         };
         self.last_flush = self.last_flush.max(durable);
         self.last_write = self.last_write.max(p.write_lsn).max(p.flush_lsn);
-        conn.send_status(self.last_write, self.last_flush, Lsn::INVALID, reply).await
+        conn.send_status(self.last_write, self.last_flush, Lsn::INVALID, reply)
+            .await
     }
 }
 
-async fn copy_loop(conn: &mut ReplConnection, store: &Store, opts: &ReceiverOptions, mut shutdown: watch::Receiver<bool>) -> Result<CopyOutcome, ReceiverError> {
+async fn copy_loop(
+    conn: &mut ReplConnection,
+    store: &Store,
+    opts: &ReceiverOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<CopyOutcome, ReceiverError> {
     let mut positions = store.positions();
-    let mut reporter = Reporter { last_flush: Lsn::INVALID, last_write: Lsn::INVALID, cap: opts.flush_cap.clone() };
+    let mut reporter = Reporter {
+        last_flush: Lsn::INVALID,
+        last_write: Lsn::INVALID,
+        cap: opts.flush_cap.clone(),
+    };
     let mut cap = opts.flush_cap.clone();
     let mut status = tokio::time::interval(opts.status_interval.max(Duration::from_millis(100)));
     status.set_missed_tick_behavior(MissedTickBehavior::Delay);
