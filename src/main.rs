@@ -260,6 +260,8 @@ async fn receive(a: ReceiveArgs) -> Result<(), String> {
         reconnect_min: Duration::from_secs(1),
         reconnect_max: Duration::from_secs(30),
         flush_cap: None,
+        info: None,
+        hs_feedback: None,
     };
     let exit = receiver::run(store.clone(), opts, shutdown_signal())
         .await
@@ -332,6 +334,8 @@ async fn run(a: RunArgs) -> Result<(), String> {
         reconnect_min: cfg.upstream.reconnect_min,
         reconnect_max: cfg.upstream.reconnect_max,
         flush_cap: None,
+        info: None,
+        hs_feedback: None,
     };
     tracing::info!(
         "walrelay starting: data directory \"{}\"",

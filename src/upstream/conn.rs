@@ -1020,6 +1020,17 @@ impl ReplConnection {
         self.params.get(name).map(|s| s.as_str())
     }
 
+    /// Every ParameterStatus value reported by the server, sorted by name.
+    pub fn parameters(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// `server_version` as a number like `PQserverVersion` (150018 for 15.18); 0 if unknown.
     pub fn server_version_num(&self) -> u32 {
         self.parameter("server_version")

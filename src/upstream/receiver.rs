@@ -19,6 +19,31 @@ use crate::lsn::{Lsn, TimelineId};
 use crate::metrics as m;
 use crate::store::{Positions, Store, StoreError};
 
+/// What walrelay knows of its upstream server, published on a `watch` channel for the
+/// walsender (which mirrors `server_version` and friends) and the status view.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamInfo {
+    pub connected: bool,
+    pub server_version: String,
+    /// ParameterStatus values the upstream reported, sorted by name.
+    pub parameters: Vec<(String, String)>,
+    pub system_id: u64,
+    pub timeline: TimelineId,
+    pub wal_segment_size: u64,
+    /// "host:port" of the server reached.
+    pub server: String,
+}
+
+/// Hot-standby feedback to forward upstream (the minimum over downstream standbys; zeros when
+/// none needs it, which clears the xmin the primary's slot holds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HsFeedback {
+    pub xmin: u32,
+    pub xmin_epoch: u32,
+    pub catalog_xmin: u32,
+    pub catalog_xmin_epoch: u32,
+}
+
 /// How the receive loop behaves.
 #[derive(Debug, Clone)]
 pub struct ReceiverOptions {
@@ -38,6 +63,10 @@ pub struct ReceiverOptions {
     /// position (`archived_lsn`), so that the primary's slot keeps WAL until it is in the
     /// object store. `write` is still reported at local fsync.
     pub flush_cap: Option<watch::Receiver<Lsn>>,
+    /// Published on every (re)connection and timeline change.
+    pub info: Option<watch::Sender<UpstreamInfo>>,
+    /// Feedback to forward upstream: sent once per connection and whenever it changes.
+    pub hs_feedback: Option<watch::Receiver<HsFeedback>>,
 }
 
 /// Why the receive loop ended.
@@ -95,6 +124,9 @@ pub async fn run(
             _ = wait_true(&mut shutdown) => Ok(ReceiverExit::Shutdown),
         };
         m_streaming(false);
+        if let Some(info) = &opts.info {
+            info.send_modify(|i| i.connected = false);
+        }
         let err = match result {
             Ok(ReceiverExit::StreamEnded) if !opts.no_loop => None,
             Ok(exit) => return Ok(exit),
@@ -186,6 +218,18 @@ async fn stream_once(
         .unwrap_or_default()
         .to_string();
     let resume = store.open(ident.systemid, seg_size, &version).await?;
+    if let Some(info) = &opts.info {
+        let (host, port) = conn.host_port();
+        info.send_replace(UpstreamInfo {
+            connected: true,
+            server_version: version.clone(),
+            parameters: conn.parameters(),
+            system_id: ident.systemid,
+            timeline: ident.timeline,
+            wal_segment_size: seg_size,
+            server: format!("{host}:{port}"),
+        });
+    }
 
     if let (Some(slot), true) = (&opts.slot, opts.create_slot_if_missing) {
         match conn.create_physical_slot(slot, true).await {
@@ -232,6 +276,9 @@ async fn stream_once(
                             )));
                         }
                         tracing::info!("switched to timeline {next_tli} at {next_start}");
+                        if let Some(info) = &opts.info {
+                            info.send_modify(|i| i.timeline = i.timeline.max(next_tli));
+                        }
                         tli = next_tli;
                         start = next_start.segment_start(seg_size);
                     }
@@ -317,6 +364,18 @@ async fn copy_loop(
         cap: opts.flush_cap.clone(),
     };
     let mut cap = opts.flush_cap.clone();
+    let mut feedback = opts.hs_feedback.clone();
+    if let Some(f) = feedback.as_mut() {
+        // One message on connect, zeros included, so that the slot holds no stale xmin.
+        let fb = *f.borrow_and_update();
+        conn.send_hs_feedback(
+            fb.xmin,
+            fb.xmin_epoch,
+            fb.catalog_xmin,
+            fb.catalog_xmin_epoch,
+        )
+        .await?;
+    }
     let mut status = tokio::time::interval(opts.status_interval.max(Duration::from_millis(100)));
     status.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut endpos_reached: Option<Lsn> = None;
@@ -350,6 +409,9 @@ async fn copy_loop(
             Some(()) = async { match cap.as_mut() { Some(c) => c.changed().await.ok(), None => std::future::pending().await } } => {
                 let p = positions.borrow().clone();
                 reporter.send(conn, &p, false).await?;
+            }
+            Some(fb) = async { match feedback.as_mut() { Some(f) => f.changed().await.ok().map(|_| *f.borrow_and_update()), None => std::future::pending().await } } => {
+                conn.send_hs_feedback(fb.xmin, fb.xmin_epoch, fb.catalog_xmin, fb.catalog_xmin_epoch).await?;
             }
             ev = conn.recv_copy(), if endpos_reached.is_none() => {
                 match ev? {
