@@ -4,4 +4,5 @@
 mod harness;
 mod harness_selftest;
 mod receive;
+mod receive_faults;
 mod upstream_conn;

@@ -7,12 +7,15 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tokio::sync::watch;
 
+use std::sync::Arc;
+use walrelay::admin::{Response, Routes};
 use walrelay::config::{parse_duration, Config};
 use walrelay::lsn::Lsn;
+use walrelay::store::Positions;
 use walrelay::store::{Store, StoreOptions};
 use walrelay::upstream::conn::ReplConnection;
 use walrelay::upstream::conninfo::ConnInfo;
-use walrelay::upstream::receiver::{self, ReceiverExit, ReceiverOptions};
+use walrelay::upstream::receiver::{self, ReceiverExit, ReceiverOptions, UpstreamInfo};
 
 #[derive(Parser)]
 #[command(
@@ -129,6 +132,7 @@ fn init_logging(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
@@ -311,18 +315,45 @@ async fn run(a: RunArgs) -> Result<(), String> {
     if conninfo.application_name.is_none() {
         conninfo.application_name = Some("walrelay".into());
     }
-    if let Some(addr) = &cfg.metrics.listen {
-        let addr = addr
-            .parse()
-            .map_err(|e| format!("invalid metrics.listen \"{addr}\": {e}"))?;
-        walrelay::metrics::install(addr)?;
-    }
     let store = Store::start(&cfg.data_dir, StoreOptions::default()).map_err(|e| {
         format!(
             "could not open data directory \"{}\": {e}",
             cfg.data_dir.display()
         )
     })?;
+    let shutdown = shutdown_signal();
+    let (info_tx, info_rx) = watch::channel(UpstreamInfo::default());
+    if let Some(addr) = &cfg.metrics.listen {
+        let addr: std::net::SocketAddr = addr
+            .parse()
+            .map_err(|e| format!("invalid metrics.listen \"{addr}\": {e}"))?;
+        let handle = walrelay::metrics::install_recorder()?;
+        let mut routes = Routes::default();
+        routes.add(
+            "GET",
+            "/metrics",
+            Arc::new(move |_| Response {
+                status: 200,
+                content_type: "text/plain; version=0.0.4",
+                body: handle.render().into_bytes(),
+            }),
+        );
+        let positions = store.positions();
+        let info = info_rx.clone();
+        routes.add(
+            "GET",
+            "/status",
+            Arc::new(move |_| {
+                let p = positions.borrow().clone();
+                let i = info.borrow().clone();
+                Response::json(200, &status_json(&p, &i))
+            }),
+        );
+        let local = walrelay::admin::serve(addr, routes, shutdown.clone())
+            .await
+            .map_err(|e| format!("could not listen on {addr} (metrics.listen): {e}"))?;
+        tracing::info!("metrics and status on http://{local}/metrics and /status");
+    }
     let opts = ReceiverOptions {
         conninfo,
         slot: cfg.upstream.slot.clone(),
@@ -334,17 +365,38 @@ async fn run(a: RunArgs) -> Result<(), String> {
         reconnect_min: cfg.upstream.reconnect_min,
         reconnect_max: cfg.upstream.reconnect_max,
         flush_cap: None,
-        info: None,
+        info: Some(info_tx),
         hs_feedback: None,
     };
     tracing::info!(
         "walrelay starting: data directory \"{}\"",
         cfg.data_dir.display()
     );
-    receiver::run(store.clone(), opts, shutdown_signal())
+    receiver::run(store.clone(), opts, shutdown)
         .await
         .map_err(|e| e.to_string())?;
     store.close().await.map_err(|e| e.to_string())?;
     tracing::info!("walrelay stopped");
     Ok(())
+}
+
+/// The `/status` document: what walrelay receives and stores.
+fn status_json(p: &Positions, i: &UpstreamInfo) -> serde_json::Value {
+    serde_json::json!({
+        "upstream": {
+            "connected": i.connected,
+            "server": i.server,
+            "server_version": i.server_version,
+            "system_identifier": i.system_id.to_string(),
+            "timeline": i.timeline,
+        },
+        "store": {
+            "timeline": p.timeline,
+            "write_lsn": p.write_lsn.to_string(),
+            "flush_lsn": p.flush_lsn.to_string(),
+            "wal_segment_size": p.wal_segment_size,
+            "completed_segments": p.completed_segments,
+            "error": p.error,
+        },
+    })
 }
