@@ -1135,4 +1135,77 @@ mod tests {
         .unwrap();
         assert_eq!(*h.archived_lsn.borrow(), Lsn(SEG));
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn verify_and_wal_fetch() {
+        use crate::archive::fetch::{wal_fetch, FetchOutcome, WalFetchOptions};
+        use crate::archive::verify::{verify, SegmentStatus, VerifyOptions};
+        let data = tempfile::tempdir().unwrap();
+        let arch = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", arch.path().display());
+        let store = Store::start(data.path(), StoreOptions::default()).unwrap();
+        store.open(SYSID, SEG, "15.0").await.unwrap();
+        store.begin(1, Lsn(SEG)).await.unwrap();
+        let wal = pages(SEG, 5 * 128, SEG, SYSID, 1);
+        store
+            .write(Lsn(SEG), Bytes::from(wal.clone()))
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        let (_t, stop) = watch::channel(false);
+        let s = settings(data.path(), &url);
+        let h = Archiver::start(s.clone(), &store, stop).unwrap().unwrap();
+        let mut rx = h.archived_lsn.clone();
+        wait_lsn(&mut rx, Lsn(6 * SEG)).await;
+        let reader = crate::archive::ArchiveReader::open(&s).await.unwrap();
+        let r = verify(&reader, &VerifyOptions::default()).await.unwrap();
+        assert!(r.ok(), "{}", r.render());
+        assert_eq!(r.segments.len(), 5);
+
+        // wal-fetch: restores, prefetches into the spool, quiet NotFound for the future
+        let pg_wal = tempfile::tempdir().unwrap();
+        let dest = pg_wal.path().join("RECOVERYXLOG");
+        let opts = WalFetchOptions {
+            spool: None,
+            prefetch: 2,
+        };
+        let o = wal_fetch(&reader, &segment_file_name(1, 1, SEG), &dest, &opts)
+            .await
+            .unwrap();
+        assert_eq!(o, FetchOutcome::Restored { from_spool: false });
+        assert_eq!(std::fs::read(&dest).unwrap(), &wal[..SEG as usize]);
+        let o = wal_fetch(&reader, &segment_file_name(1, 2, SEG), &dest, &opts)
+            .await
+            .unwrap();
+        assert_eq!(o, FetchOutcome::Restored { from_spool: true });
+        assert_eq!(
+            std::fs::read(&dest).unwrap(),
+            &wal[SEG as usize..2 * SEG as usize]
+        );
+        let o = wal_fetch(&reader, "00000002.history", &dest, &opts)
+            .await
+            .unwrap();
+        assert_eq!(o, FetchOutcome::NotFound);
+        let o = wal_fetch(&reader, &segment_file_name(1, 9, SEG), &dest, &opts)
+            .await
+            .unwrap();
+        assert_eq!(o, FetchOutcome::NotFound);
+
+        // a deleted and a corrupted object are found
+        let wal_dir = arch.path().join(SYSID.to_string()).join("wal");
+        std::fs::remove_file(wal_dir.join(format!("{}.zst", segment_file_name(1, 2, SEG))))
+            .unwrap();
+        let bad = wal_dir.join(format!("{}.zst", segment_file_name(1, 4, SEG)));
+        let mut b = std::fs::read(&bad).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0xff;
+        std::fs::write(&bad, b).unwrap();
+        let r = verify(&reader, &VerifyOptions::default()).await.unwrap();
+        assert!(!r.ok());
+        assert_eq!(r.missing(), 1, "{}", r.render());
+        assert_eq!(r.corrupt(), 1, "{}", r.render());
+        assert_eq!(r.segments[1].status, SegmentStatus::Missing);
+        assert!(matches!(r.segments[3].status, SegmentStatus::Corrupt(_)));
+        assert!(r.render().contains("MISSING  000000010000000000000002"));
+    }
 }

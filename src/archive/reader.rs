@@ -146,6 +146,15 @@ impl ArchiveReader {
         self.inner.fetch_segment_now(tli, segno).await
     }
 
+    /// [`ArchiveReader::fetch_segment`] without read-ahead or cache.
+    pub async fn fetch_segment_direct(
+        &self,
+        tli: TimelineId,
+        segno: u64,
+    ) -> Result<Option<Bytes>, ArchiveError> {
+        self.inner.fetch_segment_now(tli, segno).await
+    }
+
     fn read_ahead(&self, tli: TimelineId, segno: u64) {
         if self.inner.prefetch == 0 || tokio::runtime::Handle::try_current().is_err() {
             return;
