@@ -76,6 +76,10 @@ impl ArchiverHandle {
             AckMode::Archive => Some(self.archived_lsn.clone()),
         }
     }
+    /// Stops the task at once, abandoning uploads in flight (what a crash does to them).
+    pub fn abort(&self) {
+        self.task.abort();
+    }
     /// Waits for the task to end (after shutdown).
     pub async fn join(self) {
         let _ = self.task.await;

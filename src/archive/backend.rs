@@ -1,5 +1,8 @@
 //! Opening an object store from an archive URL.
 //!
+//! (`allow_http` lives in object_store's client options: those are set first so that the
+//! per-backend settings applied after them are not reset.)
+//!
 //! Owns: URL parsing (`file:///path`, `memory:///`, `s3://bucket/prefix`,
 //! `az://container/prefix`, `gs://bucket/prefix`), the per-backend options of `[archive]`
 //! and the HTTP client settings (timeouts, the object_store client's own short retries; the
@@ -103,7 +106,9 @@ pub fn open(url: &str, cfg: &ArchiveConfig) -> Result<Backend, ArchiveError> {
         "s3" | "s3a" => {
             use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
             let (bucket, prefix) = split_bucket(rest, url)?;
-            let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            let mut b = AmazonS3Builder::from_env()
+                .with_client_options(client_options())
+                .with_bucket_name(bucket);
             for (k, v) in &cfg.options {
                 let key = AmazonS3ConfigKey::from_str(k).map_err(|_| bad_option(k, "S3"))?;
                 b = b.with_config(key, v);
@@ -136,7 +141,6 @@ pub fn open(url: &str, cfg: &ArchiveConfig) -> Result<Backend, ArchiveError> {
             }
             let s3 = b
                 .with_conditional_put(S3ConditionalPut::ETagMatch)
-                .with_client_options(client_options())
                 .with_retry(retry_config())
                 .build()
                 .map_err(|e| ArchiveError::Config(format!("S3 archive \"{url}\": {e}")))?;
@@ -150,7 +154,9 @@ pub fn open(url: &str, cfg: &ArchiveConfig) -> Result<Backend, ArchiveError> {
         "az" | "azure" => {
             use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
             let (container, prefix) = split_bucket(rest, url)?;
-            let mut b = MicrosoftAzureBuilder::from_env().with_container_name(container);
+            let mut b = MicrosoftAzureBuilder::from_env()
+                .with_client_options(client_options())
+                .with_container_name(container);
             for (k, v) in &cfg.options {
                 let key = AzureConfigKey::from_str(k).map_err(|_| bad_option(k, "Azure"))?;
                 b = b.with_config(key, v);
@@ -175,7 +181,6 @@ pub fn open(url: &str, cfg: &ArchiveConfig) -> Result<Backend, ArchiveError> {
                 b = b.with_use_emulator(v);
             }
             let az = b
-                .with_client_options(client_options())
                 .with_retry(retry_config())
                 .build()
                 .map_err(|e| ArchiveError::Config(format!("Azure archive \"{url}\": {e}")))?;
@@ -189,13 +194,14 @@ pub fn open(url: &str, cfg: &ArchiveConfig) -> Result<Backend, ArchiveError> {
         "gs" => {
             use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
             let (bucket, prefix) = split_bucket(rest, url)?;
-            let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
+            let mut b = GoogleCloudStorageBuilder::from_env()
+                .with_client_options(client_options())
+                .with_bucket_name(bucket);
             for (k, v) in &cfg.options {
                 let key = GoogleConfigKey::from_str(k).map_err(|_| bad_option(k, "GCS"))?;
                 b = b.with_config(key, v);
             }
             let gcs = b
-                .with_client_options(client_options())
                 .with_retry(retry_config())
                 .build()
                 .map_err(|e| ArchiveError::Config(format!("GCS archive \"{url}\": {e}")))?;

@@ -13,6 +13,7 @@
 
 pub mod archiver;
 pub mod backend;
+pub mod cli;
 pub mod fetch;
 pub mod layout;
 pub mod reader;
