@@ -4,3 +4,5 @@
 mod archive_store;
 mod harness;
 mod harness_selftest;
+mod receive;
+mod upstream_conn;
