@@ -31,6 +31,10 @@ enum Command {
     Receive(ReceiveArgs),
     /// Run the long-running server (receive, store; serve, archive as configured).
     Run(RunArgs),
+    /// restore_command: fetch WAL file %f from the archive into %p.
+    WalFetch(walrelay::archive::cli::WalFetchArgs),
+    /// Check the archive: every segment FOUND / MISSING / CORRUPT, timeline histories.
+    Verify(walrelay::archive::cli::VerifyArgs),
 }
 
 #[derive(Args)]
@@ -150,6 +154,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Receive(a) => receive(a).await,
             Command::Run(a) => run(a).await,
+            Command::WalFetch(a) => exit_with(walrelay::archive::cli::wal_fetch_main(a).await),
+            Command::Verify(a) => exit_with(walrelay::archive::cli::verify_main(a).await),
         }
     });
     match result {
@@ -158,6 +164,15 @@ fn main() -> ExitCode {
             eprintln!("walrelay: error: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Exit status of the archive subcommands (which print their own messages).
+fn exit_with(code: i32) -> Result<(), String> {
+    if code == 0 {
+        Ok(())
+    } else {
+        std::process::exit(code)
     }
 }
 
@@ -323,6 +338,13 @@ async fn run(a: RunArgs) -> Result<(), String> {
             cfg.data_dir.display()
         )
     })?;
+    let shutdown = shutdown_signal();
+    let archiver = walrelay::archive::Archiver::start(
+        walrelay::archive::ArchiveSettings::new(cfg.archive.clone(), &cfg.data_dir),
+        &store,
+        shutdown.clone(),
+    )
+    .map_err(|e| e.to_string())?;
     let opts = ReceiverOptions {
         conninfo,
         slot: cfg.upstream.slot.clone(),
@@ -333,7 +355,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
         no_loop: false,
         reconnect_min: cfg.upstream.reconnect_min,
         reconnect_max: cfg.upstream.reconnect_max,
-        flush_cap: None,
+        flush_cap: archiver.as_ref().and_then(|h| h.flush_cap(cfg.archive.ack)),
         info: None,
         hs_feedback: None,
     };
@@ -341,9 +363,13 @@ async fn run(a: RunArgs) -> Result<(), String> {
         "walrelay starting: data directory \"{}\"",
         cfg.data_dir.display()
     );
-    receiver::run(store.clone(), opts, shutdown_signal())
+    let result = receiver::run(store.clone(), opts, shutdown)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string());
+    if let Some(h) = archiver {
+        h.abort();
+    }
+    result?;
     store.close().await.map_err(|e| e.to_string())?;
     tracing::info!("walrelay stopped");
     Ok(())

@@ -16,6 +16,12 @@ use crate::lsn::{Lsn, TimelineId};
 /// `walrelay wal-fetch %f %p`: restore_command.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WalFetchArgs {
+    /// TOML configuration file (its `[archive]` section and `data_dir` are used).
+    #[arg(short = 'c', long)]
+    pub config: Option<PathBuf>,
+    /// Data directory (for the default `file://<data_dir>/archive`).
+    #[arg(short = 'D', long)]
+    pub data_dir: Option<PathBuf>,
     /// WAL file name PostgreSQL asks for (`%f`).
     pub file: String,
     /// Where to put it (`%p`).
@@ -37,6 +43,12 @@ pub struct WalFetchArgs {
 /// `walrelay verify`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct VerifyArgs {
+    /// TOML configuration file (its `[archive]` section and `data_dir` are used).
+    #[arg(short = 'c', long)]
+    pub config: Option<PathBuf>,
+    /// Data directory (for the default `file://<data_dir>/archive`).
+    #[arg(short = 'D', long)]
+    pub data_dir: Option<PathBuf>,
     /// Archive URL (overrides `archive.url`).
     #[arg(long)]
     pub archive: Option<String>,
@@ -67,6 +79,40 @@ fn settings(
         cfg.system_id = sysid;
     }
     ArchiveSettings::new(cfg, data_dir)
+}
+
+fn load(
+    config: &Option<PathBuf>,
+    data_dir: &Option<PathBuf>,
+) -> Result<(ArchiveConfig, PathBuf), String> {
+    let cfg = match config {
+        Some(p) => crate::config::Config::load(p).map_err(|e| e.to_string())?,
+        None => crate::config::Config::default(),
+    };
+    let dir = data_dir.clone().unwrap_or(cfg.data_dir);
+    Ok((cfg.archive, dir))
+}
+
+/// `walrelay wal-fetch` from its arguments alone (loads `--config`); the exit status.
+pub async fn wal_fetch_main(args: WalFetchArgs) -> i32 {
+    match load(&args.config, &args.data_dir) {
+        Ok((cfg, dir)) => wal_fetch(&args, &cfg, &dir).await,
+        Err(e) => {
+            eprintln!("walrelay wal-fetch: {e}");
+            1
+        }
+    }
+}
+
+/// `walrelay verify` from its arguments alone (loads `--config`); the exit status.
+pub async fn verify_main(args: VerifyArgs) -> i32 {
+    match load(&args.config, &args.data_dir) {
+        Ok((cfg, dir)) => verify(&args, &cfg, &dir).await,
+        Err(e) => {
+            eprintln!("walrelay verify: {e}");
+            1
+        }
+    }
 }
 
 /// Runs `wal-fetch`; returns the exit status (0 restored, 1 not found — silently — or error).
