@@ -1042,7 +1042,7 @@ mod tests {
         // the snapshot of the open segment extends archived_lsn to the flush position
         let end = Lsn(SEG + wal.len() as u64);
         wait_lsn(&mut rx, end).await;
-        assert_eq!(h.flush_cap(AckMode::Local).is_none(), true);
+        assert!(h.flush_cap(AckMode::Local).is_none());
         assert!(h.flush_cap(AckMode::Archive).is_some());
         let root = arch.path().join(SYSID.to_string());
         for n in 1..=4 {
