@@ -1,6 +1,9 @@
 //! walrelay's integration tests against real PostgreSQL servers (and a real S3 server).
 //! One test target (`protocol`): the harness plus one module per test file.
 
+mod archive_bench;
+mod archive_run;
+mod archive_store;
 mod harness;
 mod harness_selftest;
 mod receive;

@@ -34,6 +34,10 @@ enum Command {
     Receive(ReceiveArgs),
     /// Run the long-running server (receive, store; serve, archive as configured).
     Run(RunArgs),
+    /// restore_command: fetch WAL file %f from the archive into %p.
+    WalFetch(walrelay::archive::cli::WalFetchArgs),
+    /// Check the archive: every segment FOUND / MISSING / CORRUPT, timeline histories.
+    Verify(walrelay::archive::cli::VerifyArgs),
 }
 
 #[derive(Args)]
@@ -154,6 +158,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Receive(a) => receive(a).await,
             Command::Run(a) => run(a).await,
+            Command::WalFetch(a) => exit_with(walrelay::archive::cli::wal_fetch_main(a).await),
+            Command::Verify(a) => exit_with(walrelay::archive::cli::verify_main(a).await),
         }
     });
     match result {
@@ -162,6 +168,15 @@ fn main() -> ExitCode {
             eprintln!("walrelay: error: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Exit status of the archive subcommands (which print their own messages).
+fn exit_with(code: i32) -> Result<(), String> {
+    if code == 0 {
+        Ok(())
+    } else {
+        std::process::exit(code)
     }
 }
 
@@ -322,12 +337,19 @@ async fn run(a: RunArgs) -> Result<(), String> {
         )
     })?;
     let shutdown = shutdown_signal();
+    let archiver = walrelay::archive::Archiver::start(
+        walrelay::archive::ArchiveSettings::new(cfg.archive.clone(), &cfg.data_dir),
+        &store,
+        shutdown.clone(),
+    )
+    .map_err(|e| e.to_string())?;
     let (info_tx, info_rx) = watch::channel(UpstreamInfo::default());
     if let Some(addr) = &cfg.metrics.listen {
         let addr: std::net::SocketAddr = addr
             .parse()
             .map_err(|e| format!("invalid metrics.listen \"{addr}\": {e}"))?;
         let handle = walrelay::metrics::install_recorder()?;
+        walrelay::archive::describe_metrics();
         let mut routes = Routes::default();
         routes.add(
             "GET",
@@ -340,13 +362,15 @@ async fn run(a: RunArgs) -> Result<(), String> {
         );
         let positions = store.positions();
         let info = info_rx.clone();
+        let archived = archiver.as_ref().map(|h| h.archived_lsn.clone());
         routes.add(
             "GET",
             "/status",
             Arc::new(move |_| {
                 let p = positions.borrow().clone();
                 let i = info.borrow().clone();
-                Response::json(200, &status_json(&p, &i))
+                let archived = archived.as_ref().map(|a| *a.borrow());
+                Response::json(200, &status_json(&p, &i, archived))
             }),
         );
         let local = walrelay::admin::serve(addr, routes, shutdown.clone())
@@ -364,7 +388,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
         no_loop: false,
         reconnect_min: cfg.upstream.reconnect_min,
         reconnect_max: cfg.upstream.reconnect_max,
-        flush_cap: None,
+        flush_cap: archiver.as_ref().and_then(|h| h.flush_cap(cfg.archive.ack)),
         info: Some(info_tx),
         hs_feedback: None,
     };
@@ -372,16 +396,20 @@ async fn run(a: RunArgs) -> Result<(), String> {
         "walrelay starting: data directory \"{}\"",
         cfg.data_dir.display()
     );
-    receiver::run(store.clone(), opts, shutdown)
+    let result = receiver::run(store.clone(), opts, shutdown)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string());
+    if let Some(h) = archiver {
+        h.abort();
+    }
+    result?;
     store.close().await.map_err(|e| e.to_string())?;
     tracing::info!("walrelay stopped");
     Ok(())
 }
 
 /// The `/status` document: what walrelay receives and stores.
-fn status_json(p: &Positions, i: &UpstreamInfo) -> serde_json::Value {
+fn status_json(p: &Positions, i: &UpstreamInfo, archived: Option<Lsn>) -> serde_json::Value {
     serde_json::json!({
         "upstream": {
             "connected": i.connected,
@@ -397,6 +425,9 @@ fn status_json(p: &Positions, i: &UpstreamInfo) -> serde_json::Value {
             "wal_segment_size": p.wal_segment_size,
             "completed_segments": p.completed_segments,
             "error": p.error,
+        },
+        "archive": {
+            "archived_lsn": archived.map(|l| l.to_string()),
         },
     })
 }

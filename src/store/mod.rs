@@ -21,6 +21,7 @@
 
 pub mod control;
 pub mod fsutil;
+pub mod retention;
 pub mod scan;
 mod tail;
 
@@ -129,6 +130,10 @@ enum Request {
     },
     Close {
         reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    RemoveSegments {
+        names: Vec<String>,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
     },
 }
 
@@ -245,6 +250,14 @@ impl Store {
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
+    /// Removes completed segment files (retention; see [`retention`]). Partial files, history
+    /// files and the open segment are refused. Returns how many files were removed.
+    pub async fn remove_segments(&self, names: Vec<String>) -> Result<usize, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::RemoveSegments { names, reply }).await?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
     pub fn has_history(&self, tli: TimelineId) -> bool {
         self.dir.join(history_file_name(tli)).is_file()
     }
@@ -341,6 +354,14 @@ impl Writer {
 
     fn handle(&mut self, req: Request) {
         match req {
+            Request::RemoveSegments { names, reply } => {
+                let open = self
+                    .open
+                    .as_ref()
+                    .map(|o| segment_file_name(self.pos.timeline, o.segno, self.seg_size()));
+                let r = retention::remove(&self.dir, &names, self.seg_size(), open.as_deref());
+                let _ = reply.send(r);
+            }
             Request::Open {
                 system_id,
                 seg_size,
