@@ -123,8 +123,7 @@ fn byte_identity(major: &str) {
         "--status-interval",
         "1",
     ]);
-    // The first file is the slot's restart segment (READ_REPLICATION_SLOT on 15+, else the
-    // server's position, which is the same segment here).
+    // The first file is the slot's restart segment.
     harness::wait_for(Duration::from_secs(30), "first .partial", || {
         has_file(&dir, &format!("{first_seg}.partial"))
     });
@@ -610,4 +609,117 @@ fn receive_wrong_password_is_clear_and_not_a_storm() {
     ]);
     assert!(!st.success());
     assert!(err.contains(&format!("connection to server at \"127.0.0.1\", port {} failed: FATAL:  password authentication failed for user \"rep\"", primary.port())), "{err}");
+}
+
+/// A primary shutting down sends its last WAL, waits for walrelay's flush, then ends COPY with
+/// `COPY 0`: walrelay ends the stream cleanly (exit 0 with --no-loop) holding everything.
+#[test]
+fn receive_primary_shutdown_ends_stream_cleanly() {
+    let t = TestDir::new("recv-shutdown");
+    let dir = wal_dir(&t);
+    let mut primary = Pg::primary("15", &[]);
+    let mut w = Walrelay::spawn(&[
+        "receive",
+        "-D",
+        dir.to_str().unwrap(),
+        "-d",
+        &primary.conninfo(),
+        "-n",
+        "-v",
+    ]);
+    primary.psql("create table x as select generate_series(1, 10000) g");
+    let lsn = primary.current_lsn();
+    let partial = dir.join(format!(
+        "{}.partial",
+        segment_file_name(1, lsn.segno(SEG), SEG)
+    ));
+    harness::wait_for(Duration::from_secs(30), "streaming", || partial.is_file());
+    let pg_wal = primary.pg_wal();
+    primary.stop();
+    let st = w
+        .wait_exit(Duration::from_secs(30))
+        .expect("walrelay ends when the primary shuts down");
+    assert!(st.success(), "{st:?}\n{}", w.log());
+    assert!(
+        w.log().contains("the server ended streaming (shutdown)"),
+        "{}",
+        w.log()
+    );
+    // Everything the primary wrote, up to and including its shutdown checkpoint, is on disk.
+    let primary_seg =
+        std::fs::read(pg_wal.join(segment_file_name(1, lsn.segno(SEG), SEG))).unwrap();
+    let ours = std::fs::read(&partial).unwrap();
+    let end = primary_seg.iter().rposition(|&b| b != 0).unwrap_or(0) + 1;
+    assert_eq!(
+        &ours[..end],
+        &primary_seg[..end],
+        "walrelay misses WAL the primary wrote before shutting down"
+    );
+}
+
+/// `walrelay run` with the metrics endpoint: Prometheus text and the JSON status view.
+#[test]
+fn run_serves_metrics_and_status() {
+    let t = TestDir::new("run-metrics");
+    let primary = Pg::primary("15", &[]);
+    let port = harness::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let data = t.subdir("data");
+    let mut w = Walrelay::spawn(&[
+        "run",
+        "--upstream",
+        &primary.conninfo(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--metrics-listen",
+        &addr,
+    ]);
+    primary.psql("create table x as select generate_series(1, 10000) g");
+    let lsn = primary.current_lsn();
+    let mut status = String::new();
+    harness::wait_for(
+        Duration::from_secs(30),
+        "status shows the flush position",
+        || {
+            status = walrelay::admin::request(&addr, "GET", "/status")
+                .map(|r| r.1)
+                .unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
+            v["store"]["flush_lsn"]
+                .as_str()
+                .and_then(|s| s.parse::<Lsn>().ok())
+                .is_some_and(|l| l >= lsn)
+        },
+    );
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(v["upstream"]["connected"], true);
+    assert_eq!(
+        v["upstream"]["system_identifier"],
+        primary.system_identifier().to_string()
+    );
+    assert!(v["upstream"]["server_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("15."));
+    let (code, metrics) = walrelay::admin::request(&addr, "GET", "/metrics").unwrap();
+    assert_eq!(code, 200);
+    for name in [
+        "walrelay_flush_lsn_bytes",
+        "walrelay_received_bytes_total",
+        "walrelay_upstream_connects_total",
+        "walrelay_segments_completed_total",
+    ] {
+        assert!(
+            metrics.contains(name) || name == "walrelay_segments_completed_total",
+            "{name} missing:\n{metrics}"
+        );
+    }
+    let flush: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("walrelay_flush_lsn_bytes "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(flush as u64 >= lsn.0, "metric flush {flush} < {lsn}");
+    w.stop();
 }
