@@ -62,8 +62,10 @@ run() {  # name, command...
   printf "%-14s wall %6.2f s   %5s MB/s   cpu %6.2f s   peak RSS %6d kB\n" "$name" "$wall" "$mbs" "$cpu" "$rss"
 }
 run pg_receivewal "$PGBIN/pg_receivewal" -d "$CONN" -D "$T/pg_receivewal" -S s_pgrw -E "$endpos" -n
-run walrelay "$BIN" receive -d "$CONN" -D "$T/walrelay" -S s_walrelay -E "$endpos" -n
+if [ -n "${BENCH_PERF:-}" ]; then WRAP=(perf record -F 499 -g -o "$BENCH_PERF"); else WRAP=(); fi
+run walrelay "${WRAP[@]}" "$BIN" receive -d "$CONN" -D "$T/walrelay" -S s_walrelay -E "$endpos" -n
 for f in "$T"/walrelay/0000000*; do
+  case "$f" in *.partial) continue;; esac
   n=$(basename "$f"); [ -f "$T/pg_receivewal/$n" ] || continue
   cmp -s "$f" "$T/pg_receivewal/$n" || { echo "MISMATCH $n"; exit 1; }
 done

@@ -153,6 +153,9 @@ pub struct StoreOptions {
     pub queue_chunks: usize,
     /// Bytes of recent WAL kept in memory for walsenders.
     pub tail_bytes: usize,
+    /// Longest time written WAL waits for its fsync when nobody asked for one (group commit
+    /// window). `Store::flush` (used by `--synchronous`) fsyncs at the end of the current batch.
+    pub flush_delay: std::time::Duration,
 }
 
 impl Default for StoreOptions {
@@ -160,6 +163,7 @@ impl Default for StoreOptions {
         StoreOptions {
             queue_chunks: 256,
             tail_bytes: 64 << 20,
+            flush_delay: std::time::Duration::from_millis(10),
         }
     }
 }
@@ -171,10 +175,11 @@ impl Store {
         let (tx, rx) = mpsc::channel(opts.queue_chunks.max(1));
         let (pos_tx, positions) = watch::channel(Positions::default());
         let tail = Arc::new(Tail::new(opts.tail_bytes));
-        let mut writer = Writer::new(dir.to_path_buf(), pos_tx, tail.clone());
+        let mut writer = Writer::new(dir.to_path_buf(), pos_tx, tail.clone(), opts.flush_delay);
+        let rt = tokio::runtime::Handle::try_current().ok();
         std::thread::Builder::new()
             .name("walrelay-store".into())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || writer.run(rx, rt))?;
         Ok(Store {
             tx,
             positions,
@@ -283,12 +288,21 @@ struct Writer {
     pos_tx: watch::Sender<Positions>,
     tail: Arc<Tail>,
     dirty: bool,
+    /// When the oldest unflushed write happened.
+    dirty_since: Option<std::time::Instant>,
+    flush_requested: bool,
+    flush_delay: std::time::Duration,
     failed: bool,
     zeros: Vec<u8>,
 }
 
 impl Writer {
-    fn new(dir: PathBuf, pos_tx: watch::Sender<Positions>, tail: Arc<Tail>) -> Writer {
+    fn new(
+        dir: PathBuf,
+        pos_tx: watch::Sender<Positions>,
+        tail: Arc<Tail>,
+        flush_delay: std::time::Duration,
+    ) -> Writer {
         Writer {
             dir,
             control: None,
@@ -298,28 +312,57 @@ impl Writer {
             pos_tx,
             tail,
             dirty: false,
+            dirty_since: None,
+            flush_requested: false,
+            flush_delay,
             failed: false,
             zeros: Vec::new(),
         }
     }
 
-    fn run(&mut self, mut rx: mpsc::Receiver<Request>) {
-        while let Some(req) = rx.blocking_recv() {
-            self.handle(req);
-            // Group commit: take what else is queued, then fsync once.
-            let mut budget = 64usize;
-            while budget > 0 {
-                match rx.try_recv() {
-                    Ok(req) => self.handle(req),
-                    Err(_) => break,
+    fn run(&mut self, mut rx: mpsc::Receiver<Request>, rt: Option<tokio::runtime::Handle>) {
+        loop {
+            // Wait for work; while WAL is waiting for its fsync, only until its deadline.
+            let deadline = self
+                .dirty_since
+                .map(|t| self.flush_delay.saturating_sub(t.elapsed()));
+            let req = match (deadline, &rt) {
+                (Some(wait), Some(rt)) if !wait.is_zero() => {
+                    match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                        Ok(Some(req)) => Some(req),
+                        Ok(None) => break,
+                        Err(_) => None,
+                    }
                 }
-                budget -= 1;
+                (Some(_), _) => match rx.try_recv() {
+                    Ok(req) => Some(req),
+                    Err(mpsc::error::TryRecvError::Empty) => None,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                },
+                (None, _) => match rx.blocking_recv() {
+                    Some(req) => Some(req),
+                    None => break,
+                },
+            };
+            if let Some(req) = req {
+                self.handle(req);
+                // Group commit: take what else is queued before deciding on an fsync.
+                for _ in 0..64 {
+                    match rx.try_recv() {
+                        Ok(req) => self.handle(req),
+                        Err(_) => break,
+                    }
+                }
             }
-            if self.dirty {
+            let due = self
+                .dirty_since
+                .is_some_and(|t| t.elapsed() >= self.flush_delay);
+            if self.dirty && (self.flush_requested || due) {
                 if let Err(e) = self.fsync() {
                     self.fail(e);
                 }
             }
+            self.flush_requested = false;
             self.publish();
         }
         let _ = self.close_open();
@@ -348,6 +391,7 @@ impl Writer {
         metrics::counter!(crate::metrics::ERRORS, "kind" => "store").increment(1);
         self.failed = true;
         self.dirty = false;
+        self.dirty_since = None;
         self.open = None;
         self.pos.error = Some(e.to_string());
     }
@@ -382,13 +426,7 @@ impl Writer {
                     }
                 }
             }
-            Request::Flush => {
-                if self.dirty {
-                    if let Err(e) = self.fsync() {
-                        self.fail(e);
-                    }
-                }
-            }
+            Request::Flush => self.flush_requested = true,
             Request::History {
                 tli,
                 content,
@@ -485,6 +523,7 @@ impl Writer {
                 .write_all_at(&rest[..n], offset)
                 .map_err(io_err("write to", &seg.path))?;
             self.dirty = true;
+            self.dirty_since.get_or_insert_with(std::time::Instant::now);
             lsn = Lsn(lsn.0 + n as u64);
             rest = &rest[n..];
             self.pos.write_lsn = lsn;
@@ -546,6 +585,7 @@ impl Writer {
             seg.file.sync_data().map_err(io_err("fsync", &seg.path))?;
         }
         self.dirty = false;
+        self.dirty_since = None;
         self.pos.flush_lsn = self.pos.write_lsn;
         Ok(())
     }
@@ -561,6 +601,7 @@ impl Writer {
         std::fs::rename(&seg.path, &final_path).map_err(io_err("rename", &seg.path))?;
         fsutil::fsync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
         self.dirty = false;
+        self.dirty_since = None;
         self.pos.flush_lsn = self.pos.write_lsn;
         self.pos.completed_segments += 1;
         metrics::counter!(crate::metrics::SEGMENTS_COMPLETED).increment(1);
@@ -582,6 +623,7 @@ impl Writer {
             }
         }
         self.dirty = false;
+        self.dirty_since = None;
         if let Some(c) = self.control.as_mut() {
             if !self.failed && self.pos.timeline != 0 {
                 c.timeline = self.pos.timeline;

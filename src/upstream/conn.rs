@@ -931,8 +931,18 @@ impl ReplConnection {
                     return Err(e);
                 }
             }
-            if self.rbuf.capacity() - self.rbuf.len() < 8192 {
-                self.rbuf.reserve(64 * 1024);
+            // Reserve room for the whole pending frame at once (XLogData is up to 128 kB), so
+            // that a frame is never moved more than once while it arrives.
+            let want = match self.rbuf.get(1..5) {
+                Some(l) => (u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
+                    .saturating_add(1)
+                    .min(self.max_msg.saturating_add(1))
+                    .saturating_sub(self.rbuf.len())
+                    .max(8192),
+                None => 8192,
+            };
+            if self.rbuf.capacity() - self.rbuf.len() < want {
+                self.rbuf.reserve(want.max(64 * 1024));
             }
             let n = match self.stream.read_buf(&mut self.rbuf).await {
                 Ok(n) => n,

@@ -103,7 +103,8 @@ impl ReceiverError {
 }
 
 enum CopyOutcome {
-    EndOfTimeline,
+    /// The server ended the timeline; WAL was received up to the position given.
+    EndOfTimeline(Lsn),
     ServerShutdown,
     EndPos(Lsn),
     Shutdown,
@@ -263,8 +264,8 @@ async fn stream_once(
         m_streaming(true);
         let outcome = copy_loop(&mut conn, store, opts, shutdown.clone()).await?;
         match outcome {
-            CopyOutcome::EndOfTimeline => {
-                let written = wait_durable(store).await?;
+            CopyOutcome::EndOfTimeline(received_end) => {
+                let written = wait_durable(store, received_end.max(start)).await?;
                 match conn.finish_timeline().await? {
                     Some((next_tli, next_start)) => {
                         if next_tli <= tli {
@@ -307,8 +308,10 @@ async fn stream_once(
     }
 }
 
-/// Flushes and waits until everything written is durable; returns that position.
-async fn wait_durable(store: &Store) -> Result<Lsn, ReceiverError> {
+/// Flushes and waits until everything received, up to `received_end`, is written and
+/// durable; returns the durable position. (Writes are queued: positions read before the
+/// store thread processed them would be stale, hence the explicit end.)
+async fn wait_durable(store: &Store, received_end: Lsn) -> Result<Lsn, ReceiverError> {
     store.flush().await?;
     let mut rx = store.positions();
     loop {
@@ -317,7 +320,7 @@ async fn wait_durable(store: &Store) -> Result<Lsn, ReceiverError> {
             if let Some(e) = &p.error {
                 return Err(ReceiverError::Stream(e.clone()));
             }
-            if p.flush_lsn >= p.write_lsn {
+            if p.write_lsn >= received_end && p.flush_lsn >= p.write_lsn {
                 return Ok(p.flush_lsn);
             }
         }
@@ -379,11 +382,12 @@ async fn copy_loop(
     let mut status = tokio::time::interval(opts.status_interval.max(Duration::from_millis(100)));
     status.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut endpos_reached: Option<Lsn> = None;
+    let mut received_end = store.positions().borrow().write_lsn;
     loop {
         tokio::select! {
             biased;
             _ = wait_true(&mut shutdown) => {
-                let flushed = wait_durable(store).await?;
+                let flushed = wait_durable(store, received_end).await?;
                 let p = positions.borrow().clone();
                 reporter.send(conn, &p, false).await?;
                 tracing::info!("received interrupt signal, stopped at {flushed}");
@@ -401,7 +405,7 @@ async fn copy_loop(
                     reporter.send(conn, &p, false).await?;
                 }
                 if let Some(end) = endpos_reached {
-                    if p.flush_lsn >= p.write_lsn {
+                    if p.write_lsn >= end && p.flush_lsn >= p.write_lsn {
                         return Ok(CopyOutcome::EndPos(end));
                     }
                 }
@@ -417,6 +421,7 @@ async fn copy_loop(
                 match ev? {
                     CopyEvent::XLogData { data_start, wal_end, data, .. } => {
                         let end = Lsn(data_start.0 + data.len() as u64);
+                        received_end = received_end.max(end);
                         metrics::counter!(m::RECEIVED_BYTES).increment(data.len() as u64);
                         metrics::gauge!(m::UPSTREAM_WAL_END).set(wal_end.0 as f64);
                         metrics::gauge!(m::UPSTREAM_LAG).set(wal_end.0.saturating_sub(reporter.last_flush.0) as f64);
@@ -439,7 +444,7 @@ async fn copy_loop(
                             reporter.send(conn, &p, false).await?;
                         }
                     }
-                    CopyEvent::EndOfTimeline => return Ok(CopyOutcome::EndOfTimeline),
+                    CopyEvent::EndOfTimeline => return Ok(CopyOutcome::EndOfTimeline(received_end)),
                     CopyEvent::ServerShutdown => return Ok(CopyOutcome::ServerShutdown),
                 }
             }
