@@ -155,3 +155,23 @@ fn harness_selftest_walrelay_spawns() {
     assert!(status.is_some(), "walrelay did not exit");
     let (_status, _out, _err) = harness::walrelay::run_to_end(&["--version"]);
 }
+
+#[test]
+fn harness_selftest_server_stopped_when_test_panics() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let joined = std::thread::spawn(move || {
+        let pg = Pg::primary("15", &[]);
+        tx.send((pg.port(), pg.datadir().to_path_buf())).unwrap();
+        panic!("deliberate panic with a running server (expected in this test)");
+    })
+    .join();
+    assert!(joined.is_err(), "the thread should have panicked");
+    let (port, datadir) = rx.recv().expect("port");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "server on port {port} still listening after the panic"
+    );
+    if std::env::var("WALRELAY_KEEP").as_deref() != Ok("1") {
+        assert!(!datadir.exists(), "{} not removed", datadir.display());
+    }
+}

@@ -3,3 +3,5 @@
 
 mod harness;
 mod harness_selftest;
+mod receive;
+mod upstream_conn;

@@ -1,1 +1,350 @@
-fn main() {}
+//! The `walrelay` command: wiring only (CLI, configuration, tasks, ordered shutdown).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tokio::sync::watch;
+
+use walrelay::config::{parse_duration, Config};
+use walrelay::lsn::Lsn;
+use walrelay::store::{Store, StoreOptions};
+use walrelay::upstream::conn::ReplConnection;
+use walrelay::upstream::conninfo::ConnInfo;
+use walrelay::upstream::receiver::{self, ReceiverExit, ReceiverOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "walrelay",
+    version,
+    about = "Receives, stores, archives and re-serves PostgreSQL WAL"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stream WAL from a primary into a directory, like pg_receivewal.
+    Receive(ReceiveArgs),
+    /// Run the long-running server (receive, store; serve, archive as configured).
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct ConnArgs {
+    /// Connection string or URI (libpq syntax).
+    #[arg(short = 'd', long = "dbname", value_name = "CONNSTR")]
+    dbname: Option<String>,
+    /// Database server host (overrides the connection string).
+    #[arg(short = 'h', long)]
+    host: Option<String>,
+    /// Database server port.
+    #[arg(short = 'p', long)]
+    port: Option<String>,
+    /// User name to connect as.
+    #[arg(short = 'U', long)]
+    username: Option<String>,
+}
+
+#[derive(Args)]
+#[command(disable_help_flag = true)]
+struct ReceiveArgs {
+    /// Receive WAL files into this directory.
+    #[arg(short = 'D', long = "directory", value_name = "DIR")]
+    directory: Option<PathBuf>,
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// Replication slot to use.
+    #[arg(short = 'S', long)]
+    slot: Option<String>,
+    /// Create the replication slot named by --slot, then exit.
+    #[arg(long)]
+    create_slot: bool,
+    /// With --create-slot: do not fail if the slot exists.
+    #[arg(long)]
+    if_not_exists: bool,
+    /// Drop the replication slot named by --slot, then exit.
+    #[arg(long)]
+    drop_slot: bool,
+    /// fsync after every received message and report flush right away.
+    #[arg(long)]
+    synchronous: bool,
+    /// Exit after receiving the specified LSN.
+    #[arg(short = 'E', long, value_name = "LSN")]
+    endpos: Option<Lsn>,
+    /// Do not loop on connection loss.
+    #[arg(short = 'n', long)]
+    no_loop: bool,
+    /// Time between status packets sent to the server (seconds).
+    #[arg(short = 's', long, value_name = "SECS", default_value_t = 10)]
+    status_interval: u64,
+    /// Output verbose messages.
+    #[arg(short = 'v', long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// TOML configuration file.
+    #[arg(short = 'c', long)]
+    config: Option<PathBuf>,
+    /// Connection string of the primary (overrides upstream.conninfo).
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Data directory (overrides data_dir; default ./walrelay-data).
+    #[arg(short = 'D', long)]
+    data_dir: Option<PathBuf>,
+    /// Replication slot on the primary (overrides upstream.slot; default "walrelay").
+    #[arg(long)]
+    slot: Option<String>,
+    /// fsync and report after every received message (overrides upstream.synchronous).
+    #[arg(long)]
+    synchronous: bool,
+    /// Walsender listen address (overrides server.listen).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Archive URL (overrides archive.url).
+    #[arg(long)]
+    archive: Option<String>,
+    /// Prometheus endpoint address (overrides metrics.listen).
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Status interval, e.g. 10s (overrides upstream.status_interval).
+    #[arg(long, value_parser = parse_duration)]
+    status_interval: Option<Duration>,
+    /// Output verbose messages.
+    #[arg(short = 'v', long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WALRELAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("walrelay: could not start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Receive(a) => receive(a).await,
+            Command::Run(a) => run(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("walrelay: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGINT/SIGTERM flip the returned watch to true.
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+fn conninfo_from(conn: &ConnArgs) -> Result<ConnInfo, String> {
+    let mut info =
+        ConnInfo::parse(conn.dbname.as_deref().unwrap_or("")).map_err(|e| e.to_string())?;
+    for (key, value) in [
+        ("host", &conn.host),
+        ("port", &conn.port),
+        ("user", &conn.username),
+    ] {
+        if let Some(v) = value {
+            info.set(key, v.clone()).map_err(|e| e.to_string())?;
+        }
+    }
+    info.apply_env(&|k| std::env::var(k).ok());
+    Ok(info)
+}
+
+async fn receive(a: ReceiveArgs) -> Result<(), String> {
+    init_logging(if a.verbose > 0 { "info" } else { "warn" });
+    let mut conninfo = conninfo_from(&a.conn)?;
+    if conninfo.application_name.is_none() {
+        conninfo.application_name = Some("walrelay".into());
+    }
+    if a.create_slot || a.drop_slot {
+        let slot = a
+            .slot
+            .as_deref()
+            .ok_or("--create-slot and --drop-slot need a slot to be specified using --slot")?;
+        let mut conn = ReplConnection::connect(&conninfo)
+            .await
+            .map_err(|e| e.to_string())?;
+        if a.drop_slot {
+            tracing::info!("dropping replication slot \"{slot}\"");
+            conn.drop_slot(slot)
+                .await
+                .map_err(|e| format!("could not drop replication slot \"{slot}\": {e}"))?;
+        }
+        if a.create_slot {
+            tracing::info!("creating replication slot \"{slot}\"");
+            match conn.create_physical_slot(slot, true).await {
+                Ok(()) => {}
+                Err(walrelay::upstream::error::UpstreamError::Server(e))
+                    if a.if_not_exists && e.code == "42710" =>
+                {
+                    tracing::info!("replication slot \"{slot}\" already exists");
+                }
+                Err(e) => return Err(format!("could not create replication slot \"{slot}\": {e}")),
+            }
+        }
+        conn.close().await;
+        return Ok(());
+    }
+    let dir = a
+        .directory
+        .ok_or("no target directory specified (use -D)")?;
+    if !dir.is_dir() {
+        return Err(format!(
+            "could not access directory \"{}\": No such file or directory",
+            dir.display()
+        ));
+    }
+    let store = Store::start(
+        &dir,
+        StoreOptions {
+            tail_bytes: 0,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let opts = ReceiverOptions {
+        conninfo,
+        slot: a.slot,
+        create_slot_if_missing: false,
+        synchronous: a.synchronous,
+        status_interval: Duration::from_secs(a.status_interval.max(1)),
+        endpos: a.endpos,
+        no_loop: a.no_loop,
+        reconnect_min: Duration::from_secs(1),
+        reconnect_max: Duration::from_secs(30),
+        flush_cap: None,
+        info: None,
+        hs_feedback: None,
+    };
+    let exit = receiver::run(store.clone(), opts, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    store.close().await.map_err(|e| e.to_string())?;
+    if let ReceiverExit::EndPos(lsn) = exit {
+        tracing::info!("reached endpos; last received position {lsn}");
+    }
+    Ok(())
+}
+
+async fn run(a: RunArgs) -> Result<(), String> {
+    init_logging(if a.verbose > 0 { "debug" } else { "info" });
+    let mut cfg = match &a.config {
+        Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    if let Some(v) = a.upstream {
+        cfg.upstream.conninfo = Some(v);
+    }
+    if let Some(v) = a.data_dir {
+        cfg.data_dir = v;
+    }
+    if let Some(v) = a.slot {
+        cfg.upstream.slot = Some(v);
+    }
+    if a.synchronous {
+        cfg.upstream.synchronous = true;
+    }
+    if let Some(v) = a.listen {
+        cfg.server.listen = Some(v);
+    }
+    if let Some(v) = a.archive {
+        cfg.archive.url = Some(v);
+    }
+    if let Some(v) = a.metrics_listen {
+        cfg.metrics.listen = Some(v);
+    }
+    if let Some(v) = a.status_interval {
+        cfg.upstream.status_interval = v;
+    }
+    let Some(conninfo) = cfg.upstream.conninfo.as_deref() else {
+        return Err("no upstream server configured: use --upstream CONNINFO or upstream.conninfo in the configuration file".into());
+    };
+    let mut conninfo = ConnInfo::parse(conninfo).map_err(|e| e.to_string())?;
+    conninfo.apply_env(&|k| std::env::var(k).ok());
+    if conninfo.application_name.is_none() {
+        conninfo.application_name = Some("walrelay".into());
+    }
+    if let Some(addr) = &cfg.metrics.listen {
+        let addr = addr
+            .parse()
+            .map_err(|e| format!("invalid metrics.listen \"{addr}\": {e}"))?;
+        walrelay::metrics::install(addr)?;
+    }
+    let store = Store::start(&cfg.data_dir, StoreOptions::default()).map_err(|e| {
+        format!(
+            "could not open data directory \"{}\": {e}",
+            cfg.data_dir.display()
+        )
+    })?;
+    let opts = ReceiverOptions {
+        conninfo,
+        slot: cfg.upstream.slot.clone(),
+        create_slot_if_missing: cfg.upstream.create_slot,
+        synchronous: cfg.upstream.synchronous,
+        status_interval: cfg.upstream.status_interval,
+        endpos: None,
+        no_loop: false,
+        reconnect_min: cfg.upstream.reconnect_min,
+        reconnect_max: cfg.upstream.reconnect_max,
+        flush_cap: None,
+        info: None,
+        hs_feedback: None,
+    };
+    tracing::info!(
+        "walrelay starting: data directory \"{}\"",
+        cfg.data_dir.display()
+    );
+    receiver::run(store.clone(), opts, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    store.close().await.map_err(|e| e.to_string())?;
+    tracing::info!("walrelay stopped");
+    Ok(())
+}

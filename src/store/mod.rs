@@ -473,7 +473,7 @@ impl Writer {
             }
         }
         self.tail.push(start, data);
-        metrics::counter!(crate::metrics::STORE_WRITTEN_BYTES).increment((lsn.0 - start.0) as u64);
+        metrics::counter!(crate::metrics::STORE_WRITTEN_BYTES).increment(lsn.0 - start.0);
         Ok(())
     }
 

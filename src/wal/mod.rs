@@ -29,7 +29,6 @@ pub use xact::{decode_restore_point, decode_xact, RelFileLocator, XactKind, Xact
 pub const MAXALIGN: u64 = 8;
 
 /// Rounds `n` up to a multiple of [`MAXALIGN`] (saturating at the top of the range).
-#[allow(dead_code)] // used by the record decoder (next commit)
 pub(crate) fn maxalign(n: u64) -> u64 {
     n.checked_add(MAXALIGN - 1)
         .map_or(!(MAXALIGN - 1), |v| v & !(MAXALIGN - 1))
@@ -179,3 +178,6 @@ impl crate::error::SqlState for WalError {
         crate::error::codes::INTERNAL_ERROR
     }
 }
+
+#[cfg(test)]
+mod tests;

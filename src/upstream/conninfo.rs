@@ -1,0 +1,688 @@
+//! libpq-style connection strings.
+//!
+//! Owns: parsing `key=value` strings and `postgresql://` URIs into a [`ConnInfo`], applying
+//! the `PG*` environment variables (explicit settings win), and the defaults libpq uses.
+//! Must not: open sockets or read files other than `/etc/passwd` for the default user name.
+//!
+//! Unix-domain sockets are not supported: a host starting with `/` (or `@`) is an error.
+
+use std::time::Duration;
+
+/// An invalid connection string or setting. Texts follow libpq where it has one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConnInfoError(pub String);
+
+fn err<T>(s: impl Into<String>) -> Result<T, ConnInfoError> {
+    Err(ConnInfoError(s.into()))
+}
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(s: &str) -> Result<SslMode, ConnInfoError> {
+        Ok(match s {
+            "disable" => SslMode::Disable,
+            "allow" => SslMode::Allow,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return err(format!("invalid sslmode value: \"{s}\"")),
+        })
+    }
+}
+
+/// libpq's `channel_binding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelBindingMode {
+    Disable,
+    Prefer,
+    Require,
+}
+
+/// libpq's `target_session_attrs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetSessionAttrs {
+    Any,
+    ReadWrite,
+    ReadOnly,
+    Primary,
+    Standby,
+    PreferStandby,
+}
+
+/// A parsed connection string. `None` means "not set": [`ConnInfo::apply_env`] fills
+/// unset fields from the environment and the accessors supply libpq's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// Comma-separated `host` entries (empty entries mean the default host).
+    pub host: Option<String>,
+    /// `hostaddr` is accepted and used instead of `host` for connecting.
+    pub hostaddr: Option<String>,
+    /// Comma-separated ports.
+    pub port: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub dbname: Option<String>,
+    pub application_name: Option<String>,
+    pub fallback_application_name: Option<String>,
+    pub sslmode: Option<String>,
+    pub sslrootcert: Option<String>,
+    pub sslcert: Option<String>,
+    pub sslkey: Option<String>,
+    pub passfile: Option<String>,
+    pub channel_binding: Option<String>,
+    pub target_session_attrs: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub options: Option<String>,
+}
+
+/// Keywords libpq knows that walrelay accepts and ignores (they do not change what a
+/// physical replication connection does, or they concern features walrelay lacks).
+const IGNORED: &[&str] = &[
+    "client_encoding",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "sslcompression",
+    "sslsni",
+    "sslcrl",
+    "sslcrldir",
+    "sslpassword",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "requirepeer",
+    "gssencmode",
+    "krbsrvname",
+    "gsslib",
+    "gssdelegation",
+    "service",
+    "replication",
+    "load_balance_hosts",
+    "require_auth",
+    "sslnegotiation",
+    "sslcertmode",
+    "min_protocol_version",
+    "max_protocol_version",
+];
+
+impl ConnInfo {
+    /// Parses a `key=value` string or a `postgresql://` / `postgres://` URI.
+    pub fn parse(s: &str) -> Result<ConnInfo, ConnInfoError> {
+        let mut ci = ConnInfo::default();
+        if s.starts_with("postgresql://") || s.starts_with("postgres://") {
+            ci.parse_uri(s)?;
+        } else {
+            for (k, v) in parse_kv(s)? {
+                ci.set(&k, v)?;
+            }
+        }
+        ci.validate()?;
+        Ok(ci)
+    }
+
+    /// Sets one keyword. Unknown keywords are an error like libpq's.
+    pub fn set(&mut self, key: &str, value: String) -> Result<(), ConnInfoError> {
+        let slot = match key {
+            "host" => &mut self.host,
+            "hostaddr" => &mut self.hostaddr,
+            "port" => &mut self.port,
+            "user" => &mut self.user,
+            "password" => &mut self.password,
+            "dbname" => &mut self.dbname,
+            "application_name" => &mut self.application_name,
+            "fallback_application_name" => &mut self.fallback_application_name,
+            "sslmode" => &mut self.sslmode,
+            "sslrootcert" => &mut self.sslrootcert,
+            "sslcert" => &mut self.sslcert,
+            "sslkey" => &mut self.sslkey,
+            "passfile" => &mut self.passfile,
+            "channel_binding" => &mut self.channel_binding,
+            "target_session_attrs" => &mut self.target_session_attrs,
+            "connect_timeout" => &mut self.connect_timeout,
+            "options" => &mut self.options,
+            k if IGNORED.contains(&k) => return Ok(()),
+            k => return err(format!("invalid connection option \"{k}\"")),
+        };
+        *slot = Some(value);
+        Ok(())
+    }
+
+    /// Fills unset fields from the environment (`env("PGHOST")` etc.), like libpq does:
+    /// settings given in the connection string always win.
+    pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) {
+        let pairs: [(&str, &mut Option<String>); 13] = [
+            ("PGHOST", &mut self.host),
+            ("PGPORT", &mut self.port),
+            ("PGUSER", &mut self.user),
+            ("PGPASSWORD", &mut self.password),
+            ("PGSSLMODE", &mut self.sslmode),
+            ("PGAPPNAME", &mut self.application_name),
+            ("PGPASSFILE", &mut self.passfile),
+            ("PGSSLROOTCERT", &mut self.sslrootcert),
+            ("PGSSLCERT", &mut self.sslcert),
+            ("PGSSLKEY", &mut self.sslkey),
+            ("PGCHANNELBINDING", &mut self.channel_binding),
+            ("PGTARGETSESSIONATTRS", &mut self.target_session_attrs),
+            ("PGCONNECT_TIMEOUT", &mut self.connect_timeout),
+        ];
+        for (var, slot) in pairs {
+            if slot.is_none() {
+                if let Some(v) = env(var).filter(|v| !v.is_empty()) {
+                    *slot = Some(v);
+                }
+            }
+        }
+        if self.hostaddr.is_none() {
+            if let Some(v) = env("PGHOSTADDR").filter(|v| !v.is_empty()) {
+                self.hostaddr = Some(v);
+            }
+        }
+        if self.dbname.is_none() {
+            if let Some(v) = env("PGDATABASE").filter(|v| !v.is_empty()) {
+                self.dbname = Some(v);
+            }
+        }
+    }
+
+    /// [`ConnInfo::apply_env`] with the process environment.
+    pub fn apply_process_env(&mut self) {
+        self.apply_env(&|k| std::env::var(k).ok());
+    }
+
+    /// Checks the enumerated settings and the host/port lists.
+    pub fn validate(&self) -> Result<(), ConnInfoError> {
+        self.sslmode()?;
+        self.channel_binding()?;
+        self.target_session_attrs()?;
+        self.connect_timeout()?;
+        self.hosts()?;
+        Ok(())
+    }
+
+    /// The `(host, port)` pairs to try in order. `host` is what is shown in messages and used
+    /// for TLS name checks; the address connected to is `hostaddr` when set.
+    pub fn hosts(&self) -> Result<Vec<HostSpec>, ConnInfoError> {
+        let split = |s: &Option<String>| -> Vec<String> {
+            match s {
+                Some(s) => s.split(',').map(|p| p.trim().to_string()).collect(),
+                None => Vec::new(),
+            }
+        };
+        let hosts = split(&self.host);
+        let addrs = split(&self.hostaddr);
+        let ports = split(&self.port);
+        let n = hosts.len().max(addrs.len()).max(1);
+        if !hosts.is_empty() && !addrs.is_empty() && hosts.len() != addrs.len() {
+            return err(format!(
+                "could not match {} host names to {} hostaddr values",
+                hosts.len(),
+                addrs.len()
+            ));
+        }
+        if ports.len() > 1 && ports.len() != n {
+            return err(format!(
+                "could not match {} port numbers to {} hosts",
+                ports.len(),
+                n
+            ));
+        }
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let host = hosts.get(i).cloned().unwrap_or_default();
+            let addr = addrs.get(i).cloned().filter(|a| !a.is_empty());
+            let host = if host.is_empty() {
+                addr.clone().unwrap_or_else(|| "localhost".to_string())
+            } else {
+                host
+            };
+            if host.starts_with('/') || host.starts_with('@') {
+                return err(format!(
+                    "Unix-domain sockets are not supported by walrelay (host \"{host}\"); use a TCP host name or address"
+                ));
+            }
+            let p = if ports.len() == 1 {
+                ports.first()
+            } else {
+                ports.get(i)
+            };
+            let port = match p.map(|s| s.as_str()).filter(|s| !s.is_empty()) {
+                None => 5432,
+                Some(s) => match s.parse::<u16>() {
+                    Ok(p) if p != 0 => p,
+                    _ => return err(format!("invalid port number: \"{s}\"")),
+                },
+            };
+            out.push(HostSpec { host, addr, port });
+        }
+        Ok(out)
+    }
+
+    /// `sslmode`, default `prefer`.
+    pub fn sslmode(&self) -> Result<SslMode, ConnInfoError> {
+        match self.sslmode.as_deref() {
+            None => Ok(SslMode::Prefer),
+            Some(s) => SslMode::parse(s),
+        }
+    }
+
+    /// `channel_binding`, default `prefer`.
+    pub fn channel_binding(&self) -> Result<ChannelBindingMode, ConnInfoError> {
+        Ok(match self.channel_binding.as_deref() {
+            None | Some("prefer") => ChannelBindingMode::Prefer,
+            Some("disable") => ChannelBindingMode::Disable,
+            Some("require") => ChannelBindingMode::Require,
+            Some(s) => return err(format!("invalid channel_binding value: \"{s}\"")),
+        })
+    }
+
+    /// `target_session_attrs`, default `any`.
+    pub fn target_session_attrs(&self) -> Result<TargetSessionAttrs, ConnInfoError> {
+        Ok(match self.target_session_attrs.as_deref() {
+            None | Some("any") => TargetSessionAttrs::Any,
+            Some("read-write") => TargetSessionAttrs::ReadWrite,
+            Some("read-only") => TargetSessionAttrs::ReadOnly,
+            Some("primary") => TargetSessionAttrs::Primary,
+            Some("standby") => TargetSessionAttrs::Standby,
+            Some("prefer-standby") => TargetSessionAttrs::PreferStandby,
+            Some(s) => return err(format!("invalid target_session_attrs value: \"{s}\"")),
+        })
+    }
+
+    /// `connect_timeout` per host; `None` (wait forever) when unset or 0. Values 1 and 2 are
+    /// raised to 2 seconds like libpq.
+    pub fn connect_timeout(&self) -> Result<Option<Duration>, ConnInfoError> {
+        match self.connect_timeout.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(s) => match s.parse::<i64>() {
+                Ok(n) if n <= 0 => Ok(None),
+                Ok(n) => Ok(Some(Duration::from_secs(n.max(2) as u64))),
+                Err(_) => err(format!(
+                    "invalid integer value \"{s}\" for connection option \"connect_timeout\""
+                )),
+            },
+        }
+    }
+
+    /// The user name: `user`, else the operating-system user (like libpq).
+    pub fn user_or_default(&self) -> String {
+        self.user
+            .clone()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(os_user_name)
+    }
+
+    /// The `database` startup parameter: `dbname` if given, else `replication` (what
+    /// walreceiver and pg_receivewal send for a physical connection). Also what the
+    /// password file is matched against.
+    pub fn dbname_or_default(&self) -> String {
+        self.dbname
+            .clone()
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| "replication".to_string())
+    }
+
+    /// `application_name`, else `fallback_application_name`, else `walrelay`.
+    pub fn application_name_or_default(&self) -> String {
+        self.application_name
+            .clone()
+            .or_else(|| self.fallback_application_name.clone())
+            .unwrap_or_else(|| "walrelay".to_string())
+    }
+
+    fn parse_uri(&mut self, s: &str) -> Result<(), ConnInfoError> {
+        let rest = s
+            .strip_prefix("postgresql://")
+            .or_else(|| s.strip_prefix("postgres://"))
+            .unwrap_or(s);
+        // Split off the query string and the path.
+        let (before_q, query) = match rest.split_once('?') {
+            Some((a, b)) => (a, Some(b)),
+            None => (rest, None),
+        };
+        let (authority, path) = match before_q.find('/') {
+            Some(i) => (&before_q[..i], Some(&before_q[i + 1..])),
+            None => (before_q, None),
+        };
+        let hostpart = match authority.rfind('@') {
+            Some(i) => {
+                let userinfo = &authority[..i];
+                match userinfo.split_once(':') {
+                    Some((u, p)) => {
+                        self.user = Some(percent_decode(u)?).filter(|u| !u.is_empty());
+                        self.password = Some(percent_decode(p)?);
+                    }
+                    None => {
+                        self.user = Some(percent_decode(userinfo)?).filter(|u| !u.is_empty());
+                    }
+                }
+                &authority[i + 1..]
+            }
+            None => authority,
+        };
+        if !hostpart.is_empty() {
+            let mut hosts = Vec::new();
+            let mut ports = Vec::new();
+            for item in hostpart.split(',') {
+                let (h, p) = if let Some(r) = item.strip_prefix('[') {
+                    let Some(end) = r.find(']') else {
+                        return err(format!(
+                            "missing \"]\" in IPv6 host address in URI: \"{s}\""
+                        ));
+                    };
+                    let after = &r[end + 1..];
+                    let p = match after.strip_prefix(':') {
+                        Some(p) => p,
+                        None if after.is_empty() => "",
+                        None => {
+                            return err(format!(
+                                "unexpected character \"{}\" at position {} in URI (expected \":\" or \"/\"): \"{s}\"",
+                                after.chars().next().unwrap_or(' '),
+                                end + 1
+                            ))
+                        }
+                    };
+                    (r[..end].to_string(), p)
+                } else {
+                    match item.rsplit_once(':') {
+                        Some((h, p)) => (percent_decode(h)?, p),
+                        None => (percent_decode(item)?, ""),
+                    }
+                };
+                hosts.push(h);
+                ports.push(percent_decode(p)?);
+            }
+            if hosts.iter().any(|h| !h.is_empty()) {
+                self.host = Some(hosts.join(","));
+            }
+            if ports.iter().any(|p| !p.is_empty()) {
+                self.port = Some(ports.join(","));
+            }
+        }
+        if let Some(p) = path {
+            if !p.is_empty() {
+                self.dbname = Some(percent_decode(p)?);
+            }
+        }
+        if let Some(q) = query {
+            for pair in q.split('&').filter(|p| !p.is_empty()) {
+                let Some((k, v)) = pair.split_once('=') else {
+                    return err(format!(
+                        "missing key/value separator \"=\" in URI query parameter: \"{pair}\""
+                    ));
+                };
+                let k = percent_decode(k)?;
+                let v = percent_decode(v)?;
+                // libpq maps the JDBC-style ssl=true to sslmode=require.
+                if k == "ssl" && v == "true" {
+                    self.sslmode = Some("require".into());
+                    continue;
+                }
+                self.set(&k, v)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One host to try.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSpec {
+    /// The host name as given (used in messages, TLS name checks and pgpass matching).
+    pub host: String,
+    /// `hostaddr`, when given: the address actually connected to.
+    pub addr: Option<String>,
+    pub port: u16,
+}
+
+/// `key = value` pairs; values may be single-quoted; `\` escapes the next character.
+fn parse_kv(s: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.next() != Some('=') {
+            return err(format!(
+                "missing \"=\" after \"{key}\" in connection info string"
+            ));
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut val = String::new();
+        if chars.peek() == Some(&'\'') {
+            chars.next();
+            let mut closed = false;
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some(n) = chars.next() {
+                            val.push(n);
+                        }
+                    }
+                    '\'' => {
+                        closed = true;
+                        break;
+                    }
+                    c => val.push(c),
+                }
+            }
+            if !closed {
+                return err("unterminated quoted string in connection info string");
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                chars.next();
+                if c == '\\' {
+                    if let Some(n) = chars.next() {
+                        val.push(n);
+                    }
+                } else {
+                    val.push(c);
+                }
+            }
+        }
+        out.push((key, val));
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Result<String, ConnInfoError> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                Some(v) if v != 0 => out.push(v),
+                Some(_) => {
+                    return err(format!(
+                        "forbidden value %00 in percent-encoded value: \"{s}\""
+                    ))
+                }
+                None => return err(format!("invalid percent-encoded token: \"{s}\"")),
+            }
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| ConnInfoError(format!("invalid UTF-8 in URI: \"{s}\"")))
+}
+
+/// The operating-system user name: `/etc/passwd` entry of our uid, else `$USER`.
+fn os_user_name() -> String {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(md) = std::fs::metadata("/proc/self") {
+        let uid = md.uid().to_string();
+        if let Ok(pw) = std::fs::read_to_string("/etc/passwd") {
+            for line in pw.lines() {
+                let f: Vec<&str> = line.split(':').collect();
+                if f.len() > 2 && f[2] == uid && !f[0].is_empty() {
+                    return f[0].to_string();
+                }
+            }
+        }
+    }
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "postgres".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_basic_and_quoting() {
+        let ci = ConnInfo::parse(
+            "host=db1 port = 5433 user='bob smith' password='it\\'s \\\\ x' dbname=a\\ b application_name=''",
+        )
+        .unwrap();
+        assert_eq!(ci.host.as_deref(), Some("db1"));
+        assert_eq!(ci.port.as_deref(), Some("5433"));
+        assert_eq!(ci.user.as_deref(), Some("bob smith"));
+        assert_eq!(ci.password.as_deref(), Some("it's \\ x"));
+        assert_eq!(ci.dbname.as_deref(), Some("a b"));
+        assert_eq!(ci.application_name.as_deref(), Some(""));
+        assert_eq!(ci.sslmode().unwrap(), SslMode::Prefer);
+        assert_eq!(
+            ci.hosts().unwrap(),
+            vec![HostSpec {
+                host: "db1".into(),
+                addr: None,
+                port: 5433
+            }]
+        );
+    }
+
+    #[test]
+    fn kv_errors() {
+        assert!(ConnInfo::parse("host").is_err());
+        assert!(ConnInfo::parse("host='abc").is_err());
+        assert_eq!(
+            ConnInfo::parse("bogus=1").unwrap_err().0,
+            "invalid connection option \"bogus\""
+        );
+        assert!(ConnInfo::parse("sslmode=maybe").is_err());
+        assert!(ConnInfo::parse("port=99999").is_err());
+        assert!(ConnInfo::parse("host=/tmp").is_err());
+        assert!(ConnInfo::parse("host=a,b,c port=1,2").is_err());
+        assert!(ConnInfo::parse("connect_timeout=x").is_err());
+        // Ignored libpq keywords are accepted.
+        assert!(ConnInfo::parse("keepalives=1 sslsni=1").is_ok());
+    }
+
+    #[test]
+    fn multi_host() {
+        let ci = ConnInfo::parse("host=a,b,,c port=1").unwrap();
+        let h = ci.hosts().unwrap();
+        assert_eq!(
+            h.iter()
+                .map(|h| (h.host.as_str(), h.port))
+                .collect::<Vec<_>>(),
+            vec![("a", 1), ("b", 1), ("localhost", 1), ("c", 1)]
+        );
+        let ci = ConnInfo::parse("host=a,b port=1,").unwrap();
+        let h = ci.hosts().unwrap();
+        assert_eq!((h[0].port, h[1].port), (1, 5432));
+        let ci = ConnInfo::parse("").unwrap();
+        assert_eq!(ci.hosts().unwrap()[0].host, "localhost");
+        assert_eq!(ci.hosts().unwrap()[0].port, 5432);
+    }
+
+    #[test]
+    fn uri() {
+        let ci = ConnInfo::parse(
+            "postgresql://us%40er:p%3Ass@h1:5433,[::1]:5434,h3/my%20db?sslmode=verify-full&application_name=x%26y&connect_timeout=1",
+        )
+        .unwrap();
+        assert_eq!(ci.user.as_deref(), Some("us@er"));
+        assert_eq!(ci.password.as_deref(), Some("p:ss"));
+        assert_eq!(ci.dbname.as_deref(), Some("my db"));
+        assert_eq!(ci.application_name.as_deref(), Some("x&y"));
+        assert_eq!(ci.sslmode().unwrap(), SslMode::VerifyFull);
+        assert_eq!(ci.connect_timeout().unwrap(), Some(Duration::from_secs(2)));
+        let h = ci.hosts().unwrap();
+        assert_eq!(
+            h.iter()
+                .map(|h| (h.host.as_str(), h.port))
+                .collect::<Vec<_>>(),
+            vec![("h1", 5433), ("::1", 5434), ("h3", 5432)]
+        );
+        let ci = ConnInfo::parse("postgres://").unwrap();
+        assert_eq!(ci, ConnInfo::default());
+        let ci = ConnInfo::parse("postgres://u@/?host=x&port=7").unwrap();
+        assert_eq!(ci.hosts().unwrap()[0].host, "x");
+        assert_eq!(ci.hosts().unwrap()[0].port, 7);
+        assert!(ConnInfo::parse("postgres://h/?bogus=1").is_err());
+        assert!(ConnInfo::parse("postgres://h/?sslmode").is_err());
+        assert!(ConnInfo::parse("postgres://h%zz/").is_err());
+        assert!(ConnInfo::parse("postgres://[::1/").is_err());
+        assert!(ConnInfo::parse("postgres://h/%00").is_err());
+    }
+
+    #[test]
+    fn env_order() {
+        let mut ci = ConnInfo::parse("host=explicit sslmode=disable").unwrap();
+        let env = |k: &str| -> Option<String> {
+            match k {
+                "PGHOST" => Some("envhost".into()),
+                "PGPORT" => Some("6000".into()),
+                "PGUSER" => Some("envuser".into()),
+                "PGPASSWORD" => Some("envpw".into()),
+                "PGSSLMODE" => Some("verify-full".into()),
+                "PGAPPNAME" => Some("".into()),
+                "PGTARGETSESSIONATTRS" => Some("read-write".into()),
+                _ => None,
+            }
+        };
+        ci.apply_env(&env);
+        assert_eq!(ci.host.as_deref(), Some("explicit"));
+        assert_eq!(ci.sslmode().unwrap(), SslMode::Disable);
+        assert_eq!(ci.port.as_deref(), Some("6000"));
+        assert_eq!(ci.user_or_default(), "envuser");
+        assert_eq!(ci.password.as_deref(), Some("envpw"));
+        assert_eq!(ci.application_name_or_default(), "walrelay");
+        assert_eq!(
+            ci.target_session_attrs().unwrap(),
+            TargetSessionAttrs::ReadWrite
+        );
+        assert_eq!(ci.dbname_or_default(), "replication");
+    }
+}

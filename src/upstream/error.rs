@@ -1,0 +1,147 @@
+//! Errors of the upstream replication client.
+//!
+//! Owns: [`UpstreamError`] and the client-side view of a server `ErrorResponse`
+//! ([`ErrorFields`]). Messages are worded like libpq's so that operators recognise them.
+
+use std::fmt;
+
+use crate::error::{codes, SqlState};
+use crate::upstream::conninfo::ConnInfoError;
+
+/// The fields of an `ErrorResponse`/`NoticeResponse` that walrelay uses.
+///
+/// Displayed like libpq: `ERROR:  message` then `DETAIL:  …` / `HINT:  …` lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorFields {
+    /// Non-localised severity (`V` field) when present, else the localised one (`S`).
+    pub severity: String,
+    /// SQLSTATE (`C`).
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ErrorFields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:  {}", self.severity, self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, "\nDETAIL:  {d}")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, "\nHINT:  {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why connecting to one host failed (one line of [`UpstreamError::AllHostsFailed`]).
+#[derive(Debug)]
+pub struct HostFailure {
+    pub host: String,
+    pub port: u16,
+    pub error: UpstreamError,
+}
+
+impl fmt::Display for HostFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "connection to server at \"{}\", port {} failed: {}",
+            self.host, self.port, self.error
+        )
+    }
+}
+
+/// Everything that can go wrong talking to the upstream server.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The connection string is invalid.
+    #[error(transparent)]
+    ConnInfo(#[from] ConnInfoError),
+    /// A socket error, connection refused, timeout, unexpected EOF...
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// TLS setup or handshake failed (includes certificate verification).
+    #[error("{0}")]
+    Tls(String),
+    /// Authentication failed: the server rejected us (SQLSTATE class 28 or 42501 during
+    /// startup), or the client could not satisfy the server's request (no password,
+    /// channel binding required...). Not worth retrying quickly.
+    #[error("{0}")]
+    Auth(AuthFailure),
+    /// The server answered with an `ErrorResponse`.
+    #[error("{0}")]
+    Server(ErrorFields),
+    /// The server sent something we did not expect or could not decode.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The server refused a session that does not match `target_session_attrs`.
+    #[error("{0}")]
+    SessionAttrs(String),
+    /// Every host failed; one line per attempt, like libpq.
+    #[error("{}", join_lines(.0))]
+    AllHostsFailed(Vec<HostFailure>),
+}
+
+/// An authentication failure: either the server's error or a client-side reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthFailure {
+    Server(ErrorFields),
+    Client(String),
+}
+
+impl fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthFailure::Server(e) => e.fmt(f),
+            AuthFailure::Client(s) => f.write_str(s),
+        }
+    }
+}
+
+fn join_lines(v: &[HostFailure]) -> String {
+    v.iter()
+        .map(|h| h.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl UpstreamError {
+    /// True when the failure is about credentials or permissions (for any host tried):
+    /// retrying at once will not help.
+    pub fn is_auth_failure(&self) -> bool {
+        match self {
+            UpstreamError::Auth(_) => true,
+            UpstreamError::AllHostsFailed(v) => v.iter().any(|h| h.error.is_auth_failure()),
+            _ => false,
+        }
+    }
+
+    /// The server's error fields, if this is a server error.
+    pub fn server_error(&self) -> Option<&ErrorFields> {
+        match self {
+            UpstreamError::Server(e) | UpstreamError::Auth(AuthFailure::Server(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn protocol(msg: impl Into<String>) -> Self {
+        UpstreamError::Protocol(msg.into())
+    }
+
+    pub(crate) fn auth_client(msg: impl Into<String>) -> Self {
+        UpstreamError::Auth(AuthFailure::Client(msg.into()))
+    }
+}
+
+impl SqlState for UpstreamError {
+    fn sqlstate(&self) -> &'static str {
+        match self {
+            UpstreamError::Auth(_) => codes::INVALID_AUTHORIZATION,
+            UpstreamError::Protocol(_) => codes::PROTOCOL_VIOLATION,
+            UpstreamError::ConnInfo(_) => codes::INVALID_PARAMETER_VALUE,
+            _ => codes::CONNECTION_FAILURE,
+        }
+    }
+}
