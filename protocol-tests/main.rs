@@ -4,4 +4,6 @@
 mod harness;
 mod harness_selftest;
 mod receive;
+mod server_common;
+mod server_stream;
 mod upstream_conn;

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use walrelay::config::{parse_duration, Config};
 use walrelay::lsn::Lsn;
+use walrelay::server::{Server, ServerContext, ServerSettings};
 use walrelay::store::{Store, StoreOptions};
 use walrelay::upstream::conn::ReplConnection;
 use walrelay::upstream::conninfo::ConnInfo;
@@ -31,6 +32,18 @@ enum Command {
     Receive(ReceiveArgs),
     /// Run the long-running server (receive, store; serve, archive as configured).
     Run(RunArgs),
+    /// Print a SCRAM-SHA-256 verifier (or with --md5 an md5 hash) for [server.users],
+    /// reading the password from standard input.
+    Passwd(PasswdArgs),
+}
+
+#[derive(Args)]
+struct PasswdArgs {
+    /// User name (the md5 hash depends on it).
+    user: String,
+    /// Print an md5 hash instead (only for clients that cannot do SCRAM).
+    #[arg(long)]
+    md5: bool,
 }
 
 #[derive(Args)]
@@ -150,6 +163,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Receive(a) => receive(a).await,
             Command::Run(a) => run(a).await,
+            Command::Passwd(a) => passwd(a),
         }
     });
     match result {
@@ -273,6 +287,31 @@ async fn receive(a: ReceiveArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn passwd(a: PasswdArgs) -> Result<(), String> {
+    use std::io::{BufRead, IsTerminal};
+    if std::io::stdin().is_terminal() {
+        eprint!("Password for {} (echoed): ", a.user);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("could not read the password: {e}"))?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        return Err("empty password".into());
+    }
+    if a.md5 {
+        println!(
+            "{}",
+            postgres_protocol::password::md5(password.as_bytes(), &a.user)
+        );
+    } else {
+        println!("{}", walrelay::server::auth::scram_verifier(password));
+    }
+    Ok(())
+}
+
 async fn run(a: RunArgs) -> Result<(), String> {
     init_logging(if a.verbose > 0 { "debug" } else { "info" });
     let mut cfg = match &a.config {
@@ -323,6 +362,26 @@ async fn run(a: RunArgs) -> Result<(), String> {
             cfg.data_dir.display()
         )
     })?;
+    let shutdown = shutdown_signal();
+    // The walsender stops after the receiver: standbys then get everything walrelay stored.
+    let (server_stop_tx, server_stop) = watch::channel(false);
+    let (info_tx, info_rx) = watch::channel(walrelay::upstream::receiver::UpstreamInfo::default());
+    let server = match &cfg.server.listen {
+        Some(_) => {
+            let settings = ServerSettings::from_config(&cfg.server).map_err(|e| e.to_string())?;
+            let ctx = ServerContext {
+                store: store.clone(),
+                upstream: info_rx,
+                data_dir: cfg.data_dir.clone(),
+            };
+            Some(
+                Server::start(settings, ctx, server_stop)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        None => None,
+    };
     let opts = ReceiverOptions {
         conninfo,
         slot: cfg.upstream.slot.clone(),
@@ -334,16 +393,20 @@ async fn run(a: RunArgs) -> Result<(), String> {
         reconnect_min: cfg.upstream.reconnect_min,
         reconnect_max: cfg.upstream.reconnect_max,
         flush_cap: None,
-        info: None,
-        hs_feedback: None,
+        info: Some(info_tx),
+        hs_feedback: server.as_ref().map(|s| s.hs_feedback.clone()),
     };
     tracing::info!(
         "walrelay starting: data directory \"{}\"",
         cfg.data_dir.display()
     );
-    receiver::run(store.clone(), opts, shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())?;
+    let received = receiver::run(store.clone(), opts, shutdown).await;
+    let _ = server_stop_tx.send(true);
+    // Standbys get what is flushed before the store closes (ordered walsender shutdown).
+    if let Some(server) = server {
+        server.wait().await;
+    }
+    received.map_err(|e| e.to_string())?;
     store.close().await.map_err(|e| e.to_string())?;
     tracing::info!("walrelay stopped");
     Ok(())

@@ -164,7 +164,12 @@ fn in_net(ip: IpAddr, (net, bits): (IpAddr, u8)) -> bool {
 }
 
 /// The first rule matching the connection, like `check_hba`.
-pub fn find_rule<'a>(rules: &'a [HbaRule], tls: bool, user: &str, ip: IpAddr) -> Option<&'a HbaRule> {
+pub fn find_rule<'a>(
+    rules: &'a [HbaRule],
+    tls: bool,
+    user: &str,
+    ip: IpAddr,
+) -> Option<&'a HbaRule> {
     rules.iter().find(|r| {
         let type_ok = match r.conn_type {
             ConnType::Host => true,
@@ -349,11 +354,11 @@ impl ScramServer {
             _ => return Err(AuthError::InvalidMechanism),
         };
         let malformed = |d: &str| AuthError::Malformed(d.to_string());
-        let text = std::str::from_utf8(data)
-            .map_err(|_| malformed("The message is not valid UTF-8."))?;
-        let (flag, rest) = text.split_at_checked(1).ok_or_else(|| {
-            malformed("The message is empty.")
-        })?;
+        let text =
+            std::str::from_utf8(data).map_err(|_| malformed("The message is not valid UTF-8."))?;
+        let (flag, rest) = text
+            .split_at_checked(1)
+            .ok_or_else(|| malformed("The message is empty."))?;
         let (gs2_cbind, rest) = match flag {
             "n" | "y" => {
                 let rest = rest
@@ -388,11 +393,7 @@ impl ScramServer {
                 }
                 (format!("p={name},"), rest)
             }
-            _ => {
-                return Err(malformed(
-                    "Unexpected channel-binding flag.",
-                ))
-            }
+            _ => return Err(malformed("Unexpected channel-binding flag.")),
         };
         // authzid
         let rest = if rest.starts_with("a=") {
@@ -452,8 +453,8 @@ impl ScramServer {
             return Err(AuthError::Malformed("Unexpected SCRAM message.".into()));
         };
         let malformed = |d: &str| AuthError::Malformed(d.to_string());
-        let text = std::str::from_utf8(data)
-            .map_err(|_| malformed("The message is not valid UTF-8."))?;
+        let text =
+            std::str::from_utf8(data).map_err(|_| malformed("The message is not valid UTF-8."))?;
         let (without_proof, proof) = text
             .rsplit_once(",p=")
             .ok_or_else(|| malformed("Could not find proof in client-final-message."))?;
@@ -520,7 +521,12 @@ fn mock_verifier(user: &str) -> ScramVerifier {
 }
 
 /// Checks an md5 PasswordMessage (`md5` + hex(md5(hex_hash ‖ salt))).
-pub fn check_md5(user: &str, stored_hex: &str, salt: [u8; 4], response: &str) -> Result<(), AuthError> {
+pub fn check_md5(
+    user: &str,
+    stored_hex: &str,
+    salt: [u8; 4],
+    response: &str,
+) -> Result<(), AuthError> {
     let mut input = stored_hex.as_bytes().to_vec();
     input.extend_from_slice(&salt);
     let expected = format!("md5{}", hex(&md5::digest(&input)));
@@ -631,15 +637,21 @@ mod tests {
         .unwrap();
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(
-            find_rule(&rules, true, "alice", ip("10.1.2.3")).unwrap().method,
+            find_rule(&rules, true, "alice", ip("10.1.2.3"))
+                .unwrap()
+                .method,
             Method::Cert
         );
         assert_eq!(
-            find_rule(&rules, false, "alice", ip("10.1.2.3")).unwrap().method,
+            find_rule(&rules, false, "alice", ip("10.1.2.3"))
+                .unwrap()
+                .method,
             Method::Reject
         );
         assert_eq!(
-            find_rule(&rules, false, "carol", ip("::ffff:127.0.0.1")).unwrap().method,
+            find_rule(&rules, false, "carol", ip("::ffff:127.0.0.1"))
+                .unwrap()
+                .method,
             Method::ScramSha256
         );
         assert_eq!(
@@ -675,13 +687,19 @@ mod tests {
     fn scram_exchange() {
         let v = scram_verifier("pw");
         run_scram("pw", Some(&v), None, ChannelBinding::unsupported(), SCRAM).unwrap();
-        let e = run_scram("nope", Some(&v), None, ChannelBinding::unsupported(), SCRAM)
-            .unwrap_err();
-        assert_eq!(e.to_string(), "password authentication failed for user \"bob\"");
+        let e =
+            run_scram("nope", Some(&v), None, ChannelBinding::unsupported(), SCRAM).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "password authentication failed for user \"bob\""
+        );
         assert_eq!(e.sqlstate(), "28P01");
         // unknown user: same error
         let e = run_scram("pw", None, None, ChannelBinding::unsupported(), SCRAM).unwrap_err();
-        assert_eq!(e.to_string(), "password authentication failed for user \"bob\"");
+        assert_eq!(
+            e.to_string(),
+            "password authentication failed for user \"bob\""
+        );
         // channel binding
         let hash = vec![7u8; 32];
         run_scram(

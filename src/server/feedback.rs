@@ -13,20 +13,13 @@ use std::sync::Mutex;
 
 use tokio::sync::watch;
 
-/// What walrelay forwards to the primary as its own hot-standby feedback.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct HsFeedback {
-    pub xmin: u32,
-    pub xmin_epoch: u32,
-    pub catalog_xmin: u32,
-    pub catalog_xmin_epoch: u32,
-}
+/// What walrelay forwards to the primary as its own hot-standby feedback (the type the
+/// upstream receiver consumes).
+pub use crate::upstream::receiver::HsFeedback;
 
-impl HsFeedback {
-    /// True when nothing is held back (the primary clears the slot's xmin on zeros).
-    pub fn is_empty(&self) -> bool {
-        self.xmin == 0 && self.catalog_xmin == 0
-    }
+/// True when nothing is held back (the primary clears the slot's xmin on zeros).
+pub fn is_empty(fb: &HsFeedback) -> bool {
+    fb.xmin == 0 && fb.catalog_xmin == 0
 }
 
 fn full(xid: u32, epoch: u32) -> Option<u64> {
@@ -131,6 +124,6 @@ mod tests {
         agg.update(1, fb(0, 0, 0, 0));
         agg.update(3, fb(0, 7, 0, 7));
         assert_eq!(*rx.borrow(), HsFeedback::default());
-        assert!(rx.borrow().is_empty());
+        assert!(is_empty(&rx.borrow()));
     }
 }

@@ -48,16 +48,7 @@ pub use feedback::HsFeedback;
 pub use slots::SlotView;
 pub use status::WalSenderStatus;
 
-/// What the upstream receiver publishes about the primary (placeholder until the receiver
-/// module defines it; the fields are the agreed ones).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UpstreamInfo {
-    pub connected: bool,
-    pub server_version: String,
-    pub parameters: Vec<(String, String)>,
-    pub system_id: u64,
-    pub timeline: TimelineId,
-}
+pub use crate::upstream::receiver::UpstreamInfo;
 
 /// Validated server settings (see [`ServerSettings::from_config`]).
 #[derive(Clone)]
@@ -84,9 +75,9 @@ impl ServerSettings {
             .clone()
             .ok_or_else(|| ServerError::Config("server.listen is not set".into()))?;
         let tls = match (&c.tls_cert, &c.tls_key) {
-            (Some(cert), Some(key)) => Some(
-                tls::load(cert, key, c.tls_ca.as_deref()).map_err(ServerError::Config)?,
-            ),
+            (Some(cert), Some(key)) => {
+                Some(tls::load(cert, key, c.tls_ca.as_deref()).map_err(ServerError::Config)?)
+            }
             (None, None) => None,
             _ => {
                 return Err(ServerError::Config(
@@ -320,7 +311,11 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut sessions = JoinSet::new();
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     let mut positions = shared.store.positions();
@@ -353,11 +348,16 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: w
         }
     }
     drop(listener);
-    tracing::info!("walsender: shutting down, waiting for {} session(s)", sessions.len());
+    tracing::info!(
+        "walsender: shutting down, waiting for {} session(s)",
+        sessions.len()
+    );
     let grace = shared.settings.shutdown_timeout + Duration::from_secs(2);
-    if tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} })
-        .await
-        .is_err()
+    if tokio::time::timeout(grace, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
     {
         sessions.abort_all();
     }
@@ -384,7 +384,11 @@ pub(crate) fn version_num(v: &str) -> u32 {
     let rest = v.get(major.to_string().len()..).unwrap_or("");
     let minor: u32 = rest
         .strip_prefix('.')
-        .map(|r| r.chars().take_while(|c| c.is_ascii_digit()).collect::<String>())
+        .map(|r| {
+            r.chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect::<String>()
+        })
         .and_then(|m| m.parse().ok())
         .unwrap_or(0);
     major * 10000 + minor

@@ -260,7 +260,10 @@ async fn startup(
             let Some(tls) = &shared.settings.tls else {
                 return Err(refuse(
                     io,
-                    fatal(codes::PROTOCOL_VIOLATION, "direct SSL connection was received but SSL is not enabled"),
+                    fatal(
+                        codes::PROTOCOL_VIOLATION,
+                        "direct SSL connection was received but SSL is not enabled",
+                    ),
                     "protocol",
                 ));
             };
@@ -291,7 +294,10 @@ async fn startup(
                 if !buf.is_empty() {
                     return Err(refuse(
                         io,
-                        fatal(codes::PROTOCOL_VIOLATION, "received unencrypted data after SSL request"),
+                        fatal(
+                            codes::PROTOCOL_VIOLATION,
+                            "received unencrypted data after SSL request",
+                        ),
                         "protocol",
                     ));
                 }
@@ -320,13 +326,14 @@ async fn startup(
                             }
                         }
                     }
-                    (_, true) => {
-                        return Err(refuse(
-                            io,
-                            fatal(codes::PROTOCOL_VIOLATION, "unsupported frontend protocol 1234.5679: server supports 3.0 to 3.0"),
-                            "protocol",
-                        ))
-                    }
+                    (_, true) => return Err(refuse(
+                        io,
+                        fatal(
+                            codes::PROTOCOL_VIOLATION,
+                            "unsupported frontend protocol 1234.5679: server supports 3.0 to 3.0",
+                        ),
+                        "protocol",
+                    )),
                     (None, false) => {
                         if io.write_all(b"N").await.is_err() {
                             return Ok(None);
@@ -338,7 +345,10 @@ async fn startup(
                 if on_tls {
                     return Err(refuse(
                         io,
-                        fatal(codes::PROTOCOL_VIOLATION, "unsupported frontend protocol 1234.5680: server supports 3.0 to 3.0"),
+                        fatal(
+                            codes::PROTOCOL_VIOLATION,
+                            "unsupported frontend protocol 1234.5680: server supports 3.0 to 3.0",
+                        ),
                         "protocol",
                     ));
                 }
@@ -373,7 +383,9 @@ async fn startup(
             io,
             fatal(
                 codes::FEATURE_NOT_SUPPORTED,
-                format!("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"),
+                format!(
+                    "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
+                ),
             ),
             "protocol",
         ));
@@ -391,7 +403,10 @@ async fn startup(
     let Some(user) = get("user").filter(|u| !u.is_empty()).map(str::to_string) else {
         return Err(refuse(
             io,
-            fatal(codes::INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet"),
+            fatal(
+                codes::INVALID_AUTHORIZATION,
+                "no PostgreSQL user name specified in startup packet",
+            ),
             "protocol",
         ));
     };
@@ -427,7 +442,10 @@ async fn startup(
     if over_limit {
         return Err(refuse(
             io,
-            fatal(codes::TOO_MANY_CONNECTIONS, "sorry, too many clients already"),
+            fatal(
+                codes::TOO_MANY_CONNECTIONS,
+                "sorry, too many clients already",
+            ),
             "too_many",
         ));
     }
@@ -440,7 +458,11 @@ async fn startup(
     };
     // Authentication.
     let ip = peer.ip();
-    let enc = if on_tls { "SSL encryption" } else { "no encryption" };
+    let enc = if on_tls {
+        "SSL encryption"
+    } else {
+        "no encryption"
+    };
     let rule = if shared.settings.require_tls && !on_tls {
         None
     } else {
@@ -802,9 +824,16 @@ impl Session {
                     }
                 }
                 // Outside COPY these are ignored, as PostgreSQL does.
-                Ok(FrontendMessage::CopyData(_) | FrontendMessage::CopyDone | FrontendMessage::CopyFail(_)) => Ok(()),
+                Ok(
+                    FrontendMessage::CopyData(_)
+                    | FrontendMessage::CopyDone
+                    | FrontendMessage::CopyFail(_),
+                ) => Ok(()),
                 Ok(FrontendMessage::Password(_)) => {
-                    return End::Fatal(fatal(codes::PROTOCOL_VIOLATION, "invalid frontend message type 112"))
+                    return End::Fatal(fatal(
+                        codes::PROTOCOL_VIOLATION,
+                        "invalid frontend message type 112",
+                    ))
                 }
                 Ok(FrontendMessage::Unknown(t)) => {
                     return End::Fatal(fatal(
@@ -833,7 +862,10 @@ impl Session {
         };
         let Some(view) = self.shared.view() else {
             return self
-                .send_error(ErrorFields::error("57P03", "the database system is starting up"))
+                .send_error(ErrorFields::error(
+                    "57P03",
+                    "the database system is starting up",
+                ))
                 .await;
         };
         match cmd {
@@ -1053,7 +1085,10 @@ impl Session {
                 };
                 backend::error_response(
                     &mut b,
-                    &ErrorFields::error(code, format!("could not open file \"pg_wal/{name}\": {msg}")),
+                    &ErrorFields::error(
+                        code,
+                        format!("could not open file \"pg_wal/{name}\": {msg}"),
+                    ),
                 );
                 backend::ready_for_query(&mut b, b'I');
                 self.send(b).await
@@ -1103,7 +1138,8 @@ impl Session {
         if tli <= 1 {
             return Some(Vec::new());
         }
-        let text = std::fs::read_to_string(self.shared.data_dir.join(history_file_name(tli))).ok()?;
+        let text =
+            std::fs::read_to_string(self.shared.data_dir.join(history_file_name(tli))).ok()?;
         crate::wal::history::parse_history(&text).ok()
     }
 }

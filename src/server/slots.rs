@@ -467,7 +467,10 @@ mod tests {
         ));
         slots.acquire("s1", 2, 42).unwrap();
         let e = slots.drop_slot("s1", 3).unwrap_err();
-        assert_eq!(e.to_string(), "replication slot \"s1\" is active for PID 42");
+        assert_eq!(
+            e.to_string(),
+            "replication slot \"s1\" is active for PID 42"
+        );
         assert_eq!(e.sqlstate(), "55006");
         slots.confirm_flush("s1", Lsn(6000));
         slots.session_ended(1); // drops t1

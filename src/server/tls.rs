@@ -24,9 +24,19 @@ pub struct TlsSetup {
 /// Loads the certificate, key and optional client CA.
 pub fn load(cert: &Path, key: &Path, ca: Option<&Path>) -> Result<TlsSetup, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("could not read certificate file \"{}\": {e}", cert.display()))?
+        .map_err(|e| {
+            format!(
+                "could not read certificate file \"{}\": {e}",
+                cert.display()
+            )
+        })?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("could not read certificate file \"{}\": {e}", cert.display()))?;
+        .map_err(|e| {
+            format!(
+                "could not read certificate file \"{}\": {e}",
+                cert.display()
+            )
+        })?;
     let leaf = certs
         .first()
         .ok_or_else(|| format!("no certificate in \"{}\"", cert.display()))?;
@@ -43,16 +53,19 @@ pub fn load(cert: &Path, key: &Path, ca: Option<&Path>) -> Result<TlsSetup, Stri
             for c in CertificateDer::pem_file_iter(ca)
                 .map_err(|e| format!("could not read CA file \"{}\": {e}", ca.display()))?
             {
-                let c = c.map_err(|e| format!("could not read CA file \"{}\": {e}", ca.display()))?;
+                let c =
+                    c.map_err(|e| format!("could not read CA file \"{}\": {e}", ca.display()))?;
                 roots
                     .add(c)
                     .map_err(|e| format!("bad CA certificate in \"{}\": {e}", ca.display()))?;
             }
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .allow_unauthenticated()
-                    .build()
-                    .map_err(|e| format!("TLS client verifier: {e}"))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| format!("TLS client verifier: {e}"))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),

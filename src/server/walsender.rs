@@ -71,7 +71,9 @@ impl Session {
                 return self.send_slot_error(&e).await;
             }
         }
-        let r = self.start_inner(view, slot.as_deref(), start, timeline).await;
+        let r = self
+            .start_inner(view, slot.as_deref(), start, timeline)
+            .await;
         if let Some(name) = &slot {
             self.shared.slots.release(name, self.id);
         }
@@ -113,7 +115,9 @@ impl Session {
                         "requested starting point {start} on timeline {tli} is not in this server's history"
                     ),
                 );
-                e.detail = Some(format!("This server's history forked from timeline {tli} at {sw}."));
+                e.detail = Some(format!(
+                    "This server's history forked from timeline {tli} at {sw}."
+                ));
                 return self.send_error(e).await;
             }
             end = Some((sw, next));
@@ -140,7 +144,8 @@ impl Session {
             "pid {} ({}): start streaming at {start} on timeline {tli}{}",
             self.pid,
             self.application_name,
-            slot.map(|s| format!(" with slot \"{s}\"")).unwrap_or_default()
+            slot.map(|s| format!(" with slot \"{s}\""))
+                .unwrap_or_default()
         );
         let mut st = StreamState {
             tli,
@@ -159,7 +164,11 @@ impl Session {
     }
 
     /// After the COPY: the `next_tli` row (historic timelines), both CommandCompletes, `Z`.
-    async fn finish_timeline(&self, end: Option<(Lsn, TimelineId)>, historic: bool) -> Result<(), End> {
+    async fn finish_timeline(
+        &self,
+        end: Option<(Lsn, TimelineId)>,
+        historic: bool,
+    ) -> Result<(), End> {
         let mut b = BytesMut::new();
         if let (true, Some((sw, next))) = (historic, end) {
             backend::row_description(
@@ -211,11 +220,7 @@ impl Session {
                         backend::copy_done(&mut b);
                         self.send(b).await?;
                         server_done = true;
-                        tracing::info!(
-                            "pid {}: end of timeline {} at {sw}",
-                            self.pid,
-                            st.tli
-                        );
+                        tracing::info!("pid {}: end of timeline {} at {sw}", self.pid, st.tli);
                     }
                 }
                 if !server_done && st.sent < limit {
@@ -242,7 +247,9 @@ impl Session {
             let caught_up = pending.is_none() && st.sent >= limit;
             if caught_up && !caught_up_once {
                 caught_up_once = true;
-                self.shared.status.update(self.id, |r| r.state = "streaming".into());
+                self.shared
+                    .status
+                    .update(self.id, |r| r.state = "streaming".into());
             }
             // Ordered shutdown: everything sent, ask for confirmation, then COPY 0.
             if let Some(deadline) = stopping {
