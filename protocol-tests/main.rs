@@ -4,6 +4,7 @@
 mod harness;
 mod harness_selftest;
 mod receive;
+mod server_auth;
 mod server_common;
 mod server_stream;
 mod upstream_conn;

@@ -15,6 +15,8 @@ pub struct Relay {
     pub port: u16,
     pub data: PathBuf,
     pub log: PathBuf,
+    /// Appended to the probe conninfo (e.g. credentials, sslmode).
+    pub probe: String,
 }
 
 impl Relay {
@@ -27,6 +29,17 @@ impl Relay {
     }
 
     pub fn start_on(t: &TestDir, primary: &Pg, data: &Path, port: u16, extra: &[&str]) -> Relay {
+        Relay::start_probe(t, primary, data, port, extra, "")
+    }
+
+    pub fn start_probe(
+        t: &TestDir,
+        primary: &Pg,
+        data: &Path,
+        port: u16,
+        extra: &[&str],
+        probe: &str,
+    ) -> Relay {
         let log = t.join("walrelay.log");
         let listen = format!("127.0.0.1:{port}");
         let mut args = vec![
@@ -47,6 +60,7 @@ impl Relay {
             port,
             data: data.to_path_buf(),
             log,
+            probe: probe.to_string(),
         };
         let target = primary.current_lsn();
         harness::wait_for(Duration::from_secs(30), "walrelay to serve", || {
@@ -67,7 +81,7 @@ impl Relay {
         let out = pg
             .install()
             .psql_conninfo(
-                &format!("{} replication=true", self.conninfo("psql")),
+                &format!("{} replication=true {}", self.conninfo("psql"), self.probe),
                 "IDENTIFY_SYSTEM",
             )
             .ok()?;
@@ -100,21 +114,18 @@ pub struct ReceiveWal {
 
 impl ReceiveWal {
     pub fn start(pg: &Pg, port: u16, dir: &Path, extra: &[&str]) -> ReceiveWal {
+        let conn = format!("host=127.0.0.1 port={port} user=postgres");
+        ReceiveWal::start_conn(pg, &conn, dir, extra)
+    }
+
+    pub fn start_conn(pg: &Pg, conn: &str, dir: &Path, extra: &[&str]) -> ReceiveWal {
         std::fs::create_dir_all(dir).unwrap();
         let log = dir.with_extension("log");
         let f = std::fs::File::create(&log).unwrap();
         let child = pg
             .install()
             .command("pg_receivewal")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "postgres",
-                "-D",
-            ])
+            .args(["-d", conn, "-D"])
             .arg(dir)
             .args(["-n", "-v", "-s", "1"])
             .args(extra)
