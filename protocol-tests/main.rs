@@ -6,5 +6,6 @@ mod harness_selftest;
 mod receive;
 mod server_auth;
 mod server_common;
+mod server_fuzz;
 mod server_stream;
 mod upstream_conn;
