@@ -6,6 +6,7 @@ mod harness_selftest;
 mod receive;
 mod server_auth;
 mod server_common;
+mod server_fanout;
 mod server_fuzz;
 mod server_stream;
 mod upstream_conn;
