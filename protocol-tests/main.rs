@@ -8,5 +8,6 @@ mod server_auth;
 mod server_common;
 mod server_fanout;
 mod server_fuzz;
+mod server_restart;
 mod server_stream;
 mod upstream_conn;
