@@ -10,4 +10,5 @@ mod server_fanout;
 mod server_fuzz;
 mod server_restart;
 mod server_stream;
+mod server_timeline;
 mod upstream_conn;

@@ -40,12 +40,25 @@ impl Relay {
         extra: &[&str],
         probe: &str,
     ) -> Relay {
+        Relay::start_full(t, primary, &primary.conninfo(), data, port, extra, probe)
+    }
+
+    /// `upstream`: walrelay's conninfo; `primary`: where the probe's target LSN comes from.
+    pub fn start_full(
+        t: &TestDir,
+        primary: &Pg,
+        upstream: &str,
+        data: &Path,
+        port: u16,
+        extra: &[&str],
+        probe: &str,
+    ) -> Relay {
         let log = t.join("walrelay.log");
         let listen = format!("127.0.0.1:{port}");
         let mut args = vec![
             "run",
             "--upstream",
-            &*Box::leak(primary.conninfo().into_boxed_str()),
+            upstream,
             "--data-dir",
             data.to_str().unwrap(),
             "--listen",
