@@ -205,6 +205,9 @@ impl Session {
         let mut confirmed = Lsn(0);
         let label = self.application_name.clone();
         let half_timeout = settings.wal_sender_timeout / 2;
+        let keepalive_every = settings
+            .keepalive_interval
+            .max(std::time::Duration::from_millis(100));
 
         loop {
             // What can be sent now.
@@ -268,7 +271,7 @@ impl Session {
 
             // Next timer: keepalive or timeout.
             let now = Instant::now();
-            let mut wake = last_send + settings.keepalive_interval;
+            let mut wake = last_send + keepalive_every;
             if !settings.wal_sender_timeout.is_zero() {
                 let t = if ping_sent {
                     last_recv + settings.wal_sender_timeout
@@ -390,7 +393,7 @@ impl Session {
                             last_send = now;
                         }
                     }
-                    if now >= last_send + settings.keepalive_interval {
+                    if now >= last_send + keepalive_every {
                         self.keepalive(st.sent, false);
                         last_send = now;
                     }
