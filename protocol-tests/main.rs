@@ -1,9 +1,13 @@
 //! walrelay's integration tests against real PostgreSQL servers (and a real S3 server).
 //! One test target (`protocol`): the harness plus one module per test file.
 
+mod archive_bench;
+mod archive_run;
+mod archive_store;
 mod harness;
 mod harness_selftest;
 mod receive;
+mod receive_faults;
 mod server_auth;
 mod server_common;
 mod server_fanout;

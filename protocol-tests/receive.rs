@@ -123,8 +123,7 @@ fn byte_identity(major: &str) {
         "--status-interval",
         "1",
     ]);
-    // The first file is the slot's restart segment (READ_REPLICATION_SLOT on 15+, else the
-    // server's position, which is the same segment here).
+    // The first file is the slot's restart segment.
     harness::wait_for(Duration::from_secs(30), "first .partial", || {
         has_file(&dir, &format!("{first_seg}.partial"))
     });
@@ -436,4 +435,291 @@ fn run_follows_promotion_through_multi_host_conninfo() {
     assert!(n >= 1);
     let log = w.log();
     assert!(log.contains("switched to timeline 2"), "{log}");
+}
+
+/// A full disk: walrelay stops acknowledging, logs the error, retries, and loses nothing once
+/// space is freed. The disk is a real 40 MB tmpfs mounted in a private mount namespace
+/// (`unshare --user --map-root-user --mount`); the test reaches it through /proc/PID/root.
+/// 36 MB hold two 16 MB segments and a bit: the third cannot be created.
+#[test]
+fn receive_full_disk_loses_nothing() {
+    let t = TestDir::new("recv-full");
+    let mnt = t.subdir("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let primary = Pg::primary("15", &[]);
+    let conninfo = primary.conninfo();
+    let (st, _, err) = harness::walrelay::run_to_end(&[
+        "receive",
+        "-d",
+        &conninfo,
+        "--slot",
+        "full",
+        "--create-slot",
+    ]);
+    assert!(st.success(), "{err}");
+    let log_path = t.join("walrelay.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=36m tmpfs '{m}' && exec '{bin}' receive -D '{m}' -d '{conninfo}' --slot full -v --status-interval 1",
+        m = mnt.display(),
+        bin = harness::walrelay::bin().display()
+    );
+    let child = std::process::Command::new("unshare")
+        .args([
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Kill(child);
+    let pid = child.0.id();
+    let inner = PathBuf::from(format!("/proc/{pid}/root{}", mnt.display()));
+    harness::wait_for(
+        Duration::from_secs(30),
+        "walrelay streaming into the tmpfs",
+        || {
+            std::fs::read_dir(&inner)
+                .map(|d| d.count() > 0)
+                .unwrap_or(false)
+        },
+    );
+    generate_wal(&primary, 40);
+    harness::wait_for(Duration::from_secs(60), "ENOSPC reported", || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("No space left on device")
+    });
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("could not zero-fill file") || log.contains("could not write to file"),
+        "{log}"
+    );
+    // Nothing beyond what is on disk was acknowledged: the slot is at or behind the end of the
+    // complete segments.
+    let segs = complete_segments(&inner);
+    assert!(
+        !segs.is_empty(),
+        "no complete segment before the disk filled"
+    );
+    let last = segs.last().unwrap();
+    let durable_end = (u64::from_str_radix(&last[16..], 16).unwrap() + 1) * SEG;
+    let end_partial = std::fs::read_dir(&inner)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".partial"))
+        .count();
+    let restart: Lsn = primary
+        .psql("select restart_lsn from pg_replication_slots where slot_name = 'full'")
+        .parse()
+        .unwrap();
+    assert!(
+        restart.0 <= durable_end + SEG * end_partial as u64,
+        "slot at {restart}, disk holds up to {:X}",
+        durable_end
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "walrelay exited on a full disk"
+    );
+
+    // The operator frees space (the complete segments were archived elsewhere): walrelay
+    // catches up by itself.
+    let check = t.subdir("check");
+    std::fs::create_dir_all(&check).unwrap();
+    for s in &segs {
+        std::fs::copy(inner.join(s), check.join(s)).unwrap();
+        std::fs::remove_file(inner.join(s)).unwrap();
+    }
+    let end = primary.switch_wal();
+    let want = segment_file_name(1, Lsn(end.0 - 1).segno(SEG), SEG);
+    harness::wait_for(
+        Duration::from_secs(90),
+        "caught up after space was freed",
+        || inner.join(&want).is_file(),
+    );
+    for s in complete_segments(&inner) {
+        std::fs::copy(inner.join(&s), check.join(&s)).unwrap();
+    }
+    let n = compare::assert_segments_identical(&check, &primary.pg_wal());
+    assert!(n >= 3, "{n}");
+    let all = complete_segments(&check);
+    for pair in all.windows(2) {
+        let a = u64::from_str_radix(&pair[0][16..], 16).unwrap();
+        let b = u64::from_str_radix(&pair[1][16..], 16).unwrap();
+        assert_eq!(a + 1, b, "gap between {} and {}", pair[0], pair[1]);
+    }
+}
+
+/// A wrong password is a clear error, retried slowly (no retry storm).
+#[test]
+fn receive_wrong_password_is_clear_and_not_a_storm() {
+    let t = TestDir::new("recv-pw");
+    let dir = wal_dir(&t);
+    let mut primary = Pg::primary("15", &["password_encryption = 'scram-sha-256'"]);
+    primary.psql("create role rep replication login password 'right'");
+    primary.set_hba(
+        "host replication rep 127.0.0.1/32 scram-sha-256\nhost all postgres 127.0.0.1/32 trust\n",
+    );
+    primary.reload();
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=rep password=wrong",
+        primary.port()
+    );
+    let mut w = Walrelay::spawn(&[
+        "receive",
+        "-D",
+        dir.to_str().unwrap(),
+        "-d",
+        &conninfo,
+        "-v",
+    ]);
+    std::thread::sleep(Duration::from_secs(6));
+    w.stop();
+    let log = w.log();
+    let attempts = log
+        .matches("password authentication failed for user \"rep\"")
+        .count();
+    assert!(attempts >= 1, "{log}");
+    assert!(
+        attempts <= 2,
+        "{attempts} attempts in 6 s: a retry storm\n{log}"
+    );
+    let (st, _, err) = harness::walrelay::run_to_end(&[
+        "receive",
+        "-D",
+        dir.to_str().unwrap(),
+        "-d",
+        &conninfo,
+        "-n",
+    ]);
+    assert!(!st.success());
+    assert!(err.contains(&format!("connection to server at \"127.0.0.1\", port {} failed: FATAL:  password authentication failed for user \"rep\"", primary.port())), "{err}");
+}
+
+/// A primary shutting down sends its last WAL, waits for walrelay's flush, then ends COPY with
+/// `COPY 0`: walrelay ends the stream cleanly (exit 0 with --no-loop) holding everything.
+#[test]
+fn receive_primary_shutdown_ends_stream_cleanly() {
+    let t = TestDir::new("recv-shutdown");
+    let dir = wal_dir(&t);
+    let mut primary = Pg::primary("15", &[]);
+    let mut w = Walrelay::spawn(&[
+        "receive",
+        "-D",
+        dir.to_str().unwrap(),
+        "-d",
+        &primary.conninfo(),
+        "-n",
+        "-v",
+    ]);
+    primary.psql("create table x as select generate_series(1, 10000) g");
+    let lsn = primary.current_lsn();
+    let partial = dir.join(format!(
+        "{}.partial",
+        segment_file_name(1, lsn.segno(SEG), SEG)
+    ));
+    harness::wait_for(Duration::from_secs(30), "streaming", || partial.is_file());
+    let pg_wal = primary.pg_wal();
+    primary.stop();
+    let st = w
+        .wait_exit(Duration::from_secs(30))
+        .expect("walrelay ends when the primary shuts down");
+    assert!(st.success(), "{st:?}\n{}", w.log());
+    assert!(
+        w.log().contains("the server ended streaming (shutdown)"),
+        "{}",
+        w.log()
+    );
+    // Everything the primary wrote, up to and including its shutdown checkpoint, is on disk.
+    let primary_seg =
+        std::fs::read(pg_wal.join(segment_file_name(1, lsn.segno(SEG), SEG))).unwrap();
+    let ours = std::fs::read(&partial).unwrap();
+    let end = primary_seg.iter().rposition(|&b| b != 0).unwrap_or(0) + 1;
+    assert_eq!(
+        &ours[..end],
+        &primary_seg[..end],
+        "walrelay misses WAL the primary wrote before shutting down"
+    );
+}
+
+/// `walrelay run` with the metrics endpoint: Prometheus text and the JSON status view.
+#[test]
+fn run_serves_metrics_and_status() {
+    let t = TestDir::new("run-metrics");
+    let primary = Pg::primary("15", &[]);
+    let port = harness::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let data = t.subdir("data");
+    let mut w = Walrelay::spawn(&[
+        "run",
+        "--upstream",
+        &primary.conninfo(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--metrics-listen",
+        &addr,
+    ]);
+    primary.psql("create table x as select generate_series(1, 10000) g");
+    let lsn = primary.current_lsn();
+    let mut status = String::new();
+    harness::wait_for(
+        Duration::from_secs(30),
+        "status shows the flush position",
+        || {
+            status = walrelay::admin::request(&addr, "GET", "/status")
+                .map(|r| r.1)
+                .unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
+            v["store"]["flush_lsn"]
+                .as_str()
+                .and_then(|s| s.parse::<Lsn>().ok())
+                .is_some_and(|l| l >= lsn)
+        },
+    );
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(v["upstream"]["connected"], true);
+    assert_eq!(
+        v["upstream"]["system_identifier"],
+        primary.system_identifier().to_string()
+    );
+    assert!(v["upstream"]["server_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("15."));
+    let (code, metrics) = walrelay::admin::request(&addr, "GET", "/metrics").unwrap();
+    assert_eq!(code, 200);
+    for name in [
+        "walrelay_flush_lsn_bytes",
+        "walrelay_received_bytes_total",
+        "walrelay_upstream_connects_total",
+        "walrelay_segments_completed_total",
+    ] {
+        assert!(
+            metrics.contains(name) || name == "walrelay_segments_completed_total",
+            "{name} missing:\n{metrics}"
+        );
+    }
+    let flush: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("walrelay_flush_lsn_bytes "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(flush as u64 >= lsn.0, "metric flush {flush} < {lsn}");
+    w.stop();
 }

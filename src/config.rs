@@ -158,11 +158,135 @@ fn default_all() -> String {
     "all".into()
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[archive]`: uploading completed segments to an object store, local retention, reading
+/// back. Documented in `docs/archive.md`.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiveConfig {
-    /// Object store URL (`file:///path`, `s3://bucket/prefix`, `az://…`, `gs://…`).
+    /// Object store URL (`file:///path`, `s3://bucket/prefix`, `az://container/prefix`,
+    /// `gs://bucket/prefix`). Unset: `file://<data_dir>/archive`. `"none"` disables archiving.
     pub url: Option<String>,
+    /// What `flush` reported to the primary means: `local` (fsynced here, the default) or
+    /// `archive` (also in the object store).
+    pub ack: AckMode,
+    /// Uploads in flight at once.
+    pub concurrency: usize,
+    /// `none` or `zstd`; readers handle both whatever this says.
+    pub compression: Compression,
+    /// zstd level (1-19).
+    pub compression_level: i32,
+    /// Objects larger than this are uploaded in parts.
+    #[serde(deserialize_with = "de_size")]
+    pub multipart_threshold: u64,
+    /// Part size of multipart uploads.
+    #[serde(deserialize_with = "de_size")]
+    pub part_size: u64,
+    /// First delay after a failed upload; doubles (with jitter) up to `retry_max`.
+    #[serde(deserialize_with = "de_duration")]
+    pub retry_min: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub retry_max: Duration,
+    /// The data directory is rescanned at least this often (also on every completed segment).
+    #[serde(deserialize_with = "de_duration")]
+    pub scan_interval: Duration,
+    /// Upload a snapshot of the open segment this often when it has new WAL; `0` disables.
+    #[serde(deserialize_with = "de_duration")]
+    pub partial_interval: Duration,
+    /// Which system's WAL to read when the archive holds several (`wal-fetch`, `verify`).
+    pub system_id: Option<u64>,
+    /// Segments read ahead by the archive reader and prefetched by `wal-fetch`.
+    pub prefetch: usize,
+    /// Local retention: keep at least the newest this many bytes of completed segments...
+    #[serde(deserialize_with = "de_size")]
+    pub keep_local_size: u64,
+    /// ...and every segment younger than this.
+    #[serde(deserialize_with = "de_duration")]
+    pub keep_local_age: Duration,
+    /// Alarm (log + `walrelay_archive_disk_cap_alarm`) when local WAL exceeds 90% of this;
+    /// `0`: no cap.
+    #[serde(deserialize_with = "de_size")]
+    pub local_disk_cap: u64,
+    /// S3 (and S3-compatible) options; unset ones come from the `AWS_*` environment.
+    pub s3: S3Options,
+    /// Azure options; unset ones come from the `AZURE_*` environment.
+    pub azure: AzureOptions,
+    /// Further object_store options by their documented names (`aws_…`, `azure_…`,
+    /// `google_…`), for anything not covered above (e.g. `google_service_account`).
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            url: None,
+            ack: AckMode::Local,
+            concurrency: 4,
+            compression: Compression::None,
+            compression_level: 3,
+            multipart_threshold: 64 << 20,
+            part_size: 16 << 20,
+            retry_min: Duration::from_millis(500),
+            retry_max: Duration::from_secs(30),
+            scan_interval: Duration::from_secs(10),
+            partial_interval: Duration::from_secs(60),
+            system_id: None,
+            prefetch: 4,
+            keep_local_size: 1 << 30,
+            keep_local_age: Duration::from_secs(3600),
+            local_disk_cap: 0,
+            s3: S3Options::default(),
+            azure: AzureOptions::default(),
+            options: Default::default(),
+        }
+    }
+}
+
+/// Meaning of the `flush` position reported to the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// At local fsync.
+    #[default]
+    Local,
+    /// Only once in the object store (`archived_lsn`).
+    Archive,
+}
+
+/// Compression of archived segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    Zstd,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Options {
+    /// e.g. `http://127.0.0.1:8333` for a local server.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    /// Allow `http://` endpoints.
+    pub allow_http: Option<bool>,
+    /// Path-style requests (`endpoint/bucket/key`), which most local servers need.
+    /// Default: true when `endpoint` is set.
+    pub path_style: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AzureOptions {
+    pub account: Option<String>,
+    pub access_key: Option<String>,
+    /// e.g. `http://127.0.0.1:10000/devstoreaccount1` for azurite.
+    pub endpoint: Option<String>,
+    pub allow_http: Option<bool>,
+    /// Use azurite's well-known account and key.
+    pub use_emulator: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -343,5 +467,19 @@ mod tests {
         assert_eq!(c.server.max_connections, 100);
         let e = Config::parse("[upstream]\nconnifo = \"x\"\n").unwrap_err();
         assert!(e.contains("unknown field `connifo`"), "{e}");
+        let c = Config::parse(
+            "[archive]\nurl = \"s3://b/p\"\nack = \"archive\"\ncompression = \"zstd\"\n\
+             keep_local_size = \"2GB\"\npartial_interval = \"5s\"\n[archive.s3]\n\
+             endpoint = \"http://127.0.0.1:1\"\n[archive.options]\ngoogle_service_account = \"/k\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.archive.ack, AckMode::Archive);
+        assert_eq!(c.archive.compression, Compression::Zstd);
+        assert_eq!(c.archive.keep_local_size, 2 << 30);
+        assert_eq!(c.archive.partial_interval, Duration::from_secs(5));
+        assert_eq!(c.archive.s3.endpoint.as_deref(), Some("http://127.0.0.1:1"));
+        assert_eq!(c.archive.options.len(), 1);
+        let e = Config::parse("[archive]\nack = \"remote\"\n").unwrap_err();
+        assert!(e.contains("unknown variant"), "{e}");
     }
 }

@@ -12,11 +12,13 @@
 //! | [`store`] | segment files, `.partial`, fsync, durable rename, control file | touch sockets |
 //! | [`archive`] | uploads to object storage, `archived_lsn` | change local segments |
 //! | [`server`] | the walsender: listener, auth, sessions | write WAL |
-//! | [`metrics`] | metric names and the Prometheus endpoint | hold business logic |
+//! | [`metrics`] | metric names and the Prometheus recorder | hold business logic |
+//! | [`admin`] | the HTTP endpoint: `/metrics`, `/status`, control routes | hold business logic |
 //! | [`config`] | TOML config and defaults | hold business logic |
 //!
 //! See `docs/architecture.md` for the data flow as built.
 
+pub mod admin;
 pub mod archive;
 pub mod config;
 pub mod error;

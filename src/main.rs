@@ -7,13 +7,16 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tokio::sync::watch;
 
+use std::sync::Arc;
+use walrelay::admin::{Response, Routes};
 use walrelay::config::{parse_duration, Config};
 use walrelay::lsn::Lsn;
 use walrelay::server::{Server, ServerContext, ServerSettings};
+use walrelay::store::Positions;
 use walrelay::store::{Store, StoreOptions};
 use walrelay::upstream::conn::ReplConnection;
 use walrelay::upstream::conninfo::ConnInfo;
-use walrelay::upstream::receiver::{self, ReceiverExit, ReceiverOptions};
+use walrelay::upstream::receiver::{self, ReceiverExit, ReceiverOptions, UpstreamInfo};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +38,10 @@ enum Command {
     /// Print a SCRAM-SHA-256 verifier (or with --md5 an md5 hash) for [server.users],
     /// reading the password from standard input.
     Passwd(PasswdArgs),
+    /// restore_command: fetch WAL file %f from the archive into %p.
+    WalFetch(walrelay::archive::cli::WalFetchArgs),
+    /// Check the archive: every segment FOUND / MISSING / CORRUPT, timeline histories.
+    Verify(walrelay::archive::cli::VerifyArgs),
 }
 
 #[derive(Args)]
@@ -142,6 +149,7 @@ fn init_logging(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
@@ -164,6 +172,8 @@ fn main() -> ExitCode {
             Command::Receive(a) => receive(a).await,
             Command::Run(a) => run(a).await,
             Command::Passwd(a) => passwd(a),
+            Command::WalFetch(a) => exit_with(walrelay::archive::cli::wal_fetch_main(a).await),
+            Command::Verify(a) => exit_with(walrelay::archive::cli::verify_main(a).await),
         }
     });
     match result {
@@ -172,6 +182,15 @@ fn main() -> ExitCode {
             eprintln!("walrelay: error: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Exit status of the archive subcommands (which print their own messages).
+fn exit_with(code: i32) -> Result<(), String> {
+    if code == 0 {
+        Ok(())
+    } else {
+        std::process::exit(code)
     }
 }
 
@@ -350,12 +369,6 @@ async fn run(a: RunArgs) -> Result<(), String> {
     if conninfo.application_name.is_none() {
         conninfo.application_name = Some("walrelay".into());
     }
-    if let Some(addr) = &cfg.metrics.listen {
-        let addr = addr
-            .parse()
-            .map_err(|e| format!("invalid metrics.listen \"{addr}\": {e}"))?;
-        walrelay::metrics::install(addr)?;
-    }
     let store = Store::start(&cfg.data_dir, StoreOptions::default()).map_err(|e| {
         format!(
             "could not open data directory \"{}\": {e}",
@@ -365,13 +378,13 @@ async fn run(a: RunArgs) -> Result<(), String> {
     let shutdown = shutdown_signal();
     // The walsender stops after the receiver: standbys then get everything walrelay stored.
     let (server_stop_tx, server_stop) = watch::channel(false);
-    let (info_tx, info_rx) = watch::channel(walrelay::upstream::receiver::UpstreamInfo::default());
+    let (info_tx, info_rx) = watch::channel(UpstreamInfo::default());
     let server = match &cfg.server.listen {
         Some(_) => {
             let settings = ServerSettings::from_config(&cfg.server).map_err(|e| e.to_string())?;
             let ctx = ServerContext {
                 store: store.clone(),
-                upstream: info_rx,
+                upstream: info_rx.clone(),
                 data_dir: cfg.data_dir.clone(),
             };
             Some(
@@ -382,6 +395,51 @@ async fn run(a: RunArgs) -> Result<(), String> {
         }
         None => None,
     };
+    let mut archive_settings =
+        walrelay::archive::ArchiveSettings::new(cfg.archive.clone(), &cfg.data_dir);
+    archive_settings.slot_floor = server.as_ref().map(|s| s.slots_min_restart.clone());
+    let archiver = walrelay::archive::Archiver::start(archive_settings, &store, shutdown.clone())
+        .map_err(|e| e.to_string())?;
+    if let Some(addr) = &cfg.metrics.listen {
+        let addr: std::net::SocketAddr = addr
+            .parse()
+            .map_err(|e| format!("invalid metrics.listen \"{addr}\": {e}"))?;
+        let handle = walrelay::metrics::install_recorder()?;
+        walrelay::archive::describe_metrics();
+        let mut routes = Routes::default();
+        routes.add(
+            "GET",
+            "/metrics",
+            Arc::new(move |_| Response {
+                status: 200,
+                content_type: "text/plain; version=0.0.4",
+                body: handle.render().into_bytes(),
+            }),
+        );
+        let positions = store.positions();
+        let info = info_rx.clone();
+        let walsenders = server.as_ref().map(|s| s.status_source());
+        let archived = archiver.as_ref().map(|h| h.archived_lsn.clone());
+        routes.add(
+            "GET",
+            "/status",
+            Arc::new(move |_| {
+                let p = positions.borrow().clone();
+                let i = info.borrow().clone();
+                let archived = archived.as_ref().map(|a| *a.borrow());
+                let mut doc = status_json(&p, &i, archived);
+                if let Some(w) = &walsenders {
+                    doc["walsenders"] = serde_json::to_value(w.status()).unwrap_or_default();
+                    doc["slots"] = serde_json::to_value(w.slots()).unwrap_or_default();
+                }
+                Response::json(200, &doc)
+            }),
+        );
+        let local = walrelay::admin::serve(addr, routes, shutdown.clone())
+            .await
+            .map_err(|e| format!("could not listen on {addr} (metrics.listen): {e}"))?;
+        tracing::info!("metrics and status on http://{local}/metrics and /status");
+    }
     let opts = ReceiverOptions {
         conninfo,
         slot: cfg.upstream.slot.clone(),
@@ -392,7 +450,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
         no_loop: false,
         reconnect_min: cfg.upstream.reconnect_min,
         reconnect_max: cfg.upstream.reconnect_max,
-        flush_cap: None,
+        flush_cap: archiver.as_ref().and_then(|h| h.flush_cap(cfg.archive.ack)),
         info: Some(info_tx),
         hs_feedback: server.as_ref().map(|s| s.hs_feedback.clone()),
     };
@@ -400,14 +458,44 @@ async fn run(a: RunArgs) -> Result<(), String> {
         "walrelay starting: data directory \"{}\"",
         cfg.data_dir.display()
     );
-    let received = receiver::run(store.clone(), opts, shutdown).await;
+    let result = receiver::run(store.clone(), opts, shutdown)
+        .await
+        .map_err(|e| e.to_string());
+    // The walsender stops after the receiver; standbys get what is flushed before the store
+    // closes (ordered walsender shutdown).
     let _ = server_stop_tx.send(true);
-    // Standbys get what is flushed before the store closes (ordered walsender shutdown).
     if let Some(server) = server {
         server.wait().await;
     }
-    received.map_err(|e| e.to_string())?;
+    if let Some(h) = archiver {
+        h.abort();
+    }
+    result?;
     store.close().await.map_err(|e| e.to_string())?;
     tracing::info!("walrelay stopped");
     Ok(())
+}
+
+/// The `/status` document: what walrelay receives and stores.
+fn status_json(p: &Positions, i: &UpstreamInfo, archived: Option<Lsn>) -> serde_json::Value {
+    serde_json::json!({
+        "upstream": {
+            "connected": i.connected,
+            "server": i.server,
+            "server_version": i.server_version,
+            "system_identifier": i.system_id.to_string(),
+            "timeline": i.timeline,
+        },
+        "store": {
+            "timeline": p.timeline,
+            "write_lsn": p.write_lsn.to_string(),
+            "flush_lsn": p.flush_lsn.to_string(),
+            "wal_segment_size": p.wal_segment_size,
+            "completed_segments": p.completed_segments,
+            "error": p.error,
+        },
+        "archive": {
+            "archived_lsn": archived.map(|l| l.to_string()),
+        },
+    })
 }

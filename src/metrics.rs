@@ -1,10 +1,10 @@
 //! The metric catalogue and the Prometheus endpoint.
 //!
-//! Owns: metric names, their descriptions, and the HTTP listener that serves them
-//! (`metrics-exporter-prometheus`). Modules record values through the `metrics` macros
+//! Owns: metric names, their descriptions, and the Prometheus recorder
+//! (`metrics-exporter-prometheus`; [`crate::admin`] serves it). Modules record values through the `metrics` macros
 //! with the names below. Must not: hold business logic.
 
-use std::net::SocketAddr;
+pub use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Bytes of WAL received from the primary.
 pub const RECEIVED_BYTES: &str = "walrelay_received_bytes_total";
@@ -72,12 +72,11 @@ pub fn describe() {
     describe_gauge!(UPSTREAM_STREAMING, "1 while streaming from the primary");
 }
 
-/// Installs the Prometheus recorder and serves `/metrics` on `addr`.
-pub fn install(addr: SocketAddr) -> Result<(), String> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
-        .map_err(|e| format!("could not start the metrics endpoint on {addr}: {e}"))?;
+/// Installs the Prometheus recorder; the admin endpoint renders it on `GET /metrics`.
+pub fn install_recorder() -> Result<PrometheusHandle, String> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| format!("could not install the metrics recorder: {e}"))?;
     describe();
-    Ok(())
+    Ok(handle)
 }

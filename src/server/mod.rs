@@ -245,7 +245,23 @@ pub struct ServerHandle {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A cloneable view of the server's status (for HTTP handlers).
+#[derive(Clone)]
+pub struct StatusSource(Arc<Shared>);
+
+impl StatusSource {
+    pub fn status(&self) -> Vec<WalSenderStatus> {
+        self.0.status.snapshot()
+    }
+    pub fn slots(&self) -> Vec<SlotView> {
+        self.0.slots.list()
+    }
+}
+
 impl ServerHandle {
+    pub fn status_source(&self) -> StatusSource {
+        StatusSource(self.shared.clone())
+    }
     /// One row per replication session, like `pg_stat_replication`.
     pub fn status(&self) -> Vec<WalSenderStatus> {
         self.shared.status.snapshot()

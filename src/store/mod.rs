@@ -22,6 +22,7 @@
 pub mod control;
 pub mod fsutil;
 pub mod reader;
+pub mod retention;
 pub mod scan;
 mod tail;
 
@@ -130,6 +131,10 @@ enum Request {
     },
     Close {
         reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    RemoveSegments {
+        names: Vec<String>,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
     },
 }
 
@@ -246,6 +251,14 @@ impl Store {
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
+    /// Removes completed segment files (retention; see [`retention`]). Partial files, history
+    /// files and the open segment are refused. Returns how many files were removed.
+    pub async fn remove_segments(&self, names: Vec<String>) -> Result<usize, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::RemoveSegments { names, reply }).await?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
     pub fn has_history(&self, tli: TimelineId) -> bool {
         self.dir.join(history_file_name(tli)).is_file()
     }
@@ -342,6 +355,14 @@ impl Writer {
 
     fn handle(&mut self, req: Request) {
         match req {
+            Request::RemoveSegments { names, reply } => {
+                let open = self
+                    .open
+                    .as_ref()
+                    .map(|o| segment_file_name(self.pos.timeline, o.segno, self.seg_size()));
+                let r = retention::remove(&self.dir, &names, self.seg_size(), open.as_deref());
+                let _ = reply.send(r);
+            }
             Request::Open {
                 system_id,
                 seg_size,

@@ -1,0 +1,1215 @@
+//! The background uploader: finds completed segments and history files in the data
+//! directory, uploads them with bounded parallelism, uploads snapshots of the open segment on
+//! a timer, applies local retention, and publishes `archived_lsn`.
+//!
+//! Owns: the archiver task and its state file `walrelay.archive-state` in the data directory
+//! (the last persisted `archived_lsn`, so that a restart does not re-upload). Work is found by
+//! scanning the directory (restart-safe, nothing depends on a notification being seen) when
+//! the store's `completed_segments` changes and every `archive.scan_interval`.
+//!
+//! `archived_lsn` is the end of the contiguous prefix of WAL that is in the object store:
+//! it starts at the first local segment (or the persisted value) and moves over each segment
+//! number for which every completed local file has been uploaded; a snapshot of the very next
+//! segment extends it to the snapshot's end. It never moves backwards.
+//!
+//! Must not: write or delete WAL files itself (retention goes through
+//! [`Store::remove_segments`]), or hold up the store: it only reads files and positions.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::backend::{self, Backend};
+use super::layout::{self, compression_name, sha256_hex, Identity, Layout, Manifest};
+use super::upload::{self, PutOutcome, UploadPolicy};
+use super::{ArchiveError, ArchiveSettings};
+use crate::config::{AckMode, ArchiveConfig, Compression};
+use crate::lsn::{
+    history_file_name, parse_wal_file_name, segment_file_name, Lsn, TimelineId, WalFileName,
+};
+use crate::store::retention::{self, RetentionPolicy};
+use crate::store::scan::{self, SegmentFile};
+use crate::store::{control, fsutil, Positions, Store};
+
+/// Name of the archiver's state file in the data directory.
+pub const STATE_FILE: &str = "walrelay.archive-state";
+
+/// What the archiver has done so far (for status output and tests).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArchiverStatus {
+    /// Segments uploaded by this process (created, or found identical).
+    pub uploaded_segments: u64,
+    /// Of those, found already present with the same content (retries after a crash).
+    pub already_present: u64,
+    /// Completed local segments not yet in the archive.
+    pub pending: usize,
+    pub conflicts: u64,
+    pub partial_snapshots: u64,
+    pub removed_segments: u64,
+    /// Most recent failure (cleared by the next success).
+    pub last_error: Option<String>,
+}
+
+/// Handle to a running archiver.
+pub struct ArchiverHandle {
+    /// End of the contiguous WAL in the object store (see module docs).
+    pub archived_lsn: watch::Receiver<Lsn>,
+    pub status: watch::Receiver<ArchiverStatus>,
+    task: JoinHandle<()>,
+}
+
+impl ArchiverHandle {
+    /// The receiver's `flush_cap` for an acknowledgement mode: `Some(archived_lsn)` for
+    /// `ack = "archive"`, `None` for `ack = "local"`.
+    pub fn flush_cap(&self, ack: AckMode) -> Option<watch::Receiver<Lsn>> {
+        match ack {
+            AckMode::Local => None,
+            AckMode::Archive => Some(self.archived_lsn.clone()),
+        }
+    }
+    /// Stops the task at once, abandoning uploads in flight (what a crash does to them).
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+    /// Waits for the task to end (after shutdown).
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+pub struct Archiver;
+
+impl Archiver {
+    /// Opens the archive named by `settings` (no network traffic yet) and starts the
+    /// uploader task on the current tokio runtime. `shutdown` set to true stops it; uploads in
+    /// flight are abandoned (they are create-if-absent, so the next start redoes them).
+    /// Returns `Ok(None)` when archiving is disabled (`archive.url = "none"`).
+    pub fn start(
+        settings: ArchiveSettings,
+        store: &Store,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Option<ArchiverHandle>, ArchiveError> {
+        let Some(url) = settings.url() else {
+            return Ok(None);
+        };
+        let backend = backend::open(&url, &settings.config)?;
+        Ok(Some(Archiver::start_with_backend(
+            settings, backend, store, shutdown,
+        )))
+    }
+
+    /// [`Archiver::start`] with an already opened backend (tests use `InMemory`).
+    pub fn start_with_backend(
+        settings: ArchiveSettings,
+        backend: Backend,
+        store: &Store,
+        shutdown: watch::Receiver<bool>,
+    ) -> ArchiverHandle {
+        let dir = store.dir().to_path_buf();
+        let state = read_state(&dir).filter(|s| s.url == backend.url);
+        let initial = state
+            .as_ref()
+            .and_then(|s| s.archived_lsn.parse().ok())
+            .unwrap_or(Lsn::INVALID);
+        let (lsn_tx, archived_lsn) = watch::channel(initial);
+        let (status_tx, status) = watch::channel(ArchiverStatus::default());
+        let run = Run {
+            cfg: settings.config.clone(),
+            slot_floor: settings.slot_floor.clone(),
+            policy: policy_of(&settings.config),
+            backend,
+            dir,
+            store: store.clone(),
+            lsn_tx,
+            status_tx,
+            state_sysid: state.as_ref().map(|s| s.system_id.clone()),
+            prefix_end: initial,
+            persisted: initial,
+            archived: BTreeSet::new(),
+            in_flight: HashSet::new(),
+            cooldown: HashMap::new(),
+            histories_done: HashSet::new(),
+            snapshot: None,
+            disk_alarm: false,
+            status: ArchiverStatus::default(),
+        };
+        let task = tokio::spawn(run.main(store.positions(), shutdown));
+        ArchiverHandle {
+            archived_lsn,
+            status,
+            task,
+        }
+    }
+}
+
+pub(crate) fn policy_of(cfg: &ArchiveConfig) -> UploadPolicy {
+    UploadPolicy {
+        multipart_threshold: cfg.multipart_threshold,
+        part_size: cfg.part_size,
+        retry_min: cfg.retry_min,
+        retry_max: cfg.retry_max.max(cfg.retry_min),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    system_id: String,
+    url: String,
+    archived_lsn: String,
+}
+
+fn read_state(dir: &Path) -> Option<State> {
+    let b = std::fs::read(dir.join(STATE_FILE)).ok()?;
+    serde_json::from_slice(&b).ok()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Job {
+    Segment {
+        tli: TimelineId,
+        segno: u64,
+    },
+    History {
+        tli: TimelineId,
+    },
+    Partial {
+        tli: TimelineId,
+        segno: u64,
+        end: Lsn,
+    },
+}
+
+/// Everything an upload job needs, shared by all jobs.
+struct Ctx {
+    store: Arc<dyn ObjectStore>,
+    layout: Layout,
+    policy: UploadPolicy,
+    dir: PathBuf,
+    seg_size: u64,
+    compression: Compression,
+    level: i32,
+    /// Listings come back in lexicographic order (object stores; not the file system).
+    sorted_listing: bool,
+}
+
+struct Run {
+    cfg: ArchiveConfig,
+    slot_floor: Option<watch::Receiver<Option<Lsn>>>,
+    policy: UploadPolicy,
+    backend: Backend,
+    dir: PathBuf,
+    store: Store,
+    lsn_tx: watch::Sender<Lsn>,
+    status_tx: watch::Sender<ArchiverStatus>,
+    state_sysid: Option<String>,
+    /// End of the contiguous prefix of completed segments in the archive.
+    prefix_end: Lsn,
+    persisted: Lsn,
+    /// (segno, tli) of segments known to be in the archive.
+    archived: BTreeSet<(u64, TimelineId)>,
+    in_flight: HashSet<Job>,
+    /// Jobs that failed for a non-transient reason, and when to try them again.
+    cooldown: HashMap<Job, Instant>,
+    histories_done: HashSet<TimelineId>,
+    /// Last uploaded snapshot of an open segment.
+    snapshot: Option<(TimelineId, u64, Lsn)>,
+    disk_alarm: bool,
+    status: ArchiverStatus,
+}
+
+type JobFuture = BoxFuture<'static, (Job, Result<PutOutcome, ArchiveError>)>;
+
+impl Run {
+    async fn main(
+        mut self,
+        mut positions: watch::Receiver<Positions>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let Some((sysid, seg_size)) = self.wait_identity(&mut positions, &mut shutdown).await
+        else {
+            return;
+        };
+        if self
+            .state_sysid
+            .as_deref()
+            .is_some_and(|s| s != sysid.to_string())
+        {
+            self.prefix_end = Lsn::INVALID;
+            self.persisted = Lsn::INVALID;
+        }
+        let ctx = Arc::new(Ctx {
+            store: self.backend.store.clone(),
+            layout: Layout::new(&self.backend.prefix, sysid),
+            policy: self.policy.clone(),
+            dir: self.dir.clone(),
+            seg_size,
+            compression: self.cfg.compression,
+            level: self.cfg.compression_level,
+            sorted_listing: self.backend.scheme != "file",
+        });
+        tracing::info!(
+            "archive: archiving to {} (system {sysid}, compression {}, concurrency {})",
+            self.backend.url,
+            compression_name(self.cfg.compression),
+            self.cfg.concurrency.max(1)
+        );
+        if let Err(e) = self.prepare(&ctx, sysid, &mut shutdown).await {
+            if !matches!(e, ArchiveError::Shutdown) {
+                tracing::error!("archive: {e}; archiving stopped");
+                self.status.last_error = Some(e.to_string());
+                self.publish_status();
+            }
+            return;
+        }
+
+        let mut jobs: FuturesUnordered<JobFuture> = FuturesUnordered::new();
+        let mut tick =
+            tokio::time::interval(self.cfg.scan_interval.max(Duration::from_millis(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let partial_every = self.cfg.partial_interval;
+        let mut ptick = tokio::time::interval(partial_every.max(Duration::from_millis(100)));
+        ptick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_completed = positions.borrow().completed_segments;
+        let mut store_alive = true;
+        let mut need_scan = true;
+        let job_shutdown = shutdown.clone();
+        loop {
+            if need_scan {
+                need_scan = false;
+                self.scan_and_schedule(&ctx, &mut jobs, &job_shutdown).await;
+            }
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => break,
+                r = positions.changed(), if store_alive => {
+                    if r.is_err() {
+                        store_alive = false;
+                        continue;
+                    }
+                    let p = positions.borrow_and_update().clone();
+                    if p.completed_segments != last_completed {
+                        last_completed = p.completed_segments;
+                        need_scan = true;
+                    }
+                    let lag = p.flush_lsn.saturating_sub(*self.lsn_tx.borrow());
+                    metrics::gauge!(super::ARCHIVE_LAG).set(lag as f64);
+                }
+                _ = tick.tick() => need_scan = true,
+                _ = ptick.tick(), if !partial_every.is_zero() => {
+                    let p = positions.borrow().clone();
+                    self.maybe_snapshot(&ctx, &p, &mut jobs, &job_shutdown);
+                }
+                Some((job, result)) = jobs.next(), if !jobs.is_empty() => {
+                    self.finish(job, result);
+                    need_scan = true;
+                }
+            }
+        }
+        tracing::info!("archive: stopped at archived_lsn {}", *self.lsn_tx.borrow());
+    }
+
+    /// Waits until the system id and segment size are known: from the control file of a
+    /// directory used before, or from the store once it has talked to the primary.
+    async fn wait_identity(
+        &self,
+        positions: &mut watch::Receiver<Positions>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<(u64, u64)> {
+        loop {
+            if let Ok(Some(c)) = control::read(&self.dir) {
+                if let Some(id) = c.system_id() {
+                    if crate::lsn::valid_segment_size(c.wal_segment_size) {
+                        return Some((id, c.wal_segment_size));
+                    }
+                }
+            }
+            {
+                let p = positions.borrow();
+                if p.system_id != 0 && crate::lsn::valid_segment_size(p.wal_segment_size) {
+                    return Some((p.system_id, p.wal_segment_size));
+                }
+            }
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return None,
+                _ = positions.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Writes (or checks) the archive's identity and learns which local segments are already
+    /// archived by listing their manifests.
+    async fn prepare(
+        &mut self,
+        ctx: &Arc<Ctx>,
+        sysid: u64,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), ArchiveError> {
+        let ident = Identity::new(sysid, ctx.seg_size);
+        let path = ctx.layout.identity();
+        let policy = self.policy.clone();
+        upload::retry(&policy, shutdown, "writing the archive identity", || {
+            let ctx = ctx.clone();
+            let ident = ident.clone();
+            let path = path.clone();
+            async move {
+                let opts = PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                };
+                match ctx
+                    .store
+                    .put_opts(&path, PutPayload::from(ident.encode()), opts)
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(object_store::Error::AlreadyExists { .. }) => {
+                        let b = ctx
+                            .store
+                            .get(&path)
+                            .await
+                            .map_err(ArchiveError::store("read", &path))?
+                            .bytes()
+                            .await
+                            .map_err(ArchiveError::store("read", &path))?;
+                        match Identity::decode(&b) {
+                            Some(found)
+                                if found.system_id() == Some(sysid)
+                                    && found.wal_segment_size == ctx.seg_size =>
+                            {
+                                Ok(())
+                            }
+                            Some(found) => Err(ArchiveError::IdentityMismatch {
+                                found: found.system_id().unwrap_or(0),
+                                found_seg_size: found.wal_segment_size,
+                                expected: sysid,
+                                expected_seg_size: ctx.seg_size,
+                            }),
+                            None => Err(ArchiveError::Corrupt {
+                                path: path.to_string(),
+                                reason: "not an archive identity".into(),
+                            }),
+                        }
+                    }
+                    Err(e) => Err(ArchiveError::store("write", &path)(e)),
+                }
+            }
+        })
+        .await?;
+
+        let (segs, _) = list_dir(&self.dir, ctx.seg_size).await;
+        let mut first: HashMap<TimelineId, u64> = HashMap::new();
+        for s in &segs {
+            let e = first.entry(s.tli).or_insert(s.segno);
+            *e = (*e).min(s.segno);
+        }
+        for (tli, segno) in first {
+            let found = upload::retry(&policy, shutdown, "listing the archive", || {
+                list_archived(ctx.clone(), tli, segno)
+            })
+            .await?;
+            self.archived.extend(found);
+        }
+        if !self.prefix_end.is_valid() {
+            if let Some(min) = segs.iter().map(|s| s.segno).min() {
+                self.prefix_end = Lsn(min.saturating_mul(ctx.seg_size));
+            }
+        }
+        self.advance(&segs, ctx.seg_size, &Positions::default());
+        Ok(())
+    }
+
+    async fn scan_and_schedule(
+        &mut self,
+        ctx: &Arc<Ctx>,
+        jobs: &mut FuturesUnordered<JobFuture>,
+        shutdown: &watch::Receiver<bool>,
+    ) {
+        let seg_size = ctx.seg_size;
+        let (segs, histories) = list_dir(&self.dir, seg_size).await;
+        if !self.prefix_end.is_valid() {
+            if let Some(min) = segs.iter().map(|s| s.segno).min() {
+                self.prefix_end = Lsn(min.saturating_mul(seg_size));
+            }
+        }
+        let now = Instant::now();
+        self.cooldown.retain(|_, until| *until > now);
+        let mut todo: Vec<Job> = histories
+            .iter()
+            .filter(|t| !self.histories_done.contains(t))
+            .map(|&tli| Job::History { tli })
+            .collect();
+        let mut pending = 0usize;
+        for s in segs.iter().filter(|s| !s.partial && s.size == seg_size) {
+            if !self.archived.contains(&(s.segno, s.tli)) {
+                pending += 1;
+                todo.push(Job::Segment {
+                    tli: s.tli,
+                    segno: s.segno,
+                });
+            }
+        }
+        self.status.pending = pending;
+        metrics::gauge!(super::PENDING_SEGMENTS).set(pending as f64);
+        let limit = self.cfg.concurrency.max(1);
+        for job in todo {
+            if self
+                .in_flight
+                .iter()
+                .filter(|j| !matches!(j, Job::Partial { .. }))
+                .count()
+                >= limit
+            {
+                break;
+            }
+            if self.in_flight.contains(&job) || self.cooldown.contains_key(&job) {
+                continue;
+            }
+            self.in_flight.insert(job);
+            jobs.push(Box::pin(run_job(ctx.clone(), job, shutdown.clone())));
+        }
+        let p = self.store.positions().borrow().clone();
+        self.advance(&segs, seg_size, &p);
+        self.retention(&segs, seg_size).await;
+        self.publish_status();
+    }
+
+    fn maybe_snapshot(
+        &mut self,
+        ctx: &Arc<Ctx>,
+        p: &Positions,
+        jobs: &mut FuturesUnordered<JobFuture>,
+        shutdown: &watch::Receiver<bool>,
+    ) {
+        let seg_size = ctx.seg_size;
+        if p.timeline == 0 || seg_size == 0 || p.wal_segment_size != seg_size {
+            return;
+        }
+        let offset = p.flush_lsn.segment_offset(seg_size);
+        let segno = p.flush_lsn.segno(seg_size);
+        if offset == 0 || self.archived.contains(&(segno, p.timeline)) {
+            return;
+        }
+        if self
+            .in_flight
+            .iter()
+            .any(|j| matches!(j, Job::Partial { .. }))
+        {
+            return;
+        }
+        if let Some((tli, s, end)) = self.snapshot {
+            if tli == p.timeline && s == segno && end >= p.flush_lsn {
+                return;
+            }
+        }
+        let job = Job::Partial {
+            tli: p.timeline,
+            segno,
+            end: p.flush_lsn,
+        };
+        self.in_flight.insert(job);
+        jobs.push(Box::pin(run_job(ctx.clone(), job, shutdown.clone())));
+    }
+
+    fn finish(&mut self, job: Job, result: Result<PutOutcome, ArchiveError>) {
+        self.in_flight.remove(&job);
+        match result {
+            Ok(outcome) => {
+                self.status.last_error = None;
+                match job {
+                    Job::Segment { tli, segno } => {
+                        self.archived.insert((segno, tli));
+                        self.status.uploaded_segments += 1;
+                        metrics::counter!(super::UPLOADED_SEGMENTS).increment(1);
+                        if outcome == PutOutcome::AlreadyPresent {
+                            self.status.already_present += 1;
+                        }
+                    }
+                    Job::History { tli } => {
+                        self.histories_done.insert(tli);
+                    }
+                    Job::Partial { tli, segno, end } => {
+                        self.snapshot = Some((tli, segno, end));
+                        self.status.partial_snapshots += 1;
+                        metrics::counter!(super::PARTIAL_SNAPSHOTS).increment(1);
+                    }
+                }
+            }
+            Err(ArchiveError::Shutdown) => {}
+            Err(e) => {
+                if matches!(e, ArchiveError::Conflict { .. }) {
+                    self.status.conflicts += 1;
+                }
+                tracing::error!("archive: {e}");
+                self.status.last_error = Some(e.to_string());
+                let wait = if matches!(e, ArchiveError::Conflict { .. }) {
+                    Duration::from_secs(60)
+                } else {
+                    self.policy.retry_max
+                };
+                self.cooldown.insert(job, Instant::now() + wait);
+            }
+        }
+        self.publish_status();
+    }
+
+    /// Moves the contiguous prefix over archived segments and publishes `archived_lsn`.
+    fn advance(&mut self, segs: &[SegmentFile], seg_size: u64, p: &Positions) {
+        if seg_size == 0 || !self.prefix_end.is_valid() && segs.is_empty() {
+            return;
+        }
+        loop {
+            let segno = self.prefix_end.segno(seg_size);
+            let local: Vec<&SegmentFile> = segs
+                .iter()
+                .filter(|s| s.segno == segno && !s.partial && s.size == seg_size)
+                .collect();
+            let done = if local.is_empty() {
+                self.archived
+                    .range((segno, 0)..=(segno, u32::MAX))
+                    .next()
+                    .is_some()
+            } else {
+                local
+                    .iter()
+                    .all(|s| self.archived.contains(&(segno, s.tli)))
+            };
+            if !done {
+                break;
+            }
+            self.prefix_end = Lsn(self.prefix_end.0.saturating_add(seg_size));
+        }
+        let mut lsn = self.prefix_end;
+        if let Some((tli, segno, end)) = self.snapshot {
+            if segno == self.prefix_end.segno(seg_size) && (p.timeline == 0 || p.timeline == tli) {
+                lsn = lsn.max(end);
+            }
+        }
+        self.lsn_tx.send_if_modified(|cur| {
+            if lsn > *cur {
+                *cur = lsn;
+                true
+            } else {
+                false
+            }
+        });
+        metrics::gauge!(super::ARCHIVED_LSN).set(self.lsn_tx.borrow().0 as f64);
+        if self.prefix_end > self.persisted {
+            let state = State {
+                system_id: control::read(&self.dir)
+                    .ok()
+                    .flatten()
+                    .map(|c| c.system_id)
+                    .unwrap_or_default(),
+                url: self.backend.url.clone(),
+                archived_lsn: self.prefix_end.to_string(),
+            };
+            let body = serde_json::to_vec_pretty(&state).unwrap_or_default();
+            match fsutil::write_atomic(&self.dir.join(STATE_FILE), &body) {
+                Ok(()) => self.persisted = self.prefix_end,
+                Err(e) => tracing::warn!("archive: could not write {STATE_FILE}: {e}"),
+            }
+        }
+    }
+
+    async fn retention(&mut self, segs: &[SegmentFile], seg_size: u64) {
+        let total: u64 = segs.iter().map(|s| s.size).sum();
+        metrics::gauge!(super::LOCAL_WAL_BYTES).set(total as f64);
+        let cap = self.cfg.local_disk_cap;
+        let alarm = cap > 0 && total.saturating_mul(10) > cap.saturating_mul(9);
+        if alarm && !self.disk_alarm {
+            tracing::error!(
+                "archive: local WAL uses {total} bytes, above 90% of archive.local_disk_cap \
+                 ({cap}); {} completed segments are not archived yet (is the object store \
+                 reachable?)",
+                self.status.pending
+            );
+        } else if !alarm && self.disk_alarm {
+            tracing::info!("archive: local WAL back below 90% of archive.local_disk_cap");
+        }
+        self.disk_alarm = alarm;
+        metrics::gauge!(super::DISK_CAP_ALARM).set(if alarm { 1.0 } else { 0.0 });
+
+        let policy = RetentionPolicy {
+            keep_size: self.cfg.keep_local_size,
+            keep_age: self.cfg.keep_local_age,
+        };
+        let floor = self.slot_floor.as_ref().and_then(|r| *r.borrow());
+        let dir = self.dir.clone();
+        let names = retention::removable(
+            segs,
+            seg_size,
+            &policy,
+            floor,
+            SystemTime::now(),
+            |tli, segno| self.archived.contains(&(segno, tli)),
+            |s| {
+                std::fs::metadata(dir.join(&s.name))
+                    .and_then(|m| m.modified())
+                    .ok()
+            },
+        );
+        if names.is_empty() {
+            return;
+        }
+        match self.store.remove_segments(names).await {
+            Ok(n) => {
+                self.status.removed_segments += n as u64;
+                metrics::counter!(super::REMOVED_SEGMENTS).increment(n as u64);
+            }
+            Err(e) => tracing::warn!("archive: retention could not remove segments: {e}"),
+        }
+    }
+
+    fn publish_status(&self) {
+        let s = self.status.clone();
+        self.status_tx.send_if_modified(|cur| {
+            if *cur != s {
+                *cur = s;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+async fn list_dir(dir: &Path, seg_size: u64) -> (Vec<SegmentFile>, Vec<TimelineId>) {
+    let d = dir.to_path_buf();
+    match tokio::task::spawn_blocking(move || scan::list(&d, seg_size)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::warn!("archive: could not list {}: {e}", dir.display());
+            (Vec::new(), Vec::new())
+        }
+        Err(_) => (Vec::new(), Vec::new()),
+    }
+}
+
+/// Segments of timeline `tli` from `segno` on that have a manifest in the archive.
+async fn list_archived(
+    ctx: Arc<Ctx>,
+    tli: TimelineId,
+    segno: u64,
+) -> Result<Vec<(u64, TimelineId)>, ArchiveError> {
+    let prefix = ctx.layout.manifest_dir();
+    let offset = prefix.child(segment_file_name(tli, segno, ctx.seg_size));
+    let mut stream = ctx.store.list_with_offset(Some(&prefix), &offset);
+    let mut out = Vec::new();
+    let tli_hex = format!("{tli:08X}");
+    while let Some(item) = stream.next().await {
+        let meta = item.map_err(ArchiveError::store("list", &prefix))?;
+        let Some(file) = meta.location.filename() else {
+            continue;
+        };
+        let Some(name) = file.strip_suffix(".json") else {
+            continue;
+        };
+        if let Some(WalFileName::Segment {
+            tli: t,
+            segno: s,
+            partial: false,
+        }) = parse_wal_file_name(name, ctx.seg_size)
+        {
+            if t == tli && s >= segno {
+                out.push((s, t));
+            }
+        }
+        if name > tli_hex.as_str() && !name.starts_with(&tli_hex) && ctx_lists_sorted(&ctx) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Object stores list in lexicographic order; the local file system does not.
+fn ctx_lists_sorted(ctx: &Ctx) -> bool {
+    ctx.sorted_listing
+}
+
+async fn run_job(
+    ctx: Arc<Ctx>,
+    job: Job,
+    mut shutdown: watch::Receiver<bool>,
+) -> (Job, Result<PutOutcome, ArchiveError>) {
+    let r = match job {
+        Job::Segment { tli, segno } => upload_segment(&ctx, tli, segno, &mut shutdown).await,
+        Job::History { tli } => upload_history(&ctx, tli, &mut shutdown).await,
+        Job::Partial { tli, segno, end } => {
+            upload_snapshot(&ctx, tli, segno, end, &mut shutdown).await
+        }
+    };
+    (job, r)
+}
+
+/// Reads a local file, hashes and compresses it off the async threads.
+async fn prepare_file(
+    path: PathBuf,
+    limit: Option<u64>,
+    compression: Compression,
+    level: i32,
+) -> Result<(Bytes, Bytes, String), ArchiveError> {
+    tokio::task::spawn_blocking(move || {
+        let mut raw = std::fs::read(&path).map_err(ArchiveError::io("read", &path))?;
+        if let Some(n) = limit {
+            if (raw.len() as u64) < n {
+                return Err(ArchiveError::Io {
+                    op: "read",
+                    path: path.clone(),
+                    source: std::io::Error::other("file shorter than expected"),
+                });
+            }
+            raw.truncate(n as usize);
+        }
+        let sha = sha256_hex(&raw);
+        let stored = match compression {
+            Compression::None => Bytes::new(),
+            c => Bytes::from(layout::compress(&raw, c, level)?),
+        };
+        let raw = Bytes::from(raw);
+        let stored = if stored.is_empty() {
+            raw.clone()
+        } else {
+            stored
+        };
+        Ok((raw, stored, sha))
+    })
+    .await
+    .map_err(|e| ArchiveError::Config(format!("hashing task failed: {e}")))?
+}
+
+async fn upload_segment(
+    ctx: &Arc<Ctx>,
+    tli: TimelineId,
+    segno: u64,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<PutOutcome, ArchiveError> {
+    let name = segment_file_name(tli, segno, ctx.seg_size);
+    let (raw, stored, sha) =
+        prepare_file(ctx.dir.join(&name), None, ctx.compression, ctx.level).await?;
+    if raw.len() as u64 != ctx.seg_size {
+        return Err(ArchiveError::Corrupt {
+            path: ctx.dir.join(&name).display().to_string(),
+            reason: format!(
+                "local segment has {} bytes, expected {}",
+                raw.len(),
+                ctx.seg_size
+            ),
+        });
+    }
+    let path = ctx.layout.wal_object(&name, ctx.compression);
+    let max = ctx.seg_size as usize;
+    let outcome = upload::retry(&ctx.policy, shutdown, &format!("upload of {name}"), || {
+        upload::put_create(&ctx.store, &path, stored.clone(), &sha, max, &ctx.policy)
+    })
+    .await?;
+    let start = Lsn(segno.saturating_mul(ctx.seg_size));
+    let manifest = Manifest {
+        name: name.clone(),
+        timeline: tli,
+        start_lsn: start.to_string(),
+        end_lsn: Lsn(start.0.saturating_add(ctx.seg_size)).to_string(),
+        size: raw.len() as u64,
+        sha256: sha,
+        compression: compression_name(ctx.compression).into(),
+        stored_size: stored.len() as u64,
+    };
+    put_manifest(ctx, &manifest, shutdown).await?;
+    if outcome == PutOutcome::AlreadyPresent {
+        tracing::info!("archive: {name} was already archived with the same content");
+    }
+    cleanup_snapshots(ctx, &name, None).await;
+    Ok(outcome)
+}
+
+async fn upload_history(
+    ctx: &Arc<Ctx>,
+    tli: TimelineId,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<PutOutcome, ArchiveError> {
+    let name = history_file_name(tli);
+    let (raw, stored, sha) = prepare_file(ctx.dir.join(&name), None, Compression::None, 0).await?;
+    let path = ctx.layout.history(tli);
+    let outcome = upload::retry(&ctx.policy, shutdown, &format!("upload of {name}"), || {
+        upload::put_create(
+            &ctx.store,
+            &path,
+            stored.clone(),
+            &sha,
+            1 << 20,
+            &ctx.policy,
+        )
+    })
+    .await?;
+    let manifest = Manifest {
+        name,
+        timeline: tli,
+        start_lsn: Lsn::INVALID.to_string(),
+        end_lsn: Lsn::INVALID.to_string(),
+        size: raw.len() as u64,
+        sha256: sha,
+        compression: "none".into(),
+        stored_size: stored.len() as u64,
+    };
+    put_manifest(ctx, &manifest, shutdown).await?;
+    Ok(outcome)
+}
+
+/// Writes a manifest create-if-absent; an existing one describing the same WAL content is
+/// accepted (it may name another compression of the same bytes).
+async fn put_manifest(
+    ctx: &Arc<Ctx>,
+    m: &Manifest,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), ArchiveError> {
+    let path = ctx.layout.manifest(&m.name);
+    let body = Bytes::from(m.encode());
+    upload::retry(
+        &ctx.policy,
+        shutdown,
+        &format!("manifest of {}", m.name),
+        || {
+            let path = path.clone();
+            let body = body.clone();
+            async move {
+                let opts = PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                };
+                match ctx
+                    .store
+                    .put_opts(&path, PutPayload::from_bytes(body), opts)
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(object_store::Error::AlreadyExists { .. }) => {
+                        let b = ctx
+                            .store
+                            .get(&path)
+                            .await
+                            .map_err(ArchiveError::store("read", &path))?
+                            .bytes()
+                            .await
+                            .map_err(ArchiveError::store("read", &path))?;
+                        match Manifest::decode(&b) {
+                            Some(old) if old.sha256 == m.sha256 && old.size == m.size => Ok(()),
+                            _ => {
+                                metrics::counter!(super::CONFLICTS).increment(1);
+                                Err(ArchiveError::Conflict {
+                                    path: path.to_string(),
+                                })
+                            }
+                        }
+                    }
+                    Err(e) => Err(ArchiveError::store("write", &path)(e)),
+                }
+            }
+        },
+    )
+    .await
+}
+
+async fn upload_snapshot(
+    ctx: &Arc<Ctx>,
+    tli: TimelineId,
+    segno: u64,
+    end: Lsn,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<PutOutcome, ArchiveError> {
+    let name = segment_file_name(tli, segno, ctx.seg_size);
+    let offset = end.segment_offset(ctx.seg_size);
+    let partial = ctx.dir.join(format!("{name}.partial"));
+    let file = if partial.exists() {
+        partial
+    } else {
+        ctx.dir.join(&name)
+    };
+    let (_, stored, sha) = prepare_file(file, Some(offset), ctx.compression, ctx.level).await?;
+    let path = ctx.layout.partial(&name, offset, ctx.compression);
+    let outcome = upload::retry(
+        &ctx.policy,
+        shutdown,
+        &format!("snapshot of {name}"),
+        || {
+            upload::put_create(
+                &ctx.store,
+                &path,
+                stored.clone(),
+                &sha,
+                ctx.seg_size as usize,
+                &ctx.policy,
+            )
+        },
+    )
+    .await?;
+    cleanup_snapshots(ctx, &name, Some(offset)).await;
+    Ok(outcome)
+}
+
+/// Deletes snapshots of segment `name` (those below `keep_from` only, if given). Best
+/// effort: a snapshot left behind is harmless and removed the next time.
+async fn cleanup_snapshots(ctx: &Arc<Ctx>, name: &str, keep_from: Option<u64>) {
+    let prefix = ctx.layout.partial_dir();
+    let offset = ctx.layout.partial_prefix(name);
+    let mut stream = ctx.store.list_with_offset(Some(&prefix), &offset);
+    let mut doomed = Vec::new();
+    while let Some(item) = stream.next().await {
+        let Ok(meta) = item else {
+            return;
+        };
+        let Some(file) = meta.location.filename() else {
+            continue;
+        };
+        match layout::parse_partial(file) {
+            Some((n, off, _)) if n == name => {
+                if keep_from.is_none_or(|k| off < k) {
+                    doomed.push(meta.location.clone());
+                }
+            }
+            _ => {
+                if ctx_lists_sorted(ctx) && file > name && !file.starts_with(name) {
+                    break;
+                }
+            }
+        }
+    }
+    drop(stream);
+    for p in doomed {
+        if let Err(e) = ctx.store.delete(&p).await {
+            tracing::debug!("archive: could not delete superseded snapshot {p}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreOptions;
+    use crate::wal::page::build::pages;
+
+    const SEG: u64 = 1 << 20;
+    const SYSID: u64 = 7_000_000_000_000_000_042;
+
+    async fn wait_lsn(rx: &mut watch::Receiver<Lsn>, lsn: Lsn) {
+        tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|l| *l >= lsn))
+            .await
+            .expect("archived_lsn did not advance")
+            .unwrap();
+    }
+
+    fn settings(data: &Path, url: &str) -> ArchiveSettings {
+        let mut cfg = ArchiveConfig {
+            url: Some(url.into()),
+            scan_interval: Duration::from_millis(200),
+            partial_interval: Duration::from_millis(200),
+            keep_local_size: 2 * SEG,
+            keep_local_age: Duration::ZERO,
+            compression: Compression::Zstd,
+            ..Default::default()
+        };
+        cfg.concurrency = 2;
+        ArchiveSettings::new(cfg, data)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uploads_prefix_snapshots_retention_and_restart() {
+        let data = tempfile::tempdir().unwrap();
+        let arch = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", arch.path().display());
+        let store = Store::start(data.path(), StoreOptions::default()).unwrap();
+        store.open(SYSID, SEG, "15.0").await.unwrap();
+        store.begin(1, Lsn(SEG)).await.unwrap();
+        // 4.5 segments: segments 1..=4 complete, 5 open
+        let wal = pages(SEG, 4 * 128 + 64, SEG, SYSID, 1);
+        store
+            .write(Lsn(SEG), Bytes::from(wal.clone()))
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        let (stop_tx, stop) = watch::channel(false);
+        let h = Archiver::start(settings(data.path(), &url), &store, stop)
+            .unwrap()
+            .unwrap();
+        let mut rx = h.archived_lsn.clone();
+        // the snapshot of the open segment extends archived_lsn to the flush position
+        let end = Lsn(SEG + wal.len() as u64);
+        wait_lsn(&mut rx, end).await;
+        assert!(h.flush_cap(AckMode::Local).is_none());
+        assert!(h.flush_cap(AckMode::Archive).is_some());
+        let root = arch.path().join(SYSID.to_string());
+        for n in 1..=4 {
+            let name = segment_file_name(1, n, SEG);
+            assert!(root.join("wal").join(format!("{name}.zst")).is_file());
+            let m = Manifest::decode(
+                &std::fs::read(root.join("manifest").join(format!("{name}.json"))).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(m.size, SEG);
+            assert_eq!(m.timeline, 1);
+            assert_eq!(m.compression, "zstd");
+        }
+        // the reader gets back exactly the local bytes, and the snapshot
+        let reader = super::super::ArchiveReader::open(&settings(data.path(), &url))
+            .await
+            .unwrap();
+        let seg2 = reader.fetch_segment(1, 2).await.unwrap().unwrap();
+        assert_eq!(&seg2[..], &wal[SEG as usize..2 * SEG as usize]);
+        assert!(reader.fetch_segment(1, 9).await.unwrap().is_none());
+        let (off, snap) = reader.latest_snapshot(1, 5).await.unwrap().unwrap();
+        assert_eq!(off, wal.len() as u64 - 4 * SEG);
+        assert_eq!(&snap[..], &wal[4 * SEG as usize..]);
+        // retention: keep 2 segments' worth (newest end = 6 segs) -> segments 1..=3 go
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while data.path().join(segment_file_name(1, 1, SEG)).exists() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("retention did not remove segment 1");
+        assert!(data.path().join(segment_file_name(1, 4, SEG)).exists());
+        stop_tx.send(true).unwrap();
+        h.join().await;
+
+        // complete segment 5; a restarted archiver uploads only it
+        let more = pages(end.0, 64, SEG, SYSID, 1);
+        store.write(end, Bytes::from(more)).await.unwrap();
+        store.flush().await.unwrap();
+        let (_stop_tx, stop) = watch::channel(false);
+        let h = Archiver::start(settings(data.path(), &url), &store, stop)
+            .unwrap()
+            .unwrap();
+        let mut rx = h.archived_lsn.clone();
+        wait_lsn(&mut rx, Lsn(6 * SEG)).await;
+        let st = h.status.borrow().clone();
+        assert_eq!(st.uploaded_segments, 1, "{st:?}");
+        assert_eq!(st.already_present, 0, "{st:?}");
+        // the superseded snapshots of segment 5 are gone
+        let left: Vec<_> = std::fs::read_dir(root.join("partial"))
+            .map(|d| d.count())
+            .into_iter()
+            .collect();
+        assert!(left.iter().all(|&n| n == 0), "{left:?}");
+    }
+
+    #[tokio::test]
+    async fn conflict_is_never_overwritten() {
+        let data = tempfile::tempdir().unwrap();
+        let arch = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", arch.path().display());
+        let store = Store::start(data.path(), StoreOptions::default()).unwrap();
+        store.open(SYSID, SEG, "15.0").await.unwrap();
+        store.begin(1, Lsn(SEG)).await.unwrap();
+        let wal = pages(SEG, 2 * 128, SEG, SYSID, 1);
+        store.write(Lsn(SEG), Bytes::from(wal)).await.unwrap();
+        store.flush().await.unwrap();
+        // someone else's segment 1 is in the archive already
+        let name = segment_file_name(1, 1, SEG);
+        let wal_dir = arch.path().join(SYSID.to_string()).join("wal");
+        std::fs::create_dir_all(&wal_dir).unwrap();
+        std::fs::write(wal_dir.join(&name), vec![1u8; SEG as usize]).unwrap();
+        let mut s = settings(data.path(), &url);
+        s.config.compression = Compression::None;
+        s.config.partial_interval = Duration::ZERO;
+        let (_t, stop) = watch::channel(false);
+        let h = Archiver::start(s, &store, stop).unwrap().unwrap();
+        let mut st = h.status.clone();
+        tokio::time::timeout(Duration::from_secs(10), st.wait_for(|s| s.conflicts > 0))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            std::fs::read(wal_dir.join(&name)).unwrap(),
+            vec![1u8; SEG as usize]
+        );
+        // segment 2 is archived, but archived_lsn stays at segment 1's start
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            st.wait_for(|s| s.uploaded_segments >= 1),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(*h.archived_lsn.borrow(), Lsn(SEG));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn verify_and_wal_fetch() {
+        use crate::archive::fetch::{wal_fetch, FetchOutcome, WalFetchOptions};
+        use crate::archive::verify::{verify, SegmentStatus, VerifyOptions};
+        let data = tempfile::tempdir().unwrap();
+        let arch = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", arch.path().display());
+        let store = Store::start(data.path(), StoreOptions::default()).unwrap();
+        store.open(SYSID, SEG, "15.0").await.unwrap();
+        store.begin(1, Lsn(SEG)).await.unwrap();
+        let wal = pages(SEG, 5 * 128, SEG, SYSID, 1);
+        store
+            .write(Lsn(SEG), Bytes::from(wal.clone()))
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        let (_t, stop) = watch::channel(false);
+        let s = settings(data.path(), &url);
+        let h = Archiver::start(s.clone(), &store, stop).unwrap().unwrap();
+        let mut rx = h.archived_lsn.clone();
+        wait_lsn(&mut rx, Lsn(6 * SEG)).await;
+        let reader = crate::archive::ArchiveReader::open(&s).await.unwrap();
+        let r = verify(&reader, &VerifyOptions::default()).await.unwrap();
+        assert!(r.ok(), "{}", r.render());
+        assert_eq!(r.segments.len(), 5);
+
+        // wal-fetch: restores, prefetches into the spool, quiet NotFound for the future
+        let pg_wal = tempfile::tempdir().unwrap();
+        let dest = pg_wal.path().join("RECOVERYXLOG");
+        let opts = WalFetchOptions {
+            spool: None,
+            prefetch: 2,
+        };
+        let o = wal_fetch(&reader, &segment_file_name(1, 1, SEG), &dest, &opts)
+            .await
+            .unwrap();
+        assert_eq!(o, FetchOutcome::Restored { from_spool: false });
+        assert_eq!(std::fs::read(&dest).unwrap(), &wal[..SEG as usize]);
+        let o = wal_fetch(&reader, &segment_file_name(1, 2, SEG), &dest, &opts)
+            .await
+            .unwrap();
+        assert_eq!(o, FetchOutcome::Restored { from_spool: true });
+        assert_eq!(
+            std::fs::read(&dest).unwrap(),
+            &wal[SEG as usize..2 * SEG as usize]
+        );
+        let o = wal_fetch(&reader, "00000002.history", &dest, &opts)
+            .await
+            .unwrap();
+        assert_eq!(o, FetchOutcome::NotFound);
+        let o = wal_fetch(&reader, &segment_file_name(1, 9, SEG), &dest, &opts)
+            .await
+            .unwrap();
+        assert_eq!(o, FetchOutcome::NotFound);
+
+        // a deleted and a corrupted object are found
+        let wal_dir = arch.path().join(SYSID.to_string()).join("wal");
+        std::fs::remove_file(wal_dir.join(format!("{}.zst", segment_file_name(1, 2, SEG))))
+            .unwrap();
+        let bad = wal_dir.join(format!("{}.zst", segment_file_name(1, 4, SEG)));
+        let mut b = std::fs::read(&bad).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0xff;
+        std::fs::write(&bad, b).unwrap();
+        let r = verify(&reader, &VerifyOptions::default()).await.unwrap();
+        assert!(!r.ok());
+        assert_eq!(r.missing(), 1, "{}", r.render());
+        assert_eq!(r.corrupt(), 1, "{}", r.render());
+        assert_eq!(r.segments[1].status, SegmentStatus::Missing);
+        assert!(matches!(r.segments[3].status, SegmentStatus::Corrupt(_)));
+        assert!(r.render().contains("MISSING  000000010000000000000002"));
+    }
+}

@@ -1,0 +1,299 @@
+//! Reading WAL back from the archive, with read-ahead.
+//!
+//! Owns: locating the archive of a system (`<prefix>/<system id>/`, detected when the
+//! prefix holds exactly one), fetching segments (either compression), history files and the
+//! newest snapshot of a segment, and a small read-ahead cache: fetching segment N starts
+//! fetching N+1..N+`prefetch` of the same timeline in the background, so that a standby
+//! reading sequentially waits for one round trip only at the start.
+//!
+//! For the walsender: [`ArchiveReader::fetch_segment`] returns the whole segment
+//! (decompressed, exactly `wal_segment_size` bytes) or `None` if the archive does not have it.
+//! Must not: write anything.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::StreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::ObjectStore;
+
+use super::backend::{self, Backend};
+use super::layout::{self, Identity, Layout};
+use super::{ArchiveError, ArchiveSettings};
+use crate::config::Compression;
+use crate::lsn::{segment_file_name, TimelineId};
+
+type Prefetch = Shared<BoxFuture<'static, Result<Option<Bytes>, ()>>>;
+
+/// A handle for reading one system's archive. Cheap to clone.
+#[derive(Clone)]
+pub struct ArchiveReader {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn ObjectStore>,
+    layout: Layout,
+    system_id: u64,
+    seg_size: u64,
+    prefetch: usize,
+    prefer: Compression,
+    cache: Mutex<BTreeMap<(TimelineId, u64), Prefetch>>,
+}
+
+impl ArchiveReader {
+    /// Opens the archive of `settings` (`archive.url`, `archive.system_id`,
+    /// `archive.prefetch`) and reads its identity.
+    pub async fn open(settings: &ArchiveSettings) -> Result<ArchiveReader, ArchiveError> {
+        let url = settings.url().ok_or_else(|| {
+            ArchiveError::Config("archiving is disabled (archive.url = \"none\")".into())
+        })?;
+        let backend = backend::open(&url, &settings.config)?;
+        ArchiveReader::open_backend(
+            backend,
+            settings.config.system_id,
+            settings.config.prefetch,
+            settings.config.compression,
+        )
+        .await
+    }
+
+    /// Opens the archive of `system_id` (or the only system under the prefix) in `backend`.
+    pub async fn open_backend(
+        backend: Backend,
+        system_id: Option<u64>,
+        prefetch: usize,
+        prefer: Compression,
+    ) -> Result<ArchiveReader, ArchiveError> {
+        let system_id = match system_id {
+            Some(id) => id,
+            None => detect_system(&backend).await?,
+        };
+        let layout = Layout::new(&backend.prefix, system_id);
+        let path = layout.identity();
+        let ident = match backend.store.get(&path).await {
+            Ok(r) => r
+                .bytes()
+                .await
+                .map_err(ArchiveError::store("read", &path))?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(ArchiveError::NoSystem(format!(
+                    "the archive {} holds no WAL of system {system_id}",
+                    backend.url
+                )))
+            }
+            Err(e) => return Err(ArchiveError::store("read", &path)(e)),
+        };
+        let ident = Identity::decode(&ident).ok_or_else(|| ArchiveError::Corrupt {
+            path: path.to_string(),
+            reason: "not an archive identity".into(),
+        })?;
+        if !crate::lsn::valid_segment_size(ident.wal_segment_size) {
+            return Err(ArchiveError::Corrupt {
+                path: path.to_string(),
+                reason: format!("invalid segment size {}", ident.wal_segment_size),
+            });
+        }
+        Ok(ArchiveReader {
+            inner: Arc::new(Inner {
+                store: backend.store,
+                layout,
+                system_id,
+                seg_size: ident.wal_segment_size,
+                prefetch,
+                prefer,
+                cache: Mutex::new(BTreeMap::new()),
+            }),
+        })
+    }
+
+    pub fn system_id(&self) -> u64 {
+        self.inner.system_id
+    }
+    pub fn wal_segment_size(&self) -> u64 {
+        self.inner.seg_size
+    }
+    pub fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner.store
+    }
+
+    /// Segment `segno` of timeline `tli`, decompressed; `None` if the archive does not have
+    /// it. Starts reading ahead the next `prefetch` segments.
+    pub async fn fetch_segment(
+        &self,
+        tli: TimelineId,
+        segno: u64,
+    ) -> Result<Option<Bytes>, ArchiveError> {
+        metrics::counter!(super::READER_FETCHES).increment(1);
+        let cached = {
+            let mut cache = self.inner.cache.lock().unwrap_or_else(|e| e.into_inner());
+            // what lies behind the reader will not be asked for again
+            cache.retain(|&(t, s), _| t != tli || s > segno);
+            cache.remove(&(tli, segno))
+        };
+        self.read_ahead(tli, segno);
+        if let Some(f) = cached {
+            if let Ok(Some(b)) = f.await {
+                return Ok(Some(b));
+            }
+            // not there yet when prefetched, or failed: ask again for a fresh answer
+        }
+        self.inner.fetch_segment_now(tli, segno).await
+    }
+
+    /// [`ArchiveReader::fetch_segment`] without read-ahead or cache.
+    pub async fn fetch_segment_direct(
+        &self,
+        tli: TimelineId,
+        segno: u64,
+    ) -> Result<Option<Bytes>, ArchiveError> {
+        self.inner.fetch_segment_now(tli, segno).await
+    }
+
+    fn read_ahead(&self, tli: TimelineId, segno: u64) {
+        if self.inner.prefetch == 0 || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let mut cache = self.inner.cache.lock().unwrap_or_else(|e| e.into_inner());
+        for k in 1..=self.inner.prefetch as u64 {
+            let Some(n) = segno.checked_add(k) else {
+                break;
+            };
+            if cache.contains_key(&(tli, n)) {
+                continue;
+            }
+            let inner = self.inner.clone();
+            let task = tokio::spawn(async move { inner.fetch_segment_now(tli, n).await });
+            let fut: BoxFuture<'static, Result<Option<Bytes>, ()>> = Box::pin(async move {
+                match task.await {
+                    Ok(Ok(v)) => Ok(v),
+                    _ => Err(()),
+                }
+            });
+            cache.insert((tli, n), fut.shared());
+        }
+        // bound memory: drop the farthest entries of other readers first
+        while cache.len() > self.inner.prefetch.saturating_mul(4).max(8) {
+            cache.pop_last();
+        }
+    }
+
+    /// Timeline history file `tli`, or `None`.
+    pub async fn fetch_history(&self, tli: TimelineId) -> Result<Option<Bytes>, ArchiveError> {
+        let path = self.inner.layout.history(tli);
+        get_opt(&self.inner.store, &path).await
+    }
+
+    /// The newest snapshot of open segment `segno`: (bytes covered, the bytes).
+    pub async fn latest_snapshot(
+        &self,
+        tli: TimelineId,
+        segno: u64,
+    ) -> Result<Option<(u64, Bytes)>, ArchiveError> {
+        let name = segment_file_name(tli, segno, self.inner.seg_size);
+        let dir = self.inner.layout.partial_dir();
+        let mut stream = self.inner.store.list(Some(&dir));
+        let mut best: Option<(u64, ObjPath, Compression)> = None;
+        while let Some(item) = stream.next().await {
+            let meta = item.map_err(ArchiveError::store("list", &dir))?;
+            let Some(file) = meta.location.filename() else {
+                continue;
+            };
+            if let Some((n, off, c)) = layout::parse_partial(file) {
+                if n == name && best.as_ref().is_none_or(|b| off > b.0) {
+                    best = Some((off, meta.location.clone(), c));
+                }
+            }
+        }
+        drop(stream);
+        let Some((off, path, c)) = best else {
+            return Ok(None);
+        };
+        let Some(stored) = get_opt(&self.inner.store, &path).await? else {
+            return Ok(None);
+        };
+        let raw = layout::decompress(stored, c, self.inner.seg_size as usize, &path)?;
+        if raw.len() as u64 != off {
+            return Err(ArchiveError::Corrupt {
+                path: path.to_string(),
+                reason: format!("holds {} bytes, its name says {off}", raw.len()),
+            });
+        }
+        Ok(Some((off, raw)))
+    }
+}
+
+impl Inner {
+    async fn fetch_segment_now(
+        &self,
+        tli: TimelineId,
+        segno: u64,
+    ) -> Result<Option<Bytes>, ArchiveError> {
+        let order = match self.prefer {
+            Compression::Zstd => [Compression::Zstd, Compression::None],
+            Compression::None => [Compression::None, Compression::Zstd],
+        };
+        for c in order {
+            let path = self.layout.segment(tli, segno, self.seg_size, c);
+            if let Some(stored) = get_opt(&self.store, &path).await? {
+                let raw = layout::decompress(stored, c, self.seg_size as usize, &path)?;
+                if raw.len() as u64 != self.seg_size {
+                    return Err(ArchiveError::Corrupt {
+                        path: path.to_string(),
+                        reason: format!("{} bytes, expected {}", raw.len(), self.seg_size),
+                    });
+                }
+                return Ok(Some(raw));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// GET an object; `None` if it does not exist.
+pub async fn get_opt(
+    store: &Arc<dyn ObjectStore>,
+    path: &ObjPath,
+) -> Result<Option<Bytes>, ArchiveError> {
+    match store.get(path).await {
+        Ok(r) => Ok(Some(
+            r.bytes().await.map_err(ArchiveError::store("read", path))?,
+        )),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(ArchiveError::store("read", path)(e)),
+    }
+}
+
+/// The one system id under the backend's prefix.
+pub async fn detect_system(backend: &Backend) -> Result<u64, ArchiveError> {
+    let prefix = (!backend.prefix.as_ref().is_empty()).then_some(&backend.prefix);
+    let listing = backend
+        .store
+        .list_with_delimiter(prefix)
+        .await
+        .map_err(ArchiveError::store("list", &backend.prefix))?;
+    let ids: Vec<u64> = listing
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename()?.parse().ok())
+        .collect();
+    match ids.as_slice() {
+        [id] => Ok(*id),
+        [] => Err(ArchiveError::NoSystem(format!(
+            "the archive {} holds no WAL yet",
+            backend.url
+        ))),
+        many => {
+            Err(ArchiveError::NoSystem(format!(
+            "the archive {} holds WAL of several systems ({}); choose one with archive.system_id",
+            backend.url,
+            many.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+        )))
+        }
+    }
+}
