@@ -11,6 +11,7 @@ use std::sync::Arc;
 use walrelay::admin::{Response, Routes};
 use walrelay::config::{parse_duration, Config};
 use walrelay::lsn::Lsn;
+use walrelay::server::{Server, ServerContext, ServerSettings};
 use walrelay::store::Positions;
 use walrelay::store::{Store, StoreOptions};
 use walrelay::upstream::conn::ReplConnection;
@@ -34,10 +35,22 @@ enum Command {
     Receive(ReceiveArgs),
     /// Run the long-running server (receive, store; serve, archive as configured).
     Run(RunArgs),
+    /// Print a SCRAM-SHA-256 verifier (or with --md5 an md5 hash) for [server.users],
+    /// reading the password from standard input.
+    Passwd(PasswdArgs),
     /// restore_command: fetch WAL file %f from the archive into %p.
     WalFetch(walrelay::archive::cli::WalFetchArgs),
     /// Check the archive: every segment FOUND / MISSING / CORRUPT, timeline histories.
     Verify(walrelay::archive::cli::VerifyArgs),
+}
+
+#[derive(Args)]
+struct PasswdArgs {
+    /// User name (the md5 hash depends on it).
+    user: String,
+    /// Print an md5 hash instead (only for clients that cannot do SCRAM).
+    #[arg(long)]
+    md5: bool,
 }
 
 #[derive(Args)]
@@ -158,6 +171,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Receive(a) => receive(a).await,
             Command::Run(a) => run(a).await,
+            Command::Passwd(a) => passwd(a),
             Command::WalFetch(a) => exit_with(walrelay::archive::cli::wal_fetch_main(a).await),
             Command::Verify(a) => exit_with(walrelay::archive::cli::verify_main(a).await),
         }
@@ -292,6 +306,31 @@ async fn receive(a: ReceiveArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn passwd(a: PasswdArgs) -> Result<(), String> {
+    use std::io::{BufRead, IsTerminal};
+    if std::io::stdin().is_terminal() {
+        eprint!("Password for {} (echoed): ", a.user);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("could not read the password: {e}"))?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        return Err("empty password".into());
+    }
+    if a.md5 {
+        println!(
+            "{}",
+            postgres_protocol::password::md5(password.as_bytes(), &a.user)
+        );
+    } else {
+        println!("{}", walrelay::server::auth::scram_verifier(password));
+    }
+    Ok(())
+}
+
 async fn run(a: RunArgs) -> Result<(), String> {
     init_logging(if a.verbose > 0 { "debug" } else { "info" });
     let mut cfg = match &a.config {
@@ -337,13 +376,30 @@ async fn run(a: RunArgs) -> Result<(), String> {
         )
     })?;
     let shutdown = shutdown_signal();
-    let archiver = walrelay::archive::Archiver::start(
-        walrelay::archive::ArchiveSettings::new(cfg.archive.clone(), &cfg.data_dir),
-        &store,
-        shutdown.clone(),
-    )
-    .map_err(|e| e.to_string())?;
+    // The walsender stops after the receiver: standbys then get everything walrelay stored.
+    let (server_stop_tx, server_stop) = watch::channel(false);
     let (info_tx, info_rx) = watch::channel(UpstreamInfo::default());
+    let server = match &cfg.server.listen {
+        Some(_) => {
+            let settings = ServerSettings::from_config(&cfg.server).map_err(|e| e.to_string())?;
+            let ctx = ServerContext {
+                store: store.clone(),
+                upstream: info_rx.clone(),
+                data_dir: cfg.data_dir.clone(),
+            };
+            Some(
+                Server::start(settings, ctx, server_stop)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        None => None,
+    };
+    let mut archive_settings =
+        walrelay::archive::ArchiveSettings::new(cfg.archive.clone(), &cfg.data_dir);
+    archive_settings.slot_floor = server.as_ref().map(|s| s.slots_min_restart.clone());
+    let archiver = walrelay::archive::Archiver::start(archive_settings, &store, shutdown.clone())
+        .map_err(|e| e.to_string())?;
     if let Some(addr) = &cfg.metrics.listen {
         let addr: std::net::SocketAddr = addr
             .parse()
@@ -362,6 +418,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
         );
         let positions = store.positions();
         let info = info_rx.clone();
+        let walsenders = server.as_ref().map(|s| s.status_source());
         let archived = archiver.as_ref().map(|h| h.archived_lsn.clone());
         routes.add(
             "GET",
@@ -370,7 +427,12 @@ async fn run(a: RunArgs) -> Result<(), String> {
                 let p = positions.borrow().clone();
                 let i = info.borrow().clone();
                 let archived = archived.as_ref().map(|a| *a.borrow());
-                Response::json(200, &status_json(&p, &i, archived))
+                let mut doc = status_json(&p, &i, archived);
+                if let Some(w) = &walsenders {
+                    doc["walsenders"] = serde_json::to_value(w.status()).unwrap_or_default();
+                    doc["slots"] = serde_json::to_value(w.slots()).unwrap_or_default();
+                }
+                Response::json(200, &doc)
             }),
         );
         let local = walrelay::admin::serve(addr, routes, shutdown.clone())
@@ -390,7 +452,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
         reconnect_max: cfg.upstream.reconnect_max,
         flush_cap: archiver.as_ref().and_then(|h| h.flush_cap(cfg.archive.ack)),
         info: Some(info_tx),
-        hs_feedback: None,
+        hs_feedback: server.as_ref().map(|s| s.hs_feedback.clone()),
     };
     tracing::info!(
         "walrelay starting: data directory \"{}\"",
@@ -399,6 +461,12 @@ async fn run(a: RunArgs) -> Result<(), String> {
     let result = receiver::run(store.clone(), opts, shutdown)
         .await
         .map_err(|e| e.to_string());
+    // The walsender stops after the receiver; standbys get what is flushed before the store
+    // closes (ordered walsender shutdown).
+    let _ = server_stop_tx.send(true);
+    if let Some(server) = server {
+        server.wait().await;
+    }
     if let Some(h) = archiver {
         h.abort();
     }
