@@ -77,11 +77,92 @@ impl Default for UpstreamConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address the walsender listens on, e.g. `127.0.0.1:5433`. No listener when unset.
     pub listen: Option<String>,
+    /// Most client connections at once (then `sorry, too many clients already`).
+    pub max_connections: usize,
+    /// Time allowed from connect to the end of authentication (`authentication_timeout`).
+    #[serde(deserialize_with = "de_duration")]
+    pub startup_timeout: Duration,
+    /// PEM server certificate (chain) and key; TLS is offered when both are set.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA that client certificates must chain to (for `cert` rules).
+    pub tls_ca: Option<PathBuf>,
+    /// Refuse connections that did not negotiate TLS.
+    pub require_tls: bool,
+    /// Disconnect a streaming client that sent nothing for this long (0: never);
+    /// a reply-requesting keepalive goes out at half of it.
+    #[serde(deserialize_with = "de_duration")]
+    pub wal_sender_timeout: Duration,
+    /// Keepalive while no WAL is sent, so standbys with a short `wal_receiver_timeout` stay.
+    #[serde(deserialize_with = "de_duration")]
+    pub keepalive_interval: Duration,
+    /// At shutdown, how long to wait for streaming clients to confirm what they were sent.
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_timeout: Duration,
+    /// Most proxy-side replication slots.
+    pub max_slots: usize,
+    /// A slot more than this far behind walrelay's flush position is invalidated
+    /// (like `max_slot_wal_keep_size`); unset: no limit.
+    #[serde(deserialize_with = "de_opt_size")]
+    pub max_slot_wal_keep_size: Option<u64>,
+    /// Ordered authentication rules, first match wins (like `pg_hba.conf`). Default: trust
+    /// from loopback addresses only.
+    pub hba: Vec<HbaRuleConfig>,
+    /// User name → SCRAM verifier (`walrelay passwd USER`) or `md5…` hash.
+    pub users: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: None,
+            max_connections: 100,
+            startup_timeout: Duration::from_secs(60),
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            require_tls: false,
+            wal_sender_timeout: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(10),
+            max_slots: 64,
+            max_slot_wal_keep_size: None,
+            hba: Vec::new(),
+            users: Default::default(),
+        }
+    }
+}
+
+/// One `[[server.hba]]` rule: `type` (host, hostssl, hostnossl), `database`
+/// (`replication`), `user` (`all` or a comma list), `address` (`all` or CIDR) and `method`
+/// (scram-sha-256, md5, trust, reject, cert).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HbaRuleConfig {
+    #[serde(rename = "type", default = "default_hba_type")]
+    pub conn_type: String,
+    #[serde(default = "default_hba_database")]
+    pub database: String,
+    #[serde(default = "default_all")]
+    pub user: String,
+    #[serde(default = "default_all")]
+    pub address: String,
+    pub method: String,
+}
+
+fn default_hba_type() -> String {
+    "host".into()
+}
+fn default_hba_database() -> String {
+    "replication".into()
+}
+fn default_all() -> String {
+    "all".into()
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -280,6 +361,10 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     }
 }
 
+fn de_opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    de_size(d).map(Some)
+}
+
 /// Serde helper for size fields (`"64MB"` or a number of bytes).
 pub fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
@@ -339,6 +424,14 @@ mod tests {
         assert_eq!(c.feed[1].delay, Duration::ZERO);
         assert!(Config::parse("[[feed]]\nname = \"a/b\"\n").is_err());
         assert!(Config::parse("[[feed]]\nname = \"a\"\n[[feed]]\nname = \"a\"\n").is_err());
+        let c = Config::parse(
+            "[server]\nlisten = \"127.0.0.1:5433\"\nmax_slot_wal_keep_size = \"1GB\"\n[[server.hba]]\nuser = \"bob\"\nmethod = \"scram-sha-256\"\n[server.users]\nbob = \"md5abc\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.max_slot_wal_keep_size, Some(1 << 30));
+        assert_eq!(c.server.hba[0].database, "replication");
+        assert_eq!(c.server.users["bob"], "md5abc");
+        assert_eq!(c.server.max_connections, 100);
         let e = Config::parse("[upstream]\nconnifo = \"x\"\n").unwrap_err();
         assert!(e.contains("unknown field `connifo`"), "{e}");
     }

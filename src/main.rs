@@ -10,7 +10,10 @@ use tokio::sync::watch;
 use std::sync::Arc;
 use walrelay::admin::{Response, Routes};
 use walrelay::config::{parse_duration, Config};
+use walrelay::delay::indexer::IndexerOptions;
+use walrelay::delay::{CommitIndex, FeedController};
 use walrelay::lsn::Lsn;
+use walrelay::server::{Server, ServerContext, ServerSettings};
 use walrelay::store::Positions;
 use walrelay::store::{Store, StoreOptions};
 use walrelay::upstream::conn::ReplConnection;
@@ -34,6 +37,110 @@ enum Command {
     Receive(ReceiveArgs),
     /// Run the long-running server (receive, store; serve, archive as configured).
     Run(RunArgs),
+    /// Print a SCRAM-SHA-256 verifier (or with --md5 an md5 hash) for [server.users],
+    /// reading the password from standard input.
+    Passwd(PasswdArgs),
+    /// Control delayed feeds of a running walrelay: list, pause, resume, advance.
+    Feed(FeedArgs),
+    /// List decoded transactions (commit time, xid, LSN, dropped relations) to find the bad
+    /// one: from a running walrelay's commit index, or with -D from segment files.
+    Xacts(XactsArgs),
+}
+
+/// Where the admin endpoint of a running walrelay is.
+#[derive(Args)]
+struct AdminArgs {
+    /// Admin endpoint address (default: $WALRELAY_ADMIN, else metrics.listen of --config).
+    #[arg(long, value_name = "HOST:PORT")]
+    admin: Option<String>,
+    /// walrelay's configuration file (to find metrics.listen).
+    #[arg(short = 'c', long)]
+    config: Option<PathBuf>,
+    /// Print the JSON answer.
+    #[arg(long)]
+    json: bool,
+}
+
+impl AdminArgs {
+    fn addr(&self) -> Result<String, String> {
+        if let Some(a) = &self.admin {
+            return Ok(a.clone());
+        }
+        if let Ok(a) = std::env::var("WALRELAY_ADMIN") {
+            return Ok(a);
+        }
+        if let Some(p) = &self.config {
+            let c = Config::load(p).map_err(|e| e.to_string())?;
+            return c.metrics.listen.ok_or_else(|| {
+                format!(
+                    "{} sets no metrics.listen (the admin endpoint)",
+                    p.display()
+                )
+            });
+        }
+        Err("where is walrelay? use --admin HOST:PORT, WALRELAY_ADMIN or --config".into())
+    }
+}
+
+#[derive(Args)]
+struct FeedArgs {
+    #[command(subcommand)]
+    action: FeedAction,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(Subcommand)]
+enum FeedAction {
+    /// Position, delay, hold and the next commit waiting, for every feed.
+    List,
+    /// Hold the feed where it is (the standby keeps its connection).
+    Pause { name: String },
+    /// Drop any hold (and acknowledge a tripwire): the delay alone decides again.
+    Resume { name: String },
+    /// Move the feed to exactly this point, past the delay if need be, and hold it there.
+    Advance {
+        name: String,
+        /// Just before the first commit after this time (e.g. "2026-11-21 18:58:59+00").
+        #[arg(long, group = "target")]
+        to_time: Option<String>,
+        /// Just before this transaction's commit.
+        #[arg(long, group = "target")]
+        before_xid: Option<u32>,
+        /// Exactly this LSN.
+        #[arg(long, group = "target")]
+        to_lsn: Option<Lsn>,
+        /// Just after this named restore point (pg_create_restore_point).
+        #[arg(long, group = "target")]
+        to_restore_point: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct XactsArgs {
+    /// Oldest commit time to list (e.g. "2026-11-21 18:00", "now-2h", "@1700000000").
+    #[arg(long)]
+    since: Option<String>,
+    /// Newest commit time to list.
+    #[arg(long)]
+    until: Option<String>,
+    /// Only commits that drop relations (DROP TABLE, TRUNCATE, ...).
+    #[arg(long)]
+    drops_only: bool,
+    /// Decode the segment files in this directory instead of asking a running walrelay.
+    #[arg(short = 'D', long, value_name = "DIR")]
+    directory: Option<PathBuf>,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(Args)]
+struct PasswdArgs {
+    /// User name (the md5 hash depends on it).
+    user: String,
+    /// Print an md5 hash instead (only for clients that cannot do SCRAM).
+    #[arg(long)]
+    md5: bool,
 }
 
 #[derive(Args)]
@@ -154,6 +261,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Receive(a) => receive(a).await,
             Command::Run(a) => run(a).await,
+            Command::Passwd(a) => passwd(a),
+            Command::Feed(a) => feed(a),
+            Command::Xacts(a) => xacts(a),
         }
     });
     match result {
@@ -277,6 +387,31 @@ async fn receive(a: ReceiveArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn passwd(a: PasswdArgs) -> Result<(), String> {
+    use std::io::{BufRead, IsTerminal};
+    if std::io::stdin().is_terminal() {
+        eprint!("Password for {} (echoed): ", a.user);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("could not read the password: {e}"))?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        return Err("empty password".into());
+    }
+    if a.md5 {
+        println!(
+            "{}",
+            postgres_protocol::password::md5(password.as_bytes(), &a.user)
+        );
+    } else {
+        println!("{}", walrelay::server::auth::scram_verifier(password));
+    }
+    Ok(())
+}
+
 async fn run(a: RunArgs) -> Result<(), String> {
     init_logging(if a.verbose > 0 { "debug" } else { "info" });
     let mut cfg = match &a.config {
@@ -322,7 +457,61 @@ async fn run(a: RunArgs) -> Result<(), String> {
         )
     })?;
     let shutdown = shutdown_signal();
+    // The walsender stops after the receiver: standbys then get everything walrelay stored.
+    let (server_stop_tx, server_stop) = watch::channel(false);
     let (info_tx, info_rx) = watch::channel(UpstreamInfo::default());
+    // Delayed feeds: the commit index follows the store; sessions ask the controller.
+    let feeds = if cfg.feed.is_empty() {
+        None
+    } else {
+        let index = CommitIndex::new();
+        let ctl = FeedController::new(
+            &cfg.feed,
+            &cfg.feeds,
+            &cfg.data_dir,
+            index.clone(),
+            store.positions(),
+        )
+        .map_err(|e| e.to_string())?;
+        tokio::spawn(walrelay::delay::indexer::run(
+            index,
+            Some(ctl.clone()),
+            store.clone(),
+            IndexerOptions {
+                data_dir: cfg.data_dir.clone(),
+                max_entries: cfg.feeds.index_max_entries,
+            },
+            shutdown.clone(),
+        ));
+        let c = ctl.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => c.persist_if_dirty(),
+                    _ = stop.changed() => { c.persist_if_dirty(); break; }
+                }
+            }
+        });
+        Some(ctl)
+    };
+    let server = match &cfg.server.listen {
+        Some(_) => {
+            let settings = ServerSettings::from_config(&cfg.server).map_err(|e| e.to_string())?;
+            let ctx = ServerContext {
+                store: store.clone(),
+                upstream: info_rx.clone(),
+                data_dir: cfg.data_dir.clone(),
+                feeds: feeds.clone(),
+            };
+            Some(
+                Server::start(settings, ctx, server_stop)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        None => None,
+    };
     if let Some(addr) = &cfg.metrics.listen {
         let addr: std::net::SocketAddr = addr
             .parse()
@@ -349,6 +538,9 @@ async fn run(a: RunArgs) -> Result<(), String> {
                 Response::json(200, &status_json(&p, &i))
             }),
         );
+        if let Some(f) = &feeds {
+            walrelay::delay::api::register_routes(&mut routes, f.clone());
+        }
         let local = walrelay::admin::serve(addr, routes, shutdown.clone())
             .await
             .map_err(|e| format!("could not listen on {addr} (metrics.listen): {e}"))?;
@@ -366,17 +558,86 @@ async fn run(a: RunArgs) -> Result<(), String> {
         reconnect_max: cfg.upstream.reconnect_max,
         flush_cap: None,
         info: Some(info_tx),
-        hs_feedback: None,
+        hs_feedback: server.as_ref().map(|s| s.hs_feedback.clone()),
     };
     tracing::info!(
         "walrelay starting: data directory \"{}\"",
         cfg.data_dir.display()
     );
-    receiver::run(store.clone(), opts, shutdown)
-        .await
-        .map_err(|e| e.to_string())?;
+    let received = receiver::run(store.clone(), opts, shutdown).await;
+    let _ = server_stop_tx.send(true);
+    // Standbys get what is flushed before the store closes (ordered walsender shutdown).
+    if let Some(server) = server {
+        server.wait().await;
+    }
+    received.map_err(|e| e.to_string())?;
     store.close().await.map_err(|e| e.to_string())?;
     tracing::info!("walrelay stopped");
+    Ok(())
+}
+
+fn feed(a: FeedArgs) -> Result<(), String> {
+    use walrelay::delay::api::{feed_command, FeedCommand};
+    let cmd = match a.action {
+        FeedAction::List => FeedCommand::List,
+        FeedAction::Pause { name } => FeedCommand::Pause(name),
+        FeedAction::Resume { name } => FeedCommand::Resume(name),
+        FeedAction::Advance {
+            name,
+            to_time,
+            before_xid,
+            to_lsn,
+            to_restore_point,
+        } => {
+            let p: Vec<(&'static str, String)> = [
+                ("to_time", to_time),
+                ("before_xid", before_xid.map(|x| x.to_string())),
+                ("to_lsn", to_lsn.map(|l| l.to_string())),
+                ("to_restore_point", to_restore_point),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+            if p.is_empty() {
+                return Err(
+                    "feed advance needs --to-time, --before-xid, --to-lsn or --to-restore-point"
+                        .into(),
+                );
+            }
+            FeedCommand::Advance(name, p)
+        }
+    };
+    print!("{}", feed_command(&a.admin.addr()?, &cmd, a.admin.json)?);
+    Ok(())
+}
+
+fn xacts(a: XactsArgs) -> Result<(), String> {
+    use walrelay::delay::api;
+    let list = match &a.directory {
+        Some(dir) => {
+            let filter = api::XactFilter {
+                since: api::parse_time_arg(a.since.as_deref())?,
+                until: api::parse_time_arg(a.until.as_deref())?,
+                drops_only: a.drops_only,
+                limit: 0,
+            };
+            api::xacts_local(dir, &filter)?
+        }
+        None => api::xacts_remote(
+            &a.admin.addr()?,
+            a.since.as_deref(),
+            a.until.as_deref(),
+            a.drops_only,
+        )?,
+    };
+    if a.admin.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "xacts": list })).unwrap_or_default()
+        );
+    } else {
+        print!("{}", api::format_xacts(&list));
+    }
     Ok(())
 }
 

@@ -612,7 +612,7 @@ impl FeedSession {
     /// nothing and keeps the standby alive with keepalives), and when to ask again even if
     /// nothing else happens. `sent` is the session's position (recorded as the feed's
     /// position), `flush` the store's flush position.
-    pub fn limit(&mut self, sent: Lsn, flush: Lsn) -> (Lsn, Option<Instant>) {
+    pub fn limit(&self, sent: Lsn, flush: Lsn) -> (Lsn, Option<Instant>) {
         let f = &self.ctl.feeds[self.idx];
         let st = {
             let mut g = lock(&self.ctl.state);
@@ -713,13 +713,13 @@ mod tests {
         )
         .unwrap();
         assert!(ctl.attach("other", None, "u").is_none());
-        let mut s = ctl.attach("lag", None, "u").unwrap();
+        let s = ctl.attach("lag", None, "u").unwrap();
         // the tripwire holds before xid 701
         let (cap, wake) = s.limit(Lsn(0), Lsn(400));
         assert_eq!((cap, wake), (Lsn(200), None));
         assert_eq!(ctl.show("lag").unwrap()["state"], "tripwire");
         // the plain feed is not held
-        let mut p = ctl.attach("plain", None, "u").unwrap();
+        let p = ctl.attach("plain", None, "u").unwrap();
         assert_eq!(p.limit(Lsn(0), Lsn(400)).0, Lsn(400));
         // resume acknowledges it; then the delay holds before xid 702
         s.limit(Lsn(200), Lsn(400));

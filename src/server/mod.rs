@@ -1,1 +1,414 @@
-//! TODO
+//! The walsender: the server that standbys (`primary_conninfo` pointing at walrelay) and
+//! `pg_receivewal -h walrelay` stream from.
+//!
+//! Owns: the TCP listener and connection limit, one tokio task per client session (startup,
+//! TLS, authentication, replication commands, streaming), proxy-side slots, hot-standby
+//! feedback aggregation and the downstream status view. Reads WAL from the store's shared
+//! in-memory tail and, for older positions, from the segment files
+//! ([`crate::store::reader`]); never sends past the store's flush position.
+//!
+//! Must not: write WAL or history files, or talk to the primary (the upstream receiver
+//! forwards [`ServerHandle::hs_feedback`]; retention reads [`ServerHandle::slots_min_restart`]).
+//!
+//! | file | owns |
+//! |---|---|
+//! | `session.rs` | startup packets, TLS, auth exchange, command loop, command answers |
+//! | `walsender.rs` | START_REPLICATION and the CopyBoth streaming loop |
+//! | `auth.rs` | hba rules, SCRAM/md5 server side |
+//! | `tls.rs` | rustls setup, channel binding hash, client certificate CN |
+//! | `slots.rs` | proxy-side slots (`slots.json`) |
+//! | `feedback.rs` | hot-standby feedback minimum |
+//! | `status.rs` | `pg_stat_replication`-like rows and metrics |
+//!
+//! See `docs/walsender.md`.
+
+pub mod auth;
+pub mod feedback;
+mod session;
+pub mod slots;
+pub mod status;
+pub mod tls;
+mod walsender;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::ServerConfig;
+use crate::lsn::{Lsn, TimelineId};
+use crate::store::Store;
+pub use feedback::HsFeedback;
+pub use slots::SlotView;
+pub use status::WalSenderStatus;
+
+pub use crate::upstream::receiver::UpstreamInfo;
+
+/// Validated server settings (see [`ServerSettings::from_config`]).
+#[derive(Clone)]
+pub struct ServerSettings {
+    pub listen: String,
+    pub max_connections: usize,
+    pub startup_timeout: Duration,
+    pub tls: Option<tls::TlsSetup>,
+    pub require_tls: bool,
+    pub hba: Vec<auth::HbaRule>,
+    pub users: HashMap<String, auth::Credential>,
+    pub wal_sender_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub shutdown_timeout: Duration,
+    pub max_slots: usize,
+    pub max_slot_wal_keep_size: Option<u64>,
+}
+
+impl ServerSettings {
+    /// Checks the `[server]` section: listen address, TLS files, hba rules and verifiers.
+    pub fn from_config(c: &ServerConfig) -> Result<ServerSettings, ServerError> {
+        let listen = c
+            .listen
+            .clone()
+            .ok_or_else(|| ServerError::Config("server.listen is not set".into()))?;
+        let tls = match (&c.tls_cert, &c.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(tls::load(cert, key, c.tls_ca.as_deref()).map_err(ServerError::Config)?)
+            }
+            (None, None) => None,
+            _ => {
+                return Err(ServerError::Config(
+                    "server.tls_cert and server.tls_key must be set together".into(),
+                ))
+            }
+        };
+        if c.require_tls && tls.is_none() {
+            return Err(ServerError::Config(
+                "server.require_tls needs server.tls_cert and server.tls_key".into(),
+            ));
+        }
+        let hba = if c.hba.is_empty() {
+            default_hba()
+        } else {
+            auth::parse_rules(&c.hba).map_err(ServerError::Config)?
+        };
+        let mut users = HashMap::new();
+        for (name, secret) in &c.users {
+            let cred = auth::parse_credential(secret)
+                .map_err(|e| ServerError::Config(format!("server.users.{name}: {e}")))?;
+            users.insert(name.clone(), cred);
+        }
+        Ok(ServerSettings {
+            listen,
+            max_connections: c.max_connections.max(1),
+            startup_timeout: c.startup_timeout,
+            tls,
+            require_tls: c.require_tls,
+            hba,
+            users,
+            wal_sender_timeout: c.wal_sender_timeout,
+            keepalive_interval: c.keepalive_interval,
+            shutdown_timeout: c.shutdown_timeout,
+            max_slots: c.max_slots,
+            max_slot_wal_keep_size: c.max_slot_wal_keep_size,
+        })
+    }
+}
+
+/// With no `[[server.hba]]` rules: trust from loopback addresses, nothing else.
+fn default_hba() -> Vec<auth::HbaRule> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|a| {
+            auth::parse_rules(&[crate::config::HbaRuleConfig {
+                conn_type: "host".into(),
+                database: "replication".into(),
+                user: "all".into(),
+                address: (*a).into(),
+                method: "trust".into(),
+            }])
+            .ok()
+        })
+        .flatten()
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid server configuration: {0}")]
+    Config(String),
+    #[error("could not listen on \"{addr}\": {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Slots(#[from] slots::SlotError),
+}
+
+/// What the server reads: the store (positions, tail, files) and the upstream's identity.
+pub struct ServerContext {
+    pub store: Store,
+    pub upstream: watch::Receiver<UpstreamInfo>,
+    pub data_dir: PathBuf,
+    /// delay: feed rules; a session under a feed sends no further than the feed allows
+    /// (`crate::delay`). `None`: no feeds configured.
+    pub feeds: Option<Arc<crate::delay::FeedController>>,
+}
+
+/// A snapshot of what walrelay can serve.
+#[derive(Debug, Clone)]
+pub(crate) struct ServeView {
+    pub system_id: u64,
+    pub seg_size: u64,
+    pub timeline: TimelineId,
+    pub flush: Lsn,
+    pub server_version: String,
+    pub parameters: Vec<(String, String)>,
+}
+
+pub(crate) struct Shared {
+    pub settings: ServerSettings,
+    pub store: Store,
+    pub upstream: watch::Receiver<UpstreamInfo>,
+    pub data_dir: PathBuf,
+    pub slots: slots::Slots,
+    pub feedback: feedback::FeedbackAggregator,
+    pub status: status::StatusRegistry,
+    /// delay: see [`ServerContext::feeds`].
+    pub feeds: Option<Arc<crate::delay::FeedController>>,
+    next_pid: AtomicI32,
+    next_session: AtomicU64,
+    pub connections: AtomicUsize,
+}
+
+impl Shared {
+    pub fn new_pid(&self) -> i32 {
+        self.next_pid.fetch_add(1, Ordering::Relaxed)
+    }
+    pub fn new_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Identity and positions: the store's when it is writing a timeline, else the control
+    /// file's (walrelay restarted and the primary is not reachable yet).
+    pub fn view(&self) -> Option<ServeView> {
+        let pos = self.store.positions().borrow().clone();
+        let up = self.upstream.borrow().clone();
+        let control = crate::store::control::read(&self.data_dir).ok().flatten();
+        let system_id = if pos.system_id != 0 {
+            pos.system_id
+        } else if up.system_id != 0 {
+            up.system_id
+        } else {
+            control.as_ref().and_then(|c| c.system_id())?
+        };
+        let seg_size = if pos.wal_segment_size != 0 {
+            pos.wal_segment_size
+        } else {
+            control.as_ref().map(|c| c.wal_segment_size)?
+        };
+        let (timeline, flush) = if pos.timeline != 0 {
+            (pos.timeline, pos.flush_lsn)
+        } else {
+            let c = control.as_ref()?;
+            (c.timeline, c.flush_lsn())
+        };
+        if timeline == 0 || !crate::lsn::valid_segment_size(seg_size) {
+            return None;
+        }
+        let server_version = if !up.server_version.is_empty() {
+            up.server_version.clone()
+        } else {
+            control
+                .as_ref()
+                .map(|c| c.server_version.clone())
+                .filter(|v| !v.is_empty())?
+        };
+        Some(ServeView {
+            system_id,
+            seg_size,
+            timeline,
+            flush,
+            server_version,
+            parameters: up.parameters,
+        })
+    }
+}
+
+/// The running server.
+pub struct ServerHandle {
+    /// Minimum hot-standby feedback of the connected standbys (zeros when none needs it).
+    pub hs_feedback: watch::Receiver<HsFeedback>,
+    /// Oldest `restart_lsn` of the proxy-side slots, for WAL retention.
+    pub slots_min_restart: watch::Receiver<Option<Lsn>>,
+    pub local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// One row per replication session, like `pg_stat_replication`.
+    pub fn status(&self) -> Vec<WalSenderStatus> {
+        self.shared.status.snapshot()
+    }
+    /// The proxy-side slots.
+    pub fn slots(&self) -> Vec<SlotView> {
+        self.shared.slots.list()
+    }
+    /// Waits until the server has shut down (after `shutdown` turned true) and every
+    /// session ended.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+pub struct Server;
+
+impl Server {
+    /// Binds the listener and starts accepting. Shutdown (`shutdown` turning true) stops
+    /// accepting, lets streaming sessions finish in order, and persists the slots.
+    pub async fn start(
+        settings: ServerSettings,
+        ctx: ServerContext,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<ServerHandle, ServerError> {
+        let listener = TcpListener::bind(&settings.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: settings.listen.clone(),
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: settings.listen.clone(),
+            source,
+        })?;
+        let (slots, slots_min_restart) = slots::Slots::load(
+            &ctx.data_dir,
+            settings.max_slots,
+            settings.max_slot_wal_keep_size,
+        )?;
+        let (feedback, hs_feedback) = feedback::FeedbackAggregator::new();
+        let shared = Arc::new(Shared {
+            settings,
+            store: ctx.store,
+            upstream: ctx.upstream,
+            data_dir: ctx.data_dir,
+            slots,
+            feedback,
+            status: status::StatusRegistry::default(),
+            feeds: ctx.feeds,
+            next_pid: AtomicI32::new(100_000 + (std::process::id() % 1000) as i32 * 1000),
+            next_session: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+        });
+        tracing::info!("walsender listening on {local_addr}");
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), shutdown));
+        Ok(ServerHandle {
+            hs_feedback,
+            slots_min_restart,
+            local_addr,
+            shared,
+            task,
+        })
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut sessions = JoinSet::new();
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+    let mut positions = shared.store.positions();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    sessions.spawn(session::run(shared.clone(), tcp, peer, shutdown.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.changed() => {}
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            _ = housekeeping.tick() => {
+                let flush = positions.borrow_and_update().flush_lsn;
+                for name in shared.slots.enforce_cap(flush) {
+                    tracing::warn!(
+                        "replication slot \"{name}\" invalidated: its restart_lsn is more than max_slot_wal_keep_size behind {flush}"
+                    );
+                }
+                persist_slots(&shared).await;
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!(
+        "walsender: shutting down, waiting for {} session(s)",
+        sessions.len()
+    );
+    let grace = shared.settings.shutdown_timeout + Duration::from_secs(2);
+    if tokio::time::timeout(grace, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        sessions.abort_all();
+    }
+    persist_slots(&shared).await;
+}
+
+async fn persist_slots(shared: &Arc<Shared>) {
+    let s = shared.clone();
+    let r = tokio::task::spawn_blocking(move || s.slots.persist_if_dirty()).await;
+    if let Ok(Err(e)) = r {
+        tracing::error!("{e}");
+    }
+}
+
+/// `server_version` → major (`15.18 (Debian …)` → 15, `18beta1` → 18).
+pub(crate) fn version_major(v: &str) -> u32 {
+    let digits: String = v.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().unwrap_or(0)
+}
+
+/// `server_version` → `server_version_num` (`15.18` → 150018).
+pub(crate) fn version_num(v: &str) -> u32 {
+    let major = version_major(v);
+    let rest = v.get(major.to_string().len()..).unwrap_or("");
+    let minor: u32 = rest
+        .strip_prefix('.')
+        .map(|r| {
+            r.chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect::<String>()
+        })
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    major * 10000 + minor
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(version_major("15.18 (Debian 15.18-1.pgdg120+1)"), 15);
+        assert_eq!(version_num("15.18 (Debian 15.18-1.pgdg120+1)"), 150018);
+        assert_eq!(version_num("18beta1"), 180000);
+        assert_eq!(version_major("junk"), 0);
+    }
+}

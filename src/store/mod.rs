@@ -21,6 +21,7 @@
 
 pub mod control;
 pub mod fsutil;
+pub mod reader;
 pub mod scan;
 mod tail;
 

@@ -1,0 +1,495 @@
+//! Proxy-side physical replication slots.
+//!
+//! Owns: the slots standbys create on walrelay (`CREATE_REPLICATION_SLOT … PHYSICAL`), their
+//! `restart_lsn` (set from the standby's reported flush position, like
+//! `PhysicalConfirmReceivedLocation`), which session holds each one, and their persistence in
+//! `<data_dir>/slots.json` (written atomically; temporary slots are never persisted and are
+//! dropped when their session ends). Publishes the minimum `restart_lsn` of valid slots on a
+//! `watch` channel for WAL retention, and invalidates a slot whose `restart_lsn` falls more
+//! than `max_slot_wal_keep_size` behind walrelay's flush position, so a forgotten standby can
+//! not fill walrelay's disk. Must not: delete WAL (retention does, reading the watch) or talk
+//! to sockets.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::error::{codes, SqlState};
+use crate::lsn::Lsn;
+use crate::store::fsutil;
+
+pub const SLOTS_FILE: &str = "slots.json";
+
+/// Errors of slot operations, with PostgreSQL's texts.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    #[error("replication slot \"{0}\" does not exist")]
+    NotFound(String),
+    #[error("replication slot \"{0}\" already exists")]
+    Exists(String),
+    #[error("replication slot \"{name}\" is active for PID {pid}")]
+    Active { name: String, pid: i32 },
+    #[error("replication slot name \"{0}\" is too short")]
+    NameTooShort(String),
+    #[error("replication slot name \"{0}\" is too long")]
+    NameTooLong(String),
+    #[error("replication slot name \"{0}\" contains invalid character")]
+    NameInvalid(String),
+    #[error("all replication slots are in use")]
+    TooMany,
+    #[error("can no longer get changes from replication slot \"{0}\"")]
+    Invalidated(String),
+    #[error("could not write file \"{path}\": {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("could not read file \"{path}\": {message}")]
+    Corrupt { path: PathBuf, message: String },
+}
+
+impl SlotError {
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            SlotError::Invalidated(_) => Some(
+                "This slot has been invalidated because it exceeded the maximum reserved size."
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            SlotError::NameInvalid(_) => Some(
+                "Replication slot names may only contain lower case letters, numbers, and the underscore character."
+                    .into(),
+            ),
+            SlotError::TooMany => {
+                Some("Free one or increase walrelay's \"max_slots\" setting.".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+impl SqlState for SlotError {
+    fn sqlstate(&self) -> &'static str {
+        match self {
+            SlotError::NotFound(_) => codes::UNDEFINED_OBJECT,
+            SlotError::Exists(_) => codes::DUPLICATE_OBJECT,
+            SlotError::Active { .. } => codes::OBJECT_IN_USE,
+            SlotError::NameTooShort(_) | SlotError::NameInvalid(_) => codes::INVALID_NAME,
+            SlotError::NameTooLong(_) => "42622",
+            SlotError::TooMany => "53400",
+            SlotError::Invalidated(_) => codes::OBJECT_NOT_IN_STATE,
+            SlotError::Io { .. } | SlotError::Corrupt { .. } => codes::IO_ERROR,
+        }
+    }
+}
+
+/// `ReplicationSlotValidateName`: 1..63 bytes of `[a-z0-9_]`.
+pub fn validate_name(name: &str) -> Result<(), SlotError> {
+    if name.is_empty() {
+        return Err(SlotError::NameTooShort(name.into()));
+    }
+    if name.len() >= 64 {
+        return Err(SlotError::NameTooLong(name.into()));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(SlotError::NameInvalid(name.into()));
+    }
+    Ok(())
+}
+
+/// A slot as shown to commands and the status endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SlotView {
+    pub name: String,
+    pub temporary: bool,
+    #[serde(serialize_with = "super::status::ser_opt_lsn")]
+    pub restart_lsn: Option<Lsn>,
+    pub invalidated: bool,
+    pub active_pid: Option<i32>,
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    temporary: bool,
+    /// Session that created a temporary slot (it is dropped when that session ends).
+    owner: Option<u64>,
+    restart_lsn: Option<Lsn>,
+    invalidated: bool,
+    active: Option<(u64, i32)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FileSlot {
+    name: String,
+    restart_lsn: Option<String>,
+    #[serde(default)]
+    invalidated: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FileData {
+    version: u32,
+    slots: Vec<FileSlot>,
+}
+
+struct Inner {
+    slots: BTreeMap<String, Slot>,
+    dirty: bool,
+}
+
+/// The slot table. Shared by all sessions.
+pub struct Slots {
+    path: PathBuf,
+    max_slots: usize,
+    max_keep: Option<u64>,
+    inner: Mutex<Inner>,
+    min_tx: watch::Sender<Option<Lsn>>,
+}
+
+impl Slots {
+    /// Loads `<dir>/slots.json` (none yet: no slots).
+    pub fn load(
+        dir: &Path,
+        max_slots: usize,
+        max_keep: Option<u64>,
+    ) -> Result<(Slots, watch::Receiver<Option<Lsn>>), SlotError> {
+        let path = dir.join(SLOTS_FILE);
+        let mut slots = BTreeMap::new();
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let data: FileData =
+                    serde_json::from_slice(&bytes).map_err(|e| SlotError::Corrupt {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
+                for s in data.slots {
+                    let restart_lsn = match s.restart_lsn {
+                        Some(t) => Some(t.parse::<Lsn>().map_err(|e| SlotError::Corrupt {
+                            path: path.clone(),
+                            message: e.0,
+                        })?),
+                        None => None,
+                    };
+                    slots.insert(
+                        s.name,
+                        Slot {
+                            temporary: false,
+                            owner: None,
+                            restart_lsn,
+                            invalidated: s.invalidated,
+                            active: None,
+                        },
+                    );
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(SlotError::Corrupt {
+                    path,
+                    message: e.to_string(),
+                })
+            }
+        }
+        let (min_tx, min_rx) = watch::channel(None);
+        let s = Slots {
+            path,
+            max_slots,
+            max_keep,
+            inner: Mutex::new(Inner {
+                slots,
+                dirty: false,
+            }),
+            min_tx,
+        };
+        {
+            let g = s.lock();
+            s.publish(&g);
+        }
+        Ok((s, min_rx))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, g: &Inner) {
+        let min = g
+            .slots
+            .values()
+            .filter(|s| !s.invalidated)
+            .filter_map(|s| s.restart_lsn.filter(|l| l.is_valid()))
+            .min();
+        self.min_tx.send_if_modified(|cur| {
+            if *cur != min {
+                *cur = min;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn write_file(&self, g: &Inner) -> Result<(), SlotError> {
+        let data = FileData {
+            version: 1,
+            slots: g
+                .slots
+                .iter()
+                .filter(|(_, s)| !s.temporary)
+                .map(|(n, s)| FileSlot {
+                    name: n.clone(),
+                    restart_lsn: s.restart_lsn.map(|l| l.to_string()),
+                    invalidated: s.invalidated,
+                })
+                .collect(),
+        };
+        let text = serde_json::to_vec_pretty(&data).unwrap_or_default();
+        fsutil::write_atomic(&self.path, &text).map_err(|source| SlotError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// CREATE_REPLICATION_SLOT … PHYSICAL.
+    pub fn create(
+        &self,
+        name: &str,
+        temporary: bool,
+        restart_lsn: Option<Lsn>,
+        session: u64,
+    ) -> Result<(), SlotError> {
+        validate_name(name)?;
+        let mut g = self.lock();
+        if g.slots.contains_key(name) {
+            return Err(SlotError::Exists(name.into()));
+        }
+        if g.slots.len() >= self.max_slots {
+            return Err(SlotError::TooMany);
+        }
+        g.slots.insert(
+            name.into(),
+            Slot {
+                temporary,
+                owner: temporary.then_some(session),
+                restart_lsn,
+                invalidated: false,
+                active: None,
+            },
+        );
+        if !temporary {
+            if let Err(e) = self.write_file(&g) {
+                g.slots.remove(name);
+                return Err(e);
+            }
+        }
+        self.publish(&g);
+        Ok(())
+    }
+
+    /// DROP_REPLICATION_SLOT (without WAIT: an active slot is an error).
+    pub fn drop_slot(&self, name: &str, session: u64) -> Result<(), SlotError> {
+        let mut g = self.lock();
+        let slot = g
+            .slots
+            .get(name)
+            .ok_or_else(|| SlotError::NotFound(name.into()))?;
+        if let Some((sess, pid)) = slot.active {
+            if sess != session {
+                return Err(SlotError::Active {
+                    name: name.into(),
+                    pid,
+                });
+            }
+        }
+        let temporary = slot.temporary;
+        g.slots.remove(name);
+        if !temporary {
+            self.write_file(&g)?;
+        }
+        self.publish(&g);
+        Ok(())
+    }
+
+    /// Whether `name` is held by another session (for DROP … WAIT).
+    pub fn is_active(&self, name: &str) -> bool {
+        self.lock()
+            .slots
+            .get(name)
+            .is_some_and(|s| s.active.is_some())
+    }
+
+    /// START_REPLICATION SLOT: marks the slot active for this session.
+    pub fn acquire(&self, name: &str, session: u64, pid: i32) -> Result<SlotView, SlotError> {
+        let mut g = self.lock();
+        let slot = g
+            .slots
+            .get_mut(name)
+            .ok_or_else(|| SlotError::NotFound(name.into()))?;
+        if let Some((sess, apid)) = slot.active {
+            if sess != session {
+                return Err(SlotError::Active {
+                    name: name.into(),
+                    pid: apid,
+                });
+            }
+        }
+        if slot.invalidated {
+            return Err(SlotError::Invalidated(name.into()));
+        }
+        slot.active = Some((session, pid));
+        Ok(view(name, slot))
+    }
+
+    pub fn release(&self, name: &str, session: u64) {
+        let mut g = self.lock();
+        if let Some(s) = g.slots.get_mut(name) {
+            if s.active.is_some_and(|(sess, _)| sess == session) {
+                s.active = None;
+            }
+        }
+    }
+
+    /// The session ended: release its slots and drop its temporary ones.
+    pub fn session_ended(&self, session: u64) {
+        let mut g = self.lock();
+        g.slots.retain(|_, s| s.owner != Some(session));
+        for s in g.slots.values_mut() {
+            if s.active.is_some_and(|(sess, _)| sess == session) {
+                s.active = None;
+            }
+        }
+        self.publish(&g);
+    }
+
+    /// The standby reported `flush`: it becomes the slot's `restart_lsn` (even backwards,
+    /// as PostgreSQL does). Persisted later by [`Slots::persist_if_dirty`].
+    pub fn confirm_flush(&self, name: &str, flush: Lsn) {
+        if !flush.is_valid() {
+            return;
+        }
+        let mut g = self.lock();
+        let Some(s) = g.slots.get_mut(name) else {
+            return;
+        };
+        if s.invalidated || s.restart_lsn == Some(flush) {
+            return;
+        }
+        s.restart_lsn = Some(flush);
+        let temporary = s.temporary;
+        if !temporary {
+            g.dirty = true;
+        }
+        self.publish(&g);
+    }
+
+    pub fn get(&self, name: &str) -> Option<SlotView> {
+        self.lock().slots.get(name).map(|s| view(name, s))
+    }
+
+    pub fn list(&self) -> Vec<SlotView> {
+        self.lock().slots.iter().map(|(n, s)| view(n, s)).collect()
+    }
+
+    /// Invalidates slots more than `max_slot_wal_keep_size` behind `flush`. Returns the
+    /// names invalidated.
+    pub fn enforce_cap(&self, flush: Lsn) -> Vec<String> {
+        let Some(cap) = self.max_keep else {
+            return Vec::new();
+        };
+        let mut g = self.lock();
+        let mut hit = Vec::new();
+        for (name, s) in g.slots.iter_mut() {
+            if let Some(r) = s.restart_lsn {
+                if !s.invalidated && flush.saturating_sub(r) > cap {
+                    s.invalidated = true;
+                    s.restart_lsn = None;
+                    hit.push(name.clone());
+                }
+            }
+        }
+        if !hit.is_empty() {
+            g.dirty = true;
+            self.publish(&g);
+        }
+        hit
+    }
+
+    /// Writes `slots.json` if a persistent slot moved since the last write.
+    pub fn persist_if_dirty(&self) -> Result<(), SlotError> {
+        let mut g = self.lock();
+        if !g.dirty {
+            return Ok(());
+        }
+        self.write_file(&g)?;
+        g.dirty = false;
+        Ok(())
+    }
+}
+
+fn view(name: &str, s: &Slot) -> SlotView {
+    SlotView {
+        name: name.into(),
+        temporary: s.temporary,
+        restart_lsn: s.restart_lsn,
+        invalidated: s.invalidated,
+        active_pid: s.active.map(|(_, p)| p),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_persistence_and_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (slots, min) = Slots::load(dir.path(), 3, Some(1000)).unwrap();
+        assert!(matches!(
+            slots.create("Bad", false, None, 1),
+            Err(SlotError::NameInvalid(_))
+        ));
+        slots.create("s1", false, Some(Lsn(5000)), 1).unwrap();
+        slots.create("t1", true, Some(Lsn(4000)), 1).unwrap();
+        assert_eq!(*min.borrow(), Some(Lsn(4000)));
+        assert!(matches!(
+            slots.create("s1", false, None, 2),
+            Err(SlotError::Exists(_))
+        ));
+        slots.acquire("s1", 2, 42).unwrap();
+        let e = slots.drop_slot("s1", 3).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "replication slot \"s1\" is active for PID 42"
+        );
+        assert_eq!(e.sqlstate(), "55006");
+        slots.confirm_flush("s1", Lsn(6000));
+        slots.session_ended(1); // drops t1
+        assert_eq!(*min.borrow(), Some(Lsn(6000)));
+        slots.persist_if_dirty().unwrap();
+        let (again, min2) = Slots::load(dir.path(), 3, Some(1000)).unwrap();
+        assert_eq!(again.get("s1").unwrap().restart_lsn, Some(Lsn(6000)));
+        assert!(again.get("t1").is_none());
+        assert_eq!(*min2.borrow(), Some(Lsn(6000)));
+        assert_eq!(again.enforce_cap(Lsn(7001)), vec!["s1".to_string()]);
+        assert_eq!(*min2.borrow(), None);
+        assert!(matches!(
+            again.acquire("s1", 9, 1),
+            Err(SlotError::Invalidated(_))
+        ));
+        again.drop_slot("s1", 9).unwrap();
+        assert!(matches!(
+            again.drop_slot("s1", 9),
+            Err(SlotError::NotFound(_))
+        ));
+    }
+}

@@ -1,0 +1,508 @@
+//! START_REPLICATION … PHYSICAL and the CopyBoth streaming loop.
+//!
+//! Owns: the checks `StartReplication` makes (slot, timeline in history, start not past the
+//! fork, start exactly at a switch point answered without COPY; start ahead of the flush
+//! position refused after CopyBothResponse), then the loop that sends WAL from exactly the
+//! requested position, contiguous, never past [`StreamState::send_limit`]: recent WAL from the
+//! store's shared tail (no copy), older WAL from the segment files in ≤ 128 kB chunks. It
+//! wakes on the store's position watch (no polling), sends keepalives, answers reply
+//! requests, reads status updates and hot-standby feedback, ends a historic timeline with
+//! CopyDone + the `next_tli` row + both CommandCompletes (the session stays usable), moves a
+//! standby along when the upstream switches timeline, and at shutdown waits (bounded) for the
+//! client to confirm what it was sent before `COPY 0`. Must not: write WAL.
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use super::session::{err_of, fatal, End, Out, Session};
+use super::{status, HsFeedback, ServeView};
+use crate::error::codes;
+use crate::lsn::{pg_now, Lsn, TimelineId};
+use crate::protocol::backend::{self, ErrorFields, Field, INT8_OID, TEXT_OID};
+use crate::protocol::frontend::FrontendMessage;
+use crate::protocol::replication::{self, ClientCopyMessage};
+use crate::store::reader::{ReadError, WalReader};
+use crate::store::Positions;
+use crate::wal::history;
+
+/// Most WAL bytes per XLogData message (16 × XLOG_BLCKSZ, like the walsender).
+const MAX_SEND: usize = 128 * 1024;
+
+struct StreamState {
+    tli: TimelineId,
+    seg_size: u64,
+    sent: Lsn,
+    /// Where `tli` ends and the timeline that follows, once it is historic.
+    end: Option<(Lsn, TimelineId)>,
+    /// Fallback positions when the store is not writing (from the control file).
+    fallback: (TimelineId, Lsn),
+}
+
+impl StreamState {
+    /// How far WAL may be sent now. Later also the delay horizon of delayed standbys.
+    fn send_limit(&self, p: &Positions) -> Lsn {
+        if let Some((sw, _)) = self.end {
+            return sw;
+        }
+        let (tli, flush) = if p.timeline != 0 {
+            (p.timeline, p.flush_lsn)
+        } else {
+            self.fallback
+        };
+        if tli == self.tli {
+            flush
+        } else {
+            self.sent
+        }
+    }
+}
+
+impl Session {
+    pub(crate) async fn start_replication(
+        &mut self,
+        view: ServeView,
+        slot: Option<String>,
+        start: Lsn,
+        timeline: Option<u32>,
+    ) -> Result<(), End> {
+        if let Some(name) = &slot {
+            if let Err(e) = self.shared.slots.acquire(name, self.id, self.pid) {
+                return self.send_slot_error(&e).await;
+            }
+        }
+        let r = self
+            .start_inner(view, slot.as_deref(), start, timeline)
+            .await;
+        if let Some(name) = &slot {
+            self.shared.slots.release(name, self.id);
+        }
+        self.shared.feedback.remove(self.id);
+        self.shared.status.update(self.id, |r| {
+            r.state = "startup".into();
+        });
+        r
+    }
+
+    async fn start_inner(
+        &mut self,
+        view: ServeView,
+        slot: Option<&str>,
+        start: Lsn,
+        timeline: Option<u32>,
+    ) -> Result<(), End> {
+        let cur = view.timeline;
+        let tli = timeline.unwrap_or(cur);
+        let mut end = None;
+        if tli != cur {
+            let entries = if tli < cur { self.history(cur) } else { None };
+            let sw = entries
+                .as_ref()
+                .and_then(|e| history::switch_point_of(e, tli));
+            let Some(sw) = sw else {
+                return self
+                    .send_error(ErrorFields::error(
+                        codes::INTERNAL_ERROR,
+                        format!("requested timeline {tli} is not in this server's history"),
+                    ))
+                    .await;
+            };
+            let next = next_tli(entries.as_deref().unwrap_or(&[]), tli, cur);
+            if start > sw {
+                let mut e = ErrorFields::error(
+                    codes::INTERNAL_ERROR,
+                    format!(
+                        "requested starting point {start} on timeline {tli} is not in this server's history"
+                    ),
+                );
+                e.detail = Some(format!(
+                    "This server's history forked from timeline {tli} at {sw}."
+                ));
+                return self.send_error(e).await;
+            }
+            end = Some((sw, next));
+            if start == sw {
+                // Nothing to stream: the next timeline starts right here.
+                return self.finish_timeline(end, true).await;
+            }
+        }
+        let mut b = BytesMut::new();
+        backend::copy_both_response(&mut b);
+        self.send(b).await?;
+        if end.is_none() && start > view.flush {
+            return self
+                .send_error(ErrorFields::error(
+                    codes::INTERNAL_ERROR,
+                    format!(
+                        "requested starting point {start} is ahead of the WAL flush position of this server {}",
+                        view.flush
+                    ),
+                ))
+                .await;
+        }
+        tracing::info!(
+            "pid {} ({}): start streaming at {start} on timeline {tli}{}",
+            self.pid,
+            self.application_name,
+            slot.map(|s| format!(" with slot \"{s}\""))
+                .unwrap_or_default()
+        );
+        let mut st = StreamState {
+            tli,
+            seg_size: view.seg_size,
+            sent: start,
+            end,
+            fallback: (view.timeline, view.flush),
+        };
+        self.shared.status.update(self.id, |r| {
+            r.state = "catchup".into();
+            r.timeline = tli;
+            r.sent_lsn = Some(start);
+            r.slot_name = slot.map(str::to_string);
+        });
+        self.stream(&mut st, slot).await
+    }
+
+    /// After the COPY: the `next_tli` row (historic timelines), both CommandCompletes, `Z`.
+    async fn finish_timeline(
+        &self,
+        end: Option<(Lsn, TimelineId)>,
+        historic: bool,
+    ) -> Result<(), End> {
+        let mut b = BytesMut::new();
+        if let (true, Some((sw, next))) = (historic, end) {
+            backend::row_description(
+                &mut b,
+                &[
+                    Field::new("next_tli", INT8_OID),
+                    Field::new("next_tli_startpos", TEXT_OID),
+                ],
+            );
+            let n = next.to_string();
+            let p = sw.to_string();
+            backend::data_row(&mut b, &[Some(n.as_bytes()), Some(p.as_bytes())]);
+        }
+        backend::command_complete(&mut b, "START_STREAMING");
+        backend::command_complete(&mut b, "START_REPLICATION");
+        backend::ready_for_query(&mut b, b'I');
+        self.send(b).await
+    }
+
+    async fn stream(&mut self, st: &mut StreamState, slot: Option<&str>) -> Result<(), End> {
+        let settings = self.shared.settings.clone();
+        let mut positions = self.shared.store.positions();
+        let mut store_alive = true;
+        let mut reader = WalReader::new(&self.shared.data_dir, st.seg_size);
+        let mut lag = status::LagTracker::default();
+        let mut pending: Option<(Out, Lsn)> = None;
+        let mut server_done = false;
+        let mut last_recv = Instant::now();
+        let mut last_send = Instant::now();
+        let mut ping_sent = false;
+        let mut caught_up_once = false;
+        let mut stopping: Option<Instant> = None;
+        let mut stop_ping = false;
+        let mut confirmed = Lsn(0);
+        let label = self.application_name.clone();
+        let half_timeout = settings.wal_sender_timeout / 2;
+        // delay: a session under a `[[feed]]` sends no further than the feed's cap (delay,
+        // pause, advance, tripwire) and wakes when it may move (crate::delay::FeedSession).
+        let mut feed = self
+            .shared
+            .feeds
+            .as_ref()
+            .and_then(|f| f.attach(&self.application_name, slot, &self.user));
+
+        loop {
+            // What can be sent now.
+            let p = positions.borrow_and_update().clone();
+            if let Some(end_now) = self.check_timeline_switch(st, &p) {
+                st.end = Some(end_now);
+            }
+            let limit = st.send_limit(&p);
+            // delay: cap by the feed; a position ahead of the cap just waits (no error).
+            let (limit, feed_wake) = match &feed {
+                Some(f) => {
+                    let (cap, wake) = f.limit(st.sent, limit);
+                    (cap.min(limit), wake)
+                }
+                None => (limit, None),
+            };
+            if pending.is_none() && !server_done {
+                if let Some((sw, _)) = st.end {
+                    if st.sent >= sw {
+                        let mut b = BytesMut::new();
+                        backend::copy_done(&mut b);
+                        self.send(b).await?;
+                        server_done = true;
+                        tracing::info!("pid {}: end of timeline {} at {sw}", self.pid, st.tli);
+                    }
+                }
+                if !server_done && st.sent < limit {
+                    match self.next_chunk(st, &p, limit, &mut reader).await {
+                        Ok(data) => {
+                            let upto = Lsn(st.sent.0 + data.len() as u64);
+                            let mut h = BytesMut::with_capacity(32);
+                            replication::encode_xlogdata_header(
+                                &mut h,
+                                st.sent,
+                                limit,
+                                pg_now(),
+                                data.len(),
+                            );
+                            pending = Some((Out::Wal(h.freeze(), data), upto));
+                        }
+                        Err(e) => {
+                            tracing::warn!("pid {} ({}): {e}", self.pid, self.application_name);
+                            return self.send_error(err_of(&e)).await;
+                        }
+                    }
+                }
+            }
+            let caught_up = pending.is_none() && st.sent >= limit;
+            if caught_up && !caught_up_once {
+                caught_up_once = true;
+                self.shared
+                    .status
+                    .update(self.id, |r| r.state = "streaming".into());
+            }
+            // Ordered shutdown: everything sent, ask for confirmation, then COPY 0.
+            if let Some(deadline) = stopping {
+                let done = caught_up && confirmed >= st.sent;
+                if done || Instant::now() >= deadline {
+                    let mut b = BytesMut::new();
+                    backend::command_complete(&mut b, "COPY 0");
+                    let _ = self.send(b).await;
+                    return Err(End::Gone);
+                }
+                if caught_up && !stop_ping {
+                    stop_ping = true;
+                    self.keepalive(st.sent, true);
+                }
+            }
+
+            // Next timer: keepalive or timeout.
+            let now = Instant::now();
+            let mut wake = last_send + settings.keepalive_interval;
+            if !settings.wal_sender_timeout.is_zero() {
+                let t = if ping_sent {
+                    last_recv + settings.wal_sender_timeout
+                } else {
+                    last_recv + half_timeout
+                };
+                wake = wake.min(t);
+            }
+            if let Some(d) = stopping {
+                wake = wake.min(d);
+            }
+            if let Some(w) = feed_wake {
+                wake = wake.min(w); // delay: the next commit becomes due
+            }
+            let wake = wake.max(now);
+
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed(), if stopping.is_none() => {
+                    stopping = Some(Instant::now() + settings.shutdown_timeout);
+                    self.shared.status.update(self.id, |r| r.state = "stopping".into());
+                }
+                m = self.conn.read_message() => {
+                    let m = m?;
+                    last_recv = Instant::now();
+                    ping_sent = false;
+                    match m {
+                        FrontendMessage::CopyData(payload) => {
+                            match ClientCopyMessage::decode(&payload) {
+                                Ok(ClientCopyMessage::StatusUpdate { write, flush, apply, reply_requested, .. }) => {
+                                    confirmed = if flush.is_valid() { flush } else { write };
+                                    let lags = lag.reported([write, flush, apply], Instant::now());
+                                    if let Some(s) = slot {
+                                        self.shared.slots.confirm_flush(s, flush);
+                                    }
+                                    let unix = std::time::SystemTime::now()
+                                        .duration_since(std::time::UNIX_EPOCH)
+                                        .map(|d| d.as_secs())
+                                        .unwrap_or(0);
+                                    self.shared.status.update(self.id, |r| {
+                                        r.write_lsn = Some(write);
+                                        r.flush_lsn = Some(flush);
+                                        r.replay_lsn = Some(apply);
+                                        r.write_lag = lags[0];
+                                        r.flush_lag = lags[1];
+                                        r.replay_lag = lags[2];
+                                        r.reply_time = Some(unix);
+                                    });
+                                    metrics::gauge!(status::FLUSH_LSN, "application_name" => label.clone()).set(flush.0 as f64);
+                                    metrics::gauge!(status::REPLAY_LSN, "application_name" => label.clone()).set(apply.0 as f64);
+                                    metrics::gauge!(status::FLUSH_LAG_BYTES, "application_name" => label.clone())
+                                        .set(st.sent.saturating_sub(flush) as f64);
+                                    if let Some(l) = lags[2] {
+                                        metrics::gauge!(status::REPLAY_LAG_SECONDS, "application_name" => label.clone()).set(l);
+                                    }
+                                    if reply_requested && !server_done {
+                                        self.keepalive(st.sent, false);
+                                        last_send = Instant::now();
+                                    }
+                                }
+                                Ok(ClientCopyMessage::HotStandbyFeedback { xmin, xmin_epoch, catalog_xmin, catalog_xmin_epoch, .. }) => {
+                                    self.shared.feedback.update(self.id, HsFeedback { xmin, xmin_epoch, catalog_xmin, catalog_xmin_epoch });
+                                }
+                                Err(e) => return Err(End::Fatal(fatal(codes::PROTOCOL_VIOLATION, e.to_string()))),
+                            }
+                        }
+                        FrontendMessage::CopyDone => {
+                            if !server_done {
+                                let mut b = BytesMut::new();
+                                backend::copy_done(&mut b);
+                                self.send(b).await?;
+                            }
+                            let historic = st.end.is_some();
+                            tracing::info!("pid {}: client ended streaming at {}", self.pid, st.sent);
+                            return self.finish_timeline(st.end, historic).await;
+                        }
+                        FrontendMessage::Terminate => return Err(End::Gone),
+                        FrontendMessage::CopyFail(m) => {
+                            return Err(End::Fatal(fatal(codes::QUERY_CANCELED, format!("COPY from stdin failed: {m}"))))
+                        }
+                        other => {
+                            let t = match other {
+                                FrontendMessage::Query(_) => 'Q',
+                                FrontendMessage::Password(_) => 'p',
+                                FrontendMessage::Sync => 'S',
+                                FrontendMessage::Flush => 'H',
+                                FrontendMessage::Extended(t) | FrontendMessage::Unknown(t) => char::from(t),
+                                _ => '?',
+                            };
+                            return Err(End::Fatal(fatal(codes::PROTOCOL_VIOLATION, format!("unexpected message type \"{t}\""))));
+                        }
+                    }
+                }
+                permit = self.out.reserve(), if pending.is_some() => {
+                    let permit = permit.map_err(|_| End::Gone)?;
+                    if let Some((out, upto)) = pending.take() {
+                        let n = upto.saturating_sub(st.sent);
+                        permit.send(out);
+                        st.sent = upto;
+                        last_send = Instant::now();
+                        lag.sent(upto, last_send);
+                        metrics::counter!(status::SENT_BYTES).increment(n);
+                        metrics::gauge!(status::SENT_LSN, "application_name" => label.clone()).set(upto.0 as f64);
+                        self.shared.status.update(self.id, |r| r.sent_lsn = Some(upto));
+                    }
+                }
+                // delay: an operator acted on the feed or the commit index moved.
+                _ = async { if let Some(f) = feed.as_mut() { f.changed().await } }, if feed.is_some() && pending.is_none() && !server_done => {}
+                r = positions.changed(), if store_alive && pending.is_none() && !server_done => {
+                    if r.is_err() {
+                        store_alive = false;
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    if !settings.wal_sender_timeout.is_zero() && stopping.is_none() {
+                        if now >= last_recv + settings.wal_sender_timeout {
+                            tracing::info!("pid {} ({}): terminating walsender process due to replication timeout", self.pid, self.application_name);
+                            return Err(End::Gone);
+                        }
+                        if !ping_sent && now >= last_recv + half_timeout {
+                            ping_sent = true;
+                            self.keepalive(st.sent, true);
+                            last_send = now;
+                        }
+                    }
+                    if now >= last_send + settings.keepalive_interval {
+                        self.keepalive(st.sent, false);
+                        last_send = now;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a keepalive unless the client's queue is full (then data is flowing anyway).
+    fn keepalive(&self, sent: Lsn, reply: bool) {
+        let mut b = BytesMut::with_capacity(24);
+        replication::encode_keepalive(&mut b, sent, pg_now(), reply);
+        let _ = self.out.try_send(Out::Msg(b.freeze()));
+    }
+
+    /// The upstream moved to a newer timeline: ours ends at its switch point.
+    fn check_timeline_switch(&self, st: &StreamState, p: &Positions) -> Option<(Lsn, TimelineId)> {
+        if st.end.is_some() || p.timeline == 0 || p.timeline <= st.tli {
+            return None;
+        }
+        let entries = self.history(p.timeline)?;
+        let sw = history::switch_point_of(&entries, st.tli)?;
+        Some((sw, next_tli(&entries, st.tli, p.timeline)))
+    }
+
+    /// Up to [`MAX_SEND`] bytes at `st.sent`, never past `limit`: from the tail when it holds
+    /// them, else from the files.
+    async fn next_chunk(
+        &self,
+        st: &StreamState,
+        p: &Positions,
+        limit: Lsn,
+        reader: &mut WalReader,
+    ) -> Result<Bytes, ReadError> {
+        let want = (limit.saturating_sub(st.sent) as usize).min(MAX_SEND);
+        if p.timeline == st.tli {
+            if let Some(b) = self.shared.store.tail().get(st.tli, st.sent, limit, want) {
+                return Ok(b);
+            }
+        }
+        // For a historic timeline, the switch segment is read from the next timeline's file
+        // (WalSndSegmentOpen); fall back to our own timeline's (possibly .partial) copy.
+        let mut tlis = Vec::with_capacity(2);
+        if let Some((sw, next)) = st.end {
+            if sw.segno(st.seg_size) == st.sent.segno(st.seg_size) {
+                tlis.push(next);
+            }
+        }
+        tlis.push(st.tli);
+        let start = st.sent;
+        let owned = std::mem::replace(reader, WalReader::new(&self.shared.data_dir, st.seg_size));
+        let (r, back) = tokio::task::spawn_blocking(move || {
+            let mut rd = owned;
+            let mut last = None;
+            for t in tlis {
+                match rd.read(t, start, want) {
+                    Ok(b) => return (Ok(b), rd),
+                    Err(e) => last = Some(e),
+                }
+            }
+            (
+                Err(last.unwrap_or_else(|| ReadError::Removed(String::new()))),
+                rd,
+            )
+        })
+        .await
+        .map_err(|e| ReadError::Io {
+            path: self.shared.data_dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        *reader = back;
+        r
+    }
+}
+
+/// The timeline that follows `tli` in the history of `cur`.
+fn next_tli(entries: &[history::HistoryEntry], tli: TimelineId, cur: TimelineId) -> TimelineId {
+    entries
+        .iter()
+        .position(|e| e.parent_tli == tli)
+        .and_then(|i| entries.get(i + 1))
+        .map_or(cur, |e| e.parent_tli)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_timeline() {
+        let e = history::parse_history("1\t0/3000000\tx\n2\t0/5000000\ty\n").unwrap();
+        assert_eq!(next_tli(&e, 1, 3), 2);
+        assert_eq!(next_tli(&e, 2, 3), 3);
+    }
+}
