@@ -51,13 +51,13 @@ enum Command {
 #[derive(Args)]
 struct AdminArgs {
     /// Admin endpoint address (default: $WALRELAY_ADMIN, else metrics.listen of --config).
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", global = true)]
     admin: Option<String>,
     /// walrelay's configuration file (to find metrics.listen).
-    #[arg(short = 'c', long)]
+    #[arg(short = 'c', long, global = true)]
     config: Option<PathBuf>,
     /// Print the JSON answer.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 }
 

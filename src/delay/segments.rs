@@ -18,12 +18,7 @@ use crate::wal::{decode_restore_point, decode_xact, PageHeader, RecordDecoder};
 use super::index::IndexEntry;
 
 /// The file holding segment `segno` for timeline `tli` (or an ancestor).
-fn pick(
-    segs: &[SegmentFile],
-    segno: u64,
-    tli: TimelineId,
-    seg_size: u64,
-) -> Option<&SegmentFile> {
+fn pick(segs: &[SegmentFile], segno: u64, tli: TimelineId, seg_size: u64) -> Option<&SegmentFile> {
     segs.iter()
         .filter(|s| s.segno == segno && s.tli <= tli && (s.partial || s.size == seg_size))
         .max_by_key(|s| (s.tli, !s.partial))
