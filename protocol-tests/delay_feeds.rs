@@ -154,8 +154,8 @@ fn delay_pause_resume() {
     let major = harness::majors().last().cloned().unwrap_or("18".into());
     let s = setup(&major, "[[feed]]\nname = \"lag\"\ndelay = \"2s\"\n");
     s.primary.psql("create table t (id int)");
-    s.primary.psql("insert into t values (1)");
     let sb = s.standby("lag");
+    s.primary.psql("insert into t values (1)");
     harness::wait_for(Duration::from_secs(30), "row 1 on the standby", || {
         count(&sb, "t") == Some(1)
     });

@@ -34,7 +34,7 @@ use super::DelayError;
 pub enum AdvanceTarget {
     /// Just before the first commit with `xact_time` after this time.
     Time(i64),
-    /// Just before the commit (or abort) of this transaction.
+    /// Just before this transaction's first record (so not even its locks are replayed).
     BeforeXid(u32),
     /// Exactly this position.
     Lsn(Lsn),
@@ -389,11 +389,17 @@ impl FeedController {
         let (_, f) = self.feed(name)?;
         let now = pg_now();
         let mut st = self.state_of(name);
-        let d = self.decide_for(f, &st, st.position, self.flush(), now);
-        match (&d.reason, &st.hold) {
-            (Reason::Tripwire { entry }, _) => st.tripwire_acked = st.tripwire_acked.max(entry.lsn),
-            (_, Some(Hold::Advanced { to, .. })) => st.tripwire_acked = st.tripwire_acked.max(*to),
-            _ => {}
+        st.hold = None;
+        // Acknowledge the tripwires the feed stands at (or inside of): the operator has seen
+        // them. Tripwires further ahead still hold.
+        for _ in 0..1000 {
+            let d = self.decide_for(f, &st, st.position, self.flush(), now);
+            match d.reason {
+                Reason::Tripwire { entry } if entry.first <= st.position => {
+                    st.tripwire_acked = st.tripwire_acked.max(entry.lsn);
+                }
+                _ => break,
+            }
         }
         st.hold = None;
         lock(&self.state).insert(name.to_string(), st);
@@ -425,7 +431,7 @@ impl FeedController {
                         range()
                     ))
                 })?;
-                Ok((e.lsn, format!("before xid {x}")))
+                Ok((e.first, format!("before xid {x}")))
             }
             AdvanceTarget::Time(t) => {
                 let first_after = self.index.select(1, |e| e.kind.is_commit() && e.time > *t);
@@ -540,7 +546,10 @@ impl FeedController {
             "sessions": sessions,
             "position": st.position.to_string(),
             "send_limit": d.cap.to_string(),
-            "state": d.reason.name(),
+            "state": match (&st.hold, &d.reason) {
+                (Some(Hold::Paused { .. }), _) => "paused",
+                (_, r) => r.name(),
+            },
             "hold": st.hold.as_ref().map(hold_text),
             "held_at": held_at.map(|l| l.to_string()),
             "waiting_commit": waiting,
@@ -671,6 +680,7 @@ mod tests {
         IndexEntry {
             lsn: Lsn(lsn),
             end: Lsn(lsn + 40),
+            first: Lsn(lsn),
             kind: EntryKind::Commit,
             time,
             xid,

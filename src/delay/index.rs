@@ -92,6 +92,10 @@ pub struct IndexEntry {
     pub lsn: Lsn,
     /// Just past the record.
     pub end: Lsn,
+    /// Start of the first record of this transaction seen in the WAL (its lock records,
+    /// its first change); `lsn` when unknown. The tripwire and `advance --before-xid` stop
+    /// here, so the standby does not even take the transaction's locks.
+    pub first: Lsn,
     pub kind: EntryKind,
     /// `xact_time` (restore point: `rp_time`), µs since 2000-01-01 UTC.
     pub time: i64,
@@ -108,6 +112,7 @@ impl IndexEntry {
         IndexEntry {
             lsn,
             end,
+            first: lsn,
             kind: x.kind.into(),
             time: x.xact_time,
             xid: x.xid,
@@ -120,6 +125,7 @@ impl IndexEntry {
         IndexEntry {
             lsn,
             end,
+            first: lsn,
             kind: EntryKind::RestorePoint,
             time,
             xid: 0,
@@ -145,6 +151,7 @@ impl IndexEntry {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "lsn": self.lsn.to_string(),
+            "first_lsn": self.first.to_string(),
             "end_lsn": self.end.to_string(),
             "kind": self.kind.as_str(),
             "time": super::time::format_pg_time(self.time),
@@ -156,7 +163,7 @@ impl IndexEntry {
 
     /// Appends the on-disk form: `u32 len | u32 crc32c(body) | body`, body =
     /// `lsn u64 | end u64 | time i64 | xid u32 | kind u8 | name_len u8 | ndropped u16 |
-    /// dropped (3 × u32 each) | name`. Little-endian.
+    /// dropped (3 × u32 each) | name | first u64`. Little-endian.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let name = self.name.as_deref().unwrap_or("").as_bytes();
         let name = name.get(..name.len().min(255)).unwrap_or(&[]);
@@ -175,6 +182,7 @@ impl IndexEntry {
             body.extend_from_slice(&r.rel.to_le_bytes());
         }
         body.extend_from_slice(name);
+        body.extend_from_slice(&self.first.0.to_le_bytes());
         out.extend_from_slice(&(body.len() as u32).to_le_bytes());
         out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
         out.extend_from_slice(&body);
@@ -215,7 +223,8 @@ impl IndexEntry {
             at += 12;
         }
         let name = body.get(at..at.checked_add(name_len)?)?;
-        if at + name_len != body.len() {
+        let first = Lsn(u64_at(body, at + name_len)?);
+        if at + name_len + 8 != body.len() || first > lsn {
             return None;
         }
         let name =
@@ -224,6 +233,7 @@ impl IndexEntry {
             IndexEntry {
                 lsn,
                 end,
+                first,
                 kind,
                 time,
                 xid,
@@ -253,6 +263,8 @@ pub struct Coverage {
 #[derive(Default)]
 struct Inner {
     entries: VecDeque<IndexEntry>,
+    /// The commits that drop relations (few), for the tripwire.
+    drops: Vec<IndexEntry>,
 }
 
 /// The shared in-memory index. Cheap to clone.
@@ -321,6 +333,9 @@ impl CommitIndex {
             if g.entries.back().is_some_and(|l| l.lsn >= e.lsn) {
                 continue;
             }
+            if e.drops_relations() {
+                g.drops.push(e.clone());
+            }
             g.entries.push_back(e);
             n += 1;
         }
@@ -337,6 +352,7 @@ impl CommitIndex {
         let keep = g.entries.partition_point(|e| e.lsn < lsn);
         let n = g.entries.len() - keep;
         g.entries.truncate(keep);
+        g.drops.retain(|e| e.lsn < lsn);
         drop(g);
         if n > 0 {
             self.coverage_tx.send_modify(|c| {
@@ -354,6 +370,8 @@ impl CommitIndex {
         let over = g.entries.len().saturating_sub(max);
         let n = old.max(over);
         g.entries.drain(..n);
+        let oldest = g.entries.front().map_or(Lsn(u64::MAX), |e| e.lsn);
+        g.drops.retain(|e| e.lsn >= oldest);
         n
     }
 
@@ -380,6 +398,11 @@ impl CommitIndex {
         let i = g.entries.partition_point(|e| e.lsn < from);
         let mut it = g.entries.range(i..);
         f(&mut it)
+    }
+
+    /// Commits that drop relations, in LSN order.
+    pub fn drops(&self) -> Vec<IndexEntry> {
+        self.read().drops.clone()
     }
 
     /// All entries matching `pred`, at most `limit`.
@@ -498,6 +521,7 @@ mod tests {
         IndexEntry {
             lsn: Lsn(lsn),
             end: Lsn(lsn + 40),
+            first: Lsn(lsn.saturating_sub(8)),
             kind,
             time,
             xid,

@@ -47,6 +47,7 @@ struct Run {
     /// End of the last record decoded: every record starting before it is indexed.
     last_end: Lsn,
     from: Lsn,
+    firsts: segments::FirstSeen,
 }
 
 /// Loads the saved index and then follows the store until `shutdown` turns true.
@@ -124,6 +125,7 @@ pub async fn run(
         dec: RecordDecoder::new(start, seg_size),
         last_end: start,
         from,
+        firsts: segments::FirstSeen::default(),
     };
     r.index.set_coverage(r.from, r.last_end);
     let mut last_prune = Instant::now() - PRUNE_EVERY;
@@ -212,7 +214,7 @@ impl Run {
         while let Some(rec) = self.dec.next() {
             match rec {
                 Ok(rec) => {
-                    if let Some(e) = segments::entry_of(&rec) {
+                    if let Some(e) = self.firsts.entry(&rec) {
                         new.push(e);
                     }
                     self.last_end = rec.end;

@@ -118,8 +118,7 @@ pub fn decide(
     let mut reason = Reason::CaughtUp;
     let mut wake_at = None;
     let mut hint = due_hint;
-    let tripwire = delayed && rule.tripwire;
-    if delayed || tripwire {
+    if delayed {
         let found = index.with_from(due_hint, |it| {
             for e in it {
                 if e.lsn >= base {
@@ -127,35 +126,38 @@ pub fn decide(
                 }
                 if e.kind.is_commit() {
                     let due = e.time.saturating_add(rule.delay_us);
-                    if delayed && due > now {
-                        return Some((
-                            e.lsn,
-                            Reason::Delay {
-                                entry: e.clone(),
-                                due,
-                            },
-                            Some(due),
-                        ));
-                    }
-                    if tripwire
-                        && e.drops_relations()
-                        && e.lsn >= feed.sent
-                        && e.lsn > feed.tripwire_acked
-                    {
-                        return Some((e.lsn, Reason::Tripwire { entry: e.clone() }, None));
+                    if due > now {
+                        return Some((e.clone(), due));
                     }
                 }
             }
             None
         });
         match found {
-            Some((lsn, r, w)) => {
-                cap = lsn;
-                reason = r;
-                wake_at = w;
-                hint = lsn;
+            Some((entry, due)) => {
+                cap = entry.lsn;
+                hint = entry.lsn;
+                wake_at = Some(due);
+                reason = Reason::Delay { entry, due };
             }
             None => hint = hint.max(base),
+        }
+    }
+    // The tripwire: stop before the first record of a transaction whose commit drops
+    // relations (so the standby does not take its locks either), unless the feed is past
+    // its commit or the operator acknowledged it.
+    if delayed && rule.tripwire {
+        let trip = index
+            .drops()
+            .into_iter()
+            .filter(|e| e.lsn >= feed.sent && e.lsn > feed.tripwire_acked)
+            .min_by_key(|e| e.first);
+        if let Some(e) = trip {
+            if e.first < cap || (e.first == cap && e.lsn < base) {
+                cap = e.first;
+                wake_at = None;
+                reason = Reason::Tripwire { entry: e };
+            }
         }
     }
     if let Some(Hold::Paused { at }) = feed.hold {
@@ -185,6 +187,7 @@ mod tests {
         IndexEntry {
             lsn: Lsn(lsn),
             end: Lsn(lsn + 50),
+            first: Lsn(lsn),
             kind,
             time,
             xid,
@@ -315,6 +318,26 @@ mod tests {
         // a not-yet-due commit before the tripwire is reported first
         let d = decide(&ix, cov, rule, view(0), Lsn(700), 16 * S, Lsn(0));
         assert_eq!(d.cap, Lsn(400));
+    }
+
+    #[test]
+    fn tripwire_stops_before_the_transactions_first_record() {
+        let ix = CommitIndex::new();
+        let mut drop = e(500, EntryKind::Commit, 13 * S, 5, true);
+        drop.first = Lsn(350); // its lock record, before another commit
+        ix.push([e(400, EntryKind::Commit, 12 * S, 4, false), drop]);
+        let cov = Coverage {
+            upto: Lsn(700),
+            ..Default::default()
+        };
+        let rule = FeedRule {
+            delay_us: 5 * S,
+            tripwire: true,
+        };
+        // commit 4 not due yet (due 17s) but its cap would pass the lock record at 350
+        let d = decide(&ix, cov, rule, view(0), Lsn(700), 16 * S, Lsn(0));
+        assert_eq!(d.cap, Lsn(350));
+        assert_eq!(d.reason.name(), "tripwire");
     }
 
     #[test]

@@ -86,6 +86,39 @@ pub fn detect_segment_size(dir: &Path) -> io::Result<Option<u64>> {
     Ok(None)
 }
 
+/// Remembers where each open transaction's first record is (by `xl_xid`), so an entry can
+/// say where its transaction began. Bounded: forgets everything past `MAX_OPEN` open xids
+/// (transactions that end without a record, e.g. at a crash).
+#[derive(Debug, Default)]
+pub struct FirstSeen {
+    open: std::collections::HashMap<u32, Lsn>,
+}
+
+const MAX_OPEN: usize = 100_000;
+
+impl FirstSeen {
+    /// Feeds one record; returns its entry (with `first` filled in) if it is one.
+    pub fn entry(&mut self, r: &crate::wal::Record) -> Option<IndexEntry> {
+        if r.xid != 0 {
+            if self.open.len() >= MAX_OPEN && !self.open.contains_key(&r.xid) {
+                self.open.clear();
+            }
+            self.open.entry(r.xid).or_insert(r.lsn);
+        }
+        let mut e = entry_of(r)?;
+        if e.kind != super::EntryKind::RestorePoint {
+            let first = self.open.remove(&e.xid);
+            if r.xid != e.xid {
+                self.open.remove(&r.xid);
+            }
+            if let Some(f) = first {
+                e.first = f.min(e.lsn);
+            }
+        }
+        Some(e)
+    }
+}
+
 /// Transaction/restore-point entry of a record, if it is one.
 pub fn entry_of(r: &crate::wal::Record) -> Option<IndexEntry> {
     if let Some(x) = decode_xact(r) {
@@ -110,6 +143,7 @@ pub fn scan_dir(dir: &Path) -> io::Result<(Vec<IndexEntry>, Vec<String>)> {
     let mut out: Vec<IndexEntry> = Vec::new();
     let mut warnings = Vec::new();
     let mut dec: Option<RecordDecoder> = None;
+    let mut firsts = FirstSeen::default();
     let mut prev_segno: Option<u64> = None;
     for segno in segnos {
         let Some(f) = pick(&segs, segno, tli, seg_size) else {
@@ -134,7 +168,7 @@ pub fn scan_dir(dir: &Path) -> io::Result<(Vec<IndexEntry>, Vec<String>)> {
         while let Some(r) = d.next() {
             match r {
                 Ok(r) => {
-                    if let Some(e) = entry_of(&r) {
+                    if let Some(e) = firsts.entry(&r) {
                         if out.last().is_none_or(|l| l.lsn < e.lsn) {
                             out.push(e);
                         }
