@@ -4,6 +4,7 @@
 mod archive_bench;
 mod archive_run;
 mod archive_store;
+mod delay_feeds;
 mod harness;
 mod harness_selftest;
 mod receive;

@@ -21,6 +21,11 @@ pub struct Config {
     pub server: ServerConfig,
     pub archive: ArchiveConfig,
     pub metrics: MetricsConfig,
+    /// Delayed and controlled feeds (`[[feed]]`), matched by the standby's
+    /// `application_name` (and optionally slot and user).
+    pub feed: Vec<FeedConfig>,
+    /// Settings shared by all feeds (`[feeds]`).
+    pub feeds: FeedsConfig,
 }
 
 impl Default for Config {
@@ -31,6 +36,8 @@ impl Default for Config {
             server: ServerConfig::default(),
             archive: ArchiveConfig::default(),
             metrics: MetricsConfig::default(),
+            feed: Vec::new(),
+            feeds: FeedsConfig::default(),
         }
     }
 }
@@ -296,6 +303,55 @@ pub struct MetricsConfig {
     pub listen: Option<String>,
 }
 
+/// One `[[feed]]`: which sessions it matches and how far it is held back.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedConfig {
+    /// Name used by `walrelay feed …` and the admin API (letters, digits, `_`, `-`, `.`).
+    pub name: String,
+    /// `application_name` the standby connects with (default: the feed's name).
+    #[serde(default)]
+    pub application_name: Option<String>,
+    /// Only sessions using this replication slot.
+    #[serde(default)]
+    pub slot: Option<String>,
+    /// Only sessions of this user.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Apply delay, e.g. `8h` (default 0: no delay, but pause/advance still work).
+    #[serde(default, deserialize_with = "de_duration")]
+    pub delay: Duration,
+    /// Stop before commits that drop relations (default: `feeds.tripwire`; delayed feeds
+    /// only).
+    #[serde(default)]
+    pub tripwire: Option<bool>,
+}
+
+impl FeedConfig {
+    /// The `application_name` this feed matches.
+    pub fn app_name(&self) -> &str {
+        self.application_name.as_deref().unwrap_or(&self.name)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedsConfig {
+    /// Tripwire default for delayed feeds.
+    pub tripwire: bool,
+    /// Most entries kept in the commit index (memory and `delay/commit-index`).
+    pub index_max_entries: usize,
+}
+
+impl Default for FeedsConfig {
+    fn default() -> Self {
+        FeedsConfig {
+            tripwire: true,
+            index_max_entries: 5_000_000,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("could not read configuration file \"{path}\": {source}")]
@@ -320,7 +376,31 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.check_feeds()?;
+        Ok(c)
+    }
+
+    /// Feed names are unique and URL-safe.
+    fn check_feeds(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for f in &self.feed {
+            let ok = !f.name.is_empty()
+                && f.name.len() <= 63
+                && f.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+            if !ok {
+                return Err(format!(
+                    "invalid feed name \"{}\": use 1-63 letters, digits, '_', '-' or '.'",
+                    f.name
+                ));
+            }
+            if !seen.insert(f.name.as_str()) {
+                return Err(format!("feed \"{}\" is defined twice", f.name));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -457,6 +537,17 @@ mod tests {
         .unwrap();
         assert_eq!(c.upstream.status_interval, Duration::from_secs(2));
         assert_eq!(c.upstream.conninfo.as_deref(), Some("host=a"));
+        let c = Config::parse(
+            "[feeds]\ntripwire = false\n[[feed]]\nname = \"lag8h\"\ndelay = \"8h\"\n[[feed]]\nname = \"b\"\napplication_name = \"sb2\"\nslot = \"s\"\ntripwire = true\n",
+        )
+        .unwrap();
+        assert!(!c.feeds.tripwire);
+        assert_eq!(c.feed[0].delay, Duration::from_secs(8 * 3600));
+        assert_eq!(c.feed[0].app_name(), "lag8h");
+        assert_eq!(c.feed[1].app_name(), "sb2");
+        assert_eq!(c.feed[1].delay, Duration::ZERO);
+        assert!(Config::parse("[[feed]]\nname = \"a/b\"\n").is_err());
+        assert!(Config::parse("[[feed]]\nname = \"a\"\n[[feed]]\nname = \"a\"\n").is_err());
         let c = Config::parse(
             "[server]\nlisten = \"127.0.0.1:5433\"\nmax_slot_wal_keep_size = \"1GB\"\n[[server.hba]]\nuser = \"bob\"\nmethod = \"scram-sha-256\"\n[server.users]\nbob = \"md5abc\"\n",
         )

@@ -15,12 +15,14 @@
 //! | [`metrics`] | metric names and the Prometheus recorder | hold business logic |
 //! | [`admin`] | the HTTP endpoint: `/metrics`, `/status`, control routes | hold business logic |
 //! | [`config`] | TOML config and defaults | hold business logic |
+//! | [`delay`] | commit index, delayed/controlled feeds, tripwire | write WAL or touch sockets |
 //!
 //! See `docs/architecture.md` for the data flow as built.
 
 pub mod admin;
 pub mod archive;
 pub mod config;
+pub mod delay;
 pub mod error;
 pub mod lsn;
 pub mod metrics;

@@ -10,6 +10,8 @@ use tokio::sync::watch;
 use std::sync::Arc;
 use walrelay::admin::{Response, Routes};
 use walrelay::config::{parse_duration, Config};
+use walrelay::delay::indexer::IndexerOptions;
+use walrelay::delay::{CommitIndex, FeedController};
 use walrelay::lsn::Lsn;
 use walrelay::server::{Server, ServerContext, ServerSettings};
 use walrelay::store::Positions;
@@ -42,6 +44,98 @@ enum Command {
     WalFetch(walrelay::archive::cli::WalFetchArgs),
     /// Check the archive: every segment FOUND / MISSING / CORRUPT, timeline histories.
     Verify(walrelay::archive::cli::VerifyArgs),
+    /// Control delayed feeds of a running walrelay: list, pause, resume, advance.
+    Feed(FeedArgs),
+    /// List decoded transactions (commit time, xid, LSN, dropped relations) to find the bad
+    /// one: from a running walrelay's commit index, or with -D from segment files.
+    Xacts(XactsArgs),
+}
+
+/// Where the admin endpoint of a running walrelay is.
+#[derive(Args)]
+struct AdminArgs {
+    /// Admin endpoint address (default: $WALRELAY_ADMIN, else metrics.listen of --config).
+    #[arg(long, value_name = "HOST:PORT", global = true)]
+    admin: Option<String>,
+    /// walrelay's configuration file (to find metrics.listen).
+    #[arg(short = 'c', long, global = true)]
+    config: Option<PathBuf>,
+    /// Print the JSON answer.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl AdminArgs {
+    fn addr(&self) -> Result<String, String> {
+        if let Some(a) = &self.admin {
+            return Ok(a.clone());
+        }
+        if let Ok(a) = std::env::var("WALRELAY_ADMIN") {
+            return Ok(a);
+        }
+        if let Some(p) = &self.config {
+            let c = Config::load(p).map_err(|e| e.to_string())?;
+            return c.metrics.listen.ok_or_else(|| {
+                format!(
+                    "{} sets no metrics.listen (the admin endpoint)",
+                    p.display()
+                )
+            });
+        }
+        Err("where is walrelay? use --admin HOST:PORT, WALRELAY_ADMIN or --config".into())
+    }
+}
+
+#[derive(Args)]
+struct FeedArgs {
+    #[command(subcommand)]
+    action: FeedAction,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(Subcommand)]
+enum FeedAction {
+    /// Position, delay, hold and the next commit waiting, for every feed.
+    List,
+    /// Hold the feed where it is (the standby keeps its connection).
+    Pause { name: String },
+    /// Drop any hold (and acknowledge a tripwire): the delay alone decides again.
+    Resume { name: String },
+    /// Move the feed to exactly this point, past the delay if need be, and hold it there.
+    Advance {
+        name: String,
+        /// Just before the first commit after this time (e.g. "2026-11-21 18:58:59+00").
+        #[arg(long, group = "target")]
+        to_time: Option<String>,
+        /// Just before this transaction's commit.
+        #[arg(long, group = "target")]
+        before_xid: Option<u32>,
+        /// Exactly this LSN.
+        #[arg(long, group = "target")]
+        to_lsn: Option<Lsn>,
+        /// Just after this named restore point (pg_create_restore_point).
+        #[arg(long, group = "target")]
+        to_restore_point: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct XactsArgs {
+    /// Oldest commit time to list (e.g. "2026-11-21 18:00", "now-2h", "@1700000000").
+    #[arg(long)]
+    since: Option<String>,
+    /// Newest commit time to list.
+    #[arg(long)]
+    until: Option<String>,
+    /// Only commits that drop relations (DROP TABLE, TRUNCATE, ...).
+    #[arg(long)]
+    drops_only: bool,
+    /// Decode the segment files in this directory instead of asking a running walrelay.
+    #[arg(short = 'D', long, value_name = "DIR")]
+    directory: Option<PathBuf>,
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 #[derive(Args)]
@@ -174,6 +268,8 @@ fn main() -> ExitCode {
             Command::Passwd(a) => passwd(a),
             Command::WalFetch(a) => exit_with(walrelay::archive::cli::wal_fetch_main(a).await),
             Command::Verify(a) => exit_with(walrelay::archive::cli::verify_main(a).await),
+            Command::Feed(a) => feed(a),
+            Command::Xacts(a) => xacts(a),
         }
     });
     match result {
@@ -379,6 +475,41 @@ async fn run(a: RunArgs) -> Result<(), String> {
     // The walsender stops after the receiver: standbys then get everything walrelay stored.
     let (server_stop_tx, server_stop) = watch::channel(false);
     let (info_tx, info_rx) = watch::channel(UpstreamInfo::default());
+    // Delayed feeds: the commit index follows the store; sessions ask the controller.
+    let feeds = if cfg.feed.is_empty() {
+        None
+    } else {
+        let index = CommitIndex::new();
+        let ctl = FeedController::new(
+            &cfg.feed,
+            &cfg.feeds,
+            &cfg.data_dir,
+            index.clone(),
+            store.positions(),
+        )
+        .map_err(|e| e.to_string())?;
+        tokio::spawn(walrelay::delay::indexer::run(
+            index,
+            Some(ctl.clone()),
+            store.clone(),
+            IndexerOptions {
+                data_dir: cfg.data_dir.clone(),
+                max_entries: cfg.feeds.index_max_entries,
+            },
+            shutdown.clone(),
+        ));
+        let c = ctl.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => c.persist_if_dirty(),
+                    _ = stop.changed() => { c.persist_if_dirty(); break; }
+                }
+            }
+        });
+        Some(ctl)
+    };
     let server = match &cfg.server.listen {
         Some(_) => {
             let settings = ServerSettings::from_config(&cfg.server).map_err(|e| e.to_string())?;
@@ -386,6 +517,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
                 store: store.clone(),
                 upstream: info_rx.clone(),
                 data_dir: cfg.data_dir.clone(),
+                feeds: feeds.clone(),
             };
             Some(
                 Server::start(settings, ctx, server_stop)
@@ -397,7 +529,10 @@ async fn run(a: RunArgs) -> Result<(), String> {
     };
     let mut archive_settings =
         walrelay::archive::ArchiveSettings::new(cfg.archive.clone(), &cfg.data_dir);
-    archive_settings.slot_floor = server.as_ref().map(|s| s.slots_min_restart.clone());
+    archive_settings.slot_floor = retention_floor(
+        server.as_ref().map(|s| s.slots_min_restart.clone()),
+        feeds.as_ref().map(|f| f.min_needed_lsn()),
+    );
     let archiver = walrelay::archive::Archiver::start(archive_settings, &store, shutdown.clone())
         .map_err(|e| e.to_string())?;
     if let Some(addr) = &cfg.metrics.listen {
@@ -435,6 +570,9 @@ async fn run(a: RunArgs) -> Result<(), String> {
                 Response::json(200, &doc)
             }),
         );
+        if let Some(f) = &feeds {
+            walrelay::delay::api::register_routes(&mut routes, f.clone());
+        }
         let local = walrelay::admin::serve(addr, routes, shutdown.clone())
             .await
             .map_err(|e| format!("could not listen on {addr} (metrics.listen): {e}"))?;
@@ -476,6 +614,71 @@ async fn run(a: RunArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn feed(a: FeedArgs) -> Result<(), String> {
+    use walrelay::delay::api::{feed_command, FeedCommand};
+    let cmd = match a.action {
+        FeedAction::List => FeedCommand::List,
+        FeedAction::Pause { name } => FeedCommand::Pause(name),
+        FeedAction::Resume { name } => FeedCommand::Resume(name),
+        FeedAction::Advance {
+            name,
+            to_time,
+            before_xid,
+            to_lsn,
+            to_restore_point,
+        } => {
+            let p: Vec<(&'static str, String)> = [
+                ("to_time", to_time),
+                ("before_xid", before_xid.map(|x| x.to_string())),
+                ("to_lsn", to_lsn.map(|l| l.to_string())),
+                ("to_restore_point", to_restore_point),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+            if p.is_empty() {
+                return Err(
+                    "feed advance needs --to-time, --before-xid, --to-lsn or --to-restore-point"
+                        .into(),
+                );
+            }
+            FeedCommand::Advance(name, p)
+        }
+    };
+    print!("{}", feed_command(&a.admin.addr()?, &cmd, a.admin.json)?);
+    Ok(())
+}
+
+fn xacts(a: XactsArgs) -> Result<(), String> {
+    use walrelay::delay::api;
+    let list = match &a.directory {
+        Some(dir) => {
+            let filter = api::XactFilter {
+                since: api::parse_time_arg(a.since.as_deref())?,
+                until: api::parse_time_arg(a.until.as_deref())?,
+                drops_only: a.drops_only,
+                limit: 0,
+            };
+            api::xacts_local(dir, &filter)?
+        }
+        None => api::xacts_remote(
+            &a.admin.addr()?,
+            a.since.as_deref(),
+            a.until.as_deref(),
+            a.drops_only,
+        )?,
+    };
+    if a.admin.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "xacts": list })).unwrap_or_default()
+        );
+    } else {
+        print!("{}", api::format_xacts(&list));
+    }
+    Ok(())
+}
+
 /// The `/status` document: what walrelay receives and stores.
 fn status_json(p: &Positions, i: &UpstreamInfo, archived: Option<Lsn>) -> serde_json::Value {
     serde_json::json!({
@@ -498,4 +701,36 @@ fn status_json(p: &Positions, i: &UpstreamInfo, archived: Option<Lsn>) -> serde_
             "archived_lsn": archived.map(|l| l.to_string()),
         },
     })
+}
+
+/// Local WAL that proxy-side slots or delayed feeds still need is kept whatever the other
+/// retention rules say: the archive's retention gets the minimum of both floors.
+fn retention_floor(
+    slots: Option<watch::Receiver<Option<Lsn>>>,
+    feeds: Option<watch::Receiver<Option<Lsn>>>,
+) -> Option<watch::Receiver<Option<Lsn>>> {
+    match (slots, feeds) {
+        (None, None) => None,
+        (Some(a), None) | (None, Some(a)) => Some(a),
+        (Some(mut a), Some(mut b)) => {
+            let min = |a: Option<Lsn>, b: Option<Lsn>| match (a, b) {
+                (Some(x), Some(y)) => Some(x.min(y)),
+                (x, y) => x.or(y),
+            };
+            let (tx, rx) = watch::channel(min(*a.borrow(), *b.borrow()));
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        r = a.changed() => if r.is_err() { break },
+                        r = b.changed() => if r.is_err() { break },
+                    }
+                    let v = min(*a.borrow_and_update(), *b.borrow_and_update());
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            });
+            Some(rx)
+        }
+    }
 }

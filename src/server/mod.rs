@@ -154,6 +154,9 @@ pub struct ServerContext {
     pub store: Store,
     pub upstream: watch::Receiver<UpstreamInfo>,
     pub data_dir: PathBuf,
+    /// delay: feed rules; a session under a feed sends no further than the feed allows
+    /// (`crate::delay`). `None`: no feeds configured.
+    pub feeds: Option<Arc<crate::delay::FeedController>>,
 }
 
 /// A snapshot of what walrelay can serve.
@@ -175,6 +178,8 @@ pub(crate) struct Shared {
     pub slots: slots::Slots,
     pub feedback: feedback::FeedbackAggregator,
     pub status: status::StatusRegistry,
+    /// delay: see [`ServerContext::feeds`].
+    pub feeds: Option<Arc<crate::delay::FeedController>>,
     next_pid: AtomicI32,
     next_session: AtomicU64,
     pub connections: AtomicUsize,
@@ -311,6 +316,7 @@ impl Server {
             slots,
             feedback,
             status: status::StatusRegistry::default(),
+            feeds: ctx.feeds,
             next_pid: AtomicI32::new(100_000 + (std::process::id() % 1000) as i32 * 1000),
             next_session: AtomicU64::new(1),
             connections: AtomicUsize::new(0),

@@ -208,6 +208,13 @@ impl Session {
         let keepalive_every = settings
             .keepalive_interval
             .max(std::time::Duration::from_millis(100));
+        // delay: a session under a `[[feed]]` sends no further than the feed's cap (delay,
+        // pause, advance, tripwire) and wakes when it may move (crate::delay::FeedSession).
+        let mut feed = self
+            .shared
+            .feeds
+            .as_ref()
+            .and_then(|f| f.attach(&self.application_name, slot, &self.user));
 
         loop {
             // What can be sent now.
@@ -216,6 +223,14 @@ impl Session {
                 st.end = Some(end_now);
             }
             let limit = st.send_limit(&p);
+            // delay: cap by the feed; a position ahead of the cap just waits (no error).
+            let (limit, feed_wake) = match &feed {
+                Some(f) => {
+                    let (cap, wake) = f.limit(st.sent, limit);
+                    (cap.min(limit), wake)
+                }
+                None => (limit, None),
+            };
             if pending.is_none() && !server_done {
                 if let Some((sw, _)) = st.end {
                     if st.sent >= sw {
@@ -282,6 +297,9 @@ impl Session {
             }
             if let Some(d) = stopping {
                 wake = wake.min(d);
+            }
+            if let Some(w) = feed_wake {
+                wake = wake.min(w); // delay: the next commit becomes due
             }
             let wake = wake.max(now);
 
@@ -375,6 +393,8 @@ impl Session {
                         self.shared.status.update(self.id, |r| r.sent_lsn = Some(upto));
                     }
                 }
+                // delay: an operator acted on the feed or the commit index moved.
+                _ = async { if let Some(f) = feed.as_mut() { f.changed().await } }, if feed.is_some() && pending.is_none() && !server_done => {}
                 r = positions.changed(), if store_alive && pending.is_none() && !server_done => {
                     if r.is_err() {
                         store_alive = false;

@@ -1,0 +1,313 @@
+//! The admin routes for feeds and transactions, and the client side used by the
+//! `walrelay feed` and `walrelay xacts` commands.
+//!
+//! Owns: the HTTP surface (`GET /feeds`, `GET /feeds/NAME`, `POST /feeds/NAME/pause`,
+//! `POST /feeds/NAME/resume`, `POST /feeds/NAME/advance?to_time=…|before_xid=…|to_lsn=…|
+//! to_restore_point=…`, `GET /xacts?since=…&until=…&drops_only=1&limit=…`), the text the
+//! commands print, and `walrelay xacts -D DIR` (decoding segment files without a server).
+//! Must not: hold feed state (that is [`super::feeds`]).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::admin::{percent_decode, Request, Response, Routes};
+use crate::lsn::pg_now;
+
+use super::feeds::{AdvanceTarget, FeedController};
+use super::index::IndexEntry;
+use super::time::{format_pg_time, parse_pg_time};
+
+/// Which transactions `xacts` lists.
+#[derive(Debug, Clone, Default)]
+pub struct XactFilter {
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub drops_only: bool,
+    pub limit: usize,
+}
+
+impl XactFilter {
+    pub fn matches(&self, e: &IndexEntry) -> bool {
+        self.since.is_none_or(|s| e.time >= s)
+            && self.until.is_none_or(|u| e.time <= u)
+            && (!self.drops_only || e.drops_relations())
+    }
+}
+
+fn filter_from(req: &Request) -> Result<XactFilter, String> {
+    let now = pg_now();
+    let t = |k: &str| -> Result<Option<i64>, String> {
+        req.param(k)
+            .map(|v| parse_pg_time(v, now).map_err(|e| e.to_string()))
+            .transpose()
+    };
+    Ok(XactFilter {
+        since: t("since")?,
+        until: t("until")?,
+        drops_only: matches!(req.param("drops_only"), Some("1" | "true" | "yes" | "")),
+        limit: req
+            .param("limit")
+            .map(|l| l.parse().map_err(|_| format!("invalid limit \"{l}\"")))
+            .transpose()?
+            .unwrap_or(10_000),
+    })
+}
+
+/// Registers the feed and xacts routes.
+pub fn register_routes(routes: &mut Routes, feeds: Arc<FeedController>) {
+    let f = feeds.clone();
+    routes.add(
+        "GET",
+        "/feeds",
+        Arc::new(move |req: &Request| {
+            let rest = req.path.trim_start_matches("/feeds").trim_matches('/');
+            if rest.is_empty() {
+                return Response::json(200, &f.list());
+            }
+            match f.show(&percent_decode(rest)) {
+                Ok(v) => Response::json(200, &v),
+                Err(e) => Response::error(e.http_status(), e.to_string()),
+            }
+        }),
+    );
+    let f = feeds.clone();
+    routes.add(
+        "POST",
+        "/feeds",
+        Arc::new(move |req: &Request| {
+            let rest = req.path.trim_start_matches("/feeds").trim_matches('/');
+            let Some((name, action)) = rest.rsplit_once('/') else {
+                return Response::error(404, "use POST /feeds/NAME/pause|resume|advance");
+            };
+            let name = percent_decode(name);
+            let r = match action {
+                "pause" => f.pause(&name),
+                "resume" => f.resume(&name),
+                "advance" => {
+                    let get = |k: &str| req.param(k).map(str::to_string);
+                    match AdvanceTarget::from_params(&get, pg_now()) {
+                        Ok(t) => f.advance(&name, &t),
+                        Err(e) => return Response::error(400, e),
+                    }
+                }
+                _ => return Response::error(404, format!("unknown feed action \"{action}\"")),
+            };
+            match r {
+                Ok(v) => Response::json(200, &v),
+                Err(e) => Response::error(e.http_status(), e.to_string()),
+            }
+        }),
+    );
+    let f = feeds;
+    routes.add(
+        "GET",
+        "/xacts",
+        Arc::new(move |req: &Request| {
+            let filter = match filter_from(req) {
+                Ok(x) => x,
+                Err(e) => return Response::error(400, e),
+            };
+            let list = f.index().select(filter.limit, |e| filter.matches(e));
+            Response::json(200, &xacts_json(&list))
+        }),
+    );
+}
+
+fn xacts_json(list: &[IndexEntry]) -> Value {
+    json!({ "xacts": list.iter().map(IndexEntry::to_json).collect::<Vec<_>>() })
+}
+
+/// Percent-encodes a query value.
+fn enc(s: &str) -> String {
+    let mut o = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            o.push(char::from(b));
+        } else {
+            o.push_str(&format!("%{b:02X}"));
+        }
+    }
+    o
+}
+
+fn call(addr: &str, method: &str, path: &str) -> Result<Value, String> {
+    let (status, body) = crate::admin::request(addr, method, path)
+        .map_err(|e| format!("could not reach walrelay's admin endpoint at {addr}: {e}"))?;
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::String(body.clone()));
+    if status != 200 {
+        let msg = v
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or(body.trim());
+        return Err(msg.to_string());
+    }
+    Ok(v)
+}
+
+/// What `walrelay feed` was asked to do.
+#[derive(Debug, Clone)]
+pub enum FeedCommand {
+    List,
+    Pause(String),
+    Resume(String),
+    Advance(String, Vec<(&'static str, String)>),
+}
+
+/// Runs `walrelay feed …` against the admin endpoint at `addr`; returns the text to print.
+pub fn feed_command(addr: &str, cmd: &FeedCommand, as_json: bool) -> Result<String, String> {
+    let v = match cmd {
+        FeedCommand::List => call(addr, "GET", "/feeds")?,
+        FeedCommand::Pause(n) => call(addr, "POST", &format!("/feeds/{}/pause", enc(n)))?,
+        FeedCommand::Resume(n) => call(addr, "POST", &format!("/feeds/{}/resume", enc(n)))?,
+        FeedCommand::Advance(n, params) => {
+            let q: Vec<String> = params
+                .iter()
+                .map(|(k, v)| format!("{k}={}", enc(v)))
+                .collect();
+            call(
+                addr,
+                "POST",
+                &format!("/feeds/{}/advance?{}", enc(n), q.join("&")),
+            )?
+        }
+    };
+    if as_json {
+        return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
+    }
+    let feeds: Vec<Value> = match v.get("feeds").and_then(Value::as_array) {
+        Some(a) => a.clone(),
+        None => vec![v],
+    };
+    let mut out = String::new();
+    out.push_str(&format!(
+        "{:<16} {:>8} {:>4} {:<14} {:<14} {:<10} {:<14} {}\n",
+        "feed",
+        "delay",
+        "conn",
+        "position",
+        "send limit",
+        "state",
+        "held at",
+        "next commit waiting"
+    ));
+    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    for f in feeds {
+        let w = f.get("waiting_commit").cloned().unwrap_or(Value::Null);
+        let waiting = if w.is_null() {
+            "-".to_string()
+        } else {
+            let mut t = format!(
+                "xid {} at {} committed {}",
+                w["xid"],
+                s(&w, "lsn"),
+                s(&w, "commit_time")
+            );
+            if let Some(d) = w.get("due_in_seconds").and_then(Value::as_f64) {
+                t.push_str(&format!(", due in {d:.1}s"));
+            }
+            if let Some(r) = w.get("dropped_relations").and_then(Value::as_array) {
+                let r: Vec<&str> = r.iter().filter_map(Value::as_str).collect();
+                t.push_str(&format!(", drops {}", r.join(", ")));
+            }
+            t
+        };
+        out.push_str(&format!(
+            "{:<16} {:>8} {:>4} {:<14} {:<14} {:<10} {:<14} {}\n",
+            s(&f, "name"),
+            s(&f, "delay"),
+            f.get("sessions").and_then(Value::as_u64).unwrap_or(0),
+            s(&f, "position"),
+            s(&f, "send_limit"),
+            s(&f, "state"),
+            s(&f, "held_at"),
+            waiting
+        ));
+    }
+    Ok(out)
+}
+
+/// Text table of transactions.
+pub fn format_xacts(list: &[Value]) -> String {
+    let mut out = format!(
+        "{:<30} {:>10} {:<14} {:<16} {}\n",
+        "commit time", "xid", "lsn", "kind", "dropped relations / name"
+    );
+    for x in list {
+        let s = |k: &str| x.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let rels: Vec<&str> = x
+            .get("dropped_relations")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let extra = if rels.is_empty() {
+            s("name")
+        } else {
+            rels.join(", ")
+        };
+        out.push_str(&format!(
+            "{:<30} {:>10} {:<14} {:<16} {}\n",
+            s("time"),
+            x.get("xid").and_then(Value::as_u64).unwrap_or(0),
+            s("lsn"),
+            s("kind"),
+            extra
+        ));
+    }
+    out
+}
+
+/// `walrelay xacts` through the admin endpoint (the running server's index).
+pub fn xacts_remote(
+    addr: &str,
+    since: Option<&str>,
+    until: Option<&str>,
+    drops_only: bool,
+) -> Result<Vec<Value>, String> {
+    let mut q = Vec::new();
+    if let Some(s) = since {
+        q.push(format!("since={}", enc(s)));
+    }
+    if let Some(u) = until {
+        q.push(format!("until={}", enc(u)));
+    }
+    if drops_only {
+        q.push("drops_only=1".into());
+    }
+    let v = call(addr, "GET", &format!("/xacts?{}", q.join("&")))?;
+    Ok(v.get("xacts")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// `walrelay xacts -D DIR`: decodes the segment files in `dir`. Warnings go to stderr.
+pub fn xacts_local(dir: &Path, filter: &XactFilter) -> Result<Vec<Value>, String> {
+    let (entries, warnings) = super::segments::scan_dir(dir)
+        .map_err(|e| format!("could not read WAL in \"{}\": {e}", dir.display()))?;
+    for w in warnings {
+        eprintln!("walrelay: warning: {w}");
+    }
+    Ok(entries
+        .iter()
+        .filter(|e| filter.matches(e))
+        .take(if filter.limit == 0 {
+            usize::MAX
+        } else {
+            filter.limit
+        })
+        .map(IndexEntry::to_json)
+        .collect())
+}
+
+/// Parses `--since`/`--until` for the local mode.
+pub fn parse_time_arg(s: Option<&str>) -> Result<Option<i64>, String> {
+    s.map(|v| parse_pg_time(v, pg_now()).map_err(|e| e.to_string()))
+        .transpose()
+}
+
+/// Formats a time for messages.
+pub fn time_text(t: i64) -> String {
+    format_pg_time(t)
+}
