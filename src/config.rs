@@ -574,3 +574,23 @@ mod tests {
         assert!(e.contains("unknown variant"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    /// The documented example stays a valid configuration.
+    #[test]
+    fn example_parses() {
+        let text = include_str!("../docs/walrelay.example.toml");
+        let c = super::Config::parse(text).unwrap();
+        assert_eq!(
+            c.upstream
+                .conninfo
+                .as_deref()
+                .map(|s| s.starts_with("host=db1,db2")),
+            Some(true)
+        );
+        assert_eq!(c.server.hba.len(), 2);
+        assert_eq!(c.feed.len(), 1);
+        assert_eq!(c.feed[0].delay, std::time::Duration::from_secs(8 * 3600));
+    }
+}
