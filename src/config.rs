@@ -289,10 +289,12 @@ pub struct S3Options {
 pub struct AzureOptions {
     pub account: Option<String>,
     pub access_key: Option<String>,
-    /// e.g. `http://127.0.0.1:10000/devstoreaccount1` for azurite.
+    /// e.g. `http://127.0.0.1:10000/devstoreaccount1` for azurite (with `use_emulator`, the
+    /// account path segment may be left out).
     pub endpoint: Option<String>,
     pub allow_http: Option<bool>,
-    /// Use azurite's well-known account and key.
+    /// Use azurite's well-known account and key (unless `account`/`access_key` are set), at
+    /// `endpoint` if set, else at `$AZURITE_BLOB_STORAGE_URL` or `http://127.0.0.1:10000`.
     pub use_emulator: Option<bool>,
 }
 

@@ -1,5 +1,6 @@
 //! Test harness for the `protocol` integration tests: starts REAL PostgreSQL servers
-//! ([`pg`]), the walrelay binary ([`walrelay`]), a real S3 server ([`s3`]), makes TLS
+//! ([`pg`]), the walrelay binary ([`walrelay`]), a real S3 server ([`s3`]), a real Azure Blob
+//! server ([`azurite`], when installed), makes TLS
 //! certificates ([`certs`]) and compares WAL files ([`compare`]).
 //!
 //! Owns: temporary directories, loopback ports, child processes of the tests. Everything is
@@ -11,6 +12,7 @@
 //! (default `/opt/walrelay-infra`).
 #![allow(dead_code)]
 
+pub mod azurite;
 pub mod certs;
 pub mod compare;
 pub mod pg;

@@ -63,6 +63,25 @@ fn split_bucket(rest: &str, url: &str) -> Result<(String, ObjPath), ArchiveError
     Ok((bucket.to_string(), prefix))
 }
 
+/// Azurite's (and the legacy Azure Storage Emulator's) well-known account and key, published
+/// by Microsoft for local development.
+const EMULATOR_ACCOUNT: &str = "devstoreaccount1";
+const EMULATOR_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// The account URL of an emulator: `endpoint` as given when it already has a path
+/// (`http://127.0.0.1:10000/devstoreaccount1`), else with `/<account>` appended
+/// (`http://127.0.0.1:10000`).
+fn emulator_endpoint(endpoint: &str, account: &str) -> String {
+    let trimmed = endpoint.trim_end_matches('/');
+    let after_scheme = trimmed.split_once("://").map_or(trimmed, |(_, r)| r);
+    if after_scheme.contains('/') {
+        trimmed.to_string()
+    } else {
+        format!("{trimmed}/{account}")
+    }
+}
+
 fn bad_option(key: &str, family: &str) -> ArchiveError {
     ArchiveError::Config(format!(
         "unknown archive option \"{key}\" for a {family} archive (see docs/archive.md)"
@@ -162,23 +181,39 @@ pub fn open(url: &str, cfg: &ArchiveConfig) -> Result<Backend, ArchiveError> {
                 b = b.with_config(key, v);
             }
             let o = &cfg.azure;
-            if let Some(v) = &o.account {
-                b = b.with_account(v);
-            }
-            if let Some(v) = &o.access_key {
-                b = b.with_access_key(v);
-            }
-            if let Some(v) = &o.endpoint {
-                b = b.with_endpoint(v.clone());
-                if v.starts_with("http://") && o.allow_http.is_none() {
-                    b = b.with_allow_http(true);
+            let emulator = o.use_emulator.unwrap_or(false);
+            if let (true, Some(endpoint)) = (emulator, &o.endpoint) {
+                // object_store's emulator mode ignores `with_endpoint` (it only reads
+                // AZURITE_BLOB_STORAGE_URL, default 127.0.0.1:10000). An emulator at a
+                // configured address is addressed as an ordinary account instead: azurite
+                // serves an account under its name as the first path segment, and signs the
+                // same way.
+                let account = o.account.as_deref().unwrap_or(EMULATOR_ACCOUNT);
+                b = b
+                    .with_use_emulator(false)
+                    .with_account(account)
+                    .with_access_key(o.access_key.as_deref().unwrap_or(EMULATOR_KEY))
+                    .with_endpoint(emulator_endpoint(endpoint, account))
+                    .with_allow_http(o.allow_http.unwrap_or(endpoint.starts_with("http://")));
+            } else {
+                if let Some(v) = &o.account {
+                    b = b.with_account(v);
                 }
-            }
-            if let Some(v) = o.allow_http {
-                b = b.with_allow_http(v);
-            }
-            if let Some(v) = o.use_emulator {
-                b = b.with_use_emulator(v);
+                if let Some(v) = &o.access_key {
+                    b = b.with_access_key(v);
+                }
+                if let Some(v) = &o.endpoint {
+                    b = b.with_endpoint(v.clone());
+                    if v.starts_with("http://") && o.allow_http.is_none() {
+                        b = b.with_allow_http(true);
+                    }
+                }
+                if let Some(v) = o.allow_http {
+                    b = b.with_allow_http(v);
+                }
+                if let Some(v) = o.use_emulator {
+                    b = b.with_use_emulator(v);
+                }
             }
             let az = b
                 .with_retry(retry_config())
@@ -281,5 +316,69 @@ mod tests {
         cfg.azure.use_emulator = Some(true);
         let b = open("az://container/p", &cfg).unwrap();
         assert_eq!(b.prefix.as_ref(), "p");
+
+        assert_eq!(
+            emulator_endpoint("http://127.0.0.1:10000", "acct"),
+            "http://127.0.0.1:10000/acct"
+        );
+        assert_eq!(
+            emulator_endpoint("http://127.0.0.1:10000/", "acct"),
+            "http://127.0.0.1:10000/acct"
+        );
+        assert_eq!(
+            emulator_endpoint("http://h:1/devstoreaccount1/", "acct"),
+            "http://h:1/devstoreaccount1"
+        );
+    }
+
+    /// `use_emulator` with an `endpoint`: requests go to that address, under the emulator
+    /// account's path, signed with the well-known key (object_store's own emulator mode
+    /// would ignore the endpoint).
+    #[test]
+    fn azure_emulator_endpoint_is_used() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut chunk).unwrap();
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            s.write_all(
+                b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            )
+            .unwrap();
+            String::from_utf8_lossy(&buf).into_owned()
+        });
+        let mut cfg = ArchiveConfig::default();
+        cfg.azure.use_emulator = Some(true);
+        cfg.azure.endpoint = Some(format!("http://127.0.0.1:{port}"));
+        let b = open("az://walarchive/pre", &cfg).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let r = rt.block_on(b.store.head(&b.prefix.child("x")));
+        assert!(
+            matches!(r, Err(object_store::Error::NotFound { .. })),
+            "{r:?}"
+        );
+        let req = server.join().unwrap();
+        let first = req.lines().next().unwrap_or("");
+        assert_eq!(
+            first, "HEAD /devstoreaccount1/walarchive/pre/x HTTP/1.1",
+            "{req}"
+        );
+        assert!(
+            req.to_ascii_lowercase()
+                .contains("authorization: sharedkey devstoreaccount1:"),
+            "{req}"
+        );
     }
 }
