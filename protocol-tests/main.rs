@@ -9,6 +9,7 @@ mod harness;
 mod harness_selftest;
 mod receive;
 mod receive_faults;
+mod server_archive_fallback;
 mod server_auth;
 mod server_common;
 mod server_fanout;
