@@ -258,7 +258,12 @@ impl LazyArchiveReader {
         system_id: u64,
         seg_size: u64,
     ) -> Result<Option<ArchiveReader>, ArchiveError> {
-        if self.settings.config.system_id.is_some_and(|id| id != system_id) {
+        if self
+            .settings
+            .config
+            .system_id
+            .is_some_and(|id| id != system_id)
+        {
             return Ok(None);
         }
         let mut slot = self.reader.lock().await;

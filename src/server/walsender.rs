@@ -69,7 +69,10 @@ impl ArchivedSegment {
         }
         let off = usize::try_from(start.segment_offset(seg_size)).ok()?;
         let end = off.checked_add(want)?.min(self.data.len());
-        self.data.get(off..end).filter(|b| !b.is_empty()).map(Bytes::copy_from_slice)
+        self.data
+            .get(off..end)
+            .filter(|b| !b.is_empty())
+            .map(Bytes::copy_from_slice)
     }
 }
 
@@ -291,7 +294,8 @@ impl Session {
                 if !server_done && st.sent < limit {
                     match self
                         .next_chunk(st, &p, limit, &mut reader, &mut archived)
-                        .await {
+                        .await
+                    {
                         Ok(data) => {
                             let upto = Lsn(st.sent.0 + data.len() as u64);
                             let mut h = BytesMut::with_capacity(32);
@@ -620,7 +624,10 @@ mod tests {
             data: Bytes::from(data.clone()),
         };
         let at = |off: u64| Lsn(3 * seg_size + off);
-        assert_eq!(&a.chunk(&[2], at(10), seg_size, 5).unwrap()[..], &data[10..15]);
+        assert_eq!(
+            &a.chunk(&[2], at(10), seg_size, 5).unwrap()[..],
+            &data[10..15]
+        );
         // stops at the segment end
         let b = a.chunk(&[3, 2], at(seg_size - 4), seg_size, 100).unwrap();
         assert_eq!(&b[..], &data[data.len() - 4..]);
