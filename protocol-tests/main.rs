@@ -2,6 +2,7 @@
 //! One test target (`protocol`): the harness plus one module per test file.
 
 mod archive_bench;
+mod archive_kill9;
 mod archive_run;
 mod archive_store;
 mod delay_feeds;
@@ -9,6 +10,7 @@ mod harness;
 mod harness_selftest;
 mod receive;
 mod receive_faults;
+mod server_archive_fallback;
 mod server_auth;
 mod server_common;
 mod server_fanout;

@@ -510,6 +510,8 @@ async fn run(a: RunArgs) -> Result<(), String> {
         });
         Some(ctl)
     };
+    let mut archive_settings =
+        walrelay::archive::ArchiveSettings::new(cfg.archive.clone(), &cfg.data_dir);
     let server = match &cfg.server.listen {
         Some(_) => {
             let settings = ServerSettings::from_config(&cfg.server).map_err(|e| e.to_string())?;
@@ -518,6 +520,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
                 upstream: info_rx.clone(),
                 data_dir: cfg.data_dir.clone(),
                 feeds: feeds.clone(),
+                archive: walrelay::archive::LazyArchiveReader::new(&archive_settings).map(Arc::new),
             };
             Some(
                 Server::start(settings, ctx, server_stop)
@@ -527,8 +530,6 @@ async fn run(a: RunArgs) -> Result<(), String> {
         }
         None => None,
     };
-    let mut archive_settings =
-        walrelay::archive::ArchiveSettings::new(cfg.archive.clone(), &cfg.data_dir);
     archive_settings.slot_floor = retention_floor(
         server.as_ref().map(|s| s.slots_min_restart.clone()),
         feeds.as_ref().map(|f| f.min_needed_lsn()),

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 
 pub use archiver::{Archiver, ArchiverHandle};
 pub use backend::Backend;
-pub use reader::ArchiveReader;
+pub use reader::{ArchiveReader, LazyArchiveReader};
 
 use crate::config::ArchiveConfig;
 

@@ -8,6 +8,8 @@
 //!
 //! For the walsender: [`ArchiveReader::fetch_segment`] returns the whole segment
 //! (decompressed, exactly `wal_segment_size` bytes) or `None` if the archive does not have it.
+//! [`LazyArchiveReader`] opens the reader on first use, because a fresh walrelay starts
+//! before anything (even the archive's identity) is archived.
 //! Must not: write anything.
 
 use std::collections::BTreeMap;
@@ -225,6 +227,68 @@ impl ArchiveReader {
             });
         }
         Ok(Some((off, raw)))
+    }
+}
+
+/// An [`ArchiveReader`] opened when first needed (and retried on later calls while it
+/// cannot be opened). Walsenders hold one for the whole process: the archive reader and
+/// its read-ahead cache are shared by all sessions.
+pub struct LazyArchiveReader {
+    settings: ArchiveSettings,
+    reader: tokio::sync::Mutex<Option<ArchiveReader>>,
+}
+
+impl LazyArchiveReader {
+    /// `None` when archiving is disabled (`archive.url = "none"`).
+    pub fn new(settings: &ArchiveSettings) -> Option<LazyArchiveReader> {
+        settings.url()?;
+        let mut settings = settings.clone();
+        settings.slot_floor = None;
+        Some(LazyArchiveReader {
+            settings,
+            reader: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The reader for WAL of `system_id` with segments of `seg_size` bytes. `Ok(None)` when
+    /// the archive holds nothing of that system yet, or holds it with another segment size,
+    /// or `archive.system_id` names another system.
+    pub async fn get(
+        &self,
+        system_id: u64,
+        seg_size: u64,
+    ) -> Result<Option<ArchiveReader>, ArchiveError> {
+        if self
+            .settings
+            .config
+            .system_id
+            .is_some_and(|id| id != system_id)
+        {
+            return Ok(None);
+        }
+        let mut slot = self.reader.lock().await;
+        if slot.as_ref().is_none_or(|r| r.system_id() != system_id) {
+            let url = self.settings.url().ok_or_else(|| {
+                ArchiveError::Config("archiving is disabled (archive.url = \"none\")".into())
+            })?;
+            let backend = backend::open(&url, &self.settings.config)?;
+            match ArchiveReader::open_backend(
+                backend,
+                Some(system_id),
+                self.settings.config.prefetch,
+                self.settings.config.compression,
+            )
+            .await
+            {
+                Ok(r) => *slot = Some(r),
+                Err(ArchiveError::NoSystem(m)) => {
+                    tracing::debug!("archive reader: {m}");
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(slot.clone().filter(|r| r.wal_segment_size() == seg_size))
     }
 }
 

@@ -157,6 +157,9 @@ pub struct ServerContext {
     /// delay: feed rules; a session under a feed sends no further than the feed allows
     /// (`crate::delay`). `None`: no feeds configured.
     pub feeds: Option<Arc<crate::delay::FeedController>>,
+    /// Where sessions read segments that are no longer in the data directory (removed by
+    /// retention) before answering "has already been removed". `None`: archiving disabled.
+    pub archive: Option<Arc<crate::archive::LazyArchiveReader>>,
 }
 
 /// A snapshot of what walrelay can serve.
@@ -180,6 +183,8 @@ pub(crate) struct Shared {
     pub status: status::StatusRegistry,
     /// delay: see [`ServerContext::feeds`].
     pub feeds: Option<Arc<crate::delay::FeedController>>,
+    /// See [`ServerContext::archive`].
+    pub archive: Option<Arc<crate::archive::LazyArchiveReader>>,
     next_pid: AtomicI32,
     next_session: AtomicU64,
     pub connections: AtomicUsize,
@@ -317,6 +322,7 @@ impl Server {
             feedback,
             status: status::StatusRegistry::default(),
             feeds: ctx.feeds,
+            archive: ctx.archive,
             next_pid: AtomicI32::new(100_000 + (std::process::id() % 1000) as i32 * 1000),
             next_session: AtomicU64::new(1),
             connections: AtomicUsize::new(0),

@@ -4,7 +4,9 @@
 //! fork, start exactly at a switch point answered without COPY; start ahead of the flush
 //! position refused after CopyBothResponse), then the loop that sends WAL from exactly the
 //! requested position, contiguous, never past [`StreamState::send_limit`]: recent WAL from the
-//! store's shared tail (no copy), older WAL from the segment files in ≤ 128 kB chunks. It
+//! store's shared tail (no copy), older WAL from the segment files in ≤ 128 kB chunks, and
+//! segments that retention removed from the data directory from the archive (one whole
+//! segment held per session, plus the archive reader's shared read-ahead). It
 //! wakes on the store's position watch (no polling), sends keepalives, answers reply
 //! requests, reads status updates and hot-standby feedback, ends a historic timeline with
 //! CopyDone + the `next_tli` row + both CommandCompletes (the session stays usable), moves a
@@ -17,7 +19,8 @@ use bytes::{Bytes, BytesMut};
 
 use super::session::{err_of, fatal, End, Out, Session};
 use super::{status, HsFeedback, ServeView};
-use crate::error::codes;
+use crate::archive::ArchiveError;
+use crate::error::{codes, SqlState};
 use crate::lsn::{pg_now, Lsn, TimelineId};
 use crate::protocol::backend::{self, ErrorFields, Field, INT8_OID, TEXT_OID};
 use crate::protocol::frontend::FrontendMessage;
@@ -29,9 +32,54 @@ use crate::wal::history;
 /// Most WAL bytes per XLogData message (16 × XLOG_BLCKSZ, like the walsender).
 const MAX_SEND: usize = 128 * 1024;
 
+/// Why the next chunk of WAL could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ChunkError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("could not read WAL segment {segment} from the archive: {source}")]
+    Archive {
+        segment: String,
+        source: ArchiveError,
+    },
+}
+
+impl SqlState for ChunkError {
+    fn sqlstate(&self) -> &'static str {
+        match self {
+            ChunkError::Read(e) => e.sqlstate(),
+            ChunkError::Archive { .. } => codes::IO_ERROR,
+        }
+    }
+}
+
+/// A whole segment read back from the archive, kept while the session streams from it.
+struct ArchivedSegment {
+    tli: TimelineId,
+    segno: u64,
+    data: Bytes,
+}
+
+impl ArchivedSegment {
+    /// Up to `want` bytes at `start` (a copy, so that queued messages do not keep the
+    /// segment alive after the session moved on); `None` if `start` is not in it.
+    fn chunk(&self, tlis: &[TimelineId], start: Lsn, seg_size: u64, want: usize) -> Option<Bytes> {
+        if start.segno(seg_size) != self.segno || !tlis.contains(&self.tli) {
+            return None;
+        }
+        let off = usize::try_from(start.segment_offset(seg_size)).ok()?;
+        let end = off.checked_add(want)?.min(self.data.len());
+        self.data
+            .get(off..end)
+            .filter(|b| !b.is_empty())
+            .map(Bytes::copy_from_slice)
+    }
+}
+
 struct StreamState {
     tli: TimelineId,
     seg_size: u64,
+    system_id: u64,
     sent: Lsn,
     /// Where `tli` ends and the timeline that follows, once it is historic.
     end: Option<(Lsn, TimelineId)>,
@@ -150,6 +198,7 @@ impl Session {
         let mut st = StreamState {
             tli,
             seg_size: view.seg_size,
+            system_id: view.system_id,
             sent: start,
             end,
             fallback: (view.timeline, view.flush),
@@ -193,6 +242,7 @@ impl Session {
         let mut positions = self.shared.store.positions();
         let mut store_alive = true;
         let mut reader = WalReader::new(&self.shared.data_dir, st.seg_size);
+        let mut archived: Option<ArchivedSegment> = None;
         let mut lag = status::LagTracker::default();
         let mut pending: Option<(Out, Lsn)> = None;
         let mut server_done = false;
@@ -242,7 +292,10 @@ impl Session {
                     }
                 }
                 if !server_done && st.sent < limit {
-                    match self.next_chunk(st, &p, limit, &mut reader).await {
+                    match self
+                        .next_chunk(st, &p, limit, &mut reader, &mut archived)
+                        .await
+                    {
                         Ok(data) => {
                             let upto = Lsn(st.sent.0 + data.len() as u64);
                             let mut h = BytesMut::with_capacity(32);
@@ -440,14 +493,15 @@ impl Session {
     }
 
     /// Up to [`MAX_SEND`] bytes at `st.sent`, never past `limit`: from the tail when it holds
-    /// them, else from the files.
+    /// them, else from the files, else (removed by retention) from the archive.
     async fn next_chunk(
         &self,
         st: &StreamState,
         p: &Positions,
         limit: Lsn,
         reader: &mut WalReader,
-    ) -> Result<Bytes, ReadError> {
+        archived: &mut Option<ArchivedSegment>,
+    ) -> Result<Bytes, ChunkError> {
         let want = (limit.saturating_sub(st.sent) as usize).min(MAX_SEND);
         if p.timeline == st.tli {
             if let Some(b) = self.shared.store.tail().get(st.tli, st.sent, limit, want) {
@@ -463,12 +517,21 @@ impl Session {
             }
         }
         tlis.push(st.tli);
+        // A segment already fetched from the archive: retention removed it locally, and a
+        // removed segment never comes back.
+        if let Some(b) = archived
+            .as_ref()
+            .and_then(|a| a.chunk(&tlis, st.sent, st.seg_size, want))
+        {
+            return Ok(b);
+        }
         let start = st.sent;
+        let local_tlis = tlis.clone();
         let owned = std::mem::replace(reader, WalReader::new(&self.shared.data_dir, st.seg_size));
         let (r, back) = tokio::task::spawn_blocking(move || {
             let mut rd = owned;
             let mut last = None;
-            for t in tlis {
+            for t in local_tlis {
                 match rd.read(t, start, want) {
                     Ok(b) => return (Ok(b), rd),
                     Err(e) => last = Some(e),
@@ -485,7 +548,49 @@ impl Session {
             source: std::io::Error::other(e.to_string()),
         })?;
         *reader = back;
-        r
+        let removed = match r {
+            Ok(b) => return Ok(b),
+            Err(ReadError::Removed(name)) => name,
+            Err(e) => return Err(e.into()),
+        };
+        let Some(lazy) = self.shared.archive.as_ref() else {
+            return Err(ReadError::Removed(removed).into());
+        };
+        // At most one archived segment per session: let go of the previous one first.
+        *archived = None;
+        let archive_err = |source| ChunkError::Archive {
+            segment: removed.clone(),
+            source,
+        };
+        let Some(ar) = lazy
+            .get(st.system_id, st.seg_size)
+            .await
+            .map_err(archive_err)?
+        else {
+            return Err(ReadError::Removed(removed).into());
+        };
+        let segno = start.segno(st.seg_size);
+        for t in tlis.iter().copied() {
+            if let Some(data) = ar.fetch_segment(t, segno).await.map_err(archive_err)? {
+                tracing::info!(
+                    "pid {} ({}): WAL segment {} read from the archive",
+                    self.pid,
+                    self.application_name,
+                    crate::lsn::segment_file_name(t, segno, st.seg_size)
+                );
+                let seg = ArchivedSegment {
+                    tli: t,
+                    segno,
+                    data,
+                };
+                let chunk = seg.chunk(&tlis, start, st.seg_size, want);
+                *archived = Some(seg);
+                if let Some(b) = chunk {
+                    return Ok(b);
+                }
+            }
+        }
+        Err(ReadError::Removed(removed).into())
     }
 }
 
@@ -507,5 +612,28 @@ mod tests {
         let e = history::parse_history("1\t0/3000000\tx\n2\t0/5000000\ty\n").unwrap();
         assert_eq!(next_tli(&e, 1, 3), 2);
         assert_eq!(next_tli(&e, 2, 3), 3);
+    }
+
+    #[test]
+    fn archived_segment_chunks() {
+        let seg_size = 1u64 << 20;
+        let data: Vec<u8> = (0..seg_size).map(|i| (i % 253) as u8).collect();
+        let a = ArchivedSegment {
+            tli: 2,
+            segno: 3,
+            data: Bytes::from(data.clone()),
+        };
+        let at = |off: u64| Lsn(3 * seg_size + off);
+        assert_eq!(
+            &a.chunk(&[2], at(10), seg_size, 5).unwrap()[..],
+            &data[10..15]
+        );
+        // stops at the segment end
+        let b = a.chunk(&[3, 2], at(seg_size - 4), seg_size, 100).unwrap();
+        assert_eq!(&b[..], &data[data.len() - 4..]);
+        // other segment or timeline
+        assert!(a.chunk(&[2], at(seg_size), seg_size, 5).is_none());
+        assert!(a.chunk(&[1], at(0), seg_size, 5).is_none());
+        assert!(a.chunk(&[2], at(0), seg_size, 0).is_none());
     }
 }
