@@ -16,6 +16,7 @@ mod server_common;
 mod server_fanout;
 mod server_fuzz;
 mod server_restart;
+mod server_status;
 mod server_stream;
 mod server_timeline;
 mod upstream_conn;
