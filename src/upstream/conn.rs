@@ -14,8 +14,9 @@
 //!
 //! Message size limits: messages before the first ReadyForQuery (authentication, parameter
 //! status) may be at most [`MAX_STARTUP_MESSAGE`] (1 MiB); any later message at most
-//! [`MAX_MESSAGE`] (1 GiB, PostgreSQL's own allocation limit). The read buffer grows with
-//! the bytes actually received, never with the announced length alone.
+//! [`MAX_MESSAGE`] (1 GiB, PostgreSQL's own allocation limit). Once a frame's header has
+//! arrived, `split_frame` reserves room for the rest (so up to the limit), and the frame is
+//! handed on as `Bytes` split off the read buffer: XLogData is never copied.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -702,18 +703,11 @@ impl ReplConnection {
                     return Err(frame_error(e, self.max_msg));
                 }
             }
-            // Reserve room for the whole pending frame at once (XLogData is up to 128 kB), so
-            // that a frame is never moved more than once while it arrives.
-            let want = match self.rbuf.get(1..5) {
-                Some(l) => (u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
-                    .saturating_add(1)
-                    .min(self.max_msg.saturating_add(1))
-                    .saturating_sub(self.rbuf.len())
-                    .max(8192),
-                None => 8192,
-            };
-            if self.rbuf.capacity() - self.rbuf.len() < want {
-                self.rbuf.reserve(want.max(64 * 1024));
+            // `split_frame` has reserved room for the rest of a pending frame (XLogData is up
+            // to 128 kB), so a frame is never moved more than once while it arrives; keep
+            // some room for the next reads in any case.
+            if self.rbuf.capacity() - self.rbuf.len() < 8192 {
+                self.rbuf.reserve(64 * 1024);
             }
             let n = match self.stream.read_buf(&mut self.rbuf).await {
                 Ok(n) => n,
