@@ -60,7 +60,10 @@ impl Field {
 /// The fields of an ErrorResponse / NoticeResponse that walrelay uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ErrorFields {
+    /// When decoded: the non-localised severity (`V`, PG 9.6+) when present, else the
+    /// localised one (`S`), so that `ERROR` / `FATAL` can be compared whatever `lc_messages`.
     pub severity: String,
+    /// SQLSTATE (`C`).
     pub code: String,
     pub message: String,
     pub detail: Option<String>,
@@ -126,14 +129,16 @@ pub enum BackendMessage {
 
 impl BackendMessage {
     /// Decodes one frame. Variable-length bodies are sliced from the frame, not copied.
+    /// Texts are taken lossily (invalid UTF-8 replaced): a server writes them in its own
+    /// encoding, and a client must not drop a session over a message text.
     pub fn decode(frame: Frame) -> Result<BackendMessage, ProtocolError> {
         let body = &frame.body;
         let mut r = Reader::new(body);
         let msg = match frame.tag {
             b'R' => BackendMessage::Authentication(decode_auth(&mut r, body)?),
             b'S' => BackendMessage::ParameterStatus {
-                name: r.cstr()?.to_string(),
-                value: r.cstr()?.to_string(),
+                name: r.cstr_lossy()?,
+                value: r.cstr_lossy()?,
             },
             b'K' => {
                 let pid = r.i32()?;
@@ -149,7 +154,7 @@ impl BackendMessage {
                 // Each field needs at least 19 bytes: never pre-allocate beyond the body.
                 let mut fields = Vec::with_capacity(n.min(r.remaining() / 19));
                 for _ in 0..n {
-                    let name = r.cstr()?.to_string();
+                    let name = r.cstr_lossy()?;
                     r.take(6)?; // table oid, column number
                     let type_oid = r.u32()?;
                     r.take(8)?; // type length, type modifier, format
@@ -169,7 +174,7 @@ impl BackendMessage {
                 }
                 BackendMessage::DataRow(cols)
             }
-            b'C' => BackendMessage::CommandComplete(r.cstr()?.to_string()),
+            b'C' => BackendMessage::CommandComplete(r.cstr_lossy()?),
             b'E' => BackendMessage::ErrorResponse(decode_fields(&mut r)?),
             b'N' => BackendMessage::NoticeResponse(decode_fields(&mut r)?),
             b'W' | b'H' | b'G' => {
@@ -190,7 +195,7 @@ impl BackendMessage {
                 let n = r.u32()?;
                 let mut unsupported = Vec::new();
                 for _ in 0..n {
-                    unsupported.push(r.cstr()?.to_string());
+                    unsupported.push(r.cstr_lossy()?);
                 }
                 BackendMessage::NegotiateProtocolVersion {
                     newest_minor,
@@ -217,11 +222,11 @@ fn decode_auth(r: &mut Reader<'_>, body: &Bytes) -> Result<AuthRequest, Protocol
         AUTH_SASL => {
             let mut mechanisms = Vec::new();
             loop {
-                let m = r.cstr()?;
+                let m = r.cstr_lossy()?;
                 if m.is_empty() {
                     break;
                 }
-                mechanisms.push(m.to_string());
+                mechanisms.push(m);
             }
             AuthRequest::Sasl { mechanisms }
         }
@@ -243,16 +248,16 @@ fn decode_auth(r: &mut Reader<'_>, body: &Bytes) -> Result<AuthRequest, Protocol
 
 fn decode_fields(r: &mut Reader<'_>) -> Result<ErrorFields, ProtocolError> {
     let mut f = ErrorFields::default();
-    let mut nonlocalized = None;
+    let mut localized = String::new();
     loop {
         let code = r.u8()?;
         if code == 0 {
             break;
         }
-        let value = r.cstr()?.to_string();
+        let value = r.cstr_lossy()?;
         match code {
-            b'S' => f.severity = value,
-            b'V' => nonlocalized = Some(value),
+            b'S' => localized = value,
+            b'V' => f.severity = value,
             b'C' => f.code = value,
             b'M' => f.message = value,
             b'D' => f.detail = Some(value),
@@ -261,7 +266,7 @@ fn decode_fields(r: &mut Reader<'_>) -> Result<ErrorFields, ProtocolError> {
         }
     }
     if f.severity.is_empty() {
-        f.severity = nonlocalized.unwrap_or_default();
+        f.severity = localized;
     }
     Ok(f)
 }
@@ -598,6 +603,29 @@ mod tests {
                 message: "x".into(),
                 ..Default::default()
             })
+        );
+        // Both present (lc_messages=fr): the non-localized one wins, in either order; only
+        // the localized one: that one. Invalid UTF-8 in a text is replaced, not refused.
+        for body in [
+            &b"SERREUR\0VERROR\0C42704\0Mn\xe9\0DD\0Hh\0\0"[..],
+            b"VERROR\0SERREUR\0C42704\0Mn\xe9\0DD\0Hh\0\0",
+        ] {
+            let BackendMessage::NoticeResponse(e) =
+                BackendMessage::decode(Frame::new(b'N', body)).unwrap()
+            else {
+                panic!()
+            };
+            assert_eq!(e.to_string(), "ERROR:  n\u{fffd}\nDETAIL:  D\nHINT:  h");
+            assert_eq!(e.code, "42704");
+        }
+        let m = BackendMessage::decode(Frame::new(b'E', &b"SERREUR\0Mx\0\0"[..])).unwrap();
+        assert!(matches!(m, BackendMessage::ErrorResponse(e) if e.severity == "ERREUR"));
+        assert_eq!(
+            BackendMessage::decode(Frame::new(b'S', &b"a\0\xff\0"[..])).unwrap(),
+            BackendMessage::ParameterStatus {
+                name: "a".into(),
+                value: "\u{fffd}".into()
+            }
         );
     }
 

@@ -30,8 +30,10 @@ impl Frame {
 }
 
 /// Splits the next complete frame off `buf`. `Ok(None)` means more bytes are needed (nothing
-/// is consumed). The length word (which counts itself) must be at least 4 and at most
-/// `max_len`; otherwise the stream is unusable and an error is returned.
+/// is consumed; once the header is there, room for the rest of the frame is reserved so that
+/// it arrives without reallocation). The length word (which counts itself) must be at least
+/// 4 and at most `max_len`; otherwise the stream is unusable and an error is returned. The
+/// body is split off `buf` without a copy.
 pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, ProtocolError> {
     let Some(head) = buf.get(..5) else {
         return Ok(None);

@@ -22,8 +22,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// where such a text exists.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
-    /// A frame length below 4 or above the caller's limit.
-    #[error("invalid message length {len} for message type \"{}\"", char::from(*tag))]
+    /// A frame length below 4 or above the caller's limit. The type byte is shown escaped
+    /// (`\xe9`), as garbage on the wire is the usual cause.
+    #[error("invalid message length {len} for message type \"{}\"", tag.escape_ascii())]
     InvalidLength { tag: u8, len: i64 },
     /// A startup packet length below 8 or above 10000.
     #[error("invalid length of startup packet")]
@@ -107,6 +108,19 @@ impl<'a> Reader<'a> {
             .ok_or(ProtocolError::InvalidString)?;
         let s = std::str::from_utf8(rest.get(..nul).unwrap_or_default())
             .map_err(|_| ProtocolError::InvalidString)?;
+        self.pos += nul + 1;
+        Ok(s)
+    }
+    /// A NUL-terminated string whose invalid UTF-8 is replaced (U+FFFD) rather than refused:
+    /// for server texts (messages, parameter values) that a client shows but must not choke
+    /// on, since a server sends them in its own encoding. Only a missing NUL is an error.
+    pub fn cstr_lossy(&mut self) -> Result<String, ProtocolError> {
+        let rest = self.buf.get(self.pos..).unwrap_or_default();
+        let nul = rest
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or(ProtocolError::InvalidString)?;
+        let s = String::from_utf8_lossy(rest.get(..nul).unwrap_or_default()).into_owned();
         self.pos += nul + 1;
         Ok(s)
     }
@@ -196,6 +210,10 @@ mod tests {
             Reader::new(b"\xff\0").cstr(),
             Err(ProtocolError::InvalidString)
         );
+        let mut r = Reader::new(b"a\xffb\0c");
+        assert_eq!(r.cstr_lossy().unwrap(), "a\u{fffd}b");
+        assert_eq!(r.cstr_lossy(), Err(ProtocolError::InvalidString));
+        assert_eq!(r.remaining(), 1);
     }
 
     #[test]
@@ -206,6 +224,10 @@ mod tests {
         assert_eq!(
             ProtocolError::InvalidLength { tag: b'Q', len: 2 }.to_string(),
             "invalid message length 2 for message type \"Q\""
+        );
+        assert_eq!(
+            ProtocolError::InvalidLength { tag: 0xe9, len: -1 }.to_string(),
+            "invalid message length -1 for message type \"\\xe9\""
         );
         assert_eq!(ProtocolError::Truncated.sqlstate(), "08P01");
     }

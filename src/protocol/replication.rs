@@ -37,11 +37,21 @@ pub enum ServerCopyMessage {
 
 impl ServerCopyMessage {
     /// Decodes a CopyData body; `data` of XLogData is a slice of `payload` (no copy).
-    /// A keepalive must be exactly 18 bytes, like the walreceiver demands.
+    /// A keepalive must be exactly 18 bytes, like the walreceiver demands. Error texts follow
+    /// pg_receivewal's (`receivelog.c`).
     pub fn decode(payload: &Bytes) -> Result<ServerCopyMessage, ProtocolError> {
         let mut r = Reader::new(payload);
-        match r.u8()? {
+        let Ok(kind) = r.u8() else {
+            return Err(ProtocolError::Malformed("empty CopyData message".into()));
+        };
+        match kind {
             b'w' => {
+                if payload.len() < XLOGDATA_HEADER_LEN {
+                    return Err(ProtocolError::Malformed(format!(
+                        "streaming header too small: {}",
+                        payload.len()
+                    )));
+                }
                 let data_start = Lsn(r.u64()?);
                 let wal_end = Lsn(r.u64()?);
                 let send_time = r.i64()?;
@@ -66,7 +76,8 @@ impl ServerCopyMessage {
                 })
             }
             t => Err(ProtocolError::Malformed(format!(
-                "invalid replication message type {t}"
+                "unrecognized streaming header: \"{}\"",
+                t.escape_ascii()
             ))),
         }
     }
@@ -233,7 +244,12 @@ mod tests {
         // One byte more or less is refused.
         let mut long = p.to_vec();
         long.push(0);
-        assert!(ServerCopyMessage::decode(&Bytes::from(long)).is_err());
+        assert_eq!(
+            ServerCopyMessage::decode(&Bytes::from(long))
+                .unwrap_err()
+                .to_string(),
+            "invalid keepalive message length 19"
+        );
         assert!(ServerCopyMessage::decode(&p.slice(..17)).is_err());
     }
 
@@ -271,9 +287,20 @@ mod tests {
         assert!(
             matches!(ServerCopyMessage::decode(&payload(buf.clone())), Ok(ServerCopyMessage::XLogData { data, .. }) if data.is_empty())
         );
-        assert!(ServerCopyMessage::decode(&payload(buf).slice(..24)).is_err());
-        assert!(ServerCopyMessage::decode(&Bytes::from_static(b"s")).is_err());
-        assert!(ServerCopyMessage::decode(&Bytes::new()).is_err());
+        let err = |p: &Bytes| ServerCopyMessage::decode(p).unwrap_err().to_string();
+        assert_eq!(
+            err(&payload(buf).slice(..24)),
+            "streaming header too small: 24"
+        );
+        assert_eq!(
+            err(&Bytes::from_static(b"s")),
+            "unrecognized streaming header: \"s\""
+        );
+        assert_eq!(
+            err(&Bytes::from_static(b"\xe9")),
+            "unrecognized streaming header: \"\\xe9\""
+        );
+        assert_eq!(err(&Bytes::new()), "empty CopyData message");
     }
 
     #[test]

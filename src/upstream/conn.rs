@@ -6,19 +6,23 @@
 //! the CopyBoth streaming phase ([`ReplConnection::recv_copy`], status and feedback).
 //! Must not: write WAL files or interpret WAL contents.
 //!
-//! Message framing and decoding are done by private helpers in this file (limits below);
-//! encoding uses `postgres_protocol::message::frontend`. Nothing here panics on network input.
+//! Framing, backend messages and the CopyData payloads are decoded by [`crate::protocol`]
+//! (`frame::split_frame`, `BackendMessage::decode`, `ServerCopyMessage::decode`), status
+//! and feedback encoded by `protocol::replication`; the other frontend messages and SCRAM
+//! come from `postgres_protocol`. This file owns the conversation, not the byte layouts.
+//! Nothing here panics on network input.
 //!
 //! Message size limits: messages before the first ReadyForQuery (authentication, parameter
 //! status) may be at most [`MAX_STARTUP_MESSAGE`] (1 MiB); any later message at most
-//! [`MAX_MESSAGE`] (1 GiB, PostgreSQL's own allocation limit). The read buffer grows with
-//! the bytes actually received, never with the announced length alone.
+//! [`MAX_MESSAGE`] (1 GiB, PostgreSQL's own allocation limit). Once a frame's header has
+//! arrived, `split_frame` reserves room for the rest (so up to the limit), and the frame is
+//! handed on as `Bytes` split off the read buffer: XLogData is never copied.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
@@ -26,6 +30,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::lsn::{pg_now, valid_segment_size, Lsn, TimelineId};
+use crate::protocol::backend::{AuthRequest, BackendMessage as Msg};
+use crate::protocol::frame::split_frame;
+use crate::protocol::replication::{encode_hs_feedback, encode_status_update, ServerCopyMessage};
+use crate::protocol::ProtocolError;
 use crate::upstream::conninfo::{
     ChannelBindingMode, ConnInfo, HostSpec, SslMode, TargetSessionAttrs,
 };
@@ -86,212 +94,7 @@ impl AsyncWrite for Stream {
 }
 
 // ---------------------------------------------------------------------------------------
-// Backend message decoding (private; may later move to crate::protocol)
-
-#[derive(Debug)]
-enum AuthReq {
-    Ok,
-    Cleartext,
-    Md5([u8; 4]),
-    Sasl(Vec<String>),
-    SaslContinue(Bytes),
-    SaslFinal(Bytes),
-    Other(u32),
-}
-
-#[derive(Debug)]
-enum Msg {
-    Auth(AuthReq),
-    ParameterStatus(String, String),
-    BackendKeyData(i32),
-    ReadyForQuery,
-    RowDescription(Vec<String>),
-    DataRow(Vec<Option<Bytes>>),
-    CommandComplete(String),
-    Error(ErrorFields),
-    Notice(ErrorFields),
-    CopyBoth,
-    CopyInOut,
-    CopyData(Bytes),
-    CopyDone,
-    EmptyQuery,
-    NegotiateProtocolVersion,
-    #[allow(dead_code)] // shown in error messages via Debug
-    Other(u8),
-}
-
-struct Cur {
-    b: Bytes,
-}
-
-impl Cur {
-    fn err(what: &str) -> UpstreamError {
-        UpstreamError::protocol(format!("invalid {what} message"))
-    }
-    fn u8(&mut self, what: &str) -> Result<u8> {
-        if self.b.remaining() < 1 {
-            return Err(Self::err(what));
-        }
-        Ok(self.b.get_u8())
-    }
-    fn i16(&mut self, what: &str) -> Result<i16> {
-        if self.b.remaining() < 2 {
-            return Err(Self::err(what));
-        }
-        Ok(self.b.get_i16())
-    }
-    fn i32(&mut self, what: &str) -> Result<i32> {
-        if self.b.remaining() < 4 {
-            return Err(Self::err(what));
-        }
-        Ok(self.b.get_i32())
-    }
-    fn take(&mut self, n: usize, what: &str) -> Result<Bytes> {
-        if self.b.remaining() < n {
-            return Err(Self::err(what));
-        }
-        Ok(self.b.split_to(n))
-    }
-    fn cstr(&mut self, what: &str) -> Result<String> {
-        let pos = self
-            .b
-            .iter()
-            .position(|&c| c == 0)
-            .ok_or_else(|| Self::err(what))?;
-        let s = self.b.split_to(pos);
-        self.b.advance(1);
-        Ok(String::from_utf8_lossy(&s).into_owned())
-    }
-}
-
-fn decode_fields(body: Bytes, what: &str) -> Result<ErrorFields> {
-    let mut c = Cur { b: body };
-    let mut f = ErrorFields::default();
-    let mut localized_severity = String::new();
-    loop {
-        let t = c.u8(what)?;
-        if t == 0 {
-            break;
-        }
-        let v = c.cstr(what)?;
-        match t {
-            b'S' => localized_severity = v,
-            b'V' => f.severity = v,
-            b'C' => f.code = v,
-            b'M' => f.message = v,
-            b'D' => f.detail = Some(v),
-            b'H' => f.hint = Some(v),
-            _ => {}
-        }
-    }
-    if f.severity.is_empty() {
-        f.severity = localized_severity;
-    }
-    Ok(f)
-}
-
-fn decode(tag: u8, body: Bytes) -> Result<Msg> {
-    let mut c = Cur { b: body };
-    Ok(match tag {
-        b'R' => {
-            let code = c.i32("authentication")? as u32;
-            Msg::Auth(match code {
-                0 => AuthReq::Ok,
-                3 => AuthReq::Cleartext,
-                5 => {
-                    let s = c.take(4, "authentication")?;
-                    AuthReq::Md5([s[0], s[1], s[2], s[3]])
-                }
-                10 => {
-                    let mut mechs = Vec::new();
-                    loop {
-                        let m = c.cstr("authentication")?;
-                        if m.is_empty() {
-                            break;
-                        }
-                        mechs.push(m);
-                    }
-                    AuthReq::Sasl(mechs)
-                }
-                11 => AuthReq::SaslContinue(c.b),
-                12 => AuthReq::SaslFinal(c.b),
-                n => AuthReq::Other(n),
-            })
-        }
-        b'S' => {
-            let n = c.cstr("ParameterStatus")?;
-            let v = c.cstr("ParameterStatus")?;
-            Msg::ParameterStatus(n, v)
-        }
-        b'K' => Msg::BackendKeyData(c.i32("BackendKeyData")?),
-        b'Z' => Msg::ReadyForQuery,
-        b'T' => {
-            let n = c.i16("RowDescription")?;
-            let mut cols = Vec::new();
-            for _ in 0..n.max(0) {
-                cols.push(c.cstr("RowDescription")?);
-                c.take(18, "RowDescription")?;
-            }
-            Msg::RowDescription(cols)
-        }
-        b'D' => {
-            let n = c.i16("DataRow")?;
-            let mut vals = Vec::new();
-            for _ in 0..n.max(0) {
-                let len = c.i32("DataRow")?;
-                if len < 0 {
-                    vals.push(None);
-                } else {
-                    vals.push(Some(c.take(len as usize, "DataRow")?));
-                }
-            }
-            Msg::DataRow(vals)
-        }
-        b'C' => Msg::CommandComplete(c.cstr("CommandComplete")?),
-        b'E' => Msg::Error(decode_fields(c.b, "ErrorResponse")?),
-        b'N' => Msg::Notice(decode_fields(c.b, "NoticeResponse")?),
-        b'W' => Msg::CopyBoth,
-        b'G' | b'H' => Msg::CopyInOut,
-        b'd' => Msg::CopyData(c.b),
-        b'c' => Msg::CopyDone,
-        b'I' => Msg::EmptyQuery,
-        b'v' => Msg::NegotiateProtocolVersion,
-        t => Msg::Other(t),
-    })
-}
-
-/// Splits one `tag + int32 length + body` frame off the buffer. `None` if incomplete.
-fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<(u8, Bytes)>> {
-    let Some(hdr) = buf.get(..5) else {
-        return Ok(None);
-    };
-    let tag = hdr[0];
-    let len = i32::from_be_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]);
-    if len < 4 {
-        return Err(UpstreamError::protocol(format!(
-            "invalid message length {len} for message type \"{}\"",
-            tag.escape_ascii()
-        )));
-    }
-    let len = len as usize;
-    if len > max {
-        return Err(UpstreamError::protocol(format!(
-            "message of type \"{}\" too large ({len} bytes, limit {max})",
-            tag.escape_ascii()
-        )));
-    }
-    let total = len + 1;
-    if buf.len() < total {
-        buf.reserve((total - buf.len()).min(1 << 20));
-        return Ok(None);
-    }
-    let mut frame = buf.split_to(total).freeze();
-    frame.advance(5);
-    Ok(Some((tag, frame)))
-}
-
-// ---------------------------------------------------------------------------------------
-// Replication CopyData payloads (private; may later move to crate::protocol)
+// Streaming events
 
 /// A message received during streaming.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,73 +118,43 @@ pub enum CopyEvent {
     ServerShutdown,
 }
 
-fn parse_copy_payload(mut p: Bytes) -> Result<CopyEvent> {
-    let Some(&kind) = p.first() else {
-        return Err(UpstreamError::protocol("empty CopyData message"));
-    };
-    match kind {
-        b'w' => {
-            if p.len() < 25 {
-                return Err(UpstreamError::protocol(format!(
-                    "streaming header too small: {}",
-                    p.len()
-                )));
-            }
-            p.advance(1);
-            let data_start = Lsn(p.get_u64());
-            let wal_end = Lsn(p.get_u64());
-            let send_time = p.get_i64();
-            Ok(CopyEvent::XLogData {
+impl From<ServerCopyMessage> for CopyEvent {
+    fn from(m: ServerCopyMessage) -> CopyEvent {
+        match m {
+            ServerCopyMessage::XLogData {
                 data_start,
                 wal_end,
                 send_time,
-                data: p,
-            })
-        }
-        b'k' => {
-            if p.len() != 18 {
-                return Err(UpstreamError::protocol(format!(
-                    "invalid keepalive message length {}",
-                    p.len()
-                )));
-            }
-            p.advance(1);
-            let wal_end = Lsn(p.get_u64());
-            let send_time = p.get_i64();
-            let reply_requested = p.get_u8() != 0;
-            Ok(CopyEvent::Keepalive {
+                data,
+            } => CopyEvent::XLogData {
+                data_start,
+                wal_end,
+                send_time,
+                data,
+            },
+            ServerCopyMessage::Keepalive {
                 wal_end,
                 send_time,
                 reply_requested,
-            })
+            } => CopyEvent::Keepalive {
+                wal_end,
+                send_time,
+                reply_requested,
+            },
         }
-        k => Err(UpstreamError::protocol(format!(
-            "unrecognized streaming header: \"{}\"",
-            k.escape_ascii()
-        ))),
     }
 }
 
-fn encode_status(buf: &mut BytesMut, write: Lsn, flush: Lsn, apply: Lsn, reply: bool) {
-    buf.put_u8(b'd');
-    buf.put_i32(4 + 34);
-    buf.put_u8(b'r');
-    buf.put_u64(write.0);
-    buf.put_u64(flush.0);
-    buf.put_u64(apply.0);
-    buf.put_i64(pg_now());
-    buf.put_u8(reply as u8);
-}
-
-fn encode_hs_feedback(buf: &mut BytesMut, xmin: u32, xmin_epoch: u32, cxmin: u32, cepoch: u32) {
-    buf.put_u8(b'd');
-    buf.put_i32(4 + 25);
-    buf.put_u8(b'h');
-    buf.put_i64(pg_now());
-    buf.put_u32(xmin);
-    buf.put_u32(xmin_epoch);
-    buf.put_u32(cxmin);
-    buf.put_u32(cepoch);
+/// Maps a framing error to the client's texts: a length above the limit is reported as a
+/// too-large message (naming the limit), anything else with the codec's text.
+fn frame_error(e: ProtocolError, max: usize) -> UpstreamError {
+    match e {
+        ProtocolError::InvalidLength { tag, len } if len >= 4 => UpstreamError::protocol(format!(
+            "message of type \"{}\" too large ({len} bytes, limit {max})",
+            tag.escape_ascii()
+        )),
+        e => UpstreamError::protocol(e.to_string()),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -737,7 +510,7 @@ impl ReplConnection {
         };
         loop {
             match self.read_msg().await? {
-                Msg::Auth(AuthReq::Ok) => {
+                Msg::Authentication(AuthRequest::Ok) => {
                     if cb_mode == ChannelBindingMode::Require && !used_cb {
                         return Err(UpstreamError::auth_client(
                             "channel binding required, but server authenticated client without channel binding",
@@ -745,7 +518,7 @@ impl ReplConnection {
                     }
                     break;
                 }
-                Msg::Auth(AuthReq::Cleartext) => {
+                Msg::Authentication(AuthRequest::Cleartext) => {
                     if cb_mode == ChannelBindingMode::Require {
                         return Err(UpstreamError::auth_client(
                             "channel binding required but not supported by server's authentication request",
@@ -755,7 +528,7 @@ impl ReplConnection {
                     frontend::password_message(pw.as_bytes(), &mut self.wbuf)?;
                     self.flush().await?;
                 }
-                Msg::Auth(AuthReq::Md5(salt)) => {
+                Msg::Authentication(AuthRequest::Md5 { salt }) => {
                     if cb_mode == ChannelBindingMode::Require {
                         return Err(UpstreamError::auth_client(
                             "channel binding required but not supported by server's authentication request",
@@ -766,7 +539,7 @@ impl ReplConnection {
                     frontend::password_message(h.as_bytes(), &mut self.wbuf)?;
                     self.flush().await?;
                 }
-                Msg::Auth(AuthReq::Sasl(mechs)) => {
+                Msg::Authentication(AuthRequest::Sasl { mechanisms: mechs }) => {
                     let plus = mechs.iter().any(|m| m == "SCRAM-SHA-256-PLUS");
                     let plain = mechs.iter().any(|m| m == "SCRAM-SHA-256");
                     let (mech, binding) = if self.tls
@@ -805,7 +578,7 @@ impl ReplConnection {
                     scram = Some(s);
                     self.flush().await?;
                 }
-                Msg::Auth(AuthReq::SaslContinue(data)) => {
+                Msg::Authentication(AuthRequest::SaslContinue(data)) => {
                     let s = scram
                         .as_mut()
                         .ok_or_else(|| UpstreamError::protocol("unexpected SASL continue"))?;
@@ -815,7 +588,7 @@ impl ReplConnection {
                     frontend::sasl_response(s.message(), &mut self.wbuf)?;
                     self.flush().await?;
                 }
-                Msg::Auth(AuthReq::SaslFinal(data)) => {
+                Msg::Authentication(AuthRequest::SaslFinal(data)) => {
                     let s = scram
                         .as_mut()
                         .ok_or_else(|| UpstreamError::protocol("unexpected SASL final"))?;
@@ -825,14 +598,14 @@ impl ReplConnection {
                         ))
                     })?;
                 }
-                Msg::Auth(AuthReq::Other(n)) => {
+                Msg::Authentication(AuthRequest::Other(n)) => {
                     return Err(UpstreamError::auth_client(format!(
                         "authentication method {n} not supported"
                     )))
                 }
-                Msg::Error(e) => return Err(startup_error(e)),
-                Msg::Notice(n) => tracing::info!("upstream: {n}"),
-                Msg::NegotiateProtocolVersion => {
+                Msg::ErrorResponse(e) => return Err(startup_error(e)),
+                Msg::NoticeResponse(n) => tracing::info!("upstream: {n}"),
+                Msg::NegotiateProtocolVersion { .. } => {
                     tracing::debug!("server sent NegotiateProtocolVersion; staying on 3.0")
                 }
                 other => {
@@ -844,14 +617,14 @@ impl ReplConnection {
         }
         loop {
             match self.read_msg().await? {
-                Msg::ParameterStatus(k, v) => {
+                Msg::ParameterStatus { name: k, value: v } => {
                     self.params.insert(k, v);
                 }
-                Msg::BackendKeyData(pid) => self.pid = pid,
-                Msg::ReadyForQuery => return Ok(()),
-                Msg::Error(e) => return Err(startup_error(e)),
-                Msg::Notice(n) => tracing::info!("upstream: {n}"),
-                Msg::NegotiateProtocolVersion => {}
+                Msg::BackendKeyData { pid, .. } => self.pid = pid,
+                Msg::ReadyForQuery(_) => return Ok(()),
+                Msg::ErrorResponse(e) => return Err(startup_error(e)),
+                Msg::NoticeResponse(n) => tracing::info!("upstream: {n}"),
+                Msg::NegotiateProtocolVersion { .. } => {}
                 other => {
                     return Err(UpstreamError::protocol(format!(
                         "unexpected message during startup: {other:?}"
@@ -918,31 +691,23 @@ impl ReplConnection {
     async fn read_msg(&mut self) -> Result<Msg> {
         loop {
             match split_frame(&mut self.rbuf, self.max_msg) {
-                Ok(Some((tag, body))) => {
-                    let m = decode(tag, body);
-                    if m.is_err() {
+                Ok(Some(frame)) => {
+                    return Msg::decode(frame).map_err(|e| {
                         self.state = State::Broken;
-                    }
-                    return m;
+                        UpstreamError::protocol(e.to_string())
+                    });
                 }
                 Ok(None) => {}
                 Err(e) => {
                     self.state = State::Broken;
-                    return Err(e);
+                    return Err(frame_error(e, self.max_msg));
                 }
             }
-            // Reserve room for the whole pending frame at once (XLogData is up to 128 kB), so
-            // that a frame is never moved more than once while it arrives.
-            let want = match self.rbuf.get(1..5) {
-                Some(l) => (u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
-                    .saturating_add(1)
-                    .min(self.max_msg.saturating_add(1))
-                    .saturating_sub(self.rbuf.len())
-                    .max(8192),
-                None => 8192,
-            };
-            if self.rbuf.capacity() - self.rbuf.len() < want {
-                self.rbuf.reserve(want.max(64 * 1024));
+            // `split_frame` has reserved room for the rest of a pending frame (XLogData is up
+            // to 128 kB), so a frame is never moved more than once while it arrives; keep
+            // some room for the next reads in any case.
+            if self.rbuf.capacity() - self.rbuf.len() < 8192 {
+                self.rbuf.reserve(64 * 1024);
             }
             let n = match self.stream.read_buf(&mut self.rbuf).await {
                 Ok(n) => n,
@@ -967,11 +732,11 @@ impl ReplConnection {
             State::StaleReadyForQuery => {
                 loop {
                     match self.read_msg().await? {
-                        Msg::ReadyForQuery => break,
-                        Msg::ParameterStatus(k, v) => {
+                        Msg::ReadyForQuery(_) => break,
+                        Msg::ParameterStatus { name: k, value: v } => {
                             self.params.insert(k, v);
                         }
-                        Msg::Notice(n) => tracing::info!("upstream: {n}"),
+                        Msg::NoticeResponse(n) => tracing::info!("upstream: {n}"),
                         _ => {}
                     }
                 }
@@ -996,19 +761,19 @@ impl ReplConnection {
             match self.read_msg().await? {
                 Msg::RowDescription(c) => {
                     if !seen_desc {
-                        res.columns = c;
+                        res.columns = c.into_iter().map(|f| f.name).collect();
                         seen_desc = true;
                     }
                 }
                 Msg::DataRow(r) => res.rows.push(r),
                 Msg::CommandComplete(t) => res.tag = t,
-                Msg::EmptyQuery => {}
-                Msg::Error(e) => err = Some(e),
-                Msg::Notice(n) => tracing::info!("upstream: {n}"),
-                Msg::ParameterStatus(k, v) => {
+                Msg::EmptyQueryResponse => {}
+                Msg::ErrorResponse(e) => err = Some(e),
+                Msg::NoticeResponse(n) => tracing::info!("upstream: {n}"),
+                Msg::ParameterStatus { name: k, value: v } => {
                     self.params.insert(k, v);
                 }
-                Msg::ReadyForQuery => break,
+                Msg::ReadyForQuery(_) => break,
                 other => {
                     self.state = State::Broken;
                     return Err(UpstreamError::protocol(format!(
@@ -1245,18 +1010,18 @@ impl ReplConnection {
         let mut err = None;
         loop {
             match self.read_msg().await? {
-                Msg::CopyBoth if err.is_none() => {
+                Msg::CopyBothResponse if err.is_none() => {
                     self.state = State::Copy;
                     return Ok(());
                 }
-                Msg::Error(e) => err = Some(e),
+                Msg::ErrorResponse(e) => err = Some(e),
                 Msg::RowDescription(_) | Msg::CommandComplete(_) => {}
                 Msg::DataRow(r) => next = Self::next_tli_row(&r)?,
-                Msg::Notice(n) => tracing::info!("upstream: {n}"),
-                Msg::ParameterStatus(k, v) => {
+                Msg::NoticeResponse(n) => tracing::info!("upstream: {n}"),
+                Msg::ParameterStatus { name: k, value: v } => {
                     self.params.insert(k, v);
                 }
-                Msg::ReadyForQuery => {
+                Msg::ReadyForQuery(_) => {
                     if let Some(e) = err {
                         self.state = State::Idle;
                         return Err(UpstreamError::Server(e));
@@ -1311,7 +1076,11 @@ impl ReplConnection {
         }
         loop {
             match self.read_msg().await? {
-                Msg::CopyData(p) => return parse_copy_payload(p),
+                Msg::CopyData(p) => {
+                    return ServerCopyMessage::decode(&p)
+                        .map(CopyEvent::from)
+                        .map_err(|e| UpstreamError::protocol(e.to_string()))
+                }
                 Msg::CopyDone => {
                     self.state = State::ServerCopyDone;
                     return Ok(CopyEvent::EndOfTimeline);
@@ -1320,7 +1089,7 @@ impl ReplConnection {
                     self.state = State::Broken;
                     return Ok(CopyEvent::ServerShutdown);
                 }
-                Msg::Error(e) => {
+                Msg::ErrorResponse(e) => {
                     self.state = if e.severity == "ERROR" {
                         State::StaleReadyForQuery
                     } else {
@@ -1328,8 +1097,8 @@ impl ReplConnection {
                     };
                     return Err(UpstreamError::Server(e));
                 }
-                Msg::Notice(n) => tracing::info!("upstream: {n}"),
-                Msg::ParameterStatus(k, v) => {
+                Msg::NoticeResponse(n) => tracing::info!("upstream: {n}"),
+                Msg::ParameterStatus { name: k, value: v } => {
                     self.params.insert(k, v);
                 }
                 other => {
@@ -1350,7 +1119,14 @@ impl ReplConnection {
         apply: Lsn,
         reply_requested: bool,
     ) -> Result<()> {
-        encode_status(&mut self.wbuf, write, flush, apply, reply_requested);
+        encode_status_update(
+            &mut self.wbuf,
+            write,
+            flush,
+            apply,
+            pg_now(),
+            reply_requested,
+        );
         self.flush().await
     }
 
@@ -1364,6 +1140,7 @@ impl ReplConnection {
     ) -> Result<()> {
         encode_hs_feedback(
             &mut self.wbuf,
+            pg_now(),
             xmin,
             xmin_epoch,
             catalog_xmin,
@@ -1393,11 +1170,11 @@ impl ReplConnection {
                     match self.read_msg().await? {
                         Msg::CopyData(_) => {}
                         Msg::CopyDone => break,
-                        Msg::Notice(n) => tracing::info!("upstream: {n}"),
-                        Msg::ParameterStatus(k, v) => {
+                        Msg::NoticeResponse(n) => tracing::info!("upstream: {n}"),
+                        Msg::ParameterStatus { name: k, value: v } => {
                             self.params.insert(k, v);
                         }
-                        Msg::Error(e) => {
+                        Msg::ErrorResponse(e) => {
                             self.state = State::StaleReadyForQuery;
                             return Err(UpstreamError::Server(e));
                         }
@@ -1425,13 +1202,13 @@ impl ReplConnection {
             match self.read_msg().await? {
                 Msg::RowDescription(_) | Msg::CommandComplete(_) => {}
                 Msg::DataRow(r) => next = Self::next_tli_row(&r)?,
-                Msg::Error(e) => err = Some(e),
-                Msg::Notice(n) => tracing::info!("upstream: {n}"),
-                Msg::ParameterStatus(k, v) => {
+                Msg::ErrorResponse(e) => err = Some(e),
+                Msg::NoticeResponse(n) => tracing::info!("upstream: {n}"),
+                Msg::ParameterStatus { name: k, value: v } => {
                     self.params.insert(k, v);
                 }
                 // Late CopyData after the server's CopyDone cannot happen; tolerate none.
-                Msg::ReadyForQuery => break,
+                Msg::ReadyForQuery(_) => break,
                 other => {
                     return Err(UpstreamError::protocol(format!(
                         "unexpected message after COPY: {other:?}"
@@ -1462,6 +1239,10 @@ impl ReplConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::SqlState;
+    use crate::protocol::frame::Frame;
+    use crate::protocol::replication::{encode_keepalive, encode_xlogdata_header};
+    use bytes::BufMut;
 
     #[test]
     fn segment_size() {
@@ -1495,75 +1276,59 @@ mod tests {
     }
 
     #[test]
-    fn frames() {
-        let mut b = BytesMut::from(&b"Z\0\0\0\x05I"[..]);
-        let (t, body) = split_frame(&mut b, 100).unwrap().unwrap();
-        assert_eq!((t, &body[..]), (b'Z', &b"I"[..]));
-        assert!(b.is_empty());
-        let mut b = BytesMut::from(&b"Z\0\0\0\x05"[..]);
-        assert!(split_frame(&mut b, 100).unwrap().is_none());
+    fn frame_errors_keep_their_texts() {
         let mut b = BytesMut::from(&b"Z\0\0\0\x03"[..]);
-        assert!(split_frame(&mut b, 100).is_err());
-        let mut b = BytesMut::from(&b"d\x7f\0\0\0"[..]);
-        assert!(split_frame(&mut b, 100).is_err());
-    }
-
-    #[test]
-    fn decode_never_panics() {
-        let tags = b"RSKZTDCENWGHdcIvX";
-        let mut seed: u32 = 12345;
-        for _ in 0..20000 {
-            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            let tag = tags[(seed >> 8) as usize % tags.len()];
-            let len = (seed >> 16) as usize % 40;
-            let body: Vec<u8> = (0..len)
-                .map(|i| (seed.rotate_left(i as u32) & 0xff) as u8 % 8)
-                .collect();
-            let _ = decode(tag, Bytes::from(body.clone()));
-            let _ = parse_copy_payload(Bytes::from(body));
-        }
+        let e = frame_error(split_frame(&mut b, 100).unwrap_err(), 100);
+        assert_eq!(
+            e.to_string(),
+            "protocol error: invalid message length 3 for message type \"Z\""
+        );
+        let mut b = BytesMut::from(&b"\xe9\x7f\0\0\0"[..]);
+        let e = frame_error(split_frame(&mut b, MAX_STARTUP_MESSAGE).unwrap_err(), 100);
+        assert_eq!(
+            e.to_string(),
+            "protocol error: message of type \"\\xe9\" too large (2130706432 bytes, limit 100)"
+        );
+        assert_eq!(e.sqlstate(), "08P01");
     }
 
     #[test]
     fn copy_payloads() {
-        let mut k = BytesMut::new();
-        k.put_u8(b'k');
-        k.put_u64(0x1_0000_0010);
-        k.put_i64(77);
-        k.put_u8(1);
+        let mut buf = BytesMut::new();
+        encode_status_update(&mut buf, Lsn(1), Lsn(2), Lsn(3), 4, true);
+        encode_hs_feedback(&mut buf, 5, 1, 2, 3, 4);
+        encode_keepalive(&mut buf, Lsn(0x1_0000_0010), 77, true);
+        let mut w = BytesMut::new();
+        encode_xlogdata_header(&mut w, Lsn(0x300_0000), Lsn(0x300_0100), 5, 3);
+        w.extend_from_slice(b"wal");
+        buf.extend_from_slice(&w);
+        let mut frames = Vec::new();
+        while let Some(f) = split_frame(&mut buf, MAX_MESSAGE).unwrap() {
+            frames.push(f);
+        }
+        assert_eq!(frames.len(), 4);
+        assert_eq!(frames[0].body.len(), 34);
+        assert_eq!(frames[1].body.len(), 25);
+        let ev = |f: &Frame| ServerCopyMessage::decode(&f.body).map(CopyEvent::from);
         assert_eq!(
-            parse_copy_payload(k.clone().freeze()).unwrap(),
+            ev(&frames[2]).unwrap(),
             CopyEvent::Keepalive {
                 wal_end: Lsn(0x1_0000_0010),
                 send_time: 77,
                 reply_requested: true
             }
         );
-        k.put_u8(0);
-        assert!(parse_copy_payload(k.freeze()).is_err());
-        let mut w = BytesMut::new();
-        w.put_u8(b'w');
-        w.put_u64(0x300_0000);
-        w.put_u64(0x300_0100);
-        w.put_i64(5);
-        w.put_slice(b"wal");
-        match parse_copy_payload(w.freeze()).unwrap() {
+        match ev(&frames[3]).unwrap() {
             CopyEvent::XLogData {
                 data_start, data, ..
             } => {
                 assert_eq!(data_start, Lsn(0x300_0000));
                 assert_eq!(&data[..], b"wal");
+                // Sliced from the frame, not copied.
+                assert_eq!(data.as_ptr(), frames[3].body[25..].as_ptr());
             }
             e => panic!("{e:?}"),
         }
-        assert!(parse_copy_payload(Bytes::from_static(b"w123")).is_err());
-        assert!(parse_copy_payload(Bytes::from_static(b"x")).is_err());
-        let mut s = BytesMut::new();
-        encode_status(&mut s, Lsn(1), Lsn(2), Lsn(3), true);
-        assert_eq!(s.len(), 1 + 4 + 34);
-        let mut h = BytesMut::new();
-        encode_hs_feedback(&mut h, 1, 2, 3, 4);
-        assert_eq!(h.len(), 1 + 4 + 25);
     }
 
     #[test]
@@ -1580,7 +1345,9 @@ mod tests {
             b.put_u8(0);
         }
         b.put_u8(0);
-        let f = decode_fields(b.freeze(), "x").unwrap();
+        let Ok(Msg::ErrorResponse(f)) = Msg::decode(Frame::new(b'E', b.freeze())) else {
+            panic!()
+        };
         let e = UpstreamError::AllHostsFailed(vec![HostFailure {
             host: "127.0.0.1".into(),
             port: 5432,
@@ -1590,6 +1357,13 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "connection to server at \"127.0.0.1\", port 5432 failed: FATAL:  password authentication failed for user \"bob\""
+        );
+        let mut f = ErrorFields::error("58P01", "requested WAL segment has already been removed");
+        f.detail = Some("d".into());
+        f.hint = Some("h".into());
+        assert_eq!(
+            UpstreamError::Server(f).to_string(),
+            "ERROR:  requested WAL segment has already been removed\nDETAIL:  d\nHINT:  h"
         );
     }
 }

@@ -1,39 +1,15 @@
 //! Errors of the upstream replication client.
 //!
-//! Owns: [`UpstreamError`] and the client-side view of a server `ErrorResponse`
-//! ([`ErrorFields`]). Messages are worded like libpq's so that operators recognise them.
+//! Owns: [`UpstreamError`]. Messages are worded like libpq's so that operators recognise
+//! them. A server `ErrorResponse` is the codec's [`ErrorFields`] (re-exported here), whose
+//! `Display` is libpq's: `FATAL:  message` then `DETAIL:  …` / `HINT:  …` lines.
 
 use std::fmt;
 
+pub use crate::protocol::backend::ErrorFields;
+
 use crate::error::{codes, SqlState};
 use crate::upstream::conninfo::ConnInfoError;
-
-/// The fields of an `ErrorResponse`/`NoticeResponse` that walrelay uses.
-///
-/// Displayed like libpq: `ERROR:  message` then `DETAIL:  …` / `HINT:  …` lines.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ErrorFields {
-    /// Non-localised severity (`V` field) when present, else the localised one (`S`).
-    pub severity: String,
-    /// SQLSTATE (`C`).
-    pub code: String,
-    pub message: String,
-    pub detail: Option<String>,
-    pub hint: Option<String>,
-}
-
-impl fmt::Display for ErrorFields {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:  {}", self.severity, self.message)?;
-        if let Some(d) = &self.detail {
-            write!(f, "\nDETAIL:  {d}")?;
-        }
-        if let Some(h) = &self.hint {
-            write!(f, "\nHINT:  {h}")?;
-        }
-        Ok(())
-    }
-}
 
 /// Why connecting to one host failed (one line of [`UpstreamError::AllHostsFailed`]).
 #[derive(Debug)]
