@@ -364,27 +364,9 @@ impl Writer {
                 }
             }
             self.flush_requested = false;
-            // A batch that only moved `write_lsn` while its fsync is pending is not published
-            // on its own: that fsync (at most `flush_delay` away) publishes `write_lsn` with
-            // `flush_lsn`. This saves waking every position watcher (receive loop,
-            // walsenders) once per received message; what is durable and when is unchanged.
-            if !(self.dirty && self.only_write_moved()) {
-                self.publish();
-            }
+            self.publish();
         }
         let _ = self.close_open();
-    }
-
-    /// True if the positions differ from the published ones in `write_lsn` only.
-    fn only_write_moved(&self) -> bool {
-        let published = self.pos_tx.borrow();
-        published.write_lsn != self.pos.write_lsn
-            && published.flush_lsn == self.pos.flush_lsn
-            && published.timeline == self.pos.timeline
-            && published.completed_segments == self.pos.completed_segments
-            && published.system_id == self.pos.system_id
-            && published.wal_segment_size == self.pos.wal_segment_size
-            && published.error == self.pos.error
     }
 
     fn publish(&mut self) {
@@ -671,48 +653,6 @@ mod tests {
                 return p;
             }
             rx.changed().await.unwrap();
-        }
-    }
-
-    /// Write-only progress is not published on its own: every published position has
-    /// `write_lsn == flush_lsn` (the fsync publishes both), and the end is reached.
-    #[tokio::test]
-    async fn write_only_progress_is_published_with_the_fsync() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::start(dir.path(), StoreOptions::default()).unwrap();
-        store.open(SYSID, SEG, "15.0").await.unwrap();
-        store.begin(1, Lsn(SEG)).await.unwrap();
-        let wal = pages(SEG, 64, SEG, SYSID, 1);
-        let mut rx = store.positions();
-        rx.borrow_and_update();
-        let watcher = tokio::spawn(async move {
-            let end = Lsn(SEG + 64 * 8192);
-            let mut seen = Vec::new();
-            loop {
-                rx.changed().await.unwrap();
-                let p = rx.borrow_and_update().clone();
-                seen.push((p.write_lsn, p.flush_lsn));
-                if p.flush_lsn >= end {
-                    return seen;
-                }
-            }
-        });
-        for (i, chunk) in wal.chunks(8192).enumerate() {
-            store
-                .write(Lsn(SEG + (i * 8192) as u64), Bytes::copy_from_slice(chunk))
-                .await
-                .unwrap();
-            if i % 16 == 15 {
-                tokio::time::sleep(std::time::Duration::from_millis(15)).await;
-            }
-        }
-        let seen = tokio::time::timeout(std::time::Duration::from_secs(10), watcher)
-            .await
-            .expect("flush reaches the end")
-            .unwrap();
-        assert!(!seen.is_empty());
-        for (w, f) in &seen {
-            assert_eq!(w, f, "published write_lsn ahead of flush_lsn: {seen:?}");
         }
     }
 
