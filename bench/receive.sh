@@ -8,12 +8,15 @@
 # same --endpos, and write to the same disk. Reported: wall time, MB/s, CPU seconds (user+sys)
 # and peak RSS (GNU time). walrelay runs in its default mode (fsync at every queue drain, status
 # after each fsync); pg_receivewal in its default mode (fsync at segment close).
+#   BENCH_COMPARE=/path/to/other/walrelay   also run that binary on the same backlog (A/B)
+#   BENCH_PERF=/path/perf.data              wrap walrelay (not the A/B one) in perf record
+#   BENCH_NO_BUILD=1                        use target/release/walrelay as it is
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GB=${1:-2}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 PORT=${BENCH_PORT:-55439}
-cargo build --release --quiet
+[ "${BENCH_NO_BUILD:-}" = 1 ] || cargo build --release --quiet
 BIN=$PWD/target/release/walrelay
 T=$(mktemp -d /tmp/walrelay-bench.XXXXXX)
 as_pg() { if [ "$(id -u)" = 0 ]; then unshare --user --map-user=65534 --map-group=65534 -- "$@"; else "$@"; fi; }
@@ -36,6 +39,7 @@ PSQL="$PGBIN/psql -X -At -h 127.0.0.1 -p $PORT -U postgres -d postgres"
 CONN="host=127.0.0.1 port=$PORT user=postgres"
 $PSQL -c "select pg_create_physical_replication_slot('s_pgrw', true)" >/dev/null
 $PSQL -c "select pg_create_physical_replication_slot('s_walrelay', true)" >/dev/null
+[ -n "${BENCH_COMPARE:-}" ] && $PSQL -c "select pg_create_physical_replication_slot('s_compare', true)" >/dev/null
 echo "generating ${GB} GB of WAL..."
 $PSQL -c "create unlogged table seed as select md5(g::text) || md5((g+1)::text) as t from generate_series(1, 100000) g" >/dev/null
 $PSQL -c "create table w (t text)" >/dev/null
@@ -64,6 +68,13 @@ run() {  # name, command...
 run pg_receivewal "$PGBIN/pg_receivewal" -d "$CONN" -D "$T/pg_receivewal" -S s_pgrw -E "$endpos" -n
 if [ -n "${BENCH_PERF:-}" ]; then WRAP=(perf record -F 499 -g -o "$BENCH_PERF"); else WRAP=(); fi
 run walrelay "${WRAP[@]}" "$BIN" receive -d "$CONN" -D "$T/walrelay" -S s_walrelay -E "$endpos" -n
+if [ -n "${BENCH_COMPARE:-}" ]; then
+  run walrelay-cmp "$BENCH_COMPARE" receive -d "$CONN" -D "$T/walrelay-cmp" -S s_compare -E "$endpos" -n
+  for f in "$T"/walrelay-cmp/0000000*; do
+    case "$f" in *.partial) continue;; esac
+    cmp -s "$f" "$T/walrelay/$(basename "$f")" || { echo "MISMATCH (compare) $(basename "$f")"; exit 1; }
+  done
+fi
 for f in "$T"/walrelay/0000000*; do
   case "$f" in *.partial) continue;; esac
   n=$(basename "$f"); [ -f "$T/pg_receivewal/$n" ] || continue
