@@ -283,6 +283,12 @@ impl Run {
         let mut need_scan = true;
         let job_shutdown = shutdown.clone();
         loop {
+            // Lag moves when WAL arrives and when uploads finish: recompute on every event.
+            let lag = positions
+                .borrow()
+                .flush_lsn
+                .saturating_sub(*self.lsn_tx.borrow());
+            metrics::gauge!(super::ARCHIVE_LAG).set(lag as f64);
             if need_scan {
                 need_scan = false;
                 self.scan_and_schedule(&ctx, &mut jobs, &job_shutdown).await;
@@ -299,8 +305,6 @@ impl Run {
                         last_completed = p.completed_segments;
                         need_scan = true;
                     }
-                    let lag = p.flush_lsn.saturating_sub(*self.lsn_tx.borrow());
-                    metrics::gauge!(super::ARCHIVE_LAG).set(lag as f64);
                 }
                 _ = tick.tick() => need_scan = true,
                 _ = ptick.tick(), if !partial_every.is_zero() => {
