@@ -366,7 +366,12 @@ impl Writer {
             self.flush_requested = false;
             self.publish();
         }
-        let _ = self.close_open();
+        // The handle is gone (the process is stopping): make the open segment durable. When
+        // `close` already did it there is nothing left, so no control-file write can race with
+        // the process exit.
+        if self.open.is_some() {
+            let _ = self.close_open();
+        }
     }
 
     fn publish(&mut self) {
