@@ -261,16 +261,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The work runs on a runtime worker, not on the thread blocked in `block_on`: socket
+    // readiness is then handled by the worker that polls the task, without a wake-up hop.
     let result = rt.block_on(async {
-        match cli.command {
-            Command::Receive(a) => receive(a).await,
-            Command::Run(a) => run(a).await,
-            Command::Passwd(a) => passwd(a),
-            Command::WalFetch(a) => exit_with(walrelay::archive::cli::wal_fetch_main(a).await),
-            Command::Verify(a) => exit_with(walrelay::archive::cli::verify_main(a).await),
-            Command::Feed(a) => feed(a),
-            Command::Xacts(a) => xacts(a),
-        }
+        let work = tokio::spawn(async move {
+            match cli.command {
+                Command::Receive(a) => receive(a).await,
+                Command::Run(a) => run(a).await,
+                Command::Passwd(a) => passwd(a),
+                Command::WalFetch(a) => exit_with(walrelay::archive::cli::wal_fetch_main(a).await),
+                Command::Verify(a) => exit_with(walrelay::archive::cli::verify_main(a).await),
+                Command::Feed(a) => feed(a),
+                Command::Xacts(a) => xacts(a),
+            }
+        });
+        work.await
+            .unwrap_or_else(|e| Err(format!("internal error: {e}")))
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
