@@ -398,3 +398,53 @@ fn delay_drill_restore_dropped_table() {
         || count(&sb, "events") == Some(50) && count(&sb, "labels") == Some(200),
     );
 }
+
+/// A hold survives a walrelay restart: the paused feed is still paused afterwards, the
+/// standby reconnects and does not move, and resume then catches it up.
+#[test]
+fn delay_hold_survives_restart() {
+    let major = harness::majors().first().cloned().unwrap_or("15".into());
+    let mut s = setup(&major, "[[feed]]\nname = \"lag\"\ndelay = \"2s\"\n");
+    s.primary.psql("create table t (id int)");
+    let sb = s.standby("lag");
+    s.primary.psql("insert into t values (1)");
+    harness::wait_for(Duration::from_secs(30), "row 1 on the standby", || {
+        count(&sb, "t") == Some(1)
+    });
+    s.walrelay(&["feed", "pause", "lag"]);
+    for i in 2..=10 {
+        s.primary.psql(&format!("insert into t values ({i})"));
+    }
+    // restart walrelay on the same data directory, port and configuration
+    let st = s.relay.proc.stop();
+    assert!(st.success(), "{st:?}");
+    let (data, port) = (s.relay.data.clone(), s.relay.port);
+    let cfg = s.t.join("walrelay.toml");
+    s.relay = Relay::start_on(
+        &s.t,
+        &s.primary,
+        &data,
+        port,
+        &["--config", cfg.to_str().unwrap()],
+    );
+    assert_eq!(
+        s.feed_json("lag")["state"],
+        "paused",
+        "the hold was lost in the restart"
+    );
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        assert_eq!(
+            count(&sb, "t"),
+            Some(1),
+            "the paused standby moved after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    s.walrelay(&["feed", "resume", "lag"]);
+    harness::wait_for(
+        Duration::from_secs(30),
+        "the standby to catch up after resume",
+        || count(&sb, "t") == Some(10),
+    );
+}
