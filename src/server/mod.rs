@@ -419,7 +419,7 @@ pub(crate) fn version_num(v: &str) -> u32 {
         })
         .and_then(|m| m.parse().ok())
         .unwrap_or(0);
-    major * 10000 + minor
+    major.saturating_mul(10000).saturating_add(minor)
 }
 
 #[cfg(test)]

@@ -508,15 +508,28 @@ impl Session {
                 return Ok(b);
             }
         }
-        // For a historic timeline, the switch segment is read from the next timeline's file
-        // (WalSndSegmentOpen); fall back to our own timeline's (possibly .partial) copy.
+        // For a historic timeline, the switch segment may exist only in the next timeline's
+        // file (WalSndSegmentOpen reads it from there). walrelay's own copy of the old
+        // timeline's segment is preferred: it holds [segment start, switch point) durably. The
+        // next timeline's file is zero-padded ahead of what the store wrote, so while the store
+        // is still writing that timeline it is read no further than the store's flush_lsn.
         let mut tlis = Vec::with_capacity(2);
+        let mut wants = Vec::with_capacity(2);
+        tlis.push(st.tli);
+        wants.push(want);
         if let Some((sw, next)) = st.end {
             if sw.segno(st.seg_size) == st.sent.segno(st.seg_size) {
-                tlis.push(next);
+                let next_want = if p.timeline == next {
+                    want.min(p.flush_lsn.saturating_sub(st.sent) as usize)
+                } else {
+                    want
+                };
+                if next_want > 0 {
+                    tlis.push(next);
+                    wants.push(next_want);
+                }
             }
         }
-        tlis.push(st.tli);
         // A segment already fetched from the archive: retention removed it locally, and a
         // removed segment never comes back.
         if let Some(b) = archived
@@ -526,12 +539,12 @@ impl Session {
             return Ok(b);
         }
         let start = st.sent;
-        let local_tlis = tlis.clone();
+        let local_tlis: Vec<(TimelineId, usize)> = tlis.iter().copied().zip(wants).collect();
         let owned = std::mem::replace(reader, WalReader::new(&self.shared.data_dir, st.seg_size));
         let (r, back) = tokio::task::spawn_blocking(move || {
             let mut rd = owned;
             let mut last = None;
-            for t in local_tlis {
+            for (t, want) in local_tlis {
                 match rd.read(t, start, want) {
                     Ok(b) => return (Ok(b), rd),
                     Err(e) => last = Some(e),

@@ -503,6 +503,16 @@ impl Writer {
         Ok(())
     }
 
+    /// What an fsync makes acknowledgeable: everything written, except the bytes of a page
+    /// header that is still incomplete (not yet validated).
+    fn durable_end(&self) -> Lsn {
+        let written = self.pos.write_lsn;
+        match self.validator.as_ref().and_then(|v| v.validated_end()) {
+            Some(v) => written.min(v),
+            None => written,
+        }
+    }
+
     fn seg_size(&self) -> u64 {
         self.pos.wal_segment_size
     }
@@ -592,7 +602,7 @@ impl Writer {
         }
         self.dirty = false;
         self.dirty_since = None;
-        self.pos.flush_lsn = self.pos.write_lsn;
+        self.pos.flush_lsn = self.durable_end();
         Ok(())
     }
 
@@ -608,7 +618,7 @@ impl Writer {
         fsutil::fsync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
         self.dirty = false;
         self.dirty_since = None;
-        self.pos.flush_lsn = self.pos.write_lsn;
+        self.pos.flush_lsn = self.durable_end();
         self.pos.completed_segments += 1;
         metrics::counter!(crate::metrics::SEGMENTS_COMPLETED).increment(1);
         if let Some(c) = self.control.as_mut() {
@@ -625,7 +635,7 @@ impl Writer {
         if let Some(seg) = self.open.take() {
             if self.dirty && !self.failed {
                 seg.file.sync_data().map_err(io_err("fsync", &seg.path))?;
-                self.pos.flush_lsn = self.pos.write_lsn;
+                self.pos.flush_lsn = self.durable_end();
             }
         }
         self.dirty = false;
@@ -758,5 +768,38 @@ mod tests {
             "the good page written earlier stays, nothing new"
         );
         assert!(partial[8192..16384].iter().all(|&b| b == 0));
+    }
+
+    /// A chunk that ends inside a page header: the header's bytes are not acknowledged until
+    /// the header is complete and valid; when it turns out invalid they never were.
+    #[tokio::test]
+    async fn split_page_header_is_not_acknowledged_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::start(dir.path(), StoreOptions::default()).unwrap();
+        store.open(SYSID, SEG, "15.0").await.unwrap();
+        store.begin(1, Lsn(0)).await.unwrap();
+        let mut wal = pages(0, 3, SEG, SYSID, 1);
+        // corrupt the third page's address (bytes 8..16 of its header)
+        wal[2 * 8192 + 8] ^= 0xff;
+        let split = 2 * 8192 + 10; // 10 bytes into the third page's header
+        store
+            .write(Lsn(0), Bytes::copy_from_slice(&wal[..split]))
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        let p = wait_flush(&store, Lsn(2 * 8192)).await;
+        assert_eq!(p.write_lsn, Lsn(split as u64));
+        assert_eq!(
+            p.flush_lsn,
+            Lsn(2 * 8192),
+            "a half-checked header was acknowledged"
+        );
+        store
+            .write(Lsn(split as u64), Bytes::copy_from_slice(&wal[split..]))
+            .await
+            .unwrap();
+        let p = wait_flush(&store, Lsn(u64::MAX)).await;
+        assert!(p.error.is_some());
+        assert_eq!(p.flush_lsn, Lsn(2 * 8192));
     }
 }

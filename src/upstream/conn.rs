@@ -300,7 +300,10 @@ fn parse_version_num(v: &str) -> u32 {
         major.saturating_mul(10000).saturating_add(minor)
     } else {
         let patch = it.next().unwrap_or(0);
-        major * 10000 + minor * 100 + patch
+        major
+            .saturating_mul(10000)
+            .saturating_add(minor.saturating_mul(100))
+            .saturating_add(patch)
     }
 }
 

@@ -420,7 +420,9 @@ async fn copy_loop(
             ev = conn.recv_copy(), if endpos_reached.is_none() => {
                 match ev? {
                     CopyEvent::XLogData { data_start, wal_end, data, .. } => {
-                        let end = Lsn(data_start.0 + data.len() as u64);
+                        let end = data_start.checked_add(data.len() as u64).ok_or_else(|| {
+                            ReceiverError::Stream(format!("XLogData at {data_start} overflows the WAL address space"))
+                        })?;
                         received_end = received_end.max(end);
                         metrics::counter!(m::RECEIVED_BYTES).increment(data.len() as u64);
                         metrics::gauge!(m::UPSTREAM_WAL_END).set(wal_end.0 as f64);

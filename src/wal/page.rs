@@ -212,6 +212,17 @@ impl PageValidator {
         }
     }
 
+    /// End of the WAL whose page headers have all been checked. A page header split across
+    /// `check` calls is validated only when its last byte arrives, so the bytes from its page
+    /// start on are not vouched for yet: callers must not make them durable-and-acknowledged.
+    pub fn validated_end(&self) -> Option<Lsn> {
+        if self.pending_len > 0 {
+            Some(self.pending_page)
+        } else {
+            self.next
+        }
+    }
+
     /// Validates every page header that starts inside `[start, start + data.len())`, and
     /// finishes a header begun in the previous call. `start` must equal the end of the
     /// previous call's data (or the position given to [`PageValidator::reset`]); the very
