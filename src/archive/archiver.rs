@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
-use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -365,45 +365,27 @@ impl Run {
             let ident = ident.clone();
             let path = path.clone();
             async move {
-                let opts = PutOptions {
-                    mode: PutMode::Create,
-                    ..Default::default()
+                let body = Bytes::from(ident.encode());
+                let Some(b) = upload::create_or_existing(&ctx.store, &path, body).await? else {
+                    return Ok(());
                 };
-                match ctx
-                    .store
-                    .put_opts(&path, PutPayload::from(ident.encode()), opts)
-                    .await
-                {
-                    Ok(_) => Ok(()),
-                    Err(object_store::Error::AlreadyExists { .. }) => {
-                        let b = ctx
-                            .store
-                            .get(&path)
-                            .await
-                            .map_err(ArchiveError::store("read", &path))?
-                            .bytes()
-                            .await
-                            .map_err(ArchiveError::store("read", &path))?;
-                        match Identity::decode(&b) {
-                            Some(found)
-                                if found.system_id() == Some(sysid)
-                                    && found.wal_segment_size == ctx.seg_size =>
-                            {
-                                Ok(())
-                            }
-                            Some(found) => Err(ArchiveError::IdentityMismatch {
-                                found: found.system_id().unwrap_or(0),
-                                found_seg_size: found.wal_segment_size,
-                                expected: sysid,
-                                expected_seg_size: ctx.seg_size,
-                            }),
-                            None => Err(ArchiveError::Corrupt {
-                                path: path.to_string(),
-                                reason: "not an archive identity".into(),
-                            }),
-                        }
+                match Identity::decode(&b) {
+                    Some(found)
+                        if found.system_id() == Some(sysid)
+                            && found.wal_segment_size == ctx.seg_size =>
+                    {
+                        Ok(())
                     }
-                    Err(e) => Err(ArchiveError::store("write", &path)(e)),
+                    Some(found) => Err(ArchiveError::IdentityMismatch {
+                        found: found.system_id().unwrap_or(0),
+                        found_seg_size: found.wal_segment_size,
+                        expected: sysid,
+                        expected_seg_size: ctx.seg_size,
+                    }),
+                    None => Err(ArchiveError::Corrupt {
+                        path: path.to_string(),
+                        reason: "not an archive identity".into(),
+                    }),
                 }
             }
         })
@@ -884,36 +866,17 @@ async fn put_manifest(
             let path = path.clone();
             let body = body.clone();
             async move {
-                let opts = PutOptions {
-                    mode: PutMode::Create,
-                    ..Default::default()
+                let Some(b) = upload::create_or_existing(&ctx.store, &path, body).await? else {
+                    return Ok(());
                 };
-                match ctx
-                    .store
-                    .put_opts(&path, PutPayload::from_bytes(body), opts)
-                    .await
-                {
-                    Ok(_) => Ok(()),
-                    Err(object_store::Error::AlreadyExists { .. }) => {
-                        let b = ctx
-                            .store
-                            .get(&path)
-                            .await
-                            .map_err(ArchiveError::store("read", &path))?
-                            .bytes()
-                            .await
-                            .map_err(ArchiveError::store("read", &path))?;
-                        match Manifest::decode(&b) {
-                            Some(old) if old.sha256 == m.sha256 && old.size == m.size => Ok(()),
-                            _ => {
-                                metrics::counter!(super::CONFLICTS).increment(1);
-                                Err(ArchiveError::Conflict {
-                                    path: path.to_string(),
-                                })
-                            }
-                        }
+                match Manifest::decode(&b) {
+                    Some(old) if old.sha256 == m.sha256 && old.size == m.size => Ok(()),
+                    _ => {
+                        metrics::counter!(super::CONFLICTS).increment(1);
+                        Err(ArchiveError::Conflict {
+                            path: path.to_string(),
+                        })
                     }
-                    Err(e) => Err(ArchiveError::store("write", &path)(e)),
                 }
             }
         },

@@ -114,18 +114,7 @@ pub async fn put_create(
     let created = if size > policy.multipart_threshold {
         put_multipart_if_absent(store, path, stored.clone(), policy).await?
     } else {
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        match store
-            .put_opts(path, PutPayload::from_bytes(stored.clone()), opts)
-            .await
-        {
-            Ok(_) => true,
-            Err(object_store::Error::AlreadyExists { .. }) => false,
-            Err(e) => return Err(ArchiveError::store("upload", path)(e)),
-        }
+        create_if_absent(store, path, stored.clone(), "upload").await?
     };
     if created {
         metrics::counter!(super::UPLOADED_BYTES).increment(size);
@@ -143,6 +132,49 @@ pub async fn put_create(
             path: path.to_string(),
         })
     }
+}
+
+/// One conditional PUT (`PutMode::Create`): `true` if this call created the object, `false`
+/// if an object already exists at `path` (never overwritten). `op` names the operation in
+/// errors.
+pub async fn create_if_absent(
+    store: &Arc<dyn ObjectStore>,
+    path: &ObjPath,
+    body: Bytes,
+    op: &'static str,
+) -> Result<bool, ArchiveError> {
+    let opts = PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    match store
+        .put_opts(path, PutPayload::from_bytes(body), opts)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+        Err(e) => Err(ArchiveError::store(op, path)(e)),
+    }
+}
+
+/// Writes a small object create-if-absent; when one already exists, returns its bytes so that
+/// the caller can decide whether it is equivalent (`None`: created).
+pub async fn create_or_existing(
+    store: &Arc<dyn ObjectStore>,
+    path: &ObjPath,
+    body: Bytes,
+) -> Result<Option<Bytes>, ArchiveError> {
+    if create_if_absent(store, path, body, "write").await? {
+        return Ok(None);
+    }
+    let existing = store
+        .get(path)
+        .await
+        .map_err(ArchiveError::store("read", path))?
+        .bytes()
+        .await
+        .map_err(ArchiveError::store("read", path))?;
+    Ok(Some(existing))
 }
 
 /// Does the object at `path` hold the same WAL as `stored` / `raw_sha256`?

@@ -239,6 +239,34 @@ async fn read_more(io: &mut BoxIo, buf: &mut BytesMut) -> bool {
     matches!(io.read_buf(buf).await, Ok(n) if n > 0)
 }
 
+/// The server side of a TLS handshake (after SSLRequest, or direct TLS): the encrypted
+/// stream and the client's certificate (DER), or `None` after logging a failed handshake.
+async fn accept_tls(
+    tls: &super::tls::TlsSetup,
+    io: BoxIo,
+    peer: SocketAddr,
+) -> Option<(BoxIo, Option<Vec<u8>>)> {
+    match tokio_rustls::TlsAcceptor::from(tls.config.clone())
+        .accept(io)
+        .await
+    {
+        Ok(s) => {
+            let cert = s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.as_ref().to_vec());
+            Some((Box::new(s), cert))
+        }
+        Err(e) => {
+            tracing::info!("connection from {peer}: TLS handshake failed: {e}");
+            metrics::counter!(status::REFUSED, "reason" => "tls").increment(1);
+            None
+        }
+    }
+}
+
 /// `Ok(None)`: the connection ended quietly (cancel request, client closed).
 async fn startup(
     shared: &Shared,
@@ -268,26 +296,14 @@ async fn startup(
                 ));
             };
             let pre = buf.split().freeze();
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
             let prefixed: BoxIo = Box::new(Prefixed { pre, inner: io });
-            match acceptor.accept(prefixed).await {
-                Ok(s) => {
-                    tls_peer_cert = s
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .map(|c| c.as_ref().to_vec());
-                    io = Box::new(s);
-                    on_tls = true;
-                    continue;
-                }
-                Err(e) => {
-                    tracing::info!("connection from {peer}: TLS handshake failed: {e}");
-                    metrics::counter!(status::REFUSED, "reason" => "tls").increment(1);
-                    return Ok(None);
-                }
-            }
+            let Some((tls_io, cert)) = accept_tls(tls, prefixed, peer).await else {
+                return Ok(None);
+            };
+            io = tls_io;
+            tls_peer_cert = cert;
+            on_tls = true;
+            continue;
         }
         match parse_startup(&mut buf) {
             Ok(Some(StartupPacket::SslRequest)) => {
@@ -307,24 +323,12 @@ async fn startup(
                             return Ok(None);
                         }
                         let _ = io.flush().await;
-                        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-                        match acceptor.accept(io).await {
-                            Ok(s) => {
-                                tls_peer_cert = s
-                                    .get_ref()
-                                    .1
-                                    .peer_certificates()
-                                    .and_then(|c| c.first())
-                                    .map(|c| c.as_ref().to_vec());
-                                io = Box::new(s);
-                                on_tls = true;
-                            }
-                            Err(e) => {
-                                tracing::info!("connection from {peer}: TLS handshake failed: {e}");
-                                metrics::counter!(status::REFUSED, "reason" => "tls").increment(1);
-                                return Ok(None);
-                            }
-                        }
+                        let Some((tls_io, cert)) = accept_tls(tls, io, peer).await else {
+                            return Ok(None);
+                        };
+                        io = tls_io;
+                        tls_peer_cert = cert;
+                        on_tls = true;
                     }
                     (_, true) => return Err(refuse(
                         io,
