@@ -157,6 +157,17 @@ pub async fn create_if_absent(
     }
 }
 
+/// The whole object at `path`.
+async fn read_object(store: &Arc<dyn ObjectStore>, path: &ObjPath) -> Result<Bytes, ArchiveError> {
+    store
+        .get(path)
+        .await
+        .map_err(ArchiveError::store("read", path))?
+        .bytes()
+        .await
+        .map_err(ArchiveError::store("read", path))
+}
+
 /// Writes a small object create-if-absent; when one already exists, returns its bytes so that
 /// the caller can decide whether it is equivalent (`None`: created).
 pub async fn create_or_existing(
@@ -167,13 +178,7 @@ pub async fn create_or_existing(
     if create_if_absent(store, path, body, "write").await? {
         return Ok(None);
     }
-    let existing = store
-        .get(path)
-        .await
-        .map_err(ArchiveError::store("read", path))?
-        .bytes()
-        .await
-        .map_err(ArchiveError::store("read", path))?;
+    let existing = read_object(store, path).await?;
     Ok(Some(existing))
 }
 
@@ -185,13 +190,7 @@ pub async fn same_content(
     raw_sha256: &str,
     max_raw: usize,
 ) -> Result<bool, ArchiveError> {
-    let existing = store
-        .get(path)
-        .await
-        .map_err(ArchiveError::store("read", path))?
-        .bytes()
-        .await
-        .map_err(ArchiveError::store("read", path))?;
+    let existing = read_object(store, path).await?;
     if existing == *stored {
         return Ok(true);
     }
