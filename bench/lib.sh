@@ -2,8 +2,38 @@
 # gets: $T (temp dir, removed on exit), as_pg (run PostgreSQL tools as a non-root user
 # namespace when root), pg_init/pg_start (a PostgreSQL 15 primary on 127.0.0.1), $PSQL,
 # gen_wal (bulk inserts until N bytes of WAL), cpu_of PID (user+sys seconds), rss_kb/hwm_kb,
-# on_exit CMD (extra cleanup, run before the servers are stopped).
+# on_exit CMD (extra cleanup, run before the servers are stopped), and the conventions every
+# script follows:
+#
+#   --quick            run tiny (seconds): the test suite runs every script this way so that
+#                      none rots (protocol-tests/bench_quick.rs); it checks that each produced
+#                      its figures, never how fast. Sets QUICK=1.
+#   --runs N           alternating runs per variant (A B A B ...); medians are reported.
+#   BENCH_RESULTS=F    append the machine-readable RESULT lines to F as well as stdout.
+#   WALRELAY_BIN=P     use that binary (no build); otherwise `cargo build --release` once.
+#   BENCH_PORT=P       ports P .. P+19 are this script's (default 55439).
+#   PGBIN=DIR          PostgreSQL binaries (default Debian's PostgreSQL 15).
+#
+# RESULT lines: `RESULT <bench> <variant> key=value ...`, values plain numbers; per-run values
+# are folded with `stats` into median/min/max (key, key_min, key_max).
 set -euo pipefail
+BENCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+QUICK=0
+RUNS=${BENCH_RUNS:-}
+BENCH_ARGS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --runs) RUNS=$2; shift ;;
+    --runs=*) RUNS=${1#--runs=} ;;
+    *) BENCH_ARGS+=("$1") ;;
+  esac
+  shift
+done
+set -- "${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"}"
+# default_runs N: RUNS unless given (1 in --quick mode)
+default_runs() { if [ -z "$RUNS" ]; then if [ "$QUICK" = 1 ]; then RUNS=1; else RUNS=$1; fi; fi; }
+if [ -n "${WALRELAY_BIN:-}" ]; then BIN=$WALRELAY_BIN; else BIN=$BENCH_ROOT/target/release/walrelay; fi
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 PORT=${BENCH_PORT:-55439}
 T=$(mktemp -d /tmp/walrelay-bench.XXXXXX)
@@ -65,6 +95,60 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 now() { date +%s.%N; }
 # build_release: `cargo build --release` unless BENCH_NO_BUILD=1 (then target/release/walrelay as is)
-build_release() { [ "${BENCH_NO_BUILD:-}" = 1 ] || cargo build --release --quiet; }
+build_release() {
+  [ -n "${WALRELAY_BIN:-}" ] || [ "${BENCH_NO_BUILD:-}" = 1 ] || (cd "$BENCH_ROOT" && cargo build --release --quiet)
+}
 # wait_http URL SECONDS
 wait_http() { local i; for ((i = 0; i < $2 * 10; i++)); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "timeout waiting for $1" >&2; return 1; }
+
+# result BENCH VARIANT key=value ...: one machine-readable line (stdout and $BENCH_RESULTS)
+result() {
+  local line="RESULT $*"
+  echo "$line"
+  if [ -n "${BENCH_RESULTS:-}" ]; then echo "$line" >>"$BENCH_RESULTS"; fi
+}
+# stats V1 V2 ...: "median min max" of the numbers given (median of an even count = mean of
+# the middle two)
+stats() {
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+    if (NR == 0) { print "nan nan nan"; exit }
+    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    printf "%.6g %.6g %.6g\n", m, v[1], v[NR] }'
+}
+# kv_stats KEY V1 V2 ...: "KEY=median KEY_min=min KEY_max=max"
+kv_stats() {
+  local k=$1 m lo hi; shift
+  read -r m lo hi < <(stats "$@")
+  echo "$k=$m ${k}_min=$lo ${k}_max=$hi"
+}
+# pctl FILE P: the P-th percentile (nearest rank) of the numbers in FILE (one per line)
+pctl() {
+  sort -g "$1" | awk -v p="$2" '{ v[NR] = $1 } END {
+    if (NR == 0) { print "nan"; exit }
+    r = int((p / 100) * NR + 0.999999); if (r < 1) r = 1; if (r > NR) r = NR
+    print v[r] }'
+}
+# tree_cpu PID: CPU seconds of PID, its reaped children (cutime+cstime) and its live
+# descendants. For a postmaster this is the whole server's CPU, walsenders that already
+# exited included (the postmaster reaps them).
+tree_cpu() {
+  local tck; tck=$(getconf CLK_TCK)
+  local pids=("$1") all=("$1") p c
+  while [ ${#pids[@]} -gt 0 ]; do
+    p=${pids[0]}; pids=("${pids[@]:1}")
+    for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do pids+=("$c"); all+=("$c"); done
+  done
+  local sum=0
+  for p in "${all[@]}"; do
+    if [ "$p" = "$1" ]; then
+      sum=$(awk -v s="$sum" '{ sub(/^.*\) /, ""); print s + $12 + $13 + $14 + $15 }' /proc/"$p"/stat 2>/dev/null || echo "$sum")
+    else
+      sum=$(awk -v s="$sum" '{ sub(/^.*\) /, ""); print s + $12 + $13 }' /proc/"$p"/stat 2>/dev/null || echo "$sum")
+    fi
+  done
+  awk -v s="$sum" -v t="$tck" 'BEGIN { printf "%.2f\n", s / t }'
+}
+# postmaster_pid PGDATA
+postmaster_pid() { head -1 "$1/postmaster.pid"; }
+# calc EXPR: floating-point arithmetic (awk), e.g. calc "$bytes / 1048576 / $wall"
+calc() { awk "BEGIN { printf \"%.6g\\n\", $* }"; }

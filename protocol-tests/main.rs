@@ -5,6 +5,7 @@ mod archive_bench;
 mod archive_kill9;
 mod archive_run;
 mod archive_store;
+mod bench_quick;
 mod delay_feeds;
 mod harness;
 mod harness_selftest;
