@@ -78,8 +78,10 @@ gen_wal() {
   $PSQL -c "create table if not exists w (t text)" >/dev/null
   local start done_bytes
   start=$($PSQL -c "select pg_current_wal_lsn()")
+  # ~300 bytes of WAL per row; at least 4 statements per target, at most 2 M rows each
+  local rows=$(($1 / 1200)); [ "$rows" -lt 1000 ] && rows=1000; [ "$rows" -gt 2000000 ] && rows=2000000
   while :; do
-    $PSQL -c "insert into w select t || t || t || t from seed, generate_series(1, 20)" >/dev/null
+    $PSQL -c "insert into w select t || t || t || t from seed, generate_series(1, $(((rows + 99999) / 100000))) limit $rows" >/dev/null
     done_bytes=$($PSQL -c "select (pg_current_wal_lsn() - '$start'::pg_lsn)::bigint")
     [ "$done_bytes" -ge "$1" ] && break
   done
@@ -113,7 +115,7 @@ stats() {
   printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
     if (NR == 0) { print "nan nan nan"; exit }
     m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-    printf "%.6g %.6g %.6g\n", m, v[1], v[NR] }'
+    printf "%.10g %.10g %.10g\n", m, v[1], v[NR] }'
 }
 # kv_stats KEY V1 V2 ...: "KEY=median KEY_min=min KEY_max=max"
 kv_stats() {
@@ -151,4 +153,4 @@ tree_cpu() {
 # postmaster_pid PGDATA
 postmaster_pid() { head -1 "$1/postmaster.pid"; }
 # calc EXPR: floating-point arithmetic (awk), e.g. calc "$bytes / 1048576 / $wall"
-calc() { awk "BEGIN { printf \"%.6g\\n\", $* }"; }
+calc() { awk "BEGIN { printf \"%.10g\\n\", $* }"; }

@@ -154,8 +154,11 @@ pub struct StoreOptions {
     pub queue_chunks: usize,
     /// Bytes of recent WAL kept in memory for walsenders.
     pub tail_bytes: usize,
-    /// Longest time written WAL waits for its fsync when nobody asked for one (group commit
-    /// window). `Store::flush` (used by `--synchronous`) fsyncs at the end of the current batch.
+    /// Shortest time between two fsyncs of the open segment when nobody asked for one (group
+    /// commit). WAL written after a quiet spell (no fsync for this long) is fsynced as soon as
+    /// the queue is drained, so a lone commit pays no delay; under a continuous stream fsyncs
+    /// are at most this often. `Store::flush` (used by `--synchronous`) fsyncs at the end of
+    /// the current batch regardless.
     pub flush_delay: std::time::Duration,
 }
 
@@ -291,6 +294,8 @@ struct Writer {
     dirty: bool,
     /// When the oldest unflushed write happened.
     dirty_since: Option<std::time::Instant>,
+    /// When the last fsync of WAL data finished (the group-commit clock).
+    last_fsync: Option<std::time::Instant>,
     flush_requested: bool,
     flush_delay: std::time::Duration,
     failed: bool,
@@ -314,6 +319,7 @@ impl Writer {
             tail,
             dirty: false,
             dirty_since: None,
+            last_fsync: None,
             flush_requested: false,
             flush_delay,
             failed: false,
@@ -324,9 +330,7 @@ impl Writer {
     fn run(&mut self, mut rx: mpsc::Receiver<Request>, rt: Option<tokio::runtime::Handle>) {
         loop {
             // Wait for work; while WAL is waiting for its fsync, only until its deadline.
-            let deadline = self
-                .dirty_since
-                .map(|t| self.flush_delay.saturating_sub(t.elapsed()));
+            let deadline = self.dirty_since.map(|_| self.fsync_due_in());
             let req = match (deadline, &rt) {
                 (Some(wait), Some(rt)) if !wait.is_zero() => {
                     match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
@@ -355,9 +359,7 @@ impl Writer {
                     }
                 }
             }
-            let due = self
-                .dirty_since
-                .is_some_and(|t| t.elapsed() >= self.flush_delay);
+            let due = self.dirty_since.is_some() && self.fsync_due_in().is_zero();
             if self.dirty && (self.flush_requested || due) {
                 if let Err(e) = self.fsync() {
                     self.fail(e);
@@ -372,6 +374,14 @@ impl Writer {
         if self.open.is_some() {
             let _ = self.close_open();
         }
+    }
+
+    /// How long until written WAL is due for its fsync: zero after a quiet spell, else what is
+    /// left of `flush_delay` since the last fsync.
+    fn fsync_due_in(&self) -> std::time::Duration {
+        self.last_fsync.map_or(std::time::Duration::ZERO, |t| {
+            self.flush_delay.saturating_sub(t.elapsed())
+        })
     }
 
     fn publish(&mut self) {
@@ -602,6 +612,7 @@ impl Writer {
         }
         self.dirty = false;
         self.dirty_since = None;
+        self.last_fsync = Some(std::time::Instant::now());
         self.pos.flush_lsn = self.durable_end();
         Ok(())
     }
@@ -618,6 +629,7 @@ impl Writer {
         fsutil::fsync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
         self.dirty = false;
         self.dirty_since = None;
+        self.last_fsync = Some(std::time::Instant::now());
         self.pos.flush_lsn = self.durable_end();
         self.pos.completed_segments += 1;
         metrics::counter!(crate::metrics::SEGMENTS_COMPLETED).increment(1);
@@ -723,6 +735,40 @@ mod tests {
         // another cluster's directory is refused
         let e = store2.open(SYSID + 1, SEG, "15.0").await.unwrap_err();
         assert!(e.to_string().contains("holds WAL of system"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn group_commit_fsyncs_at_once_after_a_quiet_spell_and_paces_a_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let delay = std::time::Duration::from_secs(3);
+        let opts = StoreOptions {
+            flush_delay: delay,
+            ..StoreOptions::default()
+        };
+        let store = Store::start(dir.path(), opts).unwrap();
+        store.open(SYSID, SEG, "15.0").await.unwrap();
+        store.begin(1, Lsn(0)).await.unwrap();
+        let wal = pages(0, 3, SEG, SYSID, 1);
+        // a lone write after a quiet spell: durable well before the group-commit delay
+        let t0 = std::time::Instant::now();
+        store
+            .write(Lsn(0), Bytes::copy_from_slice(&wal[..8192]))
+            .await
+            .unwrap();
+        let p = wait_flush(&store, Lsn(8192)).await;
+        assert_eq!(p.error, None);
+        assert!(t0.elapsed() < delay - std::time::Duration::from_millis(500));
+        // the next write, right after that fsync, waits for the delay to pass
+        store
+            .write(Lsn(8192), Bytes::copy_from_slice(&wal[8192..16384]))
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(store.positions().borrow().flush_lsn, Lsn(8192));
+        assert_eq!(store.positions().borrow().write_lsn, Lsn(16384));
+        let p = wait_flush(&store, Lsn(16384)).await;
+        assert_eq!(p.error, None);
+        assert!(t0.elapsed() >= delay);
     }
 
     #[tokio::test]
