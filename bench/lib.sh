@@ -152,3 +152,20 @@ tree_cpu() {
 postmaster_pid() { head -1 "$1/postmaster.pid"; }
 # calc EXPR: floating-point arithmetic (awk), e.g. calc "$bytes / 1048576 / $wall"
 calc() { awk "BEGIN { printf \"%.6g\\n\", $* }"; }
+
+# gen_wal_fine BYTES: as gen_wal, but in INSERTs sized to what is left (each writes at most
+# ~600 MB of WAL, as gen_wal's; at least ~3 MB), so a small BYTES (--quick) is not overshot by
+# gen_wal's ~600 MB step. The caller measures the actual amount (pg_current_wal_lsn).
+gen_wal_fine() {
+  $PSQL -c "create unlogged table if not exists seed as select md5(g::text) || md5((g+1)::text) as t from generate_series(1, 100000) g" >/dev/null
+  $PSQL -c "create table if not exists w (t text)" >/dev/null
+  local start done_bytes=0 rows
+  start=$($PSQL -c "select pg_current_wal_lsn()")
+  while [ "$done_bytes" -lt "$1" ]; do
+    rows=$(( ($1 - done_bytes) / 300 + 1 ))  # ~300 bytes of WAL per row
+    [ "$rows" -gt 2000000 ] && rows=2000000
+    [ "$rows" -lt 10000 ] && rows=10000
+    $PSQL -c "insert into w select t || t || t || t from seed, generate_series(1, 20) limit $rows" >/dev/null
+    done_bytes=$($PSQL -c "select (pg_current_wal_lsn() - '$start'::pg_lsn)::bigint")
+  done
+}
