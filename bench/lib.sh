@@ -72,18 +72,20 @@ psql_at() { "$PGBIN/psql" -X -At -h 127.0.0.1 -p "$1" -U postgres -d postgres "$
 PSQL="psql_at $PORT"
 CONN="host=127.0.0.1 port=$PORT user=postgres"
 
-# gen_wal BYTES: bulk inserts (as bench/receive.sh) until the primary wrote BYTES of WAL.
+# gen_wal BYTES: bulk INSERTs until the primary wrote at least BYTES of WAL; each INSERT is
+# sized to what is left (~300 bytes of WAL per row, 10 000 to 2 M rows, i.e. ~3 to ~600 MB), so
+# small --quick targets are not overshot. The caller measures the actual amount.
 gen_wal() {
   $PSQL -c "create unlogged table if not exists seed as select md5(g::text) || md5((g+1)::text) as t from generate_series(1, 100000) g" >/dev/null
   $PSQL -c "create table if not exists w (t text)" >/dev/null
-  local start done_bytes
+  local start done_bytes=0 rows
   start=$($PSQL -c "select pg_current_wal_lsn()")
-  # ~300 bytes of WAL per row; at least 4 statements per target, at most 2 M rows each
-  local rows=$(($1 / 1200)); [ "$rows" -lt 1000 ] && rows=1000; [ "$rows" -gt 2000000 ] && rows=2000000
-  while :; do
-    $PSQL -c "insert into w select t || t || t || t from seed, generate_series(1, $(((rows + 99999) / 100000))) limit $rows" >/dev/null
+  while [ "$done_bytes" -lt "$1" ]; do
+    rows=$(( ($1 - done_bytes) / 300 + 1 ))
+    [ "$rows" -gt 2000000 ] && rows=2000000
+    [ "$rows" -lt 10000 ] && rows=10000
+    $PSQL -c "insert into w select t || t || t || t from seed, generate_series(1, 20) limit $rows" >/dev/null
     done_bytes=$($PSQL -c "select (pg_current_wal_lsn() - '$start'::pg_lsn)::bigint")
-    [ "$done_bytes" -ge "$1" ] && break
   done
 }
 # lsn_bytes X/Y -> decimal

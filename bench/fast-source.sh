@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Ingest from a fast source: `walrelay receive` vs `pg_receivewal` reading the same stored WAL
+# from one `walrelay run --listen` (see docs/benchmarks.md, "Ingest from a fast source").
+#
+#   bench/fast-source.sh [GB]          # default 2 GB of WAL (--quick: 64 MB), 3 runs each
+#   bench/fast-source.sh --runs 5 4
+#   bench/fast-source.sh --quick       # seconds; run by protocol-tests/bench_quick.rs
+#
+# Why: a PostgreSQL primary's walsender tops out around 500-700 MB/s on loopback, so draining
+# a primary measures the primary. Here the source is walrelay serving WAL it already stored
+# (the segment files are fresh and in the page cache), with nothing else running.
+#
+# How: a PostgreSQL 15 primary generates the backlog (bulk INSERTs, gen_wal) while
+# `walrelay run --listen` receives it live through its slot. Once walrelay has flushed the
+# backlog's end (endpos) the primary is stopped (BENCH_STOP_PRIMARY=0 keeps it up, idle):
+# walrelay keeps serving its stored WAL while its upstream is down, and nothing else competes
+# for the CPU. Then, alternating per run (A B A B ...), each client streams the whole backlog
+# from walrelay into an empty directory on the same disk:
+#   pg_receivewal -d "host=127.0.0.1 port=WPORT user=postgres" -D DIR -E endpos -n
+#   walrelay receive -d "host=127.0.0.1 port=WPORT user=postgres" -D DIR -E endpos -n
+# Both start at the backlog's first segment: a zero-filled `<segment>.partial` in the empty
+# directory makes either client start there (no slot needed; walrelay's slots reserve WAL from
+# its current flush segment only). Both run in their default durability mode (pg_receivewal:
+# fsync at segment close; walrelay receive: fsync at each queue drain).
+#
+# Figures (median over the runs, with min/max):
+#   mbps                 backlog bytes / the client's wall time (MB = 2^20 bytes)
+#   cpu_s_per_gb         the client's user+sys CPU (GNU time) per GB (2^30 bytes) received
+#   rss_kb               the client's peak RSS (GNU time %M)
+#   server_cpu_s_per_gb  the serving walrelay's CPU (delta of /proc/PID/stat) per GB served
+# Every run's completed segments are compared (cmp) with walrelay's stored ones, so both
+# clients received byte-identical WAL.
+#
+# Knobs: GB (argument, fractional allowed), --runs N, BENCH_STOP_PRIMARY=0, and lib.sh's
+# BENCH_PORT / WALRELAY_BIN / BENCH_RESULTS / PGBIN. Ports: BENCH_PORT (primary), +1 walrelay's
+# walsender, +2 walrelay's admin HTTP.
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
+cd "$BENCH_ROOT" || exit 1
+default_runs 3
+if [ "$QUICK" = 1 ]; then GB=${1:-0.0625}; else GB=${1:-2}; fi
+STOP_PRIMARY=${BENCH_STOP_PRIMARY:-1}
+WPORT=$((PORT + 1)); MPORT=$((PORT + 2))
+SEG=$((16 * 1024 * 1024))  # wal_segment_size (initdb default)
+build_release
+
+pg_init "$T/pg" "$PORT"
+echo "autovacuum = off" >>"$T/pg/postgresql.conf"
+pg_start "$T/pg"
+"$BIN" run --upstream "$CONN" -D "$T/wr" --slot walrelay --archive none \
+  --listen "127.0.0.1:$WPORT" --metrics-listen "127.0.0.1:$MPORT" >"$T/walrelay.log" 2>&1 &
+WPID=$!
+on_exit "kill $WPID; wait $WPID"
+wait_http "http://127.0.0.1:$MPORT/status" 30
+status() { curl -fs "http://127.0.0.1:$MPORT/status"; }
+until [ "$(status | jq -r .upstream.connected)" = true ]; do sleep 0.1; done
+
+start=$($PSQL -c "select pg_current_wal_lsn()")
+segno=$(($(lsn_bytes "$start") / SEG))
+seg=$(printf "%08X%08X%08X" 1 $((segno / 256)) $((segno % 256)))
+echo "generating $GB GB of WAL (walrelay receives it live)..."
+gen_wal "$(awk -v g="$GB" 'BEGIN { printf "%d", g * 1073741824 }')"
+endpos=$($PSQL -c "select pg_current_wal_lsn()")
+# pg_receivewal stops only once it received WAL past --endpos: write (and flush) a little more
+$PSQL -c "insert into w values ('end')" >/dev/null
+final=$($PSQL -c "select pg_current_wal_flush_lsn()")
+bytes=$(($(lsn_bytes "$endpos") - segno * SEG))
+gb=$(calc "$bytes / 1073741824")
+echo "backlog: $bytes bytes from the start of segment $seg to $endpos"
+until [ "$(lsn_bytes "$(status | jq -r .store.flush_lsn)")" -ge "$(lsn_bytes "$final")" ]; do sleep 0.1; done
+echo "walrelay flushed endpos; its CPU so far $(cpu_of "$WPID") s, VmHWM $(hwm_kb "$WPID") kB"
+if [ "$STOP_PRIMARY" = 1 ]; then
+  as_pg "$PGBIN/pg_ctl" -D "$T/pg" -m fast -w stop >/dev/null
+  for ((i = 0; i < 100; i++)); do [ "$(status | jq -r .upstream.connected)" = false ] && break; sleep 0.1; done
+  echo "primary stopped; walrelay upstream.connected=$(status | jq -r .upstream.connected), serving its stored WAL"
+fi
+sync
+
+# client NAME CMD...: one timed run into an empty $T/c; appends to $T/r.NAME.{mbps,cpu,rss,srv}
+client() {
+  local name=$1 w u s m c0 c1 f n=0; shift
+  rm -rf "$T/c"; mkdir -p "$T/c"
+  truncate -s 16M "$T/c/$seg.partial"
+  sync
+  c0=$(cpu_of "$WPID")
+  if ! /usr/bin/time -f "%e %U %S %M" -o "$T/time" "$@" >"$T/client.log" 2>&1; then
+    cat "$T/client.log" "$T/time"; tail -20 "$T/walrelay.log"; exit 1
+  fi
+  c1=$(cpu_of "$WPID")
+  read -r w u s m <"$T/time"
+  for f in "$T"/c/0000000*; do
+    case "$f" in *.partial) continue ;; esac
+    cmp -s "$f" "$T/wr/$(basename "$f")" || { echo "MISMATCH $name $(basename "$f")"; exit 1; }
+    n=$((n + 1))
+  done
+  [ "$n" -eq $((bytes / SEG)) ] || { echo "$name: $n completed segments, expected $((bytes / SEG))"; exit 1; }
+  calc "$bytes / 1048576 / $w" >>"$T/r.$name.mbps"
+  calc "($u + $s) / $gb" >>"$T/r.$name.cpu"
+  echo "$m" >>"$T/r.$name.rss"
+  calc "($c1 - $c0) / $gb" >>"$T/r.$name.srv"
+  printf "%-14s wall %7.2f s  %7.1f MB/s  cpu %6.2f s (%5.2f s/GB)  peak RSS %7d kB  walrelay server cpu %6.2f s (%5.2f s/GB)  %d segments identical\n" \
+    "$name" "$w" "$(tail -1 "$T/r.$name.mbps")" "$(calc "$u + $s")" "$(tail -1 "$T/r.$name.cpu")" "$m" \
+    "$(calc "$c1 - $c0")" "$(tail -1 "$T/r.$name.srv")" "$n"
+  rm -rf "$T/c"
+}
+
+WCONN="host=127.0.0.1 port=$WPORT user=postgres"
+echo "== $RUNS alternating run(s): pg_receivewal and walrelay receive reading from walrelay =="
+for ((r = 1; r <= RUNS; r++)); do
+  client pg_receivewal "$PGBIN/pg_receivewal" -d "$WCONN" -D "$T/c" -E "$endpos" -n
+  client walrelay "$BIN" receive -d "$WCONN" -D "$T/c" -E "$endpos" -n
+done
+
+echo "== medians (min/max) over $RUNS run(s), $bytes bytes each =="
+for v in pg_receivewal walrelay; do
+  # shellcheck disable=SC2046
+  result fast-source "$v" \
+    $(kv_stats mbps $(cat "$T/r.$v.mbps")) \
+    $(kv_stats cpu_s_per_gb $(cat "$T/r.$v.cpu")) \
+    $(kv_stats rss_kb $(cat "$T/r.$v.rss")) \
+    $(kv_stats server_cpu_s_per_gb $(cat "$T/r.$v.srv"))
+done
+echo "walrelay (server) total CPU $(cpu_of "$WPID") s, VmHWM $(hwm_kb "$WPID") kB"
