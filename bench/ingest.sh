@@ -40,6 +40,9 @@ start=$($PSQL -c "select pg_current_wal_lsn()")
 gen_wal $((MB * 1024 * 1024))
 endpos=$($PSQL -c "select pg_current_wal_lsn()")
 bytes=$($PSQL -c "select ('$endpos'::pg_lsn - '$start'::pg_lsn)::bigint")
+# one more commit, so WAL past endpos is flushed: otherwise a client that has everything up to
+# endpos may wait for the primary's next WAL record before it sees that it is done
+$PSQL -c "insert into w values ('end')" >/dev/null
 echo "backlog: $bytes bytes ($start to $endpos)"
 $PSQL -c checkpoint >/dev/null
 sync

@@ -31,6 +31,9 @@ use crate::wal::history;
 
 /// Most WAL bytes per XLogData message (16 × XLOG_BLCKSZ, like the walsender).
 const MAX_SEND: usize = 128 * 1024;
+/// Bytes a session reads from a segment file per blocking call (then served as `MAX_SEND`
+/// messages from memory): fewer thread hand-offs per byte served.
+const READ_AHEAD: usize = 1024 * 1024;
 
 /// Why the next chunk of WAL could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -502,7 +505,8 @@ impl Session {
         reader: &mut WalReader,
         archived: &mut Option<ArchivedSegment>,
     ) -> Result<Bytes, ChunkError> {
-        let want = (limit.saturating_sub(st.sent) as usize).min(MAX_SEND);
+        let readable = usize::try_from(limit.saturating_sub(st.sent)).unwrap_or(usize::MAX);
+        let want = readable.min(MAX_SEND);
         if p.timeline == st.tli {
             if let Some(b) = self.shared.store.tail().get(st.tli, st.sent, limit, want) {
                 return Ok(b);
@@ -516,18 +520,26 @@ impl Session {
         let mut tlis = Vec::with_capacity(2);
         let mut wants = Vec::with_capacity(2);
         tlis.push(st.tli);
-        wants.push(want);
+        wants.push((want, readable));
         if let Some((sw, next)) = st.end {
             if sw.segno(st.seg_size) == st.sent.segno(st.seg_size) {
-                let next_want = if p.timeline == next {
-                    want.min(p.flush_lsn.saturating_sub(st.sent) as usize)
+                let next_readable = if p.timeline == next {
+                    readable.min(
+                        usize::try_from(p.flush_lsn.saturating_sub(st.sent)).unwrap_or(usize::MAX),
+                    )
                 } else {
-                    want
+                    readable
                 };
-                if next_want > 0 {
+                if next_readable > 0 {
                     tlis.push(next);
-                    wants.push(next_want);
+                    wants.push((want.min(next_readable), next_readable));
                 }
+            }
+        }
+        // What an earlier file read already brought in (read-ahead): no blocking call.
+        for (t, (w, _)) in tlis.iter().zip(&wants) {
+            if let Some(b) = reader.buffered(*t, st.sent, *w) {
+                return Ok(b);
             }
         }
         // A segment already fetched from the archive: retention removed it locally, and a
@@ -539,13 +551,14 @@ impl Session {
             return Ok(b);
         }
         let start = st.sent;
-        let local_tlis: Vec<(TimelineId, usize)> = tlis.iter().copied().zip(wants).collect();
+        let local_tlis: Vec<(TimelineId, (usize, usize))> =
+            tlis.iter().copied().zip(wants).collect();
         let owned = std::mem::replace(reader, WalReader::new(&self.shared.data_dir, st.seg_size));
         let (r, back) = tokio::task::spawn_blocking(move || {
             let mut rd = owned;
             let mut last = None;
-            for (t, want) in local_tlis {
-                match rd.read(t, start, want) {
+            for (t, (want, readable)) in local_tlis {
+                match rd.read_ahead(t, start, want, readable.min(READ_AHEAD)) {
                     Ok(b) => return (Ok(b), rd),
                     Err(e) => last = Some(e),
                 }

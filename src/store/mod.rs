@@ -1,7 +1,7 @@
 //! The segment store: the only writer of WAL files.
 //!
-//! Owns: the data directory's WAL files (`<segment>.partial` while open, zero-padded to the
-//! segment size; fsync, rename, fsync of the directory when a segment completes), timeline
+//! Owns: the data directory's WAL files (`<segment>.partial` while open, reserved at the full
+//! segment size (fallocate, else zeros); fsync, rename, fsync of the directory when a segment completes), timeline
 //! history files, the control file, the published positions (`write_lsn`, `flush_lsn`) and an
 //! in-memory tail of recent WAL that walsenders share without copying.
 //!
@@ -583,12 +583,17 @@ impl Writer {
             .map_err(io_err("open", &path))?;
         let len = file.metadata().map_err(io_err("stat", &path))?.len();
         if len < seg_size {
-            // Zero-pad to the full size, like pg_receivewal: the space is reserved up front
-            // and a crash while padding only leaves a short .partial that is re-padded here.
-            if self.zeros.is_empty() {
+            // Reserve the full size up front, so a full disk shows up here and not in the
+            // middle of a record. fallocate allocates the blocks without writing them (they
+            // read as zeros; fdatasync later records them as written); where the filesystem
+            // cannot, zero-pad like pg_receivewal. A crash while padding only leaves a short
+            // .partial that is re-padded here.
+            let reserved =
+                fsutil::allocate(&file, len, seg_size - len).map_err(io_err("fallocate", &path))?;
+            if !reserved && self.zeros.is_empty() {
                 self.zeros = vec![0u8; 1 << 20];
             }
-            let mut off = len;
+            let mut off = if reserved { seg_size } else { len };
             while off < seg_size {
                 let n = (seg_size - off).min(self.zeros.len() as u64) as usize;
                 file.write_all_at(&self.zeros[..n], off)

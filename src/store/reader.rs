@@ -2,19 +2,19 @@
 //!
 //! Owns: opening a timeline's segment file (complete name first, then `.partial`, retrying
 //! once if the store renamed it in between), keeping the last one open (an open file
-//! descriptor survives the rename), and positional reads that never cross a segment
-//! boundary. A missing segment is [`ReadError::Removed`], which the walsender reports as
+//! descriptor survives the rename), reads that never cross a segment boundary, and one
+//! read-ahead buffer per reader, filled only up to what the caller says is readable (durable
+//! WAL never changes, so buffered bytes stay valid). A missing segment is [`ReadError::Removed`], which the walsender reports as
 //! PostgreSQL does (58P01 "requested WAL segment … has already been removed").
 //!
 //! Must not: write, rename or delete anything; decide how far a client may read (the caller
 //! bounds reads by the flush position).
 
 use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::error::{codes, SqlState};
 use crate::lsn::{segment_file_name, Lsn, TimelineId};
@@ -54,6 +54,8 @@ pub struct WalReader {
     dir: PathBuf,
     seg_size: u64,
     open: Option<OpenFile>,
+    /// The last read, with what was read ahead of it: (timeline, start, bytes).
+    buffer: Option<(TimelineId, Lsn, Bytes)>,
 }
 
 impl WalReader {
@@ -62,6 +64,7 @@ impl WalReader {
             dir: dir.to_path_buf(),
             seg_size,
             open: None,
+            buffer: None,
         }
     }
 
@@ -112,32 +115,64 @@ impl WalReader {
     /// Reads up to `len` bytes at `start` from timeline `tli`'s file, stopping at the end of
     /// the segment.
     pub fn read(&mut self, tli: TimelineId, start: Lsn, len: usize) -> Result<Bytes, ReadError> {
+        self.read_ahead(tli, start, len, len)
+    }
+
+    /// Up to `len` bytes at `start` on timeline `tli` from the read-ahead buffer, without IO.
+    pub fn buffered(&self, tli: TimelineId, start: Lsn, len: usize) -> Option<Bytes> {
+        let (t, from, b) = self.buffer.as_ref()?;
+        if *t != tli || start < *from || len == 0 {
+            return None;
+        }
+        let off = usize::try_from(start.0 - from.0).ok()?;
+        if off >= b.len() {
+            return None;
+        }
+        Some(b.slice(off..b.len().min(off + len)))
+    }
+
+    /// As [`WalReader::read`], but one IO may read up to `readable` bytes (at least `len`;
+    /// the caller guarantees they are durable) into the reader's buffer, from which later
+    /// reads are served without IO.
+    pub fn read_ahead(
+        &mut self,
+        tli: TimelineId,
+        start: Lsn,
+        len: usize,
+        readable: usize,
+    ) -> Result<Bytes, ReadError> {
+        if let Some(b) = self.buffered(tli, start, len) {
+            return Ok(b);
+        }
         let seg_size = self.seg_size;
         let offset = start.segment_offset(seg_size);
-        let len = len.min((seg_size - offset) as usize);
+        let in_segment = (seg_size - offset) as usize;
+        let len = len.min(in_segment);
+        let n = readable.max(len).min(in_segment);
         let f = self.open(tli, start.segno(seg_size))?;
-        let mut buf = BytesMut::zeroed(len);
-        let mut got = 0;
-        while got < len {
-            match f.file.read_at(&mut buf[got..], offset + got as u64) {
-                Ok(0) => {
-                    return Err(ReadError::Short {
-                        path: f.path.clone(),
-                        got,
-                        wanted: len,
-                    })
-                }
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(ReadError::Io {
-                        path: f.path.clone(),
-                        source,
-                    })
-                }
-            }
+        // read into spare capacity (no zero-fill of a buffer that is overwritten anyway)
+        let mut buf = Vec::with_capacity(n);
+        let mut file = &f.file;
+        let res = file
+            .seek(SeekFrom::Start(offset))
+            .and_then(|_| file.take(n as u64).read_to_end(&mut buf));
+        if let Err(source) = res {
+            return Err(ReadError::Io {
+                path: f.path.clone(),
+                source,
+            });
         }
-        Ok(buf.freeze())
+        if buf.len() < len {
+            return Err(ReadError::Short {
+                path: f.path.clone(),
+                got: buf.len(),
+                wanted: len,
+            });
+        }
+        let b = Bytes::from(buf);
+        let out = b.slice(..len);
+        self.buffer = Some((tli, start, b));
+        Ok(out)
     }
 }
 
@@ -168,5 +203,32 @@ mod tests {
         assert_eq!(e.sqlstate(), "58P01");
         assert!(r.exists(1, Lsn(2 * seg)));
         assert!(!r.exists(2, Lsn(2 * seg)));
+    }
+
+    #[test]
+    fn read_ahead_serves_later_reads_from_its_buffer_only_within_what_was_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg: u64 = 1 << 20;
+        let data: Vec<u8> = (0..seg).map(|i| (i % 251) as u8).collect();
+        let path = dir.path().join("000000010000000000000001.partial");
+        std::fs::write(&path, &data).unwrap();
+        let mut r = WalReader::new(dir.path(), seg);
+        let b = r.read_ahead(1, Lsn(seg + 100), 10, 1000).unwrap();
+        assert_eq!(&b[..], &data[100..110]);
+        // the file changes behind the reader (it cannot for durable WAL): the buffered range
+        // is served from memory, proving no IO happened, and nothing beyond it
+        std::fs::write(&path, vec![0u8; seg as usize]).unwrap();
+        let b = r.buffered(1, Lsn(seg + 500), 1000).unwrap();
+        assert_eq!(&b[..], &data[500..1100]);
+        assert!(r.buffered(1, Lsn(seg + 1100), 1).is_none());
+        assert!(r.buffered(2, Lsn(seg + 500), 1).is_none());
+        assert!(r.buffered(1, Lsn(seg + 99), 1).is_none());
+        // past the buffer: a real read (of the new content, through the same descriptor)
+        let b = r.read(1, Lsn(seg + 1100), 4).unwrap();
+        assert_eq!(&b[..], &[0, 0, 0, 0]);
+        // never past the segment end, whatever is readable
+        let b = r.read_ahead(1, Lsn(2 * seg - 3), 2, 1 << 20).unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!(r.buffered(1, Lsn(2 * seg - 3), 100).unwrap().len(), 3);
     }
 }
