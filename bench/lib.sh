@@ -51,7 +51,7 @@ bench_cleanup() {
 trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
 
-# pg_init DIR PORT: a primary configured like bench/receive.sh's.
+# pg_init DIR PORT: a PostgreSQL 15 primary for the benchmarks (replica WAL, big max_wal_size).
 pg_init() {
   as_pg "$PGBIN/initdb" -D "$1" -U postgres -A trust --no-sync >/dev/null
   cat >>"$1/postgresql.conf" <<CONF
