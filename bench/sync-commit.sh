@@ -15,8 +15,9 @@
 #   pg_receivewal  `pg_receivewal -S slot --synchronous` is the synchronous standby.
 #   walrelay-run   context: `walrelay run --archive none` in its default configuration (no
 #                  --synchronous), the daemon an operator runs anyway: it reports flush only
-#                  after fsync too, but fsyncs at the end of its group-commit window
-#                  (StoreOptions::flush_delay, 10 ms), so every commit waits up to that long.
+#                  after fsync too, but its group commit keeps fsyncs 10 ms apart
+#                  (StoreOptions::flush_delay, paced from the previous fsync), so under a
+#                  stream of commits each waits up to that long.
 #   none           context: no synchronous standby (synchronous_standby_names = '', i.e. commit
 #                  waits for the local flush only, as synchronous_commit = local).
 # Each consumer variant gets a fresh slot created at the current position and an empty

@@ -51,7 +51,8 @@ pub struct UpstreamConfig {
     pub slot: Option<String>,
     /// Create the slot (RESERVE_WAL) if it does not exist.
     pub create_slot: bool,
-    /// fsync and report after every received batch (for `synchronous_standby_names`).
+    /// fsync and report after every received message, also while catching up on a backlog
+    /// (by default walrelay does so once caught up with the primary's flush position).
     pub synchronous: bool,
     /// Interval between status updates to the primary.
     #[serde(deserialize_with = "de_duration")]

@@ -217,7 +217,8 @@ struct RunArgs {
     /// Replication slot on the primary (overrides upstream.slot; default "walrelay").
     #[arg(long)]
     slot: Option<String>,
-    /// fsync and report after every received message (overrides upstream.synchronous).
+    /// fsync and report after every received message, also while catching up (by default:
+    /// at once when caught up with the primary). Overrides upstream.synchronous.
     #[arg(long)]
     synchronous: bool,
     /// Walsender listen address (overrides server.listen).

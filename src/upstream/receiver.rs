@@ -428,7 +428,12 @@ async fn copy_loop(
                         metrics::gauge!(m::UPSTREAM_WAL_END).set(wal_end.0 as f64);
                         metrics::gauge!(m::UPSTREAM_LAG).set(wal_end.0.saturating_sub(reporter.last_flush.0) as f64);
                         write(store, data_start, data).await?;
-                        if opts.synchronous {
+                        // Caught up with what the primary has flushed (its walEnd): nothing more
+                        // is on its way, and a primary waiting for a synchronous commit waits for
+                        // exactly this, so fsync now, as PostgreSQL's walreceiver does when it
+                        // has drained its socket. While catching up on a backlog the store's
+                        // group commit batches fsyncs instead; --synchronous fsyncs every message.
+                        if opts.synchronous || end >= wal_end {
                             store.flush().await?;
                         }
                         if let Some(stop) = opts.endpos {
