@@ -170,12 +170,7 @@ fn bench_latency_quick() {
 #[test]
 fn bench_archive_quick() {
     let k: &[&str] = &["mbps"];
-    run_quick(
-        "archive.sh",
-        "archive",
-        &[("c1", k), ("c4", k)],
-        &["mbps"],
-    );
+    run_quick("archive.sh", "archive", &[("c1", k), ("c4", k)], &["mbps"]);
 }
 
 #[test]
