@@ -156,3 +156,35 @@ tree_cpu() {
 postmaster_pid() { head -1 "$1/postmaster.pid"; }
 # calc EXPR: floating-point arithmetic (awk), e.g. calc "$bytes / 1048576 / $wall"
 calc() { awk "BEGIN { printf \"%.10g\\n\", $* }"; }
+
+# --- SeaweedFS for the archive benchmarks (bench/archive.sh, bench/archive-lag.sh) ---
+# weed_start: a SeaweedFS `weed mini` (flags as protocol-tests/harness/s3.rs) on 127.0.0.1
+# with every port given explicitly inside PORT+10 .. PORT+19 (S3 on PORT+10), bucket
+# `walbucket`, data and log under $T/weed; stopped on exit. Sets WEED_S3 (the endpoint URL)
+# and WEED_PID, and exports AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_REGION for it.
+# (weed's built-in maintenance worker also dials the admin gRPC at admin port + 10000,
+# whatever -admin.port.grpc says; it only logs that it cannot connect there.)
+WEED=${WEED:-${WALRELAY_INFRA:-/opt/walrelay-infra}/bin/weed}
+weed_start() {
+  local b=$((PORT + 10)) d="$T/weed" i
+  mkdir -p "$d/data"
+  (cd "$d" && exec "$WEED" mini -dir="$d/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+    -s3.port=$b -s3.port.grpc=$((b + 1)) -master.port=$((b + 2)) -master.port.grpc=$((b + 3)) \
+    -volume.port=$((b + 4)) -volume.port.grpc=$((b + 5)) -filer.port=$((b + 6)) \
+    -filer.port.grpc=$((b + 7)) -admin.port=$((b + 8)) -admin.port.grpc=$((b + 9)) \
+    -admin.ui=false -webdav=false -master.telemetry=false -s3.port.iceberg=0 -s3.port.lance=0 \
+    -filer.localSocket="$d/filer.sock" -s3.localSocket="$d/s3.sock" \
+    -bucket=walbucket) >"$d/weed.log" 2>&1 &
+  WEED_PID=$!
+  # weed names its gRPC unix sockets in /tmp after the ports: remove this instance's
+  on_exit "kill $WEED_PID; wait $WEED_PID; for p in $((b + 1)) $((b + 3)) $((b + 5)) $((b + 7)) $((b + 9)); do rm -f /tmp/seaweedfs-*-grpc-\$p.sock; done"
+  WEED_S3=http://127.0.0.1:$b
+  export AWS_ACCESS_KEY_ID=testkey AWS_SECRET_ACCESS_KEY=testsecret AWS_REGION=us-east-1
+  for ((i = 0; i < 900; i++)); do
+    kill -0 "$WEED_PID" 2>/dev/null || break
+    grep -q "S3 Endpoint" "$d/weed.log" && curl -s -o /dev/null "$WEED_S3/" && return 0
+    sleep 0.1
+  done
+  echo "weed mini did not start:" >&2; cat "$d/weed.log" >&2
+  return 1
+}

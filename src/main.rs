@@ -44,6 +44,9 @@ enum Command {
     WalFetch(walrelay::archive::cli::WalFetchArgs),
     /// Check the archive: every segment FOUND / MISSING / CORRUPT, timeline histories.
     Verify(walrelay::archive::cli::VerifyArgs),
+    /// Measure upload throughput to an archive by concurrency (uploads throwaway
+    /// segment-sized objects under a prefix of their own, then deletes them).
+    BenchArchive(walrelay::archive::cli::BenchArchiveArgs),
     /// Control delayed feeds of a running walrelay: list, pause, resume, advance.
     Feed(FeedArgs),
     /// List decoded transactions (commit time, xid, LSN, dropped relations) to find the bad
@@ -272,6 +275,12 @@ fn main() -> ExitCode {
                 Command::Passwd(a) => passwd(a),
                 Command::WalFetch(a) => exit_with(walrelay::archive::cli::wal_fetch_main(a).await),
                 Command::Verify(a) => exit_with(walrelay::archive::cli::verify_main(a).await),
+                Command::BenchArchive(a) => {
+                    init_logging("warn");
+                    exit_with(
+                        walrelay::archive::cli::bench_archive_main(a, shutdown_signal()).await,
+                    )
+                }
                 Command::Feed(a) => feed(a),
                 Command::Xacts(a) => xacts(a),
             }

@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::backend::{self, Backend};
+use super::buffers::BufferPool;
 use super::layout::{self, compression_name, sha256_hex, Identity, Layout, Manifest};
 use super::upload::{self, PutOutcome, UploadPolicy};
 use super::{ArchiveError, ArchiveSettings};
@@ -189,7 +190,7 @@ enum Job {
 }
 
 /// Everything an upload job needs, shared by all jobs.
-struct Ctx {
+pub(crate) struct Ctx {
     store: Arc<dyn ObjectStore>,
     layout: Layout,
     policy: UploadPolicy,
@@ -199,6 +200,42 @@ struct Ctx {
     level: i32,
     /// Listings come back in lexicographic order (object stores; not the file system).
     sorted_listing: bool,
+    /// Segment-sized buffers: one per upload in flight (see [`BufferPool`]).
+    buffers: BufferPool,
+}
+
+impl Ctx {
+    /// The upload context for WAL of system `sysid` under `prefix` of `backend`, with the
+    /// `[archive]` settings of `cfg`; local files are read from `dir`.
+    pub(crate) fn new(
+        backend: &Backend,
+        prefix: &object_store::path::Path,
+        sysid: u64,
+        seg_size: u64,
+        cfg: &ArchiveConfig,
+        dir: PathBuf,
+    ) -> Ctx {
+        // a job holds one buffer while it uploads, two for a moment while it compresses;
+        // uploads in flight: `concurrency` segments and one snapshot
+        let keep = cfg.concurrency.max(1) + 1;
+        Ctx {
+            store: backend.store.clone(),
+            layout: Layout::new(prefix, sysid),
+            policy: policy_of(cfg),
+            dir,
+            seg_size,
+            compression: cfg.compression,
+            level: cfg.compression_level,
+            sorted_listing: backend.scheme != "file",
+            buffers: BufferPool::new(buffer_capacity(seg_size), keep),
+        }
+    }
+}
+
+/// Capacity of the upload buffers: a segment, or its compressed form (which can be slightly
+/// larger for incompressible data).
+fn buffer_capacity(seg_size: u64) -> usize {
+    zstd::zstd_safe::compress_bound(seg_size as usize)
 }
 
 struct Run {
@@ -246,16 +283,14 @@ impl Run {
             self.prefix_end = Lsn::INVALID;
             self.persisted = Lsn::INVALID;
         }
-        let ctx = Arc::new(Ctx {
-            store: self.backend.store.clone(),
-            layout: Layout::new(&self.backend.prefix, sysid),
-            policy: self.policy.clone(),
-            dir: self.dir.clone(),
+        let ctx = Arc::new(Ctx::new(
+            &self.backend,
+            &self.backend.prefix,
+            sysid,
             seg_size,
-            compression: self.cfg.compression,
-            level: self.cfg.compression_level,
-            sorted_listing: self.backend.scheme != "file",
-        });
+            &self.cfg,
+            self.dir.clone(),
+        ));
         tracing::info!(
             "archive: archiving to {} (system {sysid}, compression {}, concurrency {})",
             self.backend.url,
@@ -283,12 +318,9 @@ impl Run {
         let mut need_scan = true;
         let job_shutdown = shutdown.clone();
         loop {
-            // Lag moves when WAL arrives and when uploads finish: recompute on every event.
-            let lag = positions
-                .borrow()
-                .flush_lsn
-                .saturating_sub(*self.lsn_tx.borrow());
-            metrics::gauge!(super::ARCHIVE_LAG).set(lag as f64);
+            // Lag moves when WAL arrives (here, on every event) and when archived_lsn moves
+            // (`advance` publishes it then).
+            self.publish_lag();
             if need_scan {
                 need_scan = false;
                 self.scan_and_schedule(&ctx, &mut jobs, &job_shutdown).await;
@@ -588,6 +620,7 @@ impl Run {
             }
         });
         metrics::gauge!(super::ARCHIVED_LSN).set(self.lsn_tx.borrow().0 as f64);
+        self.publish_lag();
         if self.prefix_end > self.persisted {
             let state = State {
                 system_id: control::read(&self.dir)
@@ -655,6 +688,13 @@ impl Run {
         }
     }
 
+    /// Sets `walrelay_archive_lag_bytes` from the store's `flush_lsn` and `archived_lsn`.
+    fn publish_lag(&self) {
+        let flush = self.store.positions().borrow().flush_lsn;
+        let lag = archive_lag(flush, *self.lsn_tx.borrow());
+        metrics::gauge!(super::ARCHIVE_LAG).set(lag as f64);
+    }
+
     fn publish_status(&self) {
         let s = self.status.clone();
         self.status_tx.send_if_modified(|cur| {
@@ -666,6 +706,11 @@ impl Run {
             }
         });
     }
+}
+
+/// Bytes of flushed WAL not yet in the archive.
+fn archive_lag(flush: Lsn, archived: Lsn) -> u64 {
+    flush.saturating_sub(archived)
 }
 
 async fn list_dir(dir: &Path, seg_size: u64) -> (Vec<SegmentFile>, Vec<TimelineId>) {
@@ -736,40 +781,131 @@ async fn run_job(
     (job, r)
 }
 
-/// Reads a local file, hashes and compresses it off the async threads.
+/// A WAL file ready for upload: its size and SHA-256, and the bytes to store (the file's own
+/// bytes, or their compressed form).
+pub(crate) struct Prepared {
+    pub raw_len: u64,
+    pub sha256: String,
+    pub stored: Bytes,
+}
+
+/// Piece size for reading a segment: each piece is hashed while it is still in the CPU cache.
+const READ_PIECE: u64 = 1 << 20;
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ArchiveError> + Send + 'static,
+) -> Result<T, ArchiveError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ArchiveError::Config(format!("hashing task failed: {e}")))?
+}
+
+/// Reads the first `len` bytes of the local file `path` (a segment: `exact`, the file must
+/// hold exactly `len` bytes; a snapshot: at least `len`) into one of the context's buffers,
+/// hashing as it reads, then compresses them; off the async threads. With compression the
+/// read buffer goes back to the pool once compressed: an upload holds one buffer.
 async fn prepare_file(
+    ctx: &Arc<Ctx>,
     path: PathBuf,
-    limit: Option<u64>,
-    compression: Compression,
-    level: i32,
-) -> Result<(Bytes, Bytes, String), ArchiveError> {
-    tokio::task::spawn_blocking(move || {
-        let mut raw = std::fs::read(&path).map_err(ArchiveError::io("read", &path))?;
-        if let Some(n) = limit {
-            if (raw.len() as u64) < n {
-                return Err(ArchiveError::Io {
-                    op: "read",
-                    path: path.clone(),
-                    source: std::io::Error::other("file shorter than expected"),
-                });
-            }
-            raw.truncate(n as usize);
+    len: u64,
+    exact: bool,
+) -> Result<Prepared, ArchiveError> {
+    let pool = ctx.buffers.clone();
+    let (compression, level) = (ctx.compression, ctx.level);
+    blocking(move || {
+        use sha2::{Digest, Sha256};
+        use std::io::Read;
+        let short = |path: &Path| ArchiveError::Io {
+            op: "read",
+            path: path.to_path_buf(),
+            source: std::io::Error::other("file shorter than expected"),
+        };
+        let mut file = std::fs::File::open(&path).map_err(ArchiveError::io("read", &path))?;
+        let size = file
+            .metadata()
+            .map_err(ArchiveError::io("read", &path))?
+            .len();
+        if exact && size != len {
+            return Err(ArchiveError::Corrupt {
+                path: path.display().to_string(),
+                reason: format!("local file has {size} bytes, expected {len}"),
+            });
         }
-        let sha = sha256_hex(&raw);
+        if size < len {
+            return Err(short(&path));
+        }
+        let mut raw = pool.get();
+        raw.reserve_exact(usize::try_from(len).unwrap_or(usize::MAX));
+        let mut hasher = Sha256::new();
+        let mut rest = (&mut file).take(len);
+        loop {
+            let start = raw.len();
+            let n = (&mut rest)
+                .take(READ_PIECE)
+                .read_to_end(&mut raw)
+                .map_err(ArchiveError::io("read", &path))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&raw[start..]);
+        }
+        if raw.len() as u64 != len {
+            pool.put(raw);
+            return Err(short(&path));
+        }
+        let sha256 = layout::hex(&hasher.finalize());
         let stored = match compression {
-            Compression::None => Bytes::new(),
-            c => Bytes::from(layout::compress(&raw, c, level)?),
+            Compression::None => pool.freeze(raw),
+            c => {
+                let r = compress_pooled(&pool, &raw, c, level);
+                pool.put(raw);
+                r?
+            }
         };
-        let raw = Bytes::from(raw);
-        let stored = if stored.is_empty() {
-            raw.clone()
-        } else {
-            stored
-        };
-        Ok((raw, stored, sha))
+        Ok(Prepared {
+            raw_len: len,
+            sha256,
+            stored,
+        })
     })
     .await
-    .map_err(|e| ArchiveError::Config(format!("hashing task failed: {e}")))?
+}
+
+/// `data` compressed into one of `pool`'s buffers.
+fn compress_pooled(
+    pool: &BufferPool,
+    data: &[u8],
+    c: Compression,
+    level: i32,
+) -> Result<Bytes, ArchiveError> {
+    let mut out = pool.get();
+    match layout::compress_into(data, c, level, &mut out) {
+        Ok(()) => Ok(pool.freeze(out)),
+        Err(e) => {
+            pool.put(out);
+            Err(e)
+        }
+    }
+}
+
+/// In-memory WAL (`walrelay bench-archive`) prepared as [`prepare_file`] prepares a file:
+/// hashed, and compressed into one of the context's buffers.
+pub(crate) async fn prepare_bytes(ctx: &Arc<Ctx>, raw: Bytes) -> Result<Prepared, ArchiveError> {
+    let pool = ctx.buffers.clone();
+    let (compression, level) = (ctx.compression, ctx.level);
+    blocking(move || {
+        let sha256 = sha256_hex(&raw);
+        let stored = match compression {
+            Compression::None => raw.clone(),
+            c => compress_pooled(&pool, &raw, c, level)?,
+        };
+        Ok(Prepared {
+            raw_len: raw.len() as u64,
+            sha256,
+            stored,
+        })
+    })
+    .await
 }
 
 async fn upload_segment(
@@ -779,40 +915,51 @@ async fn upload_segment(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<PutOutcome, ArchiveError> {
     let name = segment_file_name(tli, segno, ctx.seg_size);
-    let (raw, stored, sha) =
-        prepare_file(ctx.dir.join(&name), None, ctx.compression, ctx.level).await?;
-    if raw.len() as u64 != ctx.seg_size {
-        return Err(ArchiveError::Corrupt {
-            path: ctx.dir.join(&name).display().to_string(),
-            reason: format!(
-                "local segment has {} bytes, expected {}",
-                raw.len(),
-                ctx.seg_size
-            ),
-        });
-    }
-    let path = ctx.layout.wal_object(&name, ctx.compression);
-    let max = ctx.seg_size as usize;
-    let outcome = upload::retry(&ctx.policy, shutdown, &format!("upload of {name}"), || {
-        upload::put_create(&ctx.store, &path, stored.clone(), &sha, max, &ctx.policy)
-    })
-    .await?;
-    let start = Lsn(segno.saturating_mul(ctx.seg_size));
-    let manifest = Manifest {
-        name: name.clone(),
-        timeline: tli,
-        start_lsn: start.to_string(),
-        end_lsn: Lsn(start.0.saturating_add(ctx.seg_size)).to_string(),
-        size: raw.len() as u64,
-        sha256: sha,
-        compression: compression_name(ctx.compression).into(),
-        stored_size: stored.len() as u64,
-    };
-    put_manifest(ctx, &manifest, shutdown).await?;
+    let prepared = prepare_file(ctx, ctx.dir.join(&name), ctx.seg_size, true).await?;
+    let outcome = store_segment(ctx, tli, segno, prepared, shutdown).await?;
     if outcome == PutOutcome::AlreadyPresent {
         tracing::info!("archive: {name} was already archived with the same content");
     }
     cleanup_snapshots(ctx, &name, None).await;
+    Ok(outcome)
+}
+
+/// Stores a prepared segment: the object (create-if-absent, retried until it succeeds, a
+/// conflict, or shutdown), then its manifest.
+pub(crate) async fn store_segment(
+    ctx: &Arc<Ctx>,
+    tli: TimelineId,
+    segno: u64,
+    prepared: Prepared,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<PutOutcome, ArchiveError> {
+    let name = segment_file_name(tli, segno, ctx.seg_size);
+    let path = ctx.layout.wal_object(&name, ctx.compression);
+    let max = ctx.seg_size as usize;
+    let Prepared {
+        raw_len,
+        sha256,
+        stored,
+    } = prepared;
+    let stored_size = stored.len() as u64;
+    let outcome = upload::retry(&ctx.policy, shutdown, &format!("upload of {name}"), || {
+        upload::put_create(&ctx.store, &path, stored.clone(), &sha256, max, &ctx.policy)
+    })
+    .await?;
+    // the buffer goes back to the pool before the manifest round trip
+    drop(stored);
+    let start = Lsn(segno.saturating_mul(ctx.seg_size));
+    let manifest = Manifest {
+        name,
+        timeline: tli,
+        start_lsn: start.to_string(),
+        end_lsn: Lsn(start.0.saturating_add(ctx.seg_size)).to_string(),
+        size: raw_len,
+        sha256,
+        compression: compression_name(ctx.compression).into(),
+        stored_size,
+    };
+    put_manifest(ctx, &manifest, shutdown).await?;
     Ok(outcome)
 }
 
@@ -822,7 +969,13 @@ async fn upload_history(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<PutOutcome, ArchiveError> {
     let name = history_file_name(tli);
-    let (raw, stored, sha) = prepare_file(ctx.dir.join(&name), None, Compression::None, 0).await?;
+    let file = ctx.dir.join(&name);
+    let (stored, sha) = blocking(move || {
+        let raw = std::fs::read(&file).map_err(ArchiveError::io("read", &file))?;
+        let sha = sha256_hex(&raw);
+        Ok((Bytes::from(raw), sha))
+    })
+    .await?;
     let path = ctx.layout.history(tli);
     let outcome = upload::retry(&ctx.policy, shutdown, &format!("upload of {name}"), || {
         upload::put_create(
@@ -840,7 +993,7 @@ async fn upload_history(
         timeline: tli,
         start_lsn: Lsn::INVALID.to_string(),
         end_lsn: Lsn::INVALID.to_string(),
-        size: raw.len() as u64,
+        size: stored.len() as u64,
         sha256: sha,
         compression: "none".into(),
         stored_size: stored.len() as u64,
@@ -899,7 +1052,11 @@ async fn upload_snapshot(
     } else {
         ctx.dir.join(&name)
     };
-    let (_, stored, sha) = prepare_file(file, Some(offset), ctx.compression, ctx.level).await?;
+    let Prepared {
+        sha256: sha,
+        stored,
+        ..
+    } = prepare_file(ctx, file, offset, false).await?;
     let path = ctx.layout.partial(&name, offset, ctx.compression);
     let outcome = upload::retry(
         &ctx.policy,
@@ -917,6 +1074,7 @@ async fn upload_snapshot(
         },
     )
     .await?;
+    drop(stored);
     cleanup_snapshots(ctx, &name, Some(offset)).await;
     Ok(outcome)
 }
@@ -1070,6 +1228,104 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(count_left(), 0, "superseded snapshots left behind");
+    }
+
+    /// Files are read into pooled buffers, hashed as read, and the buffers come back; a
+    /// segment of the wrong size and a short snapshot source are refused.
+    #[tokio::test]
+    async fn prepare_file_hashes_and_reuses_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = backend::open(
+            &format!("file://{}", dir.path().join("a").display()),
+            &ArchiveConfig::default(),
+        )
+        .unwrap();
+        for compression in [Compression::None, Compression::Zstd] {
+            let cfg = ArchiveConfig {
+                compression,
+                ..Default::default()
+            };
+            let ctx = Arc::new(Ctx::new(
+                &backend,
+                &backend.prefix,
+                SYSID,
+                SEG,
+                &cfg,
+                dir.path().into(),
+            ));
+            let body: Vec<u8> = (0..SEG as u32).map(|i| (i % 253) as u8).collect();
+            let f = dir.path().join("seg");
+            std::fs::write(&f, &body).unwrap();
+            let p = prepare_file(&ctx, f.clone(), SEG, true).await.unwrap();
+            assert_eq!(p.raw_len, SEG);
+            assert_eq!(p.sha256, sha256_hex(&body));
+            let raw = layout::decompress(p.stored.clone(), compression, SEG as usize, &"x".into())
+                .unwrap();
+            assert_eq!(&raw[..], &body[..]);
+            let ptr = p.stored.as_ptr();
+            drop((p, raw));
+            // the buffer is back and is used again (no copy, no new allocation)
+            assert!(ctx.buffers.idle() >= 1);
+            let p = prepare_file(&ctx, f.clone(), 1000, false).await.unwrap();
+            assert_eq!(p.sha256, sha256_hex(&body[..1000]));
+            if compression == Compression::None {
+                assert_eq!(p.stored.as_ptr(), ptr);
+            }
+            drop(p);
+            let e = prepare_file(&ctx, f.clone(), SEG / 2, true)
+                .await
+                .err()
+                .unwrap();
+            assert!(matches!(e, ArchiveError::Corrupt { .. }), "{e}");
+            let e = prepare_file(&ctx, f.clone(), SEG + 1, false)
+                .await
+                .err()
+                .unwrap();
+            assert!(matches!(e, ArchiveError::Io { .. }), "{e}");
+            assert!(ctx.buffers.idle() <= cfg.concurrency + 1);
+        }
+    }
+
+    /// `walrelay_archive_lag_bytes` follows archived_lsn too, not only incoming WAL: once the
+    /// archive has caught up with WAL that stopped arriving, it reads 0 at once.
+    #[test]
+    fn lag_gauge_follows_archived_lsn() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let gauge = |text: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("walrelay_archive_lag_bytes "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        metrics::with_local_recorder(&recorder, || {
+            rt.block_on(async {
+                let data = tempfile::tempdir().unwrap();
+                let arch = tempfile::tempdir().unwrap();
+                let url = format!("file://{}", arch.path().display());
+                let store = Store::start(data.path(), StoreOptions::default()).unwrap();
+                store.open(SYSID, SEG, "15.0").await.unwrap();
+                store.begin(1, Lsn(SEG)).await.unwrap();
+                // segments 1 and 2, complete; then no more WAL
+                let wal = pages(SEG, 2 * 128, SEG, SYSID, 1);
+                store.write(Lsn(SEG), Bytes::from(wal)).await.unwrap();
+                store.flush().await.unwrap();
+                let mut s = settings(data.path(), &url);
+                s.config.compression = Compression::None;
+                s.config.partial_interval = Duration::ZERO;
+                // no periodic rescans: only the uploads finishing wake the archiver
+                s.config.scan_interval = Duration::from_secs(3600);
+                let (_t, stop) = watch::channel(false);
+                let h = Archiver::start(s, &store, stop).unwrap().unwrap();
+                let mut rx = h.archived_lsn.clone();
+                wait_lsn(&mut rx, Lsn(3 * SEG)).await;
+                let text = handle.render();
+                assert_eq!(gauge(&text), Some(0.0), "{text}");
+            })
+        });
     }
 
     #[tokio::test]

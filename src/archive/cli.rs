@@ -1,4 +1,5 @@
-//! The archive subcommands, ready for `main.rs` to mount: `wal-fetch` and `verify`.
+//! The archive subcommands, ready for `main.rs` to mount: `wal-fetch`, `verify` and
+//! `bench-archive`.
 //!
 //! Owns: their arguments (clap derive) and exit statuses. `main.rs` only has to add
 //! `WalFetch(archive::cli::WalFetchArgs)` / `Verify(archive::cli::VerifyArgs)` variants and call
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use super::fetch::{FetchOutcome, WalFetchOptions};
 use super::verify::VerifyOptions;
 use super::{ArchiveReader, ArchiveSettings};
-use crate::config::ArchiveConfig;
+use crate::config::{parse_size, ArchiveConfig, Compression};
 use crate::lsn::{Lsn, TimelineId};
 
 /// `walrelay wal-fetch %f %p`: restore_command.
@@ -63,6 +64,44 @@ pub struct VerifyArgs {
     /// Parallel downloads.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+}
+
+/// `walrelay bench-archive`: upload throughput to an archive by concurrency.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArchiveArgs {
+    /// TOML configuration file (its `[archive]` section: URL, credentials, compression,
+    /// multipart and retry settings, as `walrelay run` uses them).
+    #[arg(short = 'c', long)]
+    pub config: Option<PathBuf>,
+    /// Archive URL (overrides `archive.url`): s3://bucket/prefix, az://…, gs://…, file:///dir.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Upload concurrency levels to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8])]
+    pub concurrency: Vec<usize>,
+    /// Segments uploaded per level.
+    #[arg(long, default_value_t = 32)]
+    pub segments: usize,
+    /// Segment size (bytes, or with a unit: 16MB; a power of two from 1MB to 1GB).
+    #[arg(long, value_parser = parse_size, default_value = "16MB")]
+    pub segment_size: u64,
+    /// none or zstd (overrides `archive.compression`).
+    #[arg(long, value_parser = parse_compression)]
+    pub compression: Option<Compression>,
+    /// zstd level (overrides `archive.compression_level`).
+    #[arg(long)]
+    pub compression_level: Option<i32>,
+    /// One JSON object per level instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_compression(s: &str) -> Result<Compression, String> {
+    match s {
+        "none" => Ok(Compression::None),
+        "zstd" => Ok(Compression::Zstd),
+        _ => Err(format!("unknown compression \"{s}\" (none, zstd)")),
+    }
 }
 
 fn settings(
@@ -171,6 +210,97 @@ pub async fn verify(args: &VerifyArgs, cfg: &ArchiveConfig, data_dir: &std::path
         }
         Err(e) => {
             eprintln!("walrelay verify: {e}");
+            1
+        }
+    }
+}
+
+/// `walrelay bench-archive` from its arguments alone (loads `--config`); the exit status.
+/// Prints a table (or JSON lines) on stdout; `shutdown` stops it early (what was uploaded is
+/// deleted either way).
+pub async fn bench_archive_main(
+    args: BenchArchiveArgs,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> i32 {
+    use super::bench::{BenchOptions, LevelResult};
+    let (mut cfg, _) = match load(&args.config, &None) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("walrelay bench-archive: {e}");
+            return 1;
+        }
+    };
+    if let Some(c) = args.compression {
+        cfg.compression = c;
+    }
+    if let Some(l) = args.compression_level {
+        cfg.compression_level = l;
+    }
+    let url = match args.url.clone().or_else(|| cfg.url.clone()) {
+        Some(u) if !matches!(u.trim(), "" | "none") => u,
+        _ => {
+            eprintln!(
+                "walrelay bench-archive: no archive given: use --url or archive.url in --config"
+            );
+            return 1;
+        }
+    };
+    let backend = match super::backend::open(&url, &cfg) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("walrelay bench-archive: {e}");
+            return 1;
+        }
+    };
+    let opts = BenchOptions {
+        concurrency: args.concurrency.clone(),
+        segments: args.segments,
+        segment_size: args.segment_size,
+    };
+    let mb = |b: u64| b as f64 / 1_048_576.0;
+    if !args.json {
+        println!(
+            "{} segments of {} MB per level to {url} (compression {}), deleted afterwards",
+            opts.segments,
+            mb(opts.segment_size),
+            super::layout::compression_name(cfg.compression)
+        );
+        println!(
+            "{:>11} {:>8} {:>9} {:>10} {:>9} {:>8}",
+            "concurrency", "segments", "MB", "stored MB", "seconds", "MB/s"
+        );
+    }
+    let report = |r: &LevelResult| {
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "concurrency": r.concurrency,
+                    "segments": r.segments,
+                    "segment_size": opts.segment_size,
+                    "compression": super::layout::compression_name(cfg.compression),
+                    "bytes": r.bytes,
+                    "stored_bytes": r.stored_bytes,
+                    "seconds": r.seconds,
+                    "mbps": r.mbps(),
+                })
+            );
+        } else {
+            println!(
+                "{:>11} {:>8} {:>9.0} {:>10.0} {:>9.2} {:>8.1}",
+                r.concurrency,
+                r.segments,
+                mb(r.bytes),
+                mb(r.stored_bytes),
+                r.seconds,
+                r.mbps()
+            );
+        }
+    };
+    match super::bench::run(&backend, &cfg, &opts, shutdown, report).await {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("walrelay bench-archive: {e}");
             1
         }
     }

@@ -175,9 +175,13 @@ pub fn compression_name(c: Compression) -> &'static str {
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    let d = Sha256::digest(data);
-    let mut s = String::with_capacity(64);
-    for b in d {
+    hex(&Sha256::digest(data))
+}
+
+/// Lower-case hex of `bytes` (a digest).
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
         s.push_str(&format!("{b:02x}"));
     }
     s
@@ -190,6 +194,27 @@ pub fn compress(data: &[u8], c: Compression, level: i32) -> Result<Vec<u8>, Arch
         Compression::Zstd => zstd::bulk::compress(data, level.clamp(1, 19))
             .map_err(|e| ArchiveError::Config(format!("zstd compression failed: {e}"))),
     }
+}
+
+/// Compresses `data` for storage into `out` (cleared first; grown to the compression bound
+/// if its capacity is smaller), so that a caller can reuse its buffers.
+pub fn compress_into(
+    data: &[u8],
+    c: Compression,
+    level: i32,
+    out: &mut Vec<u8>,
+) -> Result<(), ArchiveError> {
+    out.clear();
+    match c {
+        Compression::None => out.extend_from_slice(data),
+        Compression::Zstd => {
+            out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+            zstd::bulk::Compressor::new(level.clamp(1, 19))
+                .and_then(|mut z| z.compress_to_buffer(data, out))
+                .map_err(|e| ArchiveError::Config(format!("zstd compression failed: {e}")))?;
+        }
+    }
+    Ok(())
 }
 
 /// Decompresses a stored object; `max` bounds the result (a corrupt or hostile object can

@@ -3,9 +3,9 @@
 //! Owns: the object-store side of walrelay: opening a store from a URL ([`backend`]), the
 //! object layout and per-object manifests ([`layout`]), create-if-absent uploads with retries
 //! ([`upload`]), the background uploader that publishes `archived_lsn` ([`archiver`]), the
-//! reader with read-ahead that walsenders and `wal-fetch` use ([`reader`], [`fetch`]), and the
-//! archive checker ([`verify`]). The layout and the guarantees are described in
-//! `docs/archive.md`.
+//! reader with read-ahead that walsenders and `wal-fetch` use ([`reader`], [`fetch`]), the
+//! archive checker ([`verify`]) and the upload benchmark `walrelay bench-archive` ([`bench`]).
+//! The layout and the guarantees are described in `docs/archive.md`.
 //!
 //! Must not: write, rename or delete local WAL files (the segment store is their only writer;
 //! retention asks it to remove files through [`crate::store::Store::remove_segments`]), or
@@ -13,6 +13,8 @@
 
 pub mod archiver;
 pub mod backend;
+pub mod bench;
+pub mod buffers;
 pub mod cli;
 pub mod fetch;
 pub mod layout;
