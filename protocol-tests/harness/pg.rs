@@ -424,6 +424,9 @@ impl Pg {
             .install
             .command("psql")
             .env("PGCONNECT_TIMEOUT", "10")
+            // a query stuck behind a lock (say, a standby that replayed a DROP's lock record)
+            // fails the test instead of hanging it
+            .env("PGOPTIONS", "-c lock_timeout=120s")
             .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
             .args([
                 "-p",

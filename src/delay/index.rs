@@ -400,6 +400,15 @@ impl CommitIndex {
         f(&mut it)
     }
 
+    /// The end of the last entry starting before `lsn` (`None` when there is none).
+    pub fn last_end_before(&self, lsn: Lsn) -> Option<Lsn> {
+        let g = self.read();
+        let i = g.entries.partition_point(|e| e.lsn < lsn);
+        i.checked_sub(1)
+            .and_then(|i| g.entries.get(i))
+            .map(|e| e.end)
+    }
+
     /// Commits that drop relations, in LSN order.
     pub fn drops(&self) -> Vec<IndexEntry> {
         self.read().drops.clone()

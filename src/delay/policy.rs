@@ -2,7 +2,9 @@
 //!
 //! Owns: the rule of `recovery_min_apply_delay` moved to the sending side — WAL is sent only
 //! up to the start of the first commit record (commit or commit prepared, in LSN order) whose
-//! `xact_time + delay` is still in the future — plus operator holds (pause, advance) and the
+//! `xact_time + delay` is still in the future, and, when every commit is due, no further than
+//! the end of the last indexed transaction end (what follows belongs to transactions whose
+//! commit has not been seen) — plus operator holds (pause, advance) and the
 //! tripwire (stop before a commit that drops relations). Everything comes in as arguments,
 //! the clock included, so it is unit-tested with a fake clock. Must not: do IO, log, or keep
 //! state (the caller keeps the `due_hint`).
@@ -140,7 +142,17 @@ pub fn decide(
                 wake_at = Some(due);
                 reason = Reason::Delay { entry, due };
             }
-            None => hint = hint.max(base),
+            None => {
+                hint = hint.max(base);
+                // Every commit below `base` is due. What follows the last transaction end
+                // belongs to transactions whose commit has not arrived yet: hold it until that
+                // commit is indexed and due. Otherwise the first records of a transaction (a
+                // DROP's AccessExclusiveLock) could reach the standby before the tripwire can
+                // see its commit.
+                if let Some(end) = index.last_end_before(base) {
+                    cap = base.min(end);
+                }
+            }
         }
     }
     // The tripwire: stop before the first record of a transaction whose commit drops
@@ -262,10 +274,16 @@ mod tests {
             d.due_hint,
         );
         assert_eq!(d.cap, Lsn(400));
-        // everything due: the cap is the index coverage, then the flush position
+        // everything due: the cap is the end of the last transaction end (650), below the
+        // index coverage (700) and the flush position (800): the WAL after it belongs to
+        // transactions whose commit has not been seen yet
         let d = decide(&ix, cov, DELAYED, view(400), Lsn(800), 100 * S, d.due_hint);
-        assert_eq!((d.cap, d.wake_at), (Lsn(700), None));
+        assert_eq!((d.cap, d.wake_at), (Lsn(650), None));
         assert_eq!(d.reason, Reason::CaughtUp);
+        // once a later commit is indexed and due, the WAL before it goes too
+        ix.push([e(680, EntryKind::Commit, 15 * S, 7, false)]);
+        let d = decide(&ix, cov, DELAYED, view(400), Lsn(800), 100 * S, Lsn(0));
+        assert_eq!(d.cap, Lsn(700));
         let d = decide(&ix, cov, DELAYED, view(400), Lsn(650), 100 * S, Lsn(0));
         assert_eq!(d.cap, Lsn(650));
         // no delay: only the flush position counts
@@ -284,9 +302,9 @@ mod tests {
         let d = decide(&ix, cov, DELAYED, view(650), Lsn(700), 15 * S + 5, Lsn(0));
         assert_eq!(d.cap, Lsn(300));
         assert!(d.cap < Lsn(650));
-        // once everything up to its position is due it can stream
+        // once everything up to its position is due it is not held below it
         let d = decide(&ix, cov, DELAYED, view(650), Lsn(700), 20 * S, d.due_hint);
-        assert_eq!(d.cap, Lsn(700));
+        assert_eq!(d.cap, Lsn(650));
     }
 
     #[test]
@@ -304,10 +322,10 @@ mod tests {
         let mut v = view(500);
         v.tripwire_acked = Lsn(500);
         let d = decide(&ix, cov, rule, v, Lsn(700), 100 * S, d.due_hint);
-        assert_eq!(d.cap, Lsn(700));
+        assert_eq!(d.cap, Lsn(650));
         // a feed already past it (e.g. a fresh standby) is not held
         let d = decide(&ix, cov, rule, view(600), Lsn(700), 100 * S, Lsn(0));
-        assert_eq!(d.cap, Lsn(700));
+        assert_eq!(d.cap, Lsn(650));
         // not for feeds without delay
         let rule0 = FeedRule {
             delay_us: 0,
