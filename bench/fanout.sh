@@ -55,7 +55,6 @@ else
   GB=${1:-0.5}; CLIENTS=${BENCH_CLIENTS:-"1 10 50"}; TMO=${BENCH_PHASE_TIMEOUT:-900}
 fi
 WPORT=$((PORT + 1)); MPORT=$((PORT + 2))
-SEG=$((16 * 1024 * 1024))  # wal_segment_size (initdb default)
 maxn=1; for n in $CLIENTS; do [ "$n" -gt "$maxn" ] && maxn=$n; done
 build_release
 
@@ -69,31 +68,12 @@ pg_start "$T/pg"
 PGPID=$(postmaster_pid "$T/pg")
 # the direct clients and standbys need the primary to keep the backlog (walrelay's slot advances)
 $PSQL -c "select pg_create_physical_replication_slot('hold', true)" >/dev/null
-"$BIN" run --upstream "$CONN" -D "$T/wr" --slot walrelay --archive none \
-  --listen "127.0.0.1:$WPORT" --metrics-listen "127.0.0.1:$MPORT" >"$T/walrelay.log" 2>&1 &
-WPID=$!
-on_exit "kill $WPID; wait $WPID"
-wait_http "http://127.0.0.1:$MPORT/status" 30
-status() { curl -fs "http://127.0.0.1:$MPORT/status"; }
-until [ "$(status | jq -r .upstream.connected)" = true ]; do sleep 0.1; done
+relay_start "$WPORT" "$MPORT"
 as_pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$T/base" -X stream -c fast --no-sync
 base_start=$(awk '/^START WAL LOCATION/ {print $4}' "$T/base/backup_label")
-
-start=$($PSQL -c "select pg_current_wal_lsn()")
-segno=$(($(lsn_bytes "$start") / SEG))
-seg=$(printf "%08X%08X%08X" 1 $((segno / 256)) $((segno % 256)))
-echo "generating $GB GB of WAL (walrelay receives it live)..."
-gen_wal "$(awk -v g="$GB" 'BEGIN { printf "%d", g * 1073741824 }')"
-endpos=$($PSQL -c "select pg_current_wal_lsn()")
-# pg_receivewal stops only once it received WAL past --endpos: write (and flush) a little more
-$PSQL -c "insert into w values ('end')" >/dev/null
-final=$($PSQL -c "select pg_current_wal_flush_lsn()")
-bytes=$(($(lsn_bytes "$endpos") - segno * SEG))
+relay_backlog "$GB"
 sb_bytes=$(($(lsn_bytes "$endpos") - $(lsn_bytes "$base_start")))
-echo "backlog: $bytes bytes from the start of segment $seg to $endpos (standbys: $sb_bytes bytes from the backup start $base_start)"
-t0=$(now)
-until [ "$(lsn_bytes "$(status | jq -r .store.flush_lsn)")" -ge "$(lsn_bytes "$final")" ]; do sleep 0.1; done
-echo "walrelay flushed endpos $(calc "$(now) - $t0") s after generation ended; its CPU so far $(cpu_of "$WPID") s, VmHWM $(hwm_kb "$WPID") kB"
+echo "standbys: $sb_bytes bytes from the backup start $base_start"
 sync
 
 # sampler PID OUTFILE: max VmRSS (kB) of PID, every 0.2 s until killed

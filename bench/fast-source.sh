@@ -41,34 +41,14 @@ default_runs 3
 if [ "$QUICK" = 1 ]; then GB=${1:-0.0625}; else GB=${1:-2}; fi
 STOP_PRIMARY=${BENCH_STOP_PRIMARY:-1}
 WPORT=$((PORT + 1)); MPORT=$((PORT + 2))
-SEG=$((16 * 1024 * 1024))  # wal_segment_size (initdb default)
 build_release
 
 pg_init "$T/pg" "$PORT"
 echo "autovacuum = off" >>"$T/pg/postgresql.conf"
 pg_start "$T/pg"
-"$BIN" run --upstream "$CONN" -D "$T/wr" --slot walrelay --archive none \
-  --listen "127.0.0.1:$WPORT" --metrics-listen "127.0.0.1:$MPORT" >"$T/walrelay.log" 2>&1 &
-WPID=$!
-on_exit "kill $WPID; wait $WPID"
-wait_http "http://127.0.0.1:$MPORT/status" 30
-status() { curl -fs "http://127.0.0.1:$MPORT/status"; }
-until [ "$(status | jq -r .upstream.connected)" = true ]; do sleep 0.1; done
-
-start=$($PSQL -c "select pg_current_wal_lsn()")
-segno=$(($(lsn_bytes "$start") / SEG))
-seg=$(printf "%08X%08X%08X" 1 $((segno / 256)) $((segno % 256)))
-echo "generating $GB GB of WAL (walrelay receives it live)..."
-gen_wal "$(awk -v g="$GB" 'BEGIN { printf "%d", g * 1073741824 }')"
-endpos=$($PSQL -c "select pg_current_wal_lsn()")
-# pg_receivewal stops only once it received WAL past --endpos: write (and flush) a little more
-$PSQL -c "insert into w values ('end')" >/dev/null
-final=$($PSQL -c "select pg_current_wal_flush_lsn()")
-bytes=$(($(lsn_bytes "$endpos") - segno * SEG))
+relay_start "$WPORT" "$MPORT"
+relay_backlog "$GB"
 gb=$(calc "$bytes / 1073741824")
-echo "backlog: $bytes bytes from the start of segment $seg to $endpos"
-until [ "$(lsn_bytes "$(status | jq -r .store.flush_lsn)")" -ge "$(lsn_bytes "$final")" ]; do sleep 0.1; done
-echo "walrelay flushed endpos; its CPU so far $(cpu_of "$WPID") s, VmHWM $(hwm_kb "$WPID") kB"
 if [ "$STOP_PRIMARY" = 1 ]; then
   as_pg "$PGBIN/pg_ctl" -D "$T/pg" -m fast -w stop >/dev/null
   for ((i = 0; i < 100; i++)); do [ "$(status | jq -r .upstream.connected)" = false ] && break; sleep 0.1; done

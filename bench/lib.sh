@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for the shell benchmarks (sourced, not run). Each script that sources this
 # gets: $T (temp dir, removed on exit), as_pg (run PostgreSQL tools as a non-root user
 # namespace when root), pg_init/pg_start (a PostgreSQL 15 primary on 127.0.0.1), $PSQL,
@@ -187,4 +188,38 @@ weed_start() {
   done
   echo "weed mini did not start:" >&2; cat "$d/weed.log" >&2
   return 1
+}
+
+# --- walrelay run receiving a backlog live (bench/fanout.sh, bench/fast-source.sh) ---
+# relay_start WPORT MPORT: `walrelay run --archive none` from the primary on $PORT, with its
+# walsender on WPORT and /status on MPORT; waits until it streams. Sets WPID; defines status.
+relay_start() {
+  "$BIN" run --upstream "$CONN" -D "$T/wr" --slot walrelay --archive none \
+    --listen "127.0.0.1:$1" --metrics-listen "127.0.0.1:$2" >"$T/walrelay.log" 2>&1 &
+  WPID=$!
+  on_exit "kill $WPID; wait $WPID"
+  RELAY_STATUS=http://127.0.0.1:$2/status
+  wait_http "$RELAY_STATUS" 30
+  until [ "$(status | jq -r .upstream.connected)" = true ]; do sleep 0.1; done
+}
+status() { curl -fs "$RELAY_STATUS"; }
+# relay_backlog GB: generate GB of WAL (fractions allowed) while walrelay receives it live,
+# then one more commit (clients with --endpos stop only once they saw WAL past it). Sets SEG,
+# segno/seg (the backlog's first segment), endpos, final (flush position after the extra
+# commit), bytes (segment start to endpos); returns once walrelay flushed `final`.
+relay_backlog() {
+  SEG=$((16 * 1024 * 1024)) # wal_segment_size (initdb default)
+  local start t0
+  start=$($PSQL -c "select pg_current_wal_lsn()")
+  segno=$(($(lsn_bytes "$start") / SEG))
+  seg=$(printf "%08X%08X%08X" 1 $((segno / 256)) $((segno % 256)))
+  echo "generating $1 GB of WAL (walrelay receives it live)..."
+  gen_wal "$(awk -v g="$1" 'BEGIN { printf "%d", g * 1073741824 }')"
+  endpos=$($PSQL -c "select pg_current_wal_lsn()")
+  $PSQL -c "insert into w values ('end')" >/dev/null
+  final=$($PSQL -c "select pg_current_wal_flush_lsn()")
+  bytes=$(($(lsn_bytes "$endpos") - segno * SEG))
+  t0=$(now)
+  until [ "$(lsn_bytes "$(status | jq -r .store.flush_lsn)")" -ge "$(lsn_bytes "$final")" ]; do sleep 0.1; done
+  echo "backlog: $bytes bytes from the start of segment $seg to $endpos; walrelay flushed it $(calc "$(now) - $t0") s after generation ended (CPU so far $(cpu_of "$WPID") s, VmHWM $(hwm_kb "$WPID") kB)"
 }
