@@ -143,12 +143,8 @@ CONF
   for ((i = 1; i <= nsb; i++)); do echo "$sb_bytes $(calc "$(cat "$T/sb$i.done") - $t0")"; done >>"$T/rates"
   read -r min max < <(awk '{ r = $1 / 1048576 / $2; if (NR == 1 || r < lo) lo = r; if (NR == 1 || r > hi) hi = r } END { printf "%.6g %.6g\n", lo, hi }' "$T/rates")
   # the clients received exactly what walrelay stored (client 1: a pg_receivewal)
-  local f nseg=0
-  for f in "$T"/c/1/0000000*; do
-    case "$f" in *.partial) continue ;; esac
-    cmp -s "$f" "$T/wr/$(basename "$f")" || { echo "MISMATCH $v $(basename "$f")"; exit 1; }
-    nseg=$((nseg + 1))
-  done
+  local nseg
+  nseg=$(same_segments "$T/c/1" "$T/wr")
   [ "$nseg" -eq $((bytes / SEG)) ] || { echo "$v: $nseg completed segments, expected $((bytes / SEG))"; exit 1; }
   calc "$total / 1048576 / $wall" >>"$T/r.$v.total"
   echo "$min" >>"$T/r.$v.min"

@@ -58,7 +58,7 @@ sync
 
 # client NAME CMD...: one timed run into an empty $T/c; appends to $T/r.NAME.{mbps,cpu,rss,srv}
 client() {
-  local name=$1 w u s m c0 c1 f n=0; shift
+  local name=$1 w u s m c0 c1 n; shift
   rm -rf "$T/c"; mkdir -p "$T/c"
   truncate -s 16M "$T/c/$seg.partial"
   sync
@@ -68,11 +68,7 @@ client() {
   fi
   c1=$(cpu_of "$WPID")
   read -r w u s m <"$T/time"
-  for f in "$T"/c/0000000*; do
-    case "$f" in *.partial) continue ;; esac
-    cmp -s "$f" "$T/wr/$(basename "$f")" || { echo "MISMATCH $name $(basename "$f")"; exit 1; }
-    n=$((n + 1))
-  done
+  n=$(same_segments "$T/c" "$T/wr")
   [ "$n" -eq $((bytes / SEG)) ] || { echo "$name: $n completed segments, expected $((bytes / SEG))"; exit 1; }
   calc "$bytes / 1048576 / $w" >>"$T/r.$name.mbps"
   calc "($u + $s) / $gb" >>"$T/r.$name.cpu"

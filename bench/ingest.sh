@@ -75,14 +75,8 @@ run_one() {  # VARIANT RUN
     "$r" "$v" "$wall" "$(calc "$bytes / 1048576 / $wall")" "$(calc "$user + $sys")" "$rss"
   # byte identity with the first pg_receivewal run (every complete segment)
   if [ "$v" != pg_receivewal ] || [ "$r" != 1 ]; then
-    local f n count=0
-    for f in "$dir"/0000000*; do
-      n=$(basename "$f")
-      case "$n" in *.partial) continue ;; esac
-      [ -f "$T/out/pg_receivewal.1/$n" ] || { echo "$v: $n missing in pg_receivewal's output"; exit 1; }
-      cmp -s "$f" "$T/out/pg_receivewal.1/$n" || { echo "MISMATCH $v run $r: $n"; exit 1; }
-      count=$((count + 1))
-    done
+    local count
+    count=$(same_segments "$dir" "$T/out/pg_receivewal.1")
     [ "$count" -gt 0 ] || { echo "$v run $r wrote no complete segment"; exit 1; }
     rm -rf "$dir"
   fi

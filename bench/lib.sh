@@ -223,3 +223,18 @@ relay_backlog() {
   until [ "$(lsn_bytes "$(status | jq -r .store.flush_lsn)")" -ge "$(lsn_bytes "$final")" ]; do sleep 0.1; done
   echo "backlog: $bytes bytes from the start of segment $seg to $endpos; walrelay flushed it $(calc "$(now) - $t0") s after generation ended (CPU so far $(cpu_of "$WPID") s, VmHWM $(hwm_kb "$WPID") kB)"
 }
+
+# same_segments DIR REF: every complete segment in DIR is byte-identical to REF's file of that
+# name (which must exist); prints how many there were. Use as `n=$(same_segments …)` (a
+# mismatch fails the command substitution, and with it the script).
+same_segments() {
+  local f n count=0
+  for f in "$1"/0000000*; do
+    n=$(basename "$f")
+    case "$n" in *.partial | "0000000*") continue ;; esac
+    [ -f "$2/$n" ] || { echo "$1: $n is missing in $2" >&2; exit 1; }
+    cmp -s "$f" "$2/$n" || { echo "MISMATCH: $1/$n differs from $2/$n" >&2; exit 1; }
+    count=$((count + 1))
+  done
+  echo "$count"
+}
