@@ -20,3 +20,4 @@ mod server_status;
 mod server_stream;
 mod server_timeline;
 mod upstream_conn;
+mod upstream_unix;
