@@ -19,4 +19,5 @@ mod server_restart;
 mod server_status;
 mod server_stream;
 mod server_timeline;
+mod tap_pg_receivewal;
 mod upstream_conn;
