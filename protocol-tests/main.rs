@@ -4,6 +4,7 @@
 mod archive_kill9;
 mod archive_run;
 mod archive_store;
+mod barman_pg_receivewal;
 mod bench_quick;
 mod delay_feeds;
 mod harness;
