@@ -15,6 +15,7 @@
 //! | [`metrics`] | metric names and the Prometheus recorder | hold business logic |
 //! | [`admin`] | the HTTP endpoint: `/metrics`, `/status`, control routes | hold business logic |
 //! | [`config`] | TOML config and defaults | hold business logic |
+//! | [`pgreceivewal`] | the pg_receivewal command line (options, messages, exit codes) | write files itself |
 //! | [`delay`] | commit index, delayed/controlled feeds, tripwire | write WAL or touch sockets |
 //!
 //! See `docs/architecture.md` for the data flow as built.
@@ -26,6 +27,7 @@ pub mod delay;
 pub mod error;
 pub mod lsn;
 pub mod metrics;
+pub mod pgreceivewal;
 pub mod protocol;
 pub mod server;
 pub mod store;

@@ -13,12 +13,12 @@ use walrelay::config::{parse_duration, Config};
 use walrelay::delay::indexer::IndexerOptions;
 use walrelay::delay::{CommitIndex, FeedController};
 use walrelay::lsn::Lsn;
+use walrelay::pgreceivewal;
 use walrelay::server::{Server, ServerContext, ServerSettings};
 use walrelay::store::Positions;
 use walrelay::store::{Store, StoreOptions};
-use walrelay::upstream::conn::ReplConnection;
 use walrelay::upstream::conninfo::ConnInfo;
-use walrelay::upstream::receiver::{self, ReceiverExit, ReceiverOptions, UpstreamInfo};
+use walrelay::upstream::receiver::{self, ReceiverOptions, UpstreamInfo};
 
 #[derive(Parser)]
 #[command(
@@ -150,60 +150,13 @@ struct PasswdArgs {
     md5: bool,
 }
 
-#[derive(Args)]
-struct ConnArgs {
-    /// Connection string or URI (libpq syntax).
-    #[arg(short = 'd', long = "dbname", value_name = "CONNSTR")]
-    dbname: Option<String>,
-    /// Database server host (overrides the connection string).
-    #[arg(short = 'h', long)]
-    host: Option<String>,
-    /// Database server port.
-    #[arg(short = 'p', long)]
-    port: Option<String>,
-    /// User name to connect as.
-    #[arg(short = 'U', long)]
-    username: Option<String>,
-}
-
+/// `walrelay receive`: pg_receivewal's own command line (see `walrelay receive --help`).
 #[derive(Args)]
 #[command(disable_help_flag = true)]
 struct ReceiveArgs {
-    /// Receive WAL files into this directory.
-    #[arg(short = 'D', long = "directory", value_name = "DIR")]
-    directory: Option<PathBuf>,
-    #[command(flatten)]
-    conn: ConnArgs,
-    /// Replication slot to use.
-    #[arg(short = 'S', long)]
-    slot: Option<String>,
-    /// Create the replication slot named by --slot, then exit.
-    #[arg(long)]
-    create_slot: bool,
-    /// With --create-slot: do not fail if the slot exists.
-    #[arg(long)]
-    if_not_exists: bool,
-    /// Drop the replication slot named by --slot, then exit.
-    #[arg(long)]
-    drop_slot: bool,
-    /// fsync after every received message and report flush right away.
-    #[arg(long)]
-    synchronous: bool,
-    /// Exit after receiving the specified LSN.
-    #[arg(short = 'E', long, value_name = "LSN")]
-    endpos: Option<Lsn>,
-    /// Do not loop on connection loss.
-    #[arg(short = 'n', long)]
-    no_loop: bool,
-    /// Time between status packets sent to the server (seconds).
-    #[arg(short = 's', long, value_name = "SECS", default_value_t = 10)]
-    status_interval: u64,
-    /// Output verbose messages.
-    #[arg(short = 'v', long, action = clap::ArgAction::Count)]
-    verbose: u8,
-    /// Print help.
-    #[arg(long, action = clap::ArgAction::Help)]
-    help: Option<bool>,
+    /// pg_receivewal's options.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
 }
 
 #[derive(Args)]
@@ -253,7 +206,25 @@ fn init_logging(default: &str) {
 }
 
 fn main() -> ExitCode {
+    // Multi-call binary: invoked as `pg_receivewal`, walrelay is pg_receivewal; `walrelay
+    // receive` is the same mode under walrelay's name.
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let argv0 = argv.first().cloned().unwrap_or_default();
+    if pgreceivewal::invoked_as_pg_receivewal(&argv0) {
+        let inv = pgreceivewal::Invocation::from_argv0(&argv0);
+        return exit_code(pgreceivewal::main(inv, argv[1..].to_vec()));
+    }
+    if argv.get(1).map(String::as_str) == Some("receive") {
+        let inv = pgreceivewal::Invocation::walrelay_receive(&argv0);
+        return exit_code(pgreceivewal::main(inv, argv[2..].to_vec()));
+    }
     let cli = Cli::parse();
+    if let Command::Receive(a) = &cli.command {
+        let inv = pgreceivewal::Invocation::walrelay_receive(&argv0);
+        return exit_code(pgreceivewal::main(inv, a.args.clone()));
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -270,7 +241,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         let work = tokio::spawn(async move {
             match cli.command {
-                Command::Receive(a) => receive(a).await,
+                Command::Receive(_) => Ok(()), // handled before the runtime starts
                 Command::Run(a) => run(a).await,
                 Command::Passwd(a) => passwd(a),
                 Command::WalFetch(a) => exit_with(walrelay::archive::cli::wal_fetch_main(a).await),
@@ -295,6 +266,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 /// Exit status of the archive subcommands (which print their own messages).
@@ -324,98 +299,6 @@ fn shutdown_signal() -> watch::Receiver<bool> {
         let _ = tx.send(true);
     });
     rx
-}
-
-fn conninfo_from(conn: &ConnArgs) -> Result<ConnInfo, String> {
-    let mut info =
-        ConnInfo::parse(conn.dbname.as_deref().unwrap_or("")).map_err(|e| e.to_string())?;
-    for (key, value) in [
-        ("host", &conn.host),
-        ("port", &conn.port),
-        ("user", &conn.username),
-    ] {
-        if let Some(v) = value {
-            info.set(key, v.clone()).map_err(|e| e.to_string())?;
-        }
-    }
-    info.apply_env(&|k| std::env::var(k).ok());
-    Ok(info)
-}
-
-async fn receive(a: ReceiveArgs) -> Result<(), String> {
-    init_logging(if a.verbose > 0 { "info" } else { "warn" });
-    let mut conninfo = conninfo_from(&a.conn)?;
-    if conninfo.application_name.is_none() {
-        conninfo.application_name = Some("walrelay".into());
-    }
-    if a.create_slot || a.drop_slot {
-        let slot = a
-            .slot
-            .as_deref()
-            .ok_or("--create-slot and --drop-slot need a slot to be specified using --slot")?;
-        let mut conn = ReplConnection::connect(&conninfo)
-            .await
-            .map_err(|e| e.to_string())?;
-        if a.drop_slot {
-            tracing::info!("dropping replication slot \"{slot}\"");
-            conn.drop_slot(slot)
-                .await
-                .map_err(|e| format!("could not drop replication slot \"{slot}\": {e}"))?;
-        }
-        if a.create_slot {
-            tracing::info!("creating replication slot \"{slot}\"");
-            match conn.create_physical_slot(slot, true).await {
-                Ok(()) => {}
-                Err(walrelay::upstream::error::UpstreamError::Server(e))
-                    if a.if_not_exists && e.code == "42710" =>
-                {
-                    tracing::info!("replication slot \"{slot}\" already exists");
-                }
-                Err(e) => return Err(format!("could not create replication slot \"{slot}\": {e}")),
-            }
-        }
-        conn.close().await;
-        return Ok(());
-    }
-    let dir = a
-        .directory
-        .ok_or("no target directory specified (use -D)")?;
-    if !dir.is_dir() {
-        return Err(format!(
-            "could not access directory \"{}\": No such file or directory",
-            dir.display()
-        ));
-    }
-    let store = Store::start(
-        &dir,
-        StoreOptions {
-            tail_bytes: 0,
-            ..Default::default()
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    let opts = ReceiverOptions {
-        conninfo,
-        slot: a.slot,
-        create_slot_if_missing: false,
-        synchronous: a.synchronous,
-        status_interval: Duration::from_secs(a.status_interval.max(1)),
-        endpos: a.endpos,
-        no_loop: a.no_loop,
-        reconnect_min: Duration::from_secs(1),
-        reconnect_max: Duration::from_secs(30),
-        flush_cap: None,
-        info: None,
-        hs_feedback: None,
-    };
-    let exit = receiver::run(store.clone(), opts, shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())?;
-    store.close().await.map_err(|e| e.to_string())?;
-    if let ReceiverExit::EndPos(lsn) = exit {
-        tracing::info!("reached endpos; last received position {lsn}");
-    }
-    Ok(())
 }
 
 fn passwd(a: PasswdArgs) -> Result<(), String> {

@@ -19,6 +19,7 @@
 //!
 //! Must not: touch sockets or object stores.
 
+pub mod compress;
 pub mod control;
 pub mod fsutil;
 pub mod reader;
@@ -160,6 +161,8 @@ pub struct StoreOptions {
     /// are at most this often. `Store::flush` (used by `--synchronous`) fsyncs at the end of
     /// the current batch regardless.
     pub flush_delay: std::time::Duration,
+    /// pg_receivewal `--compress`: segments written as `.gz` / `.lz4` (see [`compress`]).
+    pub compression: compress::Compression,
 }
 
 impl Default for StoreOptions {
@@ -168,6 +171,7 @@ impl Default for StoreOptions {
             queue_chunks: 256,
             tail_bytes: 64 << 20,
             flush_delay: std::time::Duration::from_millis(10),
+            compression: compress::Compression::none(),
         }
     }
 }
@@ -180,6 +184,7 @@ impl Store {
         let (pos_tx, positions) = watch::channel(Positions::default());
         let tail = Arc::new(Tail::new(opts.tail_bytes));
         let mut writer = Writer::new(dir.to_path_buf(), pos_tx, tail.clone(), opts.flush_delay);
+        writer.compression = opts.compression;
         let rt = tokio::runtime::Handle::try_current().ok();
         std::thread::Builder::new()
             .name("walrelay-store".into())
@@ -280,6 +285,8 @@ struct OpenSegment {
     segno: u64,
     file: File,
     path: PathBuf,
+    /// The compressed stream writing to (a clone of) `file`, with `--compress`.
+    z: Option<compress::Segment>,
 }
 
 /// State owned by the store thread.
@@ -300,6 +307,7 @@ struct Writer {
     flush_delay: std::time::Duration,
     failed: bool,
     zeros: Vec<u8>,
+    compression: compress::Compression,
 }
 
 impl Writer {
@@ -324,6 +332,7 @@ impl Writer {
             flush_delay,
             failed: false,
             zeros: Vec::new(),
+            compression: compress::Compression::none(),
         }
     }
 
@@ -544,10 +553,12 @@ impl Writer {
             let offset = lsn.segment_offset(seg_size);
             let n = rest.len().min((seg_size - offset) as usize);
             self.ensure_open(segno)?;
-            let seg = self.open.as_ref().ok_or(StoreError::NotOpen)?;
-            seg.file
-                .write_all_at(&rest[..n], offset)
-                .map_err(io_err("write to", &seg.path))?;
+            let seg = self.open.as_mut().ok_or(StoreError::NotOpen)?;
+            match seg.z.as_mut() {
+                Some(z) => z.append(&rest[..n]),
+                None => seg.file.write_all_at(&rest[..n], offset),
+            }
+            .map_err(io_err("write to", &seg.path))?;
             self.dirty = true;
             self.dirty_since.get_or_insert_with(std::time::Instant::now);
             lsn = Lsn(lsn.0 + n as u64);
@@ -568,11 +579,35 @@ impl Writer {
         }
         self.close_open()?;
         let seg_size = self.seg_size();
-        let name = segment_file_name(self.pos.timeline, segno, seg_size);
+        let mut name = segment_file_name(self.pos.timeline, segno, seg_size);
+        if let Some(m) = self.compression.method {
+            name.push_str(m.suffix());
+        }
         if self.dir.join(&name).exists() {
             return Err(StoreError::SegmentExists(name));
         }
         let path = self.dir.join(format!("{name}.partial"));
+        if let Some(m) = self.compression.method {
+            // A compressed segment is a stream written from the segment start: no padding.
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(io_err("open", &path))?;
+            let z = file
+                .try_clone()
+                .and_then(|f| compress::Segment::create(f, m, self.compression.level))
+                .map_err(io_err("open", &path))?;
+            fsutil::fsync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
+            self.open = Some(OpenSegment {
+                segno,
+                file,
+                path,
+                z: Some(z),
+            });
+            return Ok(());
+        }
         let existed = path.exists();
         let file = OpenOptions::new()
             .read(true)
@@ -607,12 +642,20 @@ impl Writer {
         if !existed || len < seg_size {
             fsutil::fsync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
         }
-        self.open = Some(OpenSegment { segno, file, path });
+        self.open = Some(OpenSegment {
+            segno,
+            file,
+            path,
+            z: None,
+        });
         Ok(())
     }
 
     fn fsync(&mut self) -> Result<(), StoreError> {
-        if let Some(seg) = &self.open {
+        if let Some(seg) = &mut self.open {
+            if let Some(z) = seg.z.as_mut() {
+                z.flush().map_err(io_err("write to", &seg.path))?;
+            }
             seg.file.sync_data().map_err(io_err("fsync", &seg.path))?;
         }
         self.dirty = false;
@@ -624,9 +667,12 @@ impl Writer {
 
     /// The open segment is full: make it durable under its final name.
     fn complete_segment(&mut self) -> Result<(), StoreError> {
-        let Some(seg) = self.open.take() else {
+        let Some(mut seg) = self.open.take() else {
             return Ok(());
         };
+        if let Some(z) = seg.z.take() {
+            z.finish().map_err(io_err("write to", &seg.path))?;
+        }
         seg.file.sync_data().map_err(io_err("fsync", &seg.path))?;
         drop(seg.file);
         let final_path = seg.path.with_extension("");
@@ -649,7 +695,12 @@ impl Writer {
 
     /// fsync and close the open segment, keeping it `.partial`.
     fn close_open(&mut self) -> Result<(), StoreError> {
-        if let Some(seg) = self.open.take() {
+        if let Some(mut seg) = self.open.take() {
+            // A compressed .partial is left a complete stream, as pg_receivewal leaves it.
+            if let (Some(z), false) = (seg.z.take(), self.failed) {
+                z.finish().map_err(io_err("write to", &seg.path))?;
+                seg.file.sync_data().map_err(io_err("fsync", &seg.path))?;
+            }
             if self.dirty && !self.failed {
                 seg.file.sync_data().map_err(io_err("fsync", &seg.path))?;
                 self.pos.flush_lsn = self.durable_end();

@@ -61,7 +61,9 @@ pub fn list(dir: &Path, seg_size: u64) -> io::Result<(Vec<SegmentFile>, Vec<Time
 /// one. Files of the wrong size are skipped (a complete segment always has the full size; a
 /// `.partial` that is short was interrupted while being zero-padded and is re-padded on open).
 pub fn resume_point(dir: &Path, seg_size: u64) -> io::Result<Option<(Lsn, TimelineId)>> {
-    let (segs, _) = list(dir, seg_size)?;
+    let (mut segs, _) = list(dir, seg_size)?;
+    // pg_receivewal --compress files (.gz, .lz4, and their .partial) count as well.
+    segs.extend(super::compress::list(dir, seg_size)?);
     let best = segs
         .iter()
         .filter(|s| s.partial || s.size == seg_size)

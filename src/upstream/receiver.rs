@@ -195,10 +195,18 @@ async fn initial_start(
     seg_size: u64,
 ) -> Result<(Lsn, TimelineId), ReceiverError> {
     if let (Some(slot), true) = (&opts.slot, conn.server_version_num() >= 150000) {
-        if let Some(info) = conn.read_replication_slot(slot).await? {
-            if let Some(lsn) = info.restart_lsn.filter(|l| l.is_valid()) {
-                let tli = info.restart_tli.unwrap_or(ident_tli);
-                return Ok((lsn.segment_start(seg_size), tli));
+        match conn.read_replication_slot(slot).await? {
+            Some(info) => {
+                if let Some(lsn) = info.restart_lsn.filter(|l| l.is_valid()) {
+                    let tli = info.restart_tli.unwrap_or(ident_tli);
+                    return Ok((lsn.segment_start(seg_size), tli));
+                }
+            }
+            // pg_receivewal's GetSlotInformation wording.
+            None => {
+                return Err(ReceiverError::Stream(format!(
+                    "replication slot \"{slot}\" does not exist"
+                )))
             }
         }
     }
@@ -379,6 +387,8 @@ async fn copy_loop(
         )
         .await?;
     }
+    // A zero interval (pg_receivewal -s 0) sends no periodic status packets.
+    let periodic = !opts.status_interval.is_zero();
     let mut status = tokio::time::interval(opts.status_interval.max(Duration::from_millis(100)));
     status.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut endpos_reached: Option<Lsn> = None;
@@ -455,7 +465,7 @@ async fn copy_loop(
                     CopyEvent::ServerShutdown => return Ok(CopyOutcome::ServerShutdown),
                 }
             }
-            _ = status.tick() => {
+            _ = status.tick(), if periodic => {
                 let p = positions.borrow().clone();
                 reporter.send(conn, &p, false).await?;
             }
