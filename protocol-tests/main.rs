@@ -22,3 +22,4 @@ mod server_stream;
 mod server_timeline;
 mod tap_pg_receivewal;
 mod upstream_conn;
+mod upstream_unix;

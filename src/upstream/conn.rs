@@ -27,7 +27,7 @@ use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::lsn::{pg_now, valid_segment_size, Lsn, TimelineId};
 use crate::protocol::backend::{AuthRequest, BackendMessage as Msg};
@@ -52,6 +52,7 @@ pub const MAX_MESSAGE: usize = 1 << 30;
 
 enum Stream {
     Plain(TcpStream),
+    Unix(UnixStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
@@ -63,6 +64,7 @@ impl AsyncRead for Stream {
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -76,18 +78,21 @@ impl AsyncWrite for Stream {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
@@ -242,6 +247,59 @@ fn startup_error(e: ErrorFields) -> UpstreamError {
     }
 }
 
+/// libpq's texts for a failed connect to a Unix-domain socket.
+fn unix_connect_text(e: std::io::Error) -> UpstreamError {
+    let text = match e.raw_os_error() {
+        Some(libc::ENOENT) => "No such file or directory".to_string(),
+        Some(libc::ECONNREFUSED) => "Connection refused".to_string(),
+        _ => return io_text(e),
+    };
+    UpstreamError::Io(std::io::Error::new(
+        e.kind(),
+        format!(
+            "{text}\n\tIs the server running locally and accepting connections on that socket?"
+        ),
+    ))
+}
+
+/// Connects to a Unix-domain socket path; a leading `@` is the Linux abstract namespace
+/// (libpq replaces it with the NUL byte).
+async fn connect_unix(path: &str) -> std::io::Result<UnixStream> {
+    match path.strip_prefix('@') {
+        None => UnixStream::connect(path).await,
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+            // connect(2) on a local socket does not wait on the network; still, keep it off
+            // the async workers.
+            let s = tokio::task::spawn_blocking(move || {
+                std::os::unix::net::UnixStream::connect_addr(&addr)
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            s.set_nonblocking(true)?;
+            UnixStream::from_std(s)
+        }
+    }
+}
+
+/// libpq's `requirepeer`: the server process's user (SO_PEERCRED) must be this one.
+fn check_requirepeer(s: &UnixStream, want: &str) -> Result<()> {
+    let cred = s
+        .peer_cred()
+        .map_err(|e| UpstreamError::auth_client(format!("could not get peer credentials: {e}")))?;
+    let uid = cred.uid();
+    match crate::upstream::conninfo::user_name_of_uid(uid) {
+        None => Err(UpstreamError::auth_client(format!(
+            "local user with ID {uid} does not exist"
+        ))),
+        Some(name) if name != want => Err(UpstreamError::auth_client(format!(
+            "requirepeer specifies \"{want}\", but actual peer user name is \"{name}\""
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
 fn io_text(e: std::io::Error) -> UpstreamError {
     match e.kind() {
         std::io::ErrorKind::ConnectionRefused => UpstreamError::Io(std::io::Error::new(
@@ -351,6 +409,7 @@ impl ReplConnection {
                         failures.push(HostFailure {
                             host: h.host.clone(),
                             port: h.port,
+                            socket: h.socket_path(),
                             error,
                         })
                     }
@@ -365,6 +424,10 @@ impl ReplConnection {
         h: &HostSpec,
         want: TargetSessionAttrs,
     ) -> Result<ReplConnection> {
+        if h.socket_path().is_some() {
+            // libpq never requests SSL over a Unix-domain socket, whatever sslmode says.
+            return Self::attempt(ci, h, TlsWant::No, want).await;
+        }
         match ci.sslmode()? {
             SslMode::Disable => Self::attempt(ci, h, TlsWant::No, want).await,
             SslMode::Allow => match Self::attempt(ci, h, TlsWant::No, want).await {
@@ -404,15 +467,18 @@ impl ReplConnection {
         tls_want: TlsWant,
         want: TargetSessionAttrs,
     ) -> Result<ReplConnection> {
-        let addr = h.addr.as_deref().unwrap_or(&h.host);
-        let mut tcp = TcpStream::connect((addr, h.port)).await.map_err(io_text)?;
-        let _ = tcp.set_nodelay(true);
-
         let mut cb_hash = None;
         let mut on_tls = false;
-        let stream = if tls_want == TlsWant::No {
-            Stream::Plain(tcp)
+        let stream = if let Some(path) = h.socket_path() {
+            let s = connect_unix(&path).await.map_err(unix_connect_text)?;
+            if let Some(peer) = ci.requirepeer.as_deref().filter(|p| !p.is_empty()) {
+                check_requirepeer(&s, peer)?;
+            }
+            Stream::Unix(s)
+        } else if tls_want == TlsWant::No {
+            Stream::Plain(Self::connect_tcp(h).await?)
         } else {
+            let mut tcp = Self::connect_tcp(h).await?;
             let mode = ci.sslmode()?;
             let config = tls::client_config(ci, mode)?;
             let mut b = BytesMut::new();
@@ -478,6 +544,13 @@ impl ReplConnection {
         Ok(conn)
     }
 
+    async fn connect_tcp(h: &HostSpec) -> Result<TcpStream> {
+        let addr = h.addr.as_deref().unwrap_or(&h.host);
+        let tcp = TcpStream::connect((addr, h.port)).await.map_err(io_text)?;
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
+
     async fn startup(&mut self, ci: &ConnInfo, h: &HostSpec) -> Result<()> {
         let user = ci.user_or_default();
         let db = ci.dbname_or_default();
@@ -507,7 +580,7 @@ impl ReplConnection {
                 .filter(|p| !p.is_empty())
                 .map(std::path::PathBuf::from)
                 .or_else(pgpass::default_path);
-            file.and_then(|f| pgpass::lookup(&f, &h.host, h.port, &db, &user))
+            file.and_then(|f| pgpass::lookup(&f, h.pgpass_host(), h.port, &db, &user))
                 .filter(|p| !p.is_empty())
                 .ok_or_else(|| UpstreamError::auth_client("fe_sendauth: no password supplied"))
         };
@@ -1354,6 +1427,7 @@ mod tests {
         let e = UpstreamError::AllHostsFailed(vec![HostFailure {
             host: "127.0.0.1".into(),
             port: 5432,
+            socket: None,
             error: startup_error(f),
         }]);
         assert!(e.is_auth_failure());

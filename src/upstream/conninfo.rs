@@ -2,9 +2,13 @@
 //!
 //! Owns: parsing `key=value` strings and `postgresql://` URIs into a [`ConnInfo`], applying
 //! the `PG*` environment variables (explicit settings win), and the defaults libpq uses.
-//! Must not: open sockets or read files other than `/etc/passwd` for the default user name.
+//! Must not: open sockets or read files other than `/etc/passwd` for the default user name
+//! (and a `stat` of the default socket directory, see [`default_socket_dir`]).
 //!
-//! Unix-domain sockets are not supported: a host starting with `/` (or `@`) is an error.
+//! Hosts follow libpq (`connectOptions2` in fe-connect.c): an entry with a `hostaddr` is a
+//! TCP address; otherwise a `host` starting with `/` (a directory) or `@` (Linux abstract
+//! namespace) is a Unix-domain socket directory, the socket being `<dir>/.s.PGSQL.<port>`;
+//! an empty or missing host (without `hostaddr`) is the default socket directory.
 
 use std::time::Duration;
 
@@ -85,6 +89,8 @@ pub struct ConnInfo {
     pub target_session_attrs: Option<String>,
     pub connect_timeout: Option<String>,
     pub options: Option<String>,
+    /// libpq's `requirepeer`: the server's operating-system user on a Unix-domain socket.
+    pub requirepeer: Option<String>,
 }
 
 /// Keywords libpq knows that walrelay accepts and ignores (they do not change what a
@@ -103,7 +109,6 @@ const IGNORED: &[&str] = &[
     "sslpassword",
     "ssl_min_protocol_version",
     "ssl_max_protocol_version",
-    "requirepeer",
     "gssencmode",
     "krbsrvname",
     "gsslib",
@@ -153,6 +158,7 @@ impl ConnInfo {
             "target_session_attrs" => &mut self.target_session_attrs,
             "connect_timeout" => &mut self.connect_timeout,
             "options" => &mut self.options,
+            "requirepeer" => &mut self.requirepeer,
             k if IGNORED.contains(&k) => return Ok(()),
             k => return err(format!("invalid connection option \"{k}\"")),
         };
@@ -163,7 +169,8 @@ impl ConnInfo {
     /// Fills unset fields from the environment (`env("PGHOST")` etc.), like libpq does:
     /// settings given in the connection string always win.
     pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) {
-        let pairs: [(&str, &mut Option<String>); 13] = [
+        let pairs: [(&str, &mut Option<String>); 14] = [
+            ("PGREQUIREPEER", &mut self.requirepeer),
             ("PGHOST", &mut self.host),
             ("PGPORT", &mut self.port),
             ("PGUSER", &mut self.user),
@@ -243,16 +250,12 @@ impl ConnInfo {
         for i in 0..n {
             let host = hosts.get(i).cloned().unwrap_or_default();
             let addr = addrs.get(i).cloned().filter(|a| !a.is_empty());
+            // libpq: with neither host nor hostaddr, the default socket directory.
             let host = if host.is_empty() {
-                addr.clone().unwrap_or_else(|| "localhost".to_string())
+                addr.clone().unwrap_or_else(default_socket_dir)
             } else {
                 host
             };
-            if host.starts_with('/') || host.starts_with('@') {
-                return err(format!(
-                    "Unix-domain sockets are not supported by walrelay (host \"{host}\"); use a TCP host name or address"
-                ));
-            }
             let p = if ports.len() == 1 {
                 ports.first()
             } else {
@@ -440,11 +443,64 @@ impl ConnInfo {
 /// One host to try.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostSpec {
-    /// The host name as given (used in messages, TLS name checks and pgpass matching).
+    /// The host name as given (used in messages, TLS name checks and pgpass matching); a
+    /// socket directory for Unix-domain sockets.
     pub host: String,
-    /// `hostaddr`, when given: the address actually connected to.
+    /// `hostaddr`, when given: the address actually connected to (always TCP).
     pub addr: Option<String>,
     pub port: u16,
+}
+
+impl HostSpec {
+    /// The Unix-domain socket path (`<dir>/.s.PGSQL.<port>`, libpq's `UNIXSOCK_PATH`) when
+    /// this entry is a socket directory: no `hostaddr`, and a host starting with `/` or `@`
+    /// (`@` = Linux abstract namespace, the `@` standing for the leading NUL byte).
+    pub fn socket_path(&self) -> Option<String> {
+        if self.addr.is_some() || !is_unixsock_path(&self.host) {
+            return None;
+        }
+        Some(format!("{}/.s.PGSQL.{}", self.host, self.port))
+    }
+
+    /// The host name matched against the password file: libpq's `passwordFromFile` uses
+    /// `localhost` for the default socket directory, the host (or directory) otherwise.
+    pub fn pgpass_host(&self) -> &str {
+        if self.addr.is_none() && self.host == default_socket_dir() {
+            "localhost"
+        } else {
+            &self.host
+        }
+    }
+}
+
+/// libpq's `is_unixsock_path`: an absolute path, or `@` for the abstract namespace.
+pub fn is_unixsock_path(host: &str) -> bool {
+    host.starts_with('/') || host.starts_with('@')
+}
+
+/// The default Unix-domain socket directory, used when no host is given (libpq's
+/// `DEFAULT_PGSOCKET_DIR`, a compile-time constant of each libpq build).
+///
+/// libpq builds disagree: Debian's (and so Ubuntu's, and the PGDG apt packages) use
+/// `/var/run/postgresql`, PostgreSQL's own default and most other builds (PyPI wheels,
+/// Homebrew, source builds) `/tmp`. walrelay has no libpq to ask, and `pg_config` does not
+/// report it, so: the value given at build time in `WALRELAY_DEFAULT_PGSOCKET_DIR` when set
+/// (packagers set it like their libpq); otherwise `/var/run/postgresql` when that directory
+/// exists (Debian's `postgresql-common` creates it, and Debian's servers listen there),
+/// else `/tmp`. `PGHOST` (or `host=`) always overrides it, as with libpq.
+pub fn default_socket_dir() -> String {
+    if let Some(d) = option_env!("WALRELAY_DEFAULT_PGSOCKET_DIR").filter(|d| !d.is_empty()) {
+        return d.to_string();
+    }
+    static DIR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        if std::path::Path::new("/var/run/postgresql").is_dir() {
+            "/var/run/postgresql".to_string()
+        } else {
+            "/tmp".to_string()
+        }
+    })
+    .clone()
 }
 
 /// `key = value` pairs; values may be single-quoted; `\` escapes the next character.
@@ -545,19 +601,26 @@ fn percent_decode(s: &str) -> Result<String, ConnInfoError> {
     String::from_utf8(out).map_err(|_| ConnInfoError(format!("invalid UTF-8 in URI: \"{s}\"")))
 }
 
+/// The user name of `uid` from `/etc/passwd` (walrelay links no NSS; `None` if absent).
+pub fn user_name_of_uid(uid: u32) -> Option<String> {
+    let pw = std::fs::read_to_string("/etc/passwd").ok()?;
+    let uid = uid.to_string();
+    pw.lines().find_map(|line| {
+        let mut f = line.split(':');
+        let name = f.next().filter(|n| !n.is_empty())?;
+        let _password = f.next()?;
+        (f.next()? == uid).then(|| name.to_string())
+    })
+}
+
 /// The operating-system user name: `/etc/passwd` entry of our uid, else `$USER`.
 fn os_user_name() -> String {
     use std::os::unix::fs::MetadataExt;
-    if let Ok(md) = std::fs::metadata("/proc/self") {
-        let uid = md.uid().to_string();
-        if let Ok(pw) = std::fs::read_to_string("/etc/passwd") {
-            for line in pw.lines() {
-                let f: Vec<&str> = line.split(':').collect();
-                if f.len() > 2 && f[2] == uid && !f[0].is_empty() {
-                    return f[0].to_string();
-                }
-            }
-        }
+    if let Some(name) = std::fs::metadata("/proc/self")
+        .ok()
+        .and_then(|md| user_name_of_uid(md.uid()))
+    {
+        return name;
     }
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
@@ -601,7 +664,7 @@ mod tests {
         );
         assert!(ConnInfo::parse("sslmode=maybe").is_err());
         assert!(ConnInfo::parse("port=99999").is_err());
-        assert!(ConnInfo::parse("host=/tmp").is_err());
+        assert!(ConnInfo::parse("host=/tmp").is_ok());
         assert!(ConnInfo::parse("host=a,b,c port=1,2").is_err());
         assert!(ConnInfo::parse("connect_timeout=x").is_err());
         // Ignored libpq keywords are accepted.
@@ -616,14 +679,55 @@ mod tests {
             h.iter()
                 .map(|h| (h.host.as_str(), h.port))
                 .collect::<Vec<_>>(),
-            vec![("a", 1), ("b", 1), ("localhost", 1), ("c", 1)]
+            vec![
+                ("a", 1),
+                ("b", 1),
+                (default_socket_dir().as_str(), 1),
+                ("c", 1)
+            ]
         );
+        assert_eq!(
+            h[2].socket_path(),
+            Some(format!("{}/.s.PGSQL.1", default_socket_dir()))
+        );
+        assert_eq!(h[0].socket_path(), None);
         let ci = ConnInfo::parse("host=a,b port=1,").unwrap();
         let h = ci.hosts().unwrap();
         assert_eq!((h[0].port, h[1].port), (1, 5432));
         let ci = ConnInfo::parse("").unwrap();
-        assert_eq!(ci.hosts().unwrap()[0].host, "localhost");
+        assert_eq!(ci.hosts().unwrap()[0].host, default_socket_dir());
         assert_eq!(ci.hosts().unwrap()[0].port, 5432);
+        assert_eq!(ci.hosts().unwrap()[0].pgpass_host(), "localhost");
+    }
+
+    #[test]
+    fn unix_sockets() {
+        // A directory, the abstract namespace, and hostaddr winning over a socket host.
+        let ci = ConnInfo::parse("host=/run/pg,@abs,/x port=5433,5434,5435 hostaddr=,,127.0.0.1")
+            .unwrap();
+        let h = ci.hosts().unwrap();
+        assert_eq!(h[0].socket_path().as_deref(), Some("/run/pg/.s.PGSQL.5433"));
+        assert_eq!(h[0].pgpass_host(), "/run/pg");
+        assert_eq!(h[1].socket_path().as_deref(), Some("@abs/.s.PGSQL.5434"));
+        assert_eq!(h[2].socket_path(), None);
+        assert_eq!(h[2].addr.as_deref(), Some("127.0.0.1"));
+        // hostaddr alone: TCP, shown by its address.
+        let ci = ConnInfo::parse("hostaddr=127.0.0.1").unwrap();
+        let h = ci.hosts().unwrap();
+        assert_eq!(
+            (h[0].host.as_str(), h[0].socket_path()),
+            ("127.0.0.1", None)
+        );
+        // An explicit default socket directory matches "localhost" in the password file.
+        let ci = ConnInfo::parse(&format!("host={}", default_socket_dir())).unwrap();
+        assert_eq!(ci.hosts().unwrap()[0].pgpass_host(), "localhost");
+        // PGHOST=/dir.
+        let mut ci = ConnInfo::parse("port=7").unwrap();
+        ci.apply_env(&|k| (k == "PGHOST").then(|| "/sock/dir".to_string()));
+        assert_eq!(
+            ci.hosts().unwrap()[0].socket_path().as_deref(),
+            Some("/sock/dir/.s.PGSQL.7")
+        );
     }
 
     #[test]

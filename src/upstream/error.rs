@@ -16,11 +16,20 @@ use crate::upstream::conninfo::ConnInfoError;
 pub struct HostFailure {
     pub host: String,
     pub port: u16,
+    /// The socket path when this host was a Unix-domain socket directory.
+    pub socket: Option<String>,
     pub error: UpstreamError,
 }
 
 impl fmt::Display for HostFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(path) = &self.socket {
+            return write!(
+                f,
+                "connection to server on socket \"{path}\" failed: {}",
+                self.error
+            );
+        }
         write!(
             f,
             "connection to server at \"{}\", port {} failed: {}",
