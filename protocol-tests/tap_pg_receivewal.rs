@@ -147,7 +147,9 @@ pub fn tap_root(major: &str) -> PathBuf {
     assert!(
         root.join("src/bin/pg_basebackup/t/020_pg_receivewal.pl")
             .is_file()
-            && root.join("src/test/perl/PostgreSQL/Test/Cluster.pm").is_file(),
+            && root
+                .join("src/test/perl/PostgreSQL/Test/Cluster.pm")
+                .is_file(),
         "PostgreSQL {major}'s TAP sources are not under {} (run scripts/test-infra.sh)",
         root.display()
     );

@@ -449,9 +449,9 @@ impl Writer {
     fn recover(&mut self) {
         match recover::recover(&self.dir) {
             Ok(Some(r)) => {
-                let last = r
-                    .last_record_end
-                    .map_or(String::new(), |l| format!(", last complete record ends at {l}"));
+                let last = r.last_record_end.map_or(String::new(), |l| {
+                    format!(", last complete record ends at {l}")
+                });
                 tracing::info!(
                     "recovered WAL from \"{}\": timeline {}, valid WAL up to {} in {}{last}",
                     self.dir.display(),
