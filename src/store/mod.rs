@@ -440,9 +440,9 @@ impl Writer {
     fn recover(&mut self) {
         match recover::recover(&self.dir) {
             Ok(Some(r)) => {
-                let last = r
-                    .last_record_end
-                    .map_or(String::new(), |l| format!(", last complete record ends at {l}"));
+                let last = r.last_record_end.map_or(String::new(), |l| {
+                    format!(", last complete record ends at {l}")
+                });
                 tracing::info!(
                     "recovered WAL from \"{}\": timeline {}, valid WAL up to {} in {}{last}",
                     self.dir.display(),
@@ -1022,5 +1022,191 @@ mod tests {
         let p = wait_flush(&store, Lsn(u64::MAX)).await;
         assert!(p.error.is_some());
         assert_eq!(p.flush_lsn, Lsn(2 * 8192));
+    }
+
+    /// The failure path of a split page header: the first bytes of the header arrive in one
+    /// chunk, the rest (invalid) in the next, both before any fsync. The failure's fsync must
+    /// not publish the header's first bytes as flushed (walsenders would serve them).
+    #[tokio::test]
+    async fn failed_split_page_header_is_never_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            flush_delay: std::time::Duration::from_secs(5),
+            ..StoreOptions::default()
+        };
+        let store = Store::start(dir.path(), opts).unwrap();
+        store.open(SYSID, SEG, "15.0").await.unwrap();
+        store.begin(1, Lsn(0)).await.unwrap();
+        let mut wal = pages(0, 3, SEG, SYSID, 1);
+        wal[2 * 8192 + 9] ^= 0x01; // the third page's address
+                                   // a first page, fsynced at once (quiet spell): the group-commit clock now runs
+        store
+            .write(Lsn(0), Bytes::copy_from_slice(&wal[..8192]))
+            .await
+            .unwrap();
+        assert_eq!(wait_flush(&store, Lsn(8192)).await.flush_lsn, Lsn(8192));
+        // within the delay: the second page plus 10 bytes of the third header, then the rest
+        let split = 2 * 8192 + 10;
+        store
+            .write(Lsn(8192), Bytes::copy_from_slice(&wal[8192..split]))
+            .await
+            .unwrap();
+        store
+            .write(Lsn(split as u64), Bytes::copy_from_slice(&wal[split..]))
+            .await
+            .unwrap();
+        let p = wait_flush(&store, Lsn(u64::MAX)).await;
+        assert!(
+            p.error.as_deref().unwrap_or("").contains("pageaddr"),
+            "{:?}",
+            p.error
+        );
+        assert_eq!(
+            p.flush_lsn,
+            Lsn(2 * 8192),
+            "bytes of the invalid header were published as flushed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(store.positions().borrow().flush_lsn, Lsn(2 * 8192));
+    }
+
+    /// WAL as the test writer lays it out (system id 42): `n` records of `size` bytes from
+    /// segment 1; returns the bytes and each record's end.
+    fn records(n: usize, size: usize) -> (Vec<u8>, Vec<u64>) {
+        use crate::wal::record::build::{record, Writer as WalWriter};
+        let mut w = WalWriter::new(SEG, SEG);
+        let mut ends = Vec::new();
+        for i in 0..n {
+            let main: Vec<u8> = (0..size).map(|j| (i + j) as u8 | 1).collect();
+            w.record(record(10, 0, i as u32, &main));
+            ends.push(w.pos());
+        }
+        (w.buf, ends)
+    }
+    const REC_SYSID: u64 = 42;
+
+    /// kill -9: the `.partial` holds WAL up to the middle of a record, with no control file.
+    /// The store publishes that end at once, before any upstream; a reconnect that restarts
+    /// the stream at the segment start does not take it back; re-received bytes must match.
+    #[tokio::test]
+    async fn recovers_the_end_of_wal_and_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, ends) = records(200, 700);
+        let cut = (ends[150] + ends[151]) / 2;
+        let mut file = wal[..(cut - SEG) as usize].to_vec();
+        file.resize(SEG as usize, 0);
+        std::fs::write(dir.path().join("000000010000000000000001.partial"), &file).unwrap();
+        let store = Store::start(dir.path(), StoreOptions::default()).unwrap();
+        store.recovered().await;
+        let p = store.positions().borrow().clone();
+        assert_eq!(
+            (p.system_id, p.wal_segment_size, p.timeline),
+            (REC_SYSID, SEG, 1)
+        );
+        assert_eq!((p.write_lsn, p.flush_lsn), (Lsn(cut), Lsn(cut)));
+        assert_eq!(p.error, None);
+
+        // the upstream comes back: streaming restarts at the segment start
+        assert_eq!(
+            store.open(REC_SYSID, SEG, "15.0").await.unwrap(),
+            Some((Lsn(SEG), 1))
+        );
+        store.begin(1, Lsn(SEG)).await.unwrap();
+        let p = store.positions().borrow().clone();
+        assert_eq!(p.flush_lsn, Lsn(cut), "flush went back on begin");
+        // the same bytes again, up to a bit past the old end
+        let upto = (ends[160] - SEG) as usize;
+        store
+            .write(Lsn(SEG), Bytes::copy_from_slice(&wal[..4000]))
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(store.positions().borrow().flush_lsn, Lsn(cut));
+        store
+            .write(Lsn(SEG + 4000), Bytes::copy_from_slice(&wal[4000..upto]))
+            .await
+            .unwrap();
+        let p = wait_flush(&store, Lsn(ends[160])).await;
+        assert_eq!(p.error, None);
+        assert_eq!(p.flush_lsn, Lsn(ends[160]));
+        store.close().await.unwrap();
+        assert!(!dir.path().join(control::CONTROL_FILE).exists());
+
+        // different bytes below the floor on the same timeline: refused, nothing overwritten
+        let store = Store::start(dir.path(), StoreOptions::default()).unwrap();
+        store.recovered().await;
+        assert_eq!(store.positions().borrow().flush_lsn, Lsn(ends[160]));
+        store.open(REC_SYSID, SEG, "15.0").await.unwrap();
+        store.begin(1, Lsn(SEG)).await.unwrap();
+        let mut other = wal[..8192].to_vec();
+        other[100] ^= 0xff;
+        store
+            .write(Lsn(SEG), Bytes::copy_from_slice(&other))
+            .await
+            .unwrap();
+        let p = wait_flush(&store, Lsn(u64::MAX)).await;
+        assert_eq!(
+            p.error.as_deref(),
+            Some("WAL received for 0/100064 differs from the WAL already stored there on timeline 1; refusing to overwrite it")
+        );
+        assert_eq!(p.flush_lsn, Lsn(SEG + 100));
+        let on_disk = std::fs::read(dir.path().join("000000010000000000000001.partial")).unwrap();
+        assert_eq!(&on_disk[..upto], &wal[..upto]);
+
+        // another cluster is refused from the segments alone (no control file)
+        let e = store.open(REC_SYSID + 1, SEG, "15.0").await.unwrap_err();
+        assert!(e.to_string().contains("holds WAL of system 42"), "{e}");
+    }
+
+    /// Files 0600 (0640 in a group-readable directory), as pg_receivewal and PostgreSQL.
+    #[tokio::test]
+    async fn file_modes_follow_the_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for (dir_mode, want) in [
+            (0o700, 0o600),
+            (0o750, 0o640),
+            (0o755, 0o640),
+            (0o711, 0o600),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(dir_mode))
+                .unwrap();
+            let opts = StoreOptions {
+                control_file: true,
+                ..StoreOptions::default()
+            };
+            let store = Store::start(dir.path(), opts).unwrap();
+            store.open(SYSID, SEG, "15.0").await.unwrap();
+            store
+                .write_history(
+                    2,
+                    Bytes::from_static(b"1\t0/1000000\tno recovery target specified\n"),
+                )
+                .await
+                .unwrap();
+            store.begin(1, Lsn(0)).await.unwrap();
+            let wal = pages(0, 129, SEG, SYSID, 1);
+            store.write(Lsn(0), Bytes::from(wal)).await.unwrap();
+            wait_flush(&store, Lsn(129 * 8192)).await;
+            store.close().await.unwrap();
+            for f in [
+                "000000010000000000000000",
+                "000000010000000000000001.partial",
+                "00000002.history",
+                control::CONTROL_FILE,
+            ] {
+                assert_eq!(
+                    mode(&dir.path().join(f)),
+                    want,
+                    "{f} in a {dir_mode:o} directory"
+                );
+            }
+        }
+        // a data directory walrelay creates is 0700
+        let parent = tempfile::tempdir().unwrap();
+        let d = parent.path().join("a/b");
+        let _store = Store::start(&d, StoreOptions::default()).unwrap();
+        assert_eq!(mode(&d), 0o700);
     }
 }

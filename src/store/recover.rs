@@ -239,7 +239,9 @@ pub fn valid_end(
     seg_size: u64,
     tli: TimelineId,
 ) -> SegmentScan {
-    let len = buf.len().min(usize::try_from(seg_size).unwrap_or(usize::MAX));
+    let len = buf
+        .len()
+        .min(usize::try_from(seg_size).unwrap_or(usize::MAX));
     let buf = buf.get(..len).unwrap_or(&[]);
     // 1. The run of valid pages.
     let mut validator = PageValidator::new(sysid, seg_size, tli);
@@ -416,7 +418,11 @@ mod tests {
         let s = scan(&reserved(&wal));
         assert_eq!(s.pages_end, Lsn(SEG + p3 as u64));
         assert!(s.end <= Lsn(SEG + p3 as u64));
-        let before = recs.iter().filter(|r| r.1 <= SEG + p3 as u64).last().unwrap();
+        let before = recs
+            .iter()
+            .filter(|r| r.1 <= SEG + p3 as u64)
+            .last()
+            .unwrap();
         assert!(s.end >= Lsn(before.1));
         // another system's page header: the same
         let s = valid_end(&reserved(&wal), Lsn(SEG), SYSID + 1, SEG, 1);
@@ -439,18 +445,29 @@ mod tests {
         let (wal, _) = segment(3, 10);
         std::fs::write(d.path().join("000000010000000000000001"), reserved(&wal)).unwrap();
         // an untouched reservation and unrelated files do not count
-        std::fs::write(d.path().join("000000010000000000000002.partial"), [0u8; 100]).unwrap();
+        std::fs::write(
+            d.path().join("000000010000000000000002.partial"),
+            [0u8; 100],
+        )
+        .unwrap();
         std::fs::write(d.path().join("junk"), b"x").unwrap();
         std::fs::write(d.path().join("0000000é000000000000001"), b"x").unwrap();
         let id = identity(d.path()).unwrap().unwrap();
         assert_eq!((id.system_id, id.seg_size, id.magic), (SYSID, SEG, 0xD110));
         let r = recover(d.path()).unwrap().unwrap();
-        assert_eq!(r.end, Lsn(2 * SEG), "the complete segment is newest with data");
+        assert_eq!(
+            r.end,
+            Lsn(2 * SEG),
+            "the complete segment is newest with data"
+        );
         // another cluster's segment in the same directory
         let mut other = reserved(&wal);
         other[24..32].copy_from_slice(&7u64.to_le_bytes());
         std::fs::write(d.path().join("000000010000000000000003.partial"), other).unwrap();
         let e = identity(d.path()).unwrap_err();
-        assert!(e.to_string().contains("mixes WAL of different clusters"), "{e}");
+        assert!(
+            e.to_string().contains("mixes WAL of different clusters"),
+            "{e}"
+        );
     }
 }
