@@ -19,4 +19,6 @@ mod server_restart;
 mod server_status;
 mod server_stream;
 mod server_timeline;
+mod store_crash;
+mod store_crash_common;
 mod upstream_conn;
