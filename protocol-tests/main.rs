@@ -21,4 +21,5 @@ mod server_stream;
 mod server_timeline;
 mod store_crash;
 mod store_crash_common;
+mod store_powerloss;
 mod upstream_conn;

@@ -21,6 +21,7 @@
 
 pub mod control;
 pub mod fsutil;
+pub mod lossy;
 pub mod reader;
 pub mod recover;
 pub mod retention;
@@ -194,6 +195,13 @@ impl Store {
         let mut writer = Writer::new(dir.to_path_buf(), pos_tx, tail.clone(), opts.flush_delay);
         writer.control_enabled = opts.control_file;
         writer.file_mode = fsutil::create_modes(dir).0;
+        if lossy::enabled() {
+            tracing::warn!(
+                "{}=1: fault injection on, unsynced WAL writes are held in memory and lost on a crash (tests only)",
+                lossy::ENV
+            );
+            writer.lossy = Some(lossy::PendingRenames::default());
+        }
         let (ready_tx, recovered) = watch::channel(false);
         let rt = tokio::runtime::Handle::try_current().ok();
         std::thread::Builder::new()
@@ -309,6 +317,35 @@ struct OpenSegment {
     segno: u64,
     file: File,
     path: PathBuf,
+    /// Writes not yet fsynced, with the power-loss fault injection ([`lossy`]) on.
+    pending: Option<lossy::Pending>,
+}
+
+impl OpenSegment {
+    fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
+        match &mut self.pending {
+            Some(p) => {
+                p.write(offset, data);
+                Ok(())
+            }
+            None => self.file.write_all_at(data, offset),
+        }
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)?;
+        if let Some(p) = &self.pending {
+            p.overlay(offset, buf);
+        }
+        Ok(())
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        if let Some(p) = &mut self.pending {
+            p.apply(&self.file)?;
+        }
+        self.file.sync_data()
+    }
 }
 
 /// State owned by the store thread.
@@ -330,6 +367,8 @@ struct Writer {
     fail_cap: Option<Lsn>,
     file_mode: u32,
     scratch: Vec<u8>,
+    /// The power-loss fault injection ([`lossy`]): renames held until the directory fsync.
+    lossy: Option<lossy::PendingRenames>,
     validator: Option<PageValidator>,
     open: Option<OpenSegment>,
     pos: Positions,
@@ -364,6 +403,7 @@ impl Writer {
             fail_cap: None,
             file_mode: fsutil::FILE_MODE_OWNER,
             scratch: Vec::new(),
+            lossy: None,
             validator: None,
             open: None,
             pos: Positions::default(),
@@ -676,9 +716,8 @@ impl Writer {
             let n = rest.len().min((seg_size - offset) as usize);
             self.ensure_open(segno)?;
             self.check_rewrite(lsn, offset, &rest[..n])?;
-            let seg = self.open.as_ref().ok_or(StoreError::NotOpen)?;
-            seg.file
-                .write_all_at(&rest[..n], offset)
+            let seg = self.open.as_mut().ok_or(StoreError::NotOpen)?;
+            seg.write_at(&rest[..n], offset)
                 .map_err(io_err("write to", &seg.path))?;
             self.dirty = true;
             self.dirty_since.get_or_insert_with(std::time::Instant::now);
@@ -710,8 +749,7 @@ impl Writer {
             .min(data.len());
         let seg = self.open.as_ref().ok_or(StoreError::NotOpen)?;
         self.scratch.resize(n, 0);
-        seg.file
-            .read_exact_at(&mut self.scratch[..n], offset)
+        seg.read_at(&mut self.scratch[..n], offset)
             .map_err(io_err("read", &seg.path))?;
         if let Some(i) = self.scratch[..n]
             .iter()
@@ -775,13 +813,19 @@ impl Writer {
         if !existed || len < seg_size {
             fsutil::fsync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
         }
-        self.open = Some(OpenSegment { segno, file, path });
+        let pending = self.lossy.as_ref().map(|_| lossy::Pending::default());
+        self.open = Some(OpenSegment {
+            segno,
+            file,
+            path,
+            pending,
+        });
         Ok(())
     }
 
     fn fsync(&mut self) -> Result<(), StoreError> {
-        if let Some(seg) = &self.open {
-            seg.file.sync_data().map_err(io_err("fsync", &seg.path))?;
+        if let Some(seg) = &mut self.open {
+            seg.sync_data().map_err(io_err("fsync", &seg.path))?;
         }
         self.dirty = false;
         self.dirty_since = None;
@@ -792,13 +836,21 @@ impl Writer {
 
     /// The open segment is full: make it durable under its final name.
     fn complete_segment(&mut self) -> Result<(), StoreError> {
-        let Some(seg) = self.open.take() else {
+        let Some(mut seg) = self.open.take() else {
             return Ok(());
         };
-        seg.file.sync_data().map_err(io_err("fsync", &seg.path))?;
+        seg.sync_data().map_err(io_err("fsync", &seg.path))?;
         drop(seg.file);
         let final_path = seg.path.with_extension("");
-        std::fs::rename(&seg.path, &final_path).map_err(io_err("rename", &seg.path))?;
+        match &mut self.lossy {
+            Some(held) => {
+                held.push(seg.path.clone(), final_path);
+                held.apply().map_err(io_err("rename", &seg.path))?;
+            }
+            None => {
+                std::fs::rename(&seg.path, &final_path).map_err(io_err("rename", &seg.path))?
+            }
+        }
         fsutil::fsync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
         self.dirty = false;
         self.dirty_since = None;
@@ -817,9 +869,9 @@ impl Writer {
 
     /// fsync and close the open segment, keeping it `.partial`.
     fn close_open(&mut self) -> Result<(), StoreError> {
-        if let Some(seg) = self.open.take() {
+        if let Some(mut seg) = self.open.take() {
             if self.dirty && !self.failed {
-                seg.file.sync_data().map_err(io_err("fsync", &seg.path))?;
+                seg.sync_data().map_err(io_err("fsync", &seg.path))?;
                 self.pos.flush_lsn = self.durable_end();
             }
         }
