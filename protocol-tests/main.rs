@@ -23,5 +23,8 @@ mod server_status;
 mod server_stream;
 mod server_timeline;
 mod tap_pg_receivewal;
+mod store_crash;
+mod store_crash_common;
+mod store_powerloss;
 mod upstream_conn;
 mod upstream_unix;
