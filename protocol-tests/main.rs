@@ -20,4 +20,5 @@ mod server_status;
 mod server_stream;
 mod server_timeline;
 mod upstream_conn;
+mod upstream_liveness;
 mod upstream_unix;
