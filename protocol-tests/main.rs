@@ -27,4 +27,5 @@ mod store_crash;
 mod store_crash_common;
 mod store_powerloss;
 mod upstream_conn;
+mod upstream_liveness;
 mod upstream_unix;
