@@ -899,9 +899,7 @@ impl Writer {
                 held.push(seg.path.clone(), final_path);
                 held.apply().map_err(io_err("rename", &seg.path))?;
             }
-            None => {
-                std::fs::rename(&seg.path, &final_path).map_err(io_err("rename", &seg.path))?
-            }
+            None => std::fs::rename(&seg.path, &final_path).map_err(io_err("rename", &seg.path))?,
         }
         fsutil::fsync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
         self.dirty = false;
