@@ -27,11 +27,15 @@ fn kill9_then_serve_without_upstream() {
     let up = primary.conninfo();
     let mut relay = start_relay(&t, &up, &data, port, &[]);
     wait_serving(&primary, port, primary.current_lsn());
-    harness::wait_for(Duration::from_secs(30), "walrelay to be the sync standby", || {
-        primary
+    harness::wait_for(
+        Duration::from_secs(30),
+        "walrelay to be the sync standby",
+        || {
+            primary
             .try_psql("select sync_state from pg_stat_replication where application_name = 'walrelay'")
             .is_ok_and(|s| s == "sync")
-    });
+        },
+    );
     primary.psql("create table t (id bigint primary key)");
     // the fresh standby's backup: no WAL in it
     let mut standby = Pg::standby_prepared_x(
@@ -72,9 +76,11 @@ fn kill9_then_serve_without_upstream() {
 
     // walrelay again, with its upstream gone
     let relay = start_relay(&t, &up, &data, port, &[]);
-    harness::wait_for(Duration::from_secs(30), "walrelay to serve without upstream", || {
-        poller.identify().is_some()
-    });
+    harness::wait_for(
+        Duration::from_secs(30),
+        "walrelay to serve without upstream",
+        || poller.identify().is_some(),
+    );
     let history = poller.finish();
     for w in history.windows(2) {
         assert!(

@@ -46,7 +46,9 @@ pub fn start_relay(
 pub fn identify(install: &PgInstall, port: u16) -> Option<Lsn> {
     let out = install
         .psql_conninfo(
-            &format!("host=127.0.0.1 port={port} user=postgres application_name=probe replication=true"),
+            &format!(
+                "host=127.0.0.1 port={port} user=postgres application_name=probe replication=true"
+            ),
             "IDENTIFY_SYSTEM",
         )
         .ok()?;
@@ -78,7 +80,14 @@ impl CommitLoop {
             .install()
             .command("psql")
             .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-            .args(["-p", &pg.port().to_string(), "-U", "postgres", "-d", "postgres"])
+            .args([
+                "-p",
+                &pg.port().to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -113,11 +113,15 @@ fn powerloss(crashes: usize) {
     );
     let mut relay = start_relay(&t, &up, &data, port, &[LOSS]);
     wait_serving(&primary, port, primary.current_lsn());
-    harness::wait_for(Duration::from_secs(30), "walrelay to be the sync standby", || {
-        primary
+    harness::wait_for(
+        Duration::from_secs(30),
+        "walrelay to be the sync standby",
+        || {
+            primary
             .try_psql("select sync_state from pg_stat_replication where application_name = 'walrelay'")
             .is_ok_and(|s| s == "sync")
-    });
+        },
+    );
     primary.psql("create table t (id bigint primary key, pad text default repeat('x', 200))");
     let mut standby = Pg::standby_prepared_x(
         &primary,
@@ -140,11 +144,25 @@ fn powerloss(crashes: usize) {
         // no upstream: what the files hold must cover everything acknowledged
         let probe = start_relay(&t, &dead, &data, port, &[LOSS]);
         let mut served = None;
-        harness::wait_for(Duration::from_secs(30), "walrelay to serve without upstream", || {
-            served = identify(primary.install(), port);
-            served.is_some()
-        });
+        harness::wait_for(
+            Duration::from_secs(30),
+            "walrelay to serve without upstream",
+            || {
+                served = identify(primary.install(), port);
+                served.is_some()
+            },
+        );
         let served = served.unwrap_or(Lsn::INVALID);
+        if served < acked {
+            // keep the evidence for pg_waldump
+            let keep = std::env::temp_dir().join(format!("walrelay-powerloss-failed-{seed}"));
+            let _ = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(&data)
+                .arg(&keep)
+                .status();
+            eprintln!("powerloss: data directory kept in {}", keep.display());
+        }
         assert!(
             served >= acked,
             "crash {crash} (seed {seed}): walrelay acknowledged {acked} but serves only up to {served} after the crash"
@@ -163,9 +181,11 @@ fn powerloss(crashes: usize) {
     let acked = commits.finish();
     drop(acks);
     let _relay = start_relay(&t, &dead, &data, port, &[LOSS]);
-    harness::wait_for(Duration::from_secs(30), "walrelay to serve without upstream", || {
-        identify(primary.install(), port).is_some()
-    });
+    harness::wait_for(
+        Duration::from_secs(30),
+        "walrelay to serve without upstream",
+        || identify(primary.install(), port).is_some(),
+    );
     assert_fresh_standby_has(&mut standby, "t", acked);
     eprintln!("powerloss: {crashes} crashes, {acked} acknowledged commits all on the fresh standby (seed {seed})");
 }
