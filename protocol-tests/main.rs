@@ -19,6 +19,7 @@ mod server_restart;
 mod server_status;
 mod server_stream;
 mod server_timeline;
+mod upstream_auth;
 mod upstream_conn;
 mod upstream_liveness;
 mod upstream_unix;
