@@ -216,6 +216,11 @@ mod tests {
         ] {
             let _ = parse_pg_time(s, i64::MAX);
         }
+        // regression: `GET /xacts?since=now-99999999999999999999d` panicked in the
+        // duration parser
+        for s in ["now-99999999999999999999d", "-99999999999999999999d", "now-9999999999999d"] {
+            assert!(parse_pg_time(s, 0).is_err(), "{s}");
+        }
         let _ = format_pg_time(i64::MIN);
         let _ = format_pg_time(i64::MAX);
     }
