@@ -391,3 +391,123 @@ impl Endpoint {
         self.policy.transport
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::client::{call, Target};
+    use tokio::io::AsyncWriteExt;
+
+    fn routes() -> Routes {
+        let mut routes = Routes::default();
+        routes.add(
+            "GET",
+            "/status",
+            Arc::new(|_| Response::json(200, &serde_json::json!({"ok": true}))),
+        );
+        routes.add(
+            "POST",
+            "/echo",
+            Arc::new(|r| Response::text(200, String::from_utf8_lossy(&r.body).into_owned())),
+        );
+        routes
+    }
+
+    /// Writes `req` and reads the reply until the server closes.
+    async fn raw(addr: SocketAddr, req: &[u8]) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = c.write_all(req).await;
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn serves_tcp_with_limits() {
+        let (_tx, rx) = watch::channel(false);
+        let mut ep = Endpoint::new(
+            "test",
+            routes(),
+            Policy::new(Transport::Tcp { tls: false }, None, &[]),
+        );
+        ep.limits.max_waiting = 4;
+        ep.limits.max_connections = 8;
+        ep.limits.max_body = 10;
+        let s = serve_tcp("127.0.0.1:0".parse().unwrap(), ep, rx).await.unwrap();
+        let t = Target::Tcp {
+            addr: s.local_addr.unwrap().to_string(),
+            token: None,
+        };
+        let (st, body) = call(&t, "GET", "/status", &[]).await.unwrap();
+        assert_eq!(st, 200);
+        assert!(body.contains("\"ok\": true"));
+        assert_eq!(call(&t, "POST", "/status", &[]).await.unwrap().0, 405);
+        assert_eq!(call(&t, "GET", "/nope", &[]).await.unwrap().0, 404);
+        assert_eq!(call(&t, "GET", "/%ff", &[]).await.unwrap().0, 400);
+        assert_eq!(
+            call(&t, "GET", "/status", &[("host", "evil.example")]).await.unwrap().0,
+            421
+        );
+        // many silent connections: the oldest are dropped, a real request is answered
+        let addr = s.local_addr.unwrap();
+        let mut silent = Vec::new();
+        for _ in 0..50 {
+            silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let (st, _) = call(&t, "GET", "/status", &[]).await.unwrap();
+        assert_eq!(st, 200);
+        // a head larger than max_head is answered 431, not buffered without bound
+        let head = format!(
+            "GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX: {}\r\n\r\n",
+            "a".repeat(20_000)
+        );
+        assert!(raw(addr, head.as_bytes()).await.starts_with("HTTP/1.1 431"));
+        // a body larger than max_body: 413
+        let post = format!(
+            "POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{}",
+            "b".repeat(100)
+        );
+        assert!(raw(addr, post.as_bytes()).await.starts_with("HTTP/1.1 413"));
+        let post = "POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\nhello";
+        let reply = raw(addr, post.as_bytes()).await;
+        assert!(reply.starts_with("HTTP/1.1 200") && reply.ends_with("hello"), "{reply}");
+        drop(silent);
+    }
+
+    #[tokio::test]
+    async fn body_limit_and_unix_socket() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let (tx, rx) = watch::channel(false);
+        let mut ep = Endpoint::new("test", routes(), Policy::new(Transport::Unix, None, &[]));
+        ep.limits.max_body = 10;
+        let s = serve_unix(&path, ep, rx.clone()).await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let t = Target::Unix(path.clone());
+        assert_eq!(call(&t, "GET", "/status", &[]).await.unwrap().0, 200);
+        // a second server on the same socket is refused while the first runs
+        let again = serve_unix(
+            &path,
+            Endpoint::new("test", routes(), Policy::new(Transport::Unix, None, &[])),
+            rx,
+        )
+        .await;
+        assert!(matches!(again, Err(BindError::InUse(_))), "{:?}", again.err());
+        let (st, body) = call(&t, "POST", "/echo", &[]).await.unwrap();
+        assert_eq!((st, body.as_str()), (200, ""));
+        let (st, _) = call(&t, "POST", "/echo", &[("origin", "http://evil.example")])
+            .await
+            .unwrap();
+        assert_eq!(st, 403);
+        let (st, _) = call(&t, "POST", "/echo", &[("content-type", "text/plain")])
+            .await
+            .unwrap();
+        assert_eq!(st, 415);
+        tx.send(true).unwrap();
+        s.task.await.unwrap();
+        assert!(!path.exists(), "socket removed at shutdown");
+    }
+}
