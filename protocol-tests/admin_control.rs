@@ -101,10 +101,15 @@ fn admin_control_refuses_and_separates() {
         ("GET", "/xacts"),
     ] {
         let (st, body) = call_blocking(&m, method, path, &[]).unwrap();
-        assert!(st == 404 || st == 405, "{method} {path} on the metrics listener: {st} {body}");
+        assert!(
+            st == 404 || st == 405,
+            "{method} {path} on the metrics listener: {st} {body}"
+        );
     }
     assert_eq!(
-        call_blocking(&m, "GET", "/status", &[("host", "evil.example:80")]).unwrap().0,
+        call_blocking(&m, "GET", "/status", &[("host", "evil.example:80")])
+            .unwrap()
+            .0,
         421,
         "DNS-rebinding Host on the metrics listener"
     );
@@ -113,16 +118,16 @@ fn admin_control_refuses_and_separates() {
     let (st, body) = call_blocking(&tcp(&s.control, None), "GET", "/feeds", &[]).unwrap();
     assert_eq!(st, 401, "{body}");
     assert!(body.contains("authentication required"), "{body}");
-    let (st, body) = call_blocking(&tcp(&s.control, Some("wrong-token-0123456789")), "GET", "/feeds", &[]).unwrap();
-    assert_eq!(st, 401, "{body}");
-    assert!(body.contains("invalid token"), "{body}");
-    let (st, _) = call_blocking(
-        &tcp(&s.control, None),
-        "POST",
-        "/feeds/lag/pause",
+    let (st, body) = call_blocking(
+        &tcp(&s.control, Some("wrong-token-0123456789")),
+        "GET",
+        "/feeds",
         &[],
     )
     .unwrap();
+    assert_eq!(st, 401, "{body}");
+    assert!(body.contains("invalid token"), "{body}");
+    let (st, _) = call_blocking(&tcp(&s.control, None), "POST", "/feeds/lag/pause", &[]).unwrap();
     assert_eq!(st, 401);
     let c = tcp(&s.control, Some(TOKEN));
     let (st, body) = call_blocking(&c, "GET", "/feeds", &[]).unwrap();
@@ -148,7 +153,11 @@ fn admin_control_refuses_and_separates() {
     // same origin but a form content type: still not a state change
     let reply = raw(&s.control, &form(&format!("http://{}", s.control)));
     assert!(reply.starts_with("HTTP/1.1 415"), "{reply}");
-    assert_ne!(feed_state(&s), "paused", "a refused request paused the feed");
+    assert_ne!(
+        feed_state(&s),
+        "paused",
+        "a refused request paused the feed"
+    );
     // the same form POST to the socket: refused too
     let (st, _) = call_blocking(
         &Target::Unix(sock.clone()),
@@ -224,9 +233,11 @@ fn admin_cli_over_socket() {
     s._primary.psql("create table doomed (id int)");
     s._primary.psql("drop table doomed");
     s.relay.wait_flush(&s._primary, s._primary.current_lsn());
-    harness::wait_for(Duration::from_secs(30), "the drop in walrelay xacts", || {
-        cli(&["xacts", "--since", "now-10m", "--drops-only"]).contains("base/")
-    });
+    harness::wait_for(
+        Duration::from_secs(30),
+        "the drop in walrelay xacts",
+        || cli(&["xacts", "--since", "now-10m", "--drops-only"]).contains("base/"),
+    );
     let (st, _, err) = run_to_end(&["feed", "pause", "nope", "--data-dir", &s.data_dir]);
     assert!(!st.success());
     assert!(err.contains("no feed named \"nope\""), "{err}");
@@ -234,7 +245,9 @@ fn admin_cli_over_socket() {
     let (st, _, err) = run_to_end(&["feed", "list", "--data-dir", "/nonexistent"]);
     assert!(!st.success());
     assert!(
-        err.contains("could not reach walrelay's control endpoint at \"/nonexistent/walrelay.control.sock\""),
+        err.contains(
+            "could not reach walrelay's control endpoint at \"/nonexistent/walrelay.control.sock\""
+        ),
         "{err}"
     );
 }
@@ -267,7 +280,10 @@ fn admin_metrics_survive_silent_connections() {
     // bounded: walrelay holds at most its connection cap (128) of them, the rest wait in
     // the kernel's backlog
     let held = fds().saturating_sub(baseline);
-    assert!(held <= 128 + 8, "walrelay holds {held} more descriptors under the flood");
+    assert!(
+        held <= 128 + 8,
+        "walrelay holds {held} more descriptors under the flood"
+    );
     // the control socket is a listener of its own
     let (st, _) = call_blocking(
         &Target::Unix(s.relay.data.join("walrelay.control.sock")),
@@ -312,4 +328,66 @@ fn admin_token_file_must_be_private() {
         err.contains("has group or world access; it must be 0600"),
         "{err}"
     );
+}
+
+/// `control.listen` on a non-loopback address with TLS: served over TLS only (checked with
+/// curl against the test CA), token still required.
+#[test]
+fn admin_control_tls() {
+    let t = TestDir::new("admin-tls");
+    let primary = Pg::primary("15", &[]);
+    let certs = crate::harness::certs::generate(&t.subdir("certs"), &["localhost", "127.0.0.1"]);
+    let port = harness::free_port();
+    let token_file = t.join("control.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = t.join("walrelay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[control]\nlisten = \"0.0.0.0:{port}\"\ntoken_file = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\n[[feed]]\nname = \"lag\"\ndelay = \"1h\"\n",
+            token_file.display(),
+            certs.server_cert.display(),
+            certs.server_key.display()
+        ),
+    )
+    .unwrap();
+    let _relay = Relay::start(&t, &primary, &["--config", cfg.to_str().unwrap()]);
+    let curl = |extra: &[&str]| {
+        let mut args = vec!["-sS", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}"];
+        args.extend_from_slice(extra);
+        let out = std::process::Command::new("curl")
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let url = format!("https://127.0.0.1:{port}/feeds");
+    let ca = certs.ca_cert.to_str().unwrap();
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let (out, err) = curl(&["--cacert", ca, "-H", &auth, &url]);
+    assert!(out.ends_with("\n200"), "{out} {err}");
+    assert!(out.contains("\"lag\""), "{out}");
+    let (out, _) = curl(&["--cacert", ca, &url]);
+    assert!(out.ends_with("\n401"), "{out}");
+    let (out, _) = curl(&[
+        "--cacert",
+        ca,
+        "-H",
+        &auth,
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        &format!("https://127.0.0.1:{port}/feeds/lag/pause"),
+    ]);
+    assert!(out.ends_with("\n200"), "{out}");
+    assert!(out.contains("paused"), "{out}");
+    // plain HTTP to the TLS listener gets no answer
+    let (out, _) = curl(&["-H", &auth, &format!("http://127.0.0.1:{port}/feeds")]);
+    assert!(!out.contains("\"lag\""), "{out}");
+    assert!(!out.ends_with("\n200"), "{out}");
 }

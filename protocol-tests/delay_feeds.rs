@@ -301,7 +301,8 @@ fn delay_tripwire_drop_and_truncate() {
         "the tripwire did not hold before TRUNCATE"
     );
     assert_eq!(s.feed_json("lag")["waiting_commit"]["xid"], trunc_xid);
-    let metrics = crate::harness::walrelay::run_to_end(&["feed", "list", "--data-dir", &s.data_dir]).1;
+    let metrics =
+        crate::harness::walrelay::run_to_end(&["feed", "list", "--data-dir", &s.data_dir]).1;
     assert!(metrics.contains("tripwire"), "{metrics}");
     let (_, body) = walrelay::admin::request(&s.metrics, "GET", "/metrics").unwrap();
     assert!(

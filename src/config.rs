@@ -767,7 +767,11 @@ mod tests {
         assert_eq!(parse_duration("5min").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
         // regression: overflow used to panic in Duration::from_secs_f64
-        for big in ["99999999999999999999d", "99999999999999999999", "18446744073709551616s"] {
+        for big in [
+            "99999999999999999999d",
+            "99999999999999999999",
+            "18446744073709551616s",
+        ] {
             assert!(parse_duration(big).is_err(), "{big}");
         }
         assert!(parse_duration("é").is_err());
@@ -783,7 +787,15 @@ mod tests {
         )
         .unwrap();
         let d = format!("{c:?}");
-        for secret in ["s3 cr", "et'", "secretstuff", "AKsecretKEY", "tok3n", "azkey", "gkey"] {
+        for secret in [
+            "s3 cr",
+            "et'",
+            "secretstuff",
+            "AKsecretKEY",
+            "tok3n",
+            "azkey",
+            "gkey",
+        ] {
             assert!(!d.contains(secret), "{secret} in {d}");
         }
         assert!(d.contains("host=a password=<redacted> user=u"), "{d}");
@@ -793,7 +805,10 @@ mod tests {
             "postgresql://u:<redacted>@h1,h2/db?sslmode=require&password=<redacted>"
         );
         assert_eq!(redact::conninfo("postgres://h/db"), "postgres://h/db");
-        assert_eq!(redact::conninfo("password = 'a b' host=x"), "password =<redacted> host=x");
+        assert_eq!(
+            redact::conninfo("password = 'a b' host=x"),
+            "password =<redacted> host=x"
+        );
     }
 
     #[test]

@@ -138,13 +138,19 @@ pub async fn start(
         let ep = Endpoint::new(
             "metrics.listen",
             metrics_routes(handle, s),
-            Policy::new(Transport::Tcp { tls: false }, None, &cfg.metrics.allowed_hosts),
+            Policy::new(
+                Transport::Tcp { tls: false },
+                None,
+                &cfg.metrics.allowed_hosts,
+            ),
         );
         let serving = admin::serve_tcp(addr, ep, shutdown.clone())
             .await
             .map_err(|e| e.to_string())?;
         if let Some(local) = serving.local_addr {
-            tracing::info!("metrics, health and status on http://{local}/metrics, /health and /status");
+            tracing::info!(
+                "metrics, health and status on http://{local}/metrics, /health and /status"
+            );
         }
     }
     let routes = control_routes(s);

@@ -153,22 +153,32 @@ pub fn render_standbys(samples: &[StandbySample]) -> String {
         .collect();
     type Get = fn(&StandbySample) -> Option<f64>;
     let series: [(&str, &str, Get); 5] = [
-        (STANDBY_SENT_LSN, "end of WAL sent to the standby", |s| s.sent.map(|v| v as f64)),
-        (STANDBY_FLUSH_LSN, "flush position the standby reported", |s| {
-            s.flush.map(|v| v as f64)
+        (STANDBY_SENT_LSN, "end of WAL sent to the standby", |s| {
+            s.sent.map(|v| v as f64)
         }),
-        (STANDBY_REPLAY_LSN, "replay position the standby reported", |s| {
-            s.replay.map(|v| v as f64)
-        }),
-        (STANDBY_FLUSH_LAG_BYTES, "bytes sent but not yet flushed by the standby", |s| {
-            match (s.sent, s.flush) {
+        (
+            STANDBY_FLUSH_LSN,
+            "flush position the standby reported",
+            |s| s.flush.map(|v| v as f64),
+        ),
+        (
+            STANDBY_REPLAY_LSN,
+            "replay position the standby reported",
+            |s| s.replay.map(|v| v as f64),
+        ),
+        (
+            STANDBY_FLUSH_LAG_BYTES,
+            "bytes sent but not yet flushed by the standby",
+            |s| match (s.sent, s.flush) {
                 (Some(a), Some(b)) => Some(a.saturating_sub(b) as f64),
                 _ => None,
-            }
-        }),
-        (STANDBY_REPLAY_LAG_SECONDS, "time between sending WAL and the standby replaying it", |s| {
-            s.replay_lag_seconds
-        }),
+            },
+        ),
+        (
+            STANDBY_REPLAY_LAG_SECONDS,
+            "time between sending WAL and the standby replaying it",
+            |s| s.replay_lag_seconds,
+        ),
     ];
     let mut out = String::new();
     for (name, help, get) in series {
@@ -204,18 +214,34 @@ mod tests {
         assert_eq!(label_value(&"x".repeat(500)).len(), MAX_LABEL_LEN);
         let many: Vec<StandbySample> = (0..100)
             .map(|i| StandbySample {
-                application_name: if i < 2 { "sb".into() } else { format!("evil{i}\"") },
+                application_name: if i < 2 {
+                    "sb".into()
+                } else {
+                    format!("evil{i}\"")
+                },
                 sent: Some(100),
                 flush: Some(40),
                 ..Default::default()
             })
             .collect();
         let text = render_standbys(&many);
-        assert!(text.contains("walrelay_walsender_sent_lsn_bytes{application_name=\"sb\",session=\"1\"} 100"), "{text}");
-        assert!(text.contains("walrelay_walsender_flush_lag_bytes{application_name=\"sb\",session=\"2\"} 60"), "{text}");
+        assert!(
+            text.contains(
+                "walrelay_walsender_sent_lsn_bytes{application_name=\"sb\",session=\"1\"} 100"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "walrelay_walsender_flush_lag_bytes{application_name=\"sb\",session=\"2\"} 60"
+            ),
+            "{text}"
+        );
         assert!(text.contains("application_name=\"evil2_\""), "{text}");
         assert_eq!(
-            text.lines().filter(|l| l.starts_with(STANDBY_SENT_LSN)).count(),
+            text.lines()
+                .filter(|l| l.starts_with(STANDBY_SENT_LSN))
+                .count(),
             MAX_STANDBY_SERIES
         );
         assert!(text.contains(&format!("{STANDBY_UNLABELLED} 36")), "{text}");

@@ -27,7 +27,11 @@ impl std::fmt::Debug for Target {
             Target::Tcp { addr, token } => write!(
                 f,
                 "Tcp({addr}{})",
-                if token.is_some() { ", token <redacted>" } else { "" }
+                if token.is_some() {
+                    ", token <redacted>"
+                } else {
+                    ""
+                }
             ),
         }
     }
@@ -102,7 +106,9 @@ pub async fn call(
     let work = async {
         match target {
             Target::Unix(p) => send(tokio::net::UnixStream::connect(p).await?, req).await,
-            Target::Tcp { addr, .. } => send(tokio::net::TcpStream::connect(addr).await?, req).await,
+            Target::Tcp { addr, .. } => {
+                send(tokio::net::TcpStream::connect(addr).await?, req).await
+            }
         }
     };
     tokio::time::timeout(TIMEOUT, work)

@@ -134,7 +134,10 @@ impl Policy {
         Policy {
             transport,
             token,
-            allowed_hosts: allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            allowed_hosts: allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
         }
     }
 
@@ -181,11 +184,16 @@ impl Policy {
                 _ => None,
             };
             if own.as_deref() != Some(origin.to_ascii_lowercase().as_str()) {
-                return Err(refuse(403, format!("cross-origin request from \"{origin}\" refused")));
+                return Err(refuse(
+                    403,
+                    format!("cross-origin request from \"{origin}\" refused"),
+                ));
             }
         }
         let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-        if site.is_some_and(|s| !s.eq_ignore_ascii_case("same-origin") && !s.eq_ignore_ascii_case("none")) {
+        if site.is_some_and(|s| {
+            !s.eq_ignore_ascii_case("same-origin") && !s.eq_ignore_ascii_case("none")
+        }) {
             return Err(refuse(403, "cross-site request refused"));
         }
         if let Some(token) = &self.token {
@@ -232,8 +240,13 @@ mod tests {
 
     #[test]
     fn host_and_origin() {
-        let p = Policy::new(Transport::Tcp { tls: false }, None, &["Relay.Example".into()]);
-        let ok = |h: &[(&'static str, &str)]| p.check(&Method::GET, &headers(h)).map_err(|r| r.status);
+        let p = Policy::new(
+            Transport::Tcp { tls: false },
+            None,
+            &["Relay.Example".into()],
+        );
+        let ok =
+            |h: &[(&'static str, &str)]| p.check(&Method::GET, &headers(h)).map_err(|r| r.status);
         assert_eq!(ok(&[("host", "127.0.0.1:9187")]), Ok(()));
         assert_eq!(ok(&[("host", "[::1]:9187")]), Ok(()));
         assert_eq!(ok(&[("host", "localhost")]), Ok(()));
@@ -270,22 +283,46 @@ mod tests {
             Some(Token::new("0123456789abcdef-secret")),
             &[],
         );
-        let st = |m: Method, h: &[(&'static str, &str)]| p.check(&m, &headers(h)).map_err(|r| r.status);
+        let st =
+            |m: Method, h: &[(&'static str, &str)]| p.check(&m, &headers(h)).map_err(|r| r.status);
         let host = ("host", "127.0.0.1:1");
         assert_eq!(st(Method::GET, &[host]), Err(401));
-        assert_eq!(st(Method::GET, &[host, ("authorization", "Bearer nope")]), Err(401));
-        assert_eq!(st(Method::GET, &[host, ("authorization", "Basic x")]), Err(401));
+        assert_eq!(
+            st(Method::GET, &[host, ("authorization", "Bearer nope")]),
+            Err(401)
+        );
+        assert_eq!(
+            st(Method::GET, &[host, ("authorization", "Basic x")]),
+            Err(401)
+        );
         let auth = ("authorization", "bearer 0123456789abcdef-secret");
         assert_eq!(st(Method::GET, &[host, auth]), Ok(()));
         assert_eq!(st(Method::POST, &[host, auth]), Err(415));
         assert_eq!(
-            st(Method::POST, &[host, auth, ("content-type", "application/x-www-form-urlencoded")]),
+            st(
+                Method::POST,
+                &[
+                    host,
+                    auth,
+                    ("content-type", "application/x-www-form-urlencoded")
+                ]
+            ),
             Err(415)
         );
         assert_eq!(
-            st(Method::POST, &[host, auth, ("content-type", "application/json; charset=utf-8")]),
+            st(
+                Method::POST,
+                &[
+                    host,
+                    auth,
+                    ("content-type", "application/json; charset=utf-8")
+                ]
+            ),
             Ok(())
         );
-        assert_eq!(format!("{:?}", Token::new("hunter2hunter2hunter2")), "Token(<redacted>)");
+        assert_eq!(
+            format!("{:?}", Token::new("hunter2hunter2hunter2")),
+            "Token(<redacted>)"
+        );
     }
 }

@@ -28,7 +28,11 @@ pub struct TargetError(pub &'static str);
 
 impl Request {
     /// Builds a request from the method and the raw `path?query` target.
-    pub fn from_target(method: &str, path: &str, query: Option<&str>) -> Result<Request, TargetError> {
+    pub fn from_target(
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<Request, TargetError> {
         if !path.starts_with('/') {
             return Err(TargetError("the path must start with '/'"));
         }
@@ -159,8 +163,12 @@ mod tests {
 
     #[test]
     fn decodes_targets() {
-        let r = Request::from_target("POST", "/feeds/a%20b/advance", Some("to_lsn=0%2F3000000&x&y=a+b"))
-            .unwrap();
+        let r = Request::from_target(
+            "POST",
+            "/feeds/a%20b/advance",
+            Some("to_lsn=0%2F3000000&x&y=a+b"),
+        )
+        .unwrap();
         assert_eq!(r.segments, ["feeds", "a b", "advance"]);
         assert_eq!(r.path, "/feeds/a b/advance");
         assert_eq!(r.param("to_lsn"), Some("0/3000000"));
@@ -179,7 +187,11 @@ mod tests {
     #[test]
     fn dispatches() {
         let mut routes = Routes::default();
-        routes.add("GET", "/feeds", Arc::new(|r| Response::text(200, r.rest(1).join(","))));
+        routes.add(
+            "GET",
+            "/feeds",
+            Arc::new(|r| Response::text(200, r.rest(1).join(","))),
+        );
         let get = |m: &str, p: &str| routes.dispatch(&Request::from_target(m, p, None).unwrap());
         assert_eq!(get("GET", "/feeds/a").body, b"a");
         assert_eq!(get("GET", "/feeds").status, 200);

@@ -112,14 +112,20 @@ pub async fn serve_tcp(
     ep: Endpoint,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Serving, BindError> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| BindError::Tcp {
-        name: ep.name,
-        addr,
-        source,
-    })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError::Tcp {
+            name: ep.name,
+            addr,
+            source,
+        })?;
     let local = listener.local_addr().ok();
     let tls = ep.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-    let task = tokio::spawn(accept_loop(Acceptor::Tcp(listener, tls), Arc::new(ep), shutdown));
+    let task = tokio::spawn(accept_loop(
+        Acceptor::Tcp(listener, tls),
+        Arc::new(ep),
+        shutdown,
+    ));
     Ok(Serving {
         local_addr: local,
         task,
@@ -185,7 +191,10 @@ struct ErrorLog {
 impl ErrorLog {
     fn log(&mut self, name: &str, e: &std::io::Error) {
         let now = Instant::now();
-        if self.last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(10)) {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(10))
+        {
             self.suppressed = self.suppressed.saturating_add(1);
             return;
         }
@@ -254,7 +263,11 @@ async fn accept_loop(acceptor: Acceptor, ep: Arc<Endpoint>, mut shutdown: watch:
                             match tls {
                                 None => connection(sock, ep2, waiting, id, evicted).await,
                                 Some(acc) => {
-                                    let hs = tokio::time::timeout(ep2.limits.header_timeout, acc.accept(sock)).await;
+                                    let hs = tokio::time::timeout(
+                                        ep2.limits.header_timeout,
+                                        acc.accept(sock),
+                                    )
+                                    .await;
                                     match hs {
                                         Ok(Ok(s)) => connection(s, ep2, waiting, id, evicted).await,
                                         _ => lock(&waiting).done(id),
@@ -341,17 +354,20 @@ async fn handle(req: hyper::Request<Incoming>, ep: &Endpoint) -> hyper::Response
     .await;
     let body = match collected {
         Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
             return to_http(Response::error(413, "request body too large"))
         }
         Ok(Err(_)) => return to_http(Response::error(400, "could not read the request body")),
         Err(_) => return to_http(Response::error(408, "request body not sent in time")),
     };
-    let mut request = match Request::from_target(parts.method.as_str(), parts.uri.path(), parts.uri.query())
-    {
-        Ok(r) => r,
-        Err(e) => return to_http(Response::error(400, e.to_string())),
-    };
+    let mut request =
+        match Request::from_target(parts.method.as_str(), parts.uri.path(), parts.uri.query()) {
+            Ok(r) => r,
+            Err(e) => return to_http(Response::error(400, e.to_string())),
+        };
     request.body = body.to_vec();
     let routes = ep.routes.clone();
     let resp = tokio::task::spawn_blocking(move || routes.dispatch(&request))
@@ -361,7 +377,8 @@ async fn handle(req: hyper::Request<Incoming>, ep: &Endpoint) -> hyper::Response
 }
 
 fn to_http(r: Response) -> hyper::Response<Full<Bytes>> {
-    let status = http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     let mut b = hyper::Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, r.content_type)
@@ -434,7 +451,9 @@ mod tests {
         ep.limits.max_waiting = 4;
         ep.limits.max_connections = 8;
         ep.limits.max_body = 10;
-        let s = serve_tcp("127.0.0.1:0".parse().unwrap(), ep, rx).await.unwrap();
+        let s = serve_tcp("127.0.0.1:0".parse().unwrap(), ep, rx)
+            .await
+            .unwrap();
         let t = Target::Tcp {
             addr: s.local_addr.unwrap().to_string(),
             token: None,
@@ -446,7 +465,10 @@ mod tests {
         assert_eq!(call(&t, "GET", "/nope", &[]).await.unwrap().0, 404);
         assert_eq!(call(&t, "GET", "/%ff", &[]).await.unwrap().0, 400);
         assert_eq!(
-            call(&t, "GET", "/status", &[("host", "evil.example")]).await.unwrap().0,
+            call(&t, "GET", "/status", &[("host", "evil.example")])
+                .await
+                .unwrap()
+                .0,
             421
         );
         // many silent connections: the oldest are dropped, a real request is answered
@@ -471,7 +493,10 @@ mod tests {
         assert!(raw(addr, post.as_bytes()).await.starts_with("HTTP/1.1 413"));
         let post = "POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\nhello";
         let reply = raw(addr, post.as_bytes()).await;
-        assert!(reply.starts_with("HTTP/1.1 200") && reply.ends_with("hello"), "{reply}");
+        assert!(
+            reply.starts_with("HTTP/1.1 200") && reply.ends_with("hello"),
+            "{reply}"
+        );
         drop(silent);
     }
 
@@ -495,7 +520,11 @@ mod tests {
             rx,
         )
         .await;
-        assert!(matches!(again, Err(BindError::InUse(_))), "{:?}", again.err());
+        assert!(
+            matches!(again, Err(BindError::InUse(_))),
+            "{:?}",
+            again.err()
+        );
         let (st, body) = call(&t, "POST", "/echo", &[]).await.unwrap();
         assert_eq!((st, body.as_str()), (200, ""));
         let (st, _) = call(&t, "POST", "/echo", &[("origin", "http://evil.example")])

@@ -158,9 +158,7 @@ pub async fn feed_command(
     let v = match cmd {
         FeedCommand::List => call(addr, "GET", "/feeds").await?,
         FeedCommand::Pause(n) => call(addr, "POST", &format!("/feeds/{}/pause", enc(n))).await?,
-        FeedCommand::Resume(n) => {
-            call(addr, "POST", &format!("/feeds/{}/resume", enc(n))).await?
-        }
+        FeedCommand::Resume(n) => call(addr, "POST", &format!("/feeds/{}/resume", enc(n))).await?,
         FeedCommand::Advance(n, params) => {
             let q: Vec<String> = params
                 .iter()

@@ -218,7 +218,11 @@ mod tests {
         }
         // regression: `GET /xacts?since=now-99999999999999999999d` panicked in the
         // duration parser
-        for s in ["now-99999999999999999999d", "-99999999999999999999d", "now-9999999999999d"] {
+        for s in [
+            "now-99999999999999999999d",
+            "-99999999999999999999d",
+            "now-9999999999999d",
+        ] {
             assert!(parse_pg_time(s, 0).is_err(), "{s}");
         }
         let _ = format_pg_time(i64::MIN);
