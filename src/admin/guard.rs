@@ -145,7 +145,7 @@ impl Policy {
         let h = host.to_ascii_lowercase();
         h.parse::<IpAddr>().is_ok()
             || h == "localhost"
-            || self.allowed_hosts.iter().any(|a| *a == h)
+            || self.allowed_hosts.contains(&h)
     }
 
     /// Checks a request's method and headers; `Ok` lets it through to routing.
