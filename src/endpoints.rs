@@ -123,6 +123,31 @@ pub fn control_routes(s: &Sources) -> Routes {
     routes
 }
 
+/// The control listener's token and TLS material, loaded (and checked) from the
+/// configuration; `walrelay run` calls this before touching the data directory so a bad
+/// token file fails at once.
+pub fn load_control_secrets(
+    cfg: &Config,
+) -> Result<(Option<Token>, Option<Arc<rustls::ServerConfig>>), String> {
+    if cfg.control.listen.is_none() {
+        return Ok((None, None));
+    }
+    let token_file = cfg
+        .control
+        .token_file
+        .as_deref()
+        .ok_or("control.listen needs control.token_file")?;
+    let token = Token::from_file(token_file).map_err(|e| e.to_string())?;
+    let tls = match (&cfg.control.tls_cert, &cfg.control.tls_key) {
+        (Some(c), Some(k)) => Some(crate::server::tls::load(c, k, None)?.config),
+        _ => None,
+    };
+    Ok((Some(token), tls))
+}
+
+/// Longest Unix socket path (`sun_path` is 108 bytes with the terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
 /// Starts the metrics listener (when `metrics.listen` is set), the control socket and the
 /// control TCP listener (when `control.listen` is set).
 pub async fn start(
@@ -155,6 +180,12 @@ pub async fn start(
     }
     let routes = control_routes(s);
     let socket = cfg.control.socket_path(&cfg.data_dir);
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(format!(
+            "control socket path \"{}\" is longer than {MAX_SOCKET_PATH} bytes: set control.socket to a shorter path",
+            socket.display()
+        ));
+    }
     let ep = Endpoint::new(
         "control socket",
         routes.clone(),
@@ -168,22 +199,13 @@ pub async fn start(
         let addr: std::net::SocketAddr = listen
             .parse()
             .map_err(|e| format!("invalid control.listen \"{listen}\": {e}"))?;
-        let token_file = cfg
-            .control
-            .token_file
-            .as_deref()
-            .ok_or("control.listen needs control.token_file")?;
-        let token = Token::from_file(token_file).map_err(|e| e.to_string())?;
-        let tls = match (&cfg.control.tls_cert, &cfg.control.tls_key) {
-            (Some(c), Some(k)) => Some(crate::server::tls::load(c, k, None)?.config),
-            _ => None,
-        };
+        let (token, tls) = load_control_secrets(cfg)?;
         let mut ep = Endpoint::new(
             "control.listen",
             routes,
             Policy::new(
                 Transport::Tcp { tls: tls.is_some() },
-                Some(token),
+                token,
                 &cfg.control.allowed_hosts,
             ),
         );

@@ -478,6 +478,8 @@ async fn run(a: RunArgs) -> Result<(), String> {
     if conninfo.application_name.is_none() {
         conninfo.application_name = Some("walrelay".into());
     }
+    // a bad control token file or certificate fails before the data directory is touched
+    walrelay::endpoints::load_control_secrets(&cfg)?;
     let store = Store::start(&cfg.data_dir, StoreOptions::default()).map_err(|e| {
         format!(
             "could not open data directory \"{}\": {e}",

@@ -143,9 +143,7 @@ impl Policy {
 
     fn host_ok(&self, host: &str) -> bool {
         let h = host.to_ascii_lowercase();
-        h.parse::<IpAddr>().is_ok()
-            || h == "localhost"
-            || self.allowed_hosts.contains(&h)
+        h.parse::<IpAddr>().is_ok() || h == "localhost" || self.allowed_hosts.contains(&h)
     }
 
     /// Checks a request's method and headers; `Ok` lets it through to routing.
