@@ -15,7 +15,7 @@
 //! | [`index`] | `IndexEntry`, the in-memory `CommitIndex`, its append-only file |
 //! | [`indexer`] | the task that follows the store's flush position and fills the index |
 //! | [`policy`] | pure: cap, reason and next wake-up of one feed |
-//! | [`api`] | admin routes, `walrelay feed` / `walrelay xacts` client side |
+//! | [`api`] | control-endpoint routes, `walrelay feed` / `walrelay xacts` client side |
 //! | [`feeds`] | feed rules, sessions, pause/resume/advance, tripwire, persisted holds |
 //! | [`segments`] | reading segment files, the offline scan behind `walrelay xacts -D` |
 //! | [`time`] | formatting/parsing `TimestampTz` |
