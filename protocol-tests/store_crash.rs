@@ -4,7 +4,8 @@
 //! - `kill9_then_serve_without_upstream` (issue 11's scenario): walrelay is killed with
 //!   SIGKILL and restarted several times during the loop, and its walsender on the primary is
 //!   terminated (an upstream reconnect) while a poller watches IDENTIFY_SYSTEM: the served
-//!   position never goes back, across reconnects and restarts. After a last SIGKILL the
+//!   position never goes back, across reconnects and restarts, and a standby following
+//!   walrelay throughout is never told "ahead of the WAL flush position". After a last SIGKILL the
 //!   primary is stopped and walrelay restarted with no upstream reachable: a standby built
 //!   from a base backup *without WAL* (`pg_basebackup -X none`), whose only WAL source is
 //!   walrelay, gets every acknowledged commit.
@@ -44,6 +45,13 @@ fn kill9_then_serve_without_upstream() {
         &format!("host=127.0.0.1 port={port} user=postgres application_name=fresh"),
         &[],
         "none",
+    );
+    // a standby following walrelay through every restart and reconnect
+    let follower = Pg::standby_of(
+        &primary,
+        "15",
+        &format!("host=127.0.0.1 port={port} user=postgres application_name=follower"),
+        &[],
     );
     let commits = CommitLoop::start(&primary, "t");
     let poller = Poller::start(&primary, port);
@@ -97,6 +105,18 @@ fn kill9_then_serve_without_upstream() {
     );
     assert_fresh_standby_has(&mut standby, "t", acked);
     assert!(!standby.log().contains("ahead of the WAL flush position"));
+    // the follower got everything too, and was never told walrelay went back
+    let q = format!("select count(*) from t where id <= {acked}");
+    harness::wait_for(
+        Duration::from_secs(60),
+        "the follower to have every commit",
+        || follower.try_psql(&q).is_ok_and(|c| c == acked.to_string()),
+    );
+    assert!(
+        !follower.log().contains("ahead of the WAL flush position"),
+        "{}",
+        follower.log()
+    );
 }
 
 /// Modes of what `walrelay receive` and `walrelay run` create: 0600 in an owner-only
