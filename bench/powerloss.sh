@@ -22,7 +22,7 @@ trap 'rm -f "$log"' EXIT
 start=$(date +%s)
 if cargo test --test protocol store_powerloss::powerloss_quick -- --exact --nocapture \
   --test-threads=1 2>&1 | tee "$log" | grep --line-buffered -E '^powerloss:|panicked|^test '; then :; fi
-if grep -q 'test store_powerloss::powerloss_quick ... ok' "$log"; then
+if grep -q '^test result: ok. 1 passed' "$log"; then
   commits=$(sed -n 's/^powerloss: .* \([0-9]*\) acknowledged commits all on the fresh standby.*/\1/p' "$log" | tail -1)
   echo "RESULT powerloss crashes=$CRASHES commits=${commits:-0} failures=0 seconds=$(( $(date +%s) - start ))"
 else

@@ -8,7 +8,8 @@
 //! crash (watched in `pg_stat_replication`) — nothing acknowledged may be missing from its
 //! files. Then it is restarted against the primary and the loop goes on. At the end the
 //! primary is stopped and a standby built from a base backup without WAL, with walrelay as
-//! its only WAL source, must have every acknowledged commit.
+//! its only WAL source, must have every acknowledged commit. Every fourth crash follows a
+//! `pg_switch_wal()`, so that crashes also hit segment completion and fresh segments.
 //!
 //! `powerloss_quick` runs 5 crashes (CI); `bench/powerloss.sh` runs the same test with
 //! `WALRELAY_POWERLOSS_CRASHES=50` (or more) and prints the seed of the random crash points.
@@ -137,6 +138,10 @@ fn powerloss(crashes: usize) {
         harness::wait_for(Duration::from_secs(60), "commits to go on", || {
             commits.acked() >= last + 20
         });
+        if crash % 4 == 1 {
+            // segment boundaries too: completion, rename, a fresh .partial, XLOG_SWITCH
+            primary.psql("select pg_switch_wal()");
+        }
         std::thread::sleep(Duration::from_millis(next(400)));
         relay.kill9();
         last = commits.acked();

@@ -103,7 +103,7 @@ fn long_header_identity(head: &[u8]) -> Option<Identity> {
     let seg_size = u64::from(long.seg_size);
     if !valid_segment_size(seg_size)
         || u64::from(long.blcksz) != WAL_PAGE_SIZE
-        || h.pageaddr.0 % seg_size != 0
+        || h.pageaddr.0.checked_rem(seg_size) != Some(0)
         || long.sysid == 0
     {
         return None;
@@ -429,11 +429,7 @@ mod tests {
         let s = scan(&reserved(&wal));
         assert_eq!(s.pages_end, Lsn(SEG + p3 as u64));
         assert!(s.end <= Lsn(SEG + p3 as u64));
-        let before = recs
-            .iter()
-            .filter(|r| r.1 <= SEG + p3 as u64)
-            .last()
-            .unwrap();
+        let before = recs.iter().rfind(|r| r.1 <= SEG + p3 as u64).unwrap();
         assert!(s.end >= Lsn(before.1));
         // another system's page header: the same
         let s = valid_end(&reserved(&wal), Lsn(SEG), SYSID + 1, SEG, 1);
