@@ -6,6 +6,7 @@ mod archive_run;
 mod archive_store;
 mod bench_quick;
 mod delay_feeds;
+mod failover_diverge;
 mod harness;
 mod harness_selftest;
 mod receive;
