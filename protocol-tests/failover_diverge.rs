@@ -225,6 +225,48 @@ fn diverge(major: &str, diverged_segments: u32) {
     }
     assert!(ahead.try_psql("select count(*) from t2").is_err());
     assert!(!relay.log().contains("panicked"));
+
+    // Fail closed on servers whose history is not walrelay's.
+    let mut relay = relay;
+    relay.proc.stop();
+    let files = |d: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with('0'))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = files(&data);
+    // Split brain: the standby past the fork is promoted too (timeline 3, forked off timeline
+    // 1 later than walrelay's timeline 2 did). walrelay refuses to follow it.
+    ahead.promote();
+    let refuse = |upstream: String, what: &str, expected: &str| {
+        let log = t.join(format!("walrelay-{what}.log"));
+        let mut w = harness::walrelay::Walrelay::spawn_with(
+            &log,
+            &["run", "--upstream", &upstream, "--data-dir", data.to_str().unwrap()],
+            &[("WALRELAY_LOG", "info")],
+        );
+        harness::wait_for(Duration::from_secs(30), what, || {
+            harness::read_lossy(&log).contains(expected)
+        });
+        w.stop();
+        assert_eq!(files(&data), before, "{what}: walrelay wrote WAL");
+    };
+    refuse(
+        format!("{} connect_timeout=2", ahead.conninfo()),
+        "the split-brain server refused",
+        &format!("does not descend from walrelay's timeline 2: walrelay's history has timeline 1 ending at {fork}, the server's has timeline 1 ending at"),
+    );
+    // The old primary comes back on timeline 1: refused, not followed.
+    primary.start();
+    refuse(
+        format!("{} connect_timeout=2", primary.conninfo()),
+        "the old primary refused",
+        "highest timeline 1 of the primary is behind recovery timeline 2",
+    );
 }
 
 #[test]
