@@ -6,6 +6,11 @@
 //! pg_receivewal that stopped before the fork follow to timeline 2; a standby that streamed the
 //! divergent WAL gets what a PostgreSQL server would tell it.
 //!
+//! walrelay reaches the new primary through a multi-host conninfo, or is restarted pointed at
+//! it; both paths are run. Then it must refuse, without writing, a server promoted from the
+//! standby past the fork (split brain: another timeline 1 history) and the old primary back
+//! on timeline 1.
+//!
 //! (`server_timeline.rs` covers the plain promotion, where walrelay is not ahead.)
 use std::path::Path;
 use std::time::Duration;
@@ -29,19 +34,25 @@ fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }
 
-fn diverge(major: &str, diverged_segments: u32) {
+/// `restart`: walrelay streams from the old primary only and is restarted pointed at the
+/// promoted standby; else it has both in a multi-host conninfo (target_session_attrs).
+fn diverge(major: &str, diverged_segments: u32, restart: bool) {
     let t = TestDir::new("diverge");
     let mut primary = Pg::primary(major, &[]);
     let mut s1 = Pg::standby_of(&primary, major, &primary.conninfo(), &[]);
-    let upstream = format!(
-        "host=127.0.0.1,127.0.0.1 port={},{} user=postgres target_session_attrs=read-write connect_timeout=2",
-        primary.port(),
-        s1.port()
-    );
+    let upstream = if restart {
+        format!("{} connect_timeout=2", primary.conninfo())
+    } else {
+        format!(
+            "host=127.0.0.1,127.0.0.1 port={},{} user=postgres target_session_attrs=read-write connect_timeout=2",
+            primary.port(),
+            s1.port()
+        )
+    };
     let data = t.subdir("relay");
     std::fs::create_dir_all(&data).unwrap();
     let port = harness::free_port();
-    let relay = Relay::start_full(&t, &primary, &upstream, &data, port, &[], "");
+    let mut relay = Relay::start_full(&t, &primary, &upstream, &data, port, &[], "");
     // Behind the fork: stopped before it, started again after the failover.
     let mut behind = Pg::standby_of(&primary, major, &relay.conninfo("behind"), &[]);
     // Past the fork: streams the WAL that the promoted standby never receives.
@@ -76,6 +87,11 @@ fn diverge(major: &str, diverged_segments: u32) {
     s1.start();
     s1.promote();
     let fork = fork_point(&s1);
+    if restart {
+        relay.proc.stop();
+        let upstream = format!("{} connect_timeout=2", s1.conninfo());
+        relay = Relay::start_full(&t, &s1, &upstream, &data, port, &[], "");
+    }
     assert!(old_end > fork, "walrelay is not ahead: {old_end} <= {fork}");
     assert_eq!(
         old_end.segno(SEG) - fork.segno(SEG),
@@ -227,7 +243,6 @@ fn diverge(major: &str, diverged_segments: u32) {
     assert!(!relay.log().contains("panicked"));
 
     // Fail closed on servers whose history is not walrelay's.
-    let mut relay = relay;
     relay.proc.stop();
     let files = |d: &Path| {
         let mut v: Vec<String> = std::fs::read_dir(d)
@@ -271,15 +286,15 @@ fn diverge(major: &str, diverged_segments: u32) {
 
 #[test]
 fn failover_walrelay_ahead_within_one_segment_pg15() {
-    diverge("15", 0);
+    diverge("15", 0, true);
 }
 
 #[test]
 fn failover_walrelay_ahead_across_segments_pg15() {
-    diverge("15", 3);
+    diverge("15", 3, false);
 }
 
 #[test]
 fn failover_walrelay_ahead_across_segments_pg18() {
-    diverge("18", 3);
+    diverge("18", 3, true);
 }
