@@ -153,7 +153,10 @@ fn diverge(major: &str, diverged_segments: u32, restart: bool) {
         fork.0 & 0xFFFF_FFFF
     ));
     let complete = compare::segments_identical(&ddir, &primary.pg_wal()).unwrap();
-    assert_eq!(complete, diverged_segments as usize, "complete segments set aside");
+    assert_eq!(
+        complete, diverged_segments as usize,
+        "complete segments set aside"
+    );
     let last = format!("{}.partial", segment_file_name(1, old_end.segno(SEG), SEG));
     compare::partial_matches(
         &ddir.join(&last),
@@ -163,18 +166,21 @@ fn diverge(major: &str, diverged_segments: u32, restart: bool) {
     .unwrap();
     assert!(!data.join(&last).exists() || diverged_segments == 0);
     // The old timeline's switch segment keeps what is on the new history, and nothing more.
-    let cut = read(&data.join(format!(
-        "{}.partial",
-        segment_file_name(1, fork_seg, SEG)
-    )));
+    let cut = read(&data.join(format!("{}.partial", segment_file_name(1, fork_seg, SEG))));
     assert!(!data.join(segment_file_name(1, fork_seg, SEG)).exists());
     let new_seg = read(&s1.pg_wal().join(segment_file_name(2, fork_seg, SEG)));
     assert_eq!(cut[..off], new_seg[..off], "timeline 1 before the fork");
-    assert!(cut[off..].iter().all(|&b| b == 0), "diverged bytes left in place");
+    assert!(
+        cut[off..].iter().all(|&b| b == 0),
+        "diverged bytes left in place"
+    );
     for n in 1..=diverged_segments as u64 {
         let name = segment_file_name(1, fork_seg + n, SEG);
         assert!(!data.join(&name).exists(), "{name} still served");
-        assert!(!data.join(format!("{name}.partial")).exists(), "{name} still served");
+        assert!(
+            !data.join(format!("{name}.partial")).exists(),
+            "{name} still served"
+        );
     }
 
     // What walrelay serves as timeline 2 is the new primary's WAL, byte for byte.
@@ -193,14 +199,22 @@ fn diverge(major: &str, diverged_segments: u32, restart: bool) {
         "pg_receivewal through walrelay to get timeline 2's first segment",
         || recv.has_complete(&segment_file_name(2, fork_seg, SEG)),
     );
-    assert!(recv.dir.join("00000002.history").is_file(), "{}", recv.log());
+    assert!(
+        recv.dir.join("00000002.history").is_file(),
+        "{}",
+        recv.log()
+    );
     compare::segments_identical(&recv.dir, &s1.pg_wal()).unwrap();
-    let theirs = read(&recv.dir.join(format!(
-        "{}.partial",
-        segment_file_name(1, fork_seg, SEG)
-    )));
+    let theirs = read(
+        &recv
+            .dir
+            .join(format!("{}.partial", segment_file_name(1, fork_seg, SEG))),
+    );
     assert_eq!(theirs[..off], cut[..off]);
-    assert!(theirs[off..].iter().all(|&b| b == 0), "diverged bytes served");
+    assert!(
+        theirs[off..].iter().all(|&b| b == 0),
+        "diverged bytes served"
+    );
 
     // The standby that stopped before the fork follows to timeline 2.
     behind.start();
@@ -221,9 +235,9 @@ fn diverge(major: &str, diverged_segments: u32, restart: bool) {
         Duration::from_secs(60),
         "the standby past the fork to refuse timeline 2",
         || {
-            ahead.log().contains(&format!(
-                "new timeline 2 forked off current database system timeline 1 before current recovery point"
-            ))
+            ahead.log().contains(
+                "new timeline 2 forked off current database system timeline 1 before current recovery point",
+            )
         },
     );
     if diverged_segments > 0 {
@@ -261,7 +275,13 @@ fn diverge(major: &str, diverged_segments: u32, restart: bool) {
         let log = t.join(format!("walrelay-{what}.log"));
         let mut w = harness::walrelay::Walrelay::spawn_with(
             &log,
-            &["run", "--upstream", &upstream, "--data-dir", data.to_str().unwrap()],
+            &[
+                "run",
+                "--upstream",
+                &upstream,
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
             &[("WALRELAY_LOG", "info")],
         );
         harness::wait_for(Duration::from_secs(30), what, || {

@@ -251,7 +251,9 @@ mod tests {
         let r = set_aside(p, SEG, 1, Lsn(3 * SEG)).unwrap();
         assert_eq!(r.files, vec!["000000010000000000000003.partial"]);
         assert_eq!(r.bytes, 0x12750);
-        assert!(p.join("diverged/00000001-0-300000/000000010000000000000003.partial").is_file());
+        assert!(p
+            .join("diverged/00000001-0-300000/000000010000000000000003.partial")
+            .is_file());
     }
 
     #[test]
@@ -263,8 +265,11 @@ mod tests {
         // the copy was made, then the process died before the cut
         let dir = diverged_dir(p, 1, fork);
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(p.join("000000010000000000000003"), dir.join("000000010000000000000003"))
-            .unwrap();
+        std::fs::copy(
+            p.join("000000010000000000000003"),
+            dir.join("000000010000000000000003"),
+        )
+        .unwrap();
         let r = set_aside(p, SEG, 1, fork).unwrap();
         assert_eq!(r.files, vec!["000000010000000000000003"]);
         let cut = std::fs::read(p.join("000000010000000000000003.partial")).unwrap();

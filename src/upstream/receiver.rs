@@ -94,7 +94,10 @@ pub enum ReceiverError {
     /// The server's timeline is older than the one walrelay's files end on: following it
     /// would go back in history (PostgreSQL's walreceiver refuses the same way).
     #[error("highest timeline {server} of the primary is behind recovery timeline {ours}")]
-    ServerTimelineBehind { server: TimelineId, ours: TimelineId },
+    ServerTimelineBehind {
+        server: TimelineId,
+        ours: TimelineId,
+    },
     /// A history file that is invalid, or disagrees with walrelay's WAL and histories.
     #[error("timeline history: {0}")]
     History(String),
@@ -255,8 +258,8 @@ async fn stream_once(
     // with walrelay's, and WAL past a fork in that history is set aside (diverged).
     let (mut start, mut tli, mut switched_from) = match resume {
         Some((start, tli)) => {
-            let r = timeline::reconcile(&mut conn, store, ident.timeline, start, tli, seg_size)
-                .await?;
+            let r =
+                timeline::reconcile(&mut conn, store, ident.timeline, start, tli, seg_size).await?;
             (r.start, r.tli, r.from)
         }
         None => {

@@ -20,7 +20,10 @@ use super::conn::ReplConnection;
 use super::receiver::ReceiverError;
 
 /// Reads the history walrelay stored for `tli` (empty for timeline 1 or when absent).
-async fn stored_history(store: &Store, tli: TimelineId) -> Result<Option<Vec<HistoryEntry>>, ReceiverError> {
+async fn stored_history(
+    store: &Store,
+    tli: TimelineId,
+) -> Result<Option<Vec<HistoryEntry>>, ReceiverError> {
     if tli <= 1 {
         return Ok(Some(Vec::new()));
     }
@@ -51,9 +54,8 @@ pub(super) async fn ensure_history(
         Some(e) => e,
         None => {
             let (name, content) = conn.timeline_history(tli).await?;
-            let e = history::validate_history(tli, &name, &content).map_err(|e| {
-                ReceiverError::History(format!("the server sent {e}"))
-            })?;
+            let e = history::validate_history(tli, &name, &content)
+                .map_err(|e| ReceiverError::History(format!("the server sent {e}")))?;
             if let Some((old, _)) = from {
                 check_descends(store, old, &e, tli).await?;
             }

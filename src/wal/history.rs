@@ -133,8 +133,7 @@ pub fn validate_history(
             "the file for timeline {tli} must be named \"{expected}\""
         )));
     }
-    let text = std::str::from_utf8(content)
-        .map_err(|e| invalid(format!("not valid text: {e}")))?;
+    let text = std::str::from_utf8(content).map_err(|e| invalid(format!("not valid text: {e}")))?;
     let entries = parse_history(text)?;
     check_history_for(&entries, tli)?;
     if tli > 1 && entries.is_empty() {
@@ -262,7 +261,10 @@ mod tests {
         let e = err(2, "00000002.history", b"# nothing\n");
         assert!(e.contains("lists no parent timeline"), "{e}");
         let e = err(3, "00000003.history", b"1\t0/5000000\tx\n2\t0/4000000\ty\n");
-        assert!(e.contains("timeline 2 ends at 0/4000000, before its parent's switch point 0/5000000"), "{e}");
+        assert!(
+            e.contains("timeline 2 ends at 0/4000000, before its parent's switch point 0/5000000"),
+            "{e}"
+        );
         let e = err(2, "00000002.history", b"1\t0/0\tx\n");
         assert!(e.contains("invalid switch point"), "{e}");
         let e = err(2, "00000002.history", b"1\t0/30\xff\n");
@@ -270,7 +272,9 @@ mod tests {
         let e = err(3, "00000003.history", b"2\t0/1\n1\t0/2\n");
         assert!(e.contains("increasing sequence"), "{e}");
         // timeline 1 has no history; an empty file for it is not an error of the grammar
-        assert!(validate_history(1, "00000001.history", b"").unwrap().is_empty());
+        assert!(validate_history(1, "00000001.history", b"")
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
