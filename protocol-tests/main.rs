@@ -20,4 +20,7 @@ mod server_restart;
 mod server_status;
 mod server_stream;
 mod server_timeline;
+mod store_crash;
+mod store_crash_common;
+mod store_powerloss;
 mod upstream_conn;

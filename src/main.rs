@@ -481,12 +481,21 @@ async fn run(a: RunArgs) -> Result<(), String> {
     if conninfo.application_name.is_none() {
         conninfo.application_name = Some("walrelay".into());
     }
-    let store = Store::start(&cfg.data_dir, StoreOptions::default()).map_err(|e| {
+    let store = Store::start(
+        &cfg.data_dir,
+        StoreOptions {
+            control_file: true,
+            ..StoreOptions::default()
+        },
+    )
+    .map_err(|e| {
         format!(
             "could not open data directory \"{}\": {e}",
             cfg.data_dir.display()
         )
     })?;
+    // Serve what the files hold from the start, with or without the upstream.
+    store.recovered().await;
     let shutdown = shutdown_signal();
     // The walsender stops after the receiver: standbys then get everything walrelay stored.
     let (server_stop_tx, server_stop) = watch::channel(false);

@@ -173,6 +173,13 @@ impl super::Writer {
             self.tail.reset(tli);
             self.validator = None;
         }
+        // The published positions never go below the floor on its timeline; past a fork that
+        // promise is void (the WAL is not on the history any more), so the floor goes back too.
+        if let Some((ftli, f)) = self.floor {
+            if ftli == tli && f > fork {
+                self.floor = Some((tli, fork));
+            }
+        }
         if let Some(c) = self.control.as_mut() {
             if c.timeline == tli && c.flush_lsn() > fork {
                 c.flush_lsn = fork.to_string();

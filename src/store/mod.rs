@@ -22,14 +22,16 @@
 pub mod control;
 pub mod diverge;
 pub mod fsutil;
+pub mod lossy;
 pub mod reader;
+pub mod recover;
 pub mod retention;
 pub mod scan;
 mod tail;
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -87,6 +89,10 @@ pub enum StoreError {
     NotOpen,
     #[error("the store thread has stopped")]
     Stopped,
+    #[error("start-up recovery of the data directory failed: {0}")]
+    Recovery(String),
+    #[error("WAL received for {lsn} differs from the WAL already stored there on timeline {tli}; refusing to overwrite it")]
+    RewriteMismatch { lsn: Lsn, tli: TimelineId },
 }
 
 impl crate::error::SqlState for StoreError {
@@ -151,6 +157,7 @@ pub struct Store {
     positions: watch::Receiver<Positions>,
     tail: Arc<Tail>,
     dir: PathBuf,
+    recovered: watch::Receiver<bool>,
 }
 
 /// Tunables of the store.
@@ -166,6 +173,11 @@ pub struct StoreOptions {
     /// are at most this often. `Store::flush` (used by `--synchronous`) fsyncs at the end of
     /// the current batch regardless.
     pub flush_delay: std::time::Duration,
+    /// Keep `walrelay.control` in the directory (`walrelay run`: it records the primary's
+    /// `server_version` for serving while the primary is unreachable). Off for a
+    /// pg_receivewal target directory, which holds nothing but WAL files: the identity check
+    /// reads the segments' long page headers either way.
+    pub control_file: bool,
 }
 
 impl Default for StoreOptions {
@@ -174,6 +186,7 @@ impl Default for StoreOptions {
             queue_chunks: 256,
             tail_bytes: 64 << 20,
             flush_delay: std::time::Duration::from_millis(10),
+            control_file: false,
         }
     }
 }
@@ -186,16 +199,40 @@ impl Store {
         let (pos_tx, positions) = watch::channel(Positions::default());
         let tail = Arc::new(Tail::new(opts.tail_bytes));
         let mut writer = Writer::new(dir.to_path_buf(), pos_tx, tail.clone(), opts.flush_delay);
+        writer.control_enabled = opts.control_file;
+        writer.file_mode = fsutil::create_modes(dir).0;
+        if lossy::enabled() {
+            tracing::warn!(
+                "{}=1: fault injection on, unsynced WAL writes are held in memory and lost on a crash (tests only)",
+                lossy::ENV
+            );
+            writer.lossy = Some(lossy::PendingRenames::default());
+        }
+        let (ready_tx, recovered) = watch::channel(false);
         let rt = tokio::runtime::Handle::try_current().ok();
         std::thread::Builder::new()
             .name("walrelay-store".into())
-            .spawn(move || writer.run(rx, rt))?;
+            .spawn(move || {
+                // Start-up recovery first: positions are published from the files before
+                // any request is handled.
+                writer.recover();
+                let _ = ready_tx.send(true);
+                writer.run(rx, rt)
+            })?;
         Ok(Store {
             tx,
             positions,
             tail,
             dir: dir.to_path_buf(),
+            recovered,
         })
+    }
+
+    /// Waits until start-up recovery has read the data directory and published the end of
+    /// valid WAL found there (see [`recover`]). Call it before serving.
+    pub async fn recovered(&self) {
+        let mut rx = self.recovered.clone();
+        let _ = rx.wait_for(|done| *done).await;
     }
 
     pub fn dir(&self) -> &Path {
@@ -299,12 +336,58 @@ struct OpenSegment {
     segno: u64,
     file: File,
     path: PathBuf,
+    /// Writes not yet fsynced, with the power-loss fault injection ([`lossy`]) on.
+    pending: Option<lossy::Pending>,
+}
+
+impl OpenSegment {
+    fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
+        match &mut self.pending {
+            Some(p) => {
+                p.write(offset, data);
+                Ok(())
+            }
+            None => self.file.write_all_at(data, offset),
+        }
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)?;
+        if let Some(p) = &self.pending {
+            p.overlay(offset, buf);
+        }
+        Ok(())
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        if let Some(p) = &mut self.pending {
+            p.apply(&self.file)?;
+        }
+        self.file.sync_data()
+    }
 }
 
 /// State owned by the store thread.
 struct Writer {
     dir: PathBuf,
+    /// Whether `walrelay.control` is kept (see [`StoreOptions::control_file`]).
+    control_enabled: bool,
     control: Option<ControlData>,
+    /// `(system id, segment size)` once `open` accepted the server.
+    ident: Option<(u64, u64)>,
+    /// The identity read from the segment files at start-up.
+    file_identity: Option<recover::Identity>,
+    recovery_error: Option<String>,
+    /// The highest position ever published as flushed on a timeline (the start-up recovery
+    /// end, then every flush): published positions never go below it on that timeline, and
+    /// WAL re-received below it must equal what the files hold.
+    floor: Option<(TimelineId, Lsn)>,
+    /// After a failed check: the end of the bytes that were vouched for before it.
+    fail_cap: Option<Lsn>,
+    file_mode: u32,
+    scratch: Vec<u8>,
+    /// The power-loss fault injection ([`lossy`]): renames held until the directory fsync.
+    lossy: Option<lossy::PendingRenames>,
     validator: Option<PageValidator>,
     open: Option<OpenSegment>,
     pos: Positions,
@@ -330,7 +413,16 @@ impl Writer {
     ) -> Writer {
         Writer {
             dir,
+            control_enabled: false,
             control: None,
+            ident: None,
+            file_identity: None,
+            recovery_error: None,
+            floor: None,
+            fail_cap: None,
+            file_mode: fsutil::FILE_MODE_OWNER,
+            scratch: Vec::new(),
+            lossy: None,
             validator: None,
             open: None,
             pos: Positions::default(),
@@ -403,8 +495,56 @@ impl Writer {
         })
     }
 
+    /// Reads the data directory (identity, end of valid WAL) and publishes what it found.
+    fn recover(&mut self) {
+        match recover::recover(&self.dir) {
+            Ok(Some(r)) => {
+                let last = r.last_record_end.map_or(String::new(), |l| {
+                    format!(", last complete record ends at {l}")
+                });
+                tracing::info!(
+                    "recovered WAL from \"{}\": timeline {}, valid WAL up to {} in {}{last}",
+                    self.dir.display(),
+                    r.timeline,
+                    r.end,
+                    r.file
+                );
+                self.file_identity = Some(r.identity);
+                self.pos.system_id = r.identity.system_id;
+                self.pos.wal_segment_size = r.identity.seg_size;
+                self.pos.timeline = r.timeline;
+                self.pos.write_lsn = r.end;
+                self.pos.flush_lsn = r.end;
+                self.floor = Some((r.timeline, r.end));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!("segment store: {e}");
+                self.recovery_error = Some(e.to_string());
+                self.pos.error = Some(e.to_string());
+            }
+        }
+        self.publish();
+    }
+
+    /// The positions as published: never below the floor on its timeline (bytes below it
+    /// are durable in the files even while a reconnect rewrites them); the floor follows.
+    fn published(&mut self) -> Positions {
+        let mut p = self.pos.clone();
+        match self.floor {
+            Some((tli, f)) if tli == p.timeline => {
+                p.write_lsn = p.write_lsn.max(f);
+                p.flush_lsn = p.flush_lsn.max(f);
+                self.floor = Some((tli, p.flush_lsn));
+            }
+            _ if p.timeline != 0 => self.floor = Some((p.timeline, p.flush_lsn)),
+            _ => {}
+        }
+        p
+    }
+
     fn publish(&mut self) {
-        let pos = self.pos.clone();
+        let pos = self.published();
         self.pos_tx.send_if_modified(|p| {
             if *p != pos {
                 *p = pos;
@@ -490,6 +630,27 @@ impl Writer {
         seg_size: u64,
         server_version: String,
     ) -> Result<Option<(Lsn, TimelineId)>, StoreError> {
+        if let Some(e) = &self.recovery_error {
+            return Err(StoreError::Recovery(e.clone()));
+        }
+        if let Some(id) = self.file_identity {
+            if id.system_id != system_id || id.seg_size != seg_size {
+                return Err(StoreError::IdentityMismatch {
+                    dir: self.dir.clone(),
+                    found: id.system_id,
+                    found_seg_size: id.seg_size,
+                    expected: system_id,
+                    expected_seg_size: seg_size,
+                });
+            }
+        }
+        self.ident = Some((system_id, seg_size));
+        self.pos.system_id = system_id;
+        self.pos.wal_segment_size = seg_size;
+        if !self.control_enabled {
+            return scan::resume_point(&self.dir, seg_size)
+                .map_err(io_err("read directory", &self.dir));
+        }
         let mut control = match control::read(&self.dir)? {
             Some(c) => {
                 if c.system_id() != Some(system_id) || c.wal_segment_size != seg_size {
@@ -517,11 +678,10 @@ impl Writer {
     }
 
     fn begin(&mut self, tli: TimelineId, start: Lsn) -> Result<(), StoreError> {
-        let control = self.control.as_ref().ok_or(StoreError::NotOpen)?;
-        let seg_size = control.wal_segment_size;
-        let sysid = control.system_id().unwrap_or(0);
+        let (sysid, seg_size) = self.ident.ok_or(StoreError::NotOpen)?;
         self.close_open()?;
         self.failed = false;
+        self.fail_cap = None;
         self.pos.error = None;
         if self.pos.timeline != tli {
             self.tail.reset(tli);
@@ -541,9 +701,13 @@ impl Writer {
     /// header that is still incomplete (not yet validated).
     fn durable_end(&self) -> Lsn {
         let written = self.pos.write_lsn;
-        match self.validator.as_ref().and_then(|v| v.validated_end()) {
+        let end = match self.validator.as_ref().and_then(|v| v.validated_end()) {
             Some(v) => written.min(v),
             None => written,
+        };
+        match self.fail_cap {
+            Some(cap) => end.min(cap),
+            None => end,
         }
     }
 
@@ -559,7 +723,14 @@ impl Writer {
                 expected: self.pos.write_lsn,
             });
         }
-        validator.check(start, &data)?;
+        // What was vouched for before this chunk: a page header split across the previous
+        // chunk and this one is checked now, and if it fails, its first bytes (already
+        // written) must never count as flushed.
+        let vouched = validator.validated_end().unwrap_or(start);
+        if let Err(e) = validator.check(start, &data) {
+            self.fail_cap = Some(vouched.min(start));
+            return Err(e.into());
+        }
         let seg_size = self.seg_size();
         let mut lsn = start;
         let mut rest: &[u8] = &data;
@@ -568,9 +739,9 @@ impl Writer {
             let offset = lsn.segment_offset(seg_size);
             let n = rest.len().min((seg_size - offset) as usize);
             self.ensure_open(segno)?;
-            let seg = self.open.as_ref().ok_or(StoreError::NotOpen)?;
-            seg.file
-                .write_all_at(&rest[..n], offset)
+            self.check_rewrite(lsn, offset, &rest[..n])?;
+            let seg = self.open.as_mut().ok_or(StoreError::NotOpen)?;
+            seg.write_at(&rest[..n], offset)
                 .map_err(io_err("write to", &seg.path))?;
             self.dirty = true;
             self.dirty_since.get_or_insert_with(std::time::Instant::now);
@@ -583,6 +754,37 @@ impl Writer {
         }
         self.tail.push(start, data);
         metrics::counter!(crate::metrics::STORE_WRITTEN_BYTES).increment(lsn.0 - start.0);
+        Ok(())
+    }
+
+    /// WAL re-received below the floor (after a restart or reconnect the stream restarts at
+    /// the segment start) must be the bytes already stored: the floor was served and
+    /// acknowledged. A difference means the upstream's WAL on this timeline is not what
+    /// walrelay holds; fail closed instead of mixing the two.
+    fn check_rewrite(&mut self, lsn: Lsn, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        let Some((tli, floor)) = self.floor else {
+            return Ok(());
+        };
+        if tli != self.pos.timeline || lsn >= floor {
+            return Ok(());
+        }
+        let n = usize::try_from(floor.0 - lsn.0)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let seg = self.open.as_ref().ok_or(StoreError::NotOpen)?;
+        self.scratch.resize(n, 0);
+        seg.read_at(&mut self.scratch[..n], offset)
+            .map_err(io_err("read", &seg.path))?;
+        if let Some(i) = self.scratch[..n]
+            .iter()
+            .zip(&data[..n])
+            .position(|(a, b)| a != b)
+        {
+            let at = Lsn(lsn.0 + i as u64);
+            // Serve only what matched.
+            self.floor = Some((tli, at));
+            return Err(StoreError::RewriteMismatch { lsn: at, tli });
+        }
         Ok(())
     }
 
@@ -603,8 +805,12 @@ impl Writer {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(self.file_mode)
             .open(&path)
             .map_err(io_err("open", &path))?;
+        if !existed {
+            fsutil::set_mode(&file, self.file_mode).map_err(io_err("chmod", &path))?;
+        }
         let len = file.metadata().map_err(io_err("stat", &path))?.len();
         if len < seg_size {
             // Reserve the full size up front, so a full disk shows up here and not in the
@@ -631,13 +837,19 @@ impl Writer {
         if !existed || len < seg_size {
             fsutil::fsync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
         }
-        self.open = Some(OpenSegment { segno, file, path });
+        let pending = self.lossy.as_ref().map(|_| lossy::Pending::default());
+        self.open = Some(OpenSegment {
+            segno,
+            file,
+            path,
+            pending,
+        });
         Ok(())
     }
 
     fn fsync(&mut self) -> Result<(), StoreError> {
-        if let Some(seg) = &self.open {
-            seg.file.sync_data().map_err(io_err("fsync", &seg.path))?;
+        if let Some(seg) = &mut self.open {
+            seg.sync_data().map_err(io_err("fsync", &seg.path))?;
         }
         self.dirty = false;
         self.dirty_since = None;
@@ -648,13 +860,19 @@ impl Writer {
 
     /// The open segment is full: make it durable under its final name.
     fn complete_segment(&mut self) -> Result<(), StoreError> {
-        let Some(seg) = self.open.take() else {
+        let Some(mut seg) = self.open.take() else {
             return Ok(());
         };
-        seg.file.sync_data().map_err(io_err("fsync", &seg.path))?;
+        seg.sync_data().map_err(io_err("fsync", &seg.path))?;
         drop(seg.file);
         let final_path = seg.path.with_extension("");
-        std::fs::rename(&seg.path, &final_path).map_err(io_err("rename", &seg.path))?;
+        match &mut self.lossy {
+            Some(held) => {
+                held.push(seg.path.clone(), final_path);
+                held.apply().map_err(io_err("rename", &seg.path))?;
+            }
+            None => std::fs::rename(&seg.path, &final_path).map_err(io_err("rename", &seg.path))?,
+        }
         fsutil::fsync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
         self.dirty = false;
         self.dirty_since = None;
@@ -673,9 +891,9 @@ impl Writer {
 
     /// fsync and close the open segment, keeping it `.partial`.
     fn close_open(&mut self) -> Result<(), StoreError> {
-        if let Some(seg) = self.open.take() {
+        if let Some(mut seg) = self.open.take() {
             if self.dirty && !self.failed {
-                seg.file.sync_data().map_err(io_err("fsync", &seg.path))?;
+                seg.sync_data().map_err(io_err("fsync", &seg.path))?;
                 self.pos.flush_lsn = self.durable_end();
             }
         }
@@ -835,7 +1053,9 @@ mod tests {
             "{:?}",
             p.error
         );
-        assert_eq!(p.flush_lsn, Lsn(0));
+        // the good page written before stays flushed: a restart of the stream never takes
+        // the published position back
+        assert_eq!(p.flush_lsn, Lsn(8192));
         let partial = std::fs::read(dir.path().join("000000010000000000000000.partial")).unwrap();
         assert_eq!(
             &partial[..8192],
@@ -876,5 +1096,195 @@ mod tests {
         let p = wait_flush(&store, Lsn(u64::MAX)).await;
         assert!(p.error.is_some());
         assert_eq!(p.flush_lsn, Lsn(2 * 8192));
+    }
+
+    /// The failure path of a split page header: the first bytes of the header arrive in one
+    /// chunk, the rest (invalid) in the next, both before any fsync. The failure's fsync must
+    /// not publish the header's first bytes as flushed (walsenders would serve them).
+    #[tokio::test]
+    async fn failed_split_page_header_is_never_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            flush_delay: std::time::Duration::from_secs(5),
+            ..StoreOptions::default()
+        };
+        let store = Store::start(dir.path(), opts).unwrap();
+        store.open(SYSID, SEG, "15.0").await.unwrap();
+        store.begin(1, Lsn(0)).await.unwrap();
+        let mut wal = pages(0, 3, SEG, SYSID, 1);
+        wal[2 * 8192 + 9] ^= 0x01; // the third page's address
+                                   // a first page, fsynced at once (quiet spell): the group-commit clock now runs
+        store
+            .write(Lsn(0), Bytes::copy_from_slice(&wal[..8192]))
+            .await
+            .unwrap();
+        assert_eq!(wait_flush(&store, Lsn(8192)).await.flush_lsn, Lsn(8192));
+        // within the delay: the second page plus 10 bytes of the third header, then the rest
+        let split = 2 * 8192 + 10;
+        store
+            .write(Lsn(8192), Bytes::copy_from_slice(&wal[8192..split]))
+            .await
+            .unwrap();
+        store
+            .write(Lsn(split as u64), Bytes::copy_from_slice(&wal[split..]))
+            .await
+            .unwrap();
+        let p = wait_flush(&store, Lsn(u64::MAX)).await;
+        assert!(
+            p.error.as_deref().unwrap_or("").contains("pageaddr"),
+            "{:?}",
+            p.error
+        );
+        assert_eq!(
+            p.flush_lsn,
+            Lsn(2 * 8192),
+            "bytes of the invalid header were published as flushed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(store.positions().borrow().flush_lsn, Lsn(2 * 8192));
+    }
+
+    /// WAL as the test writer lays it out (system id 42): `n` records of `size` bytes from
+    /// segment 1; returns the bytes and each record's end.
+    fn records(n: usize, size: usize) -> (Vec<u8>, Vec<u64>) {
+        use crate::wal::record::build::{record, Writer as WalWriter};
+        let mut w = WalWriter::new(SEG, SEG);
+        let mut ends = Vec::new();
+        for i in 0..n {
+            let main: Vec<u8> = (0..size).map(|j| (i + j) as u8 | 1).collect();
+            w.record(record(10, 0, i as u32, &main));
+            ends.push(w.pos());
+        }
+        (w.buf, ends)
+    }
+    const REC_SYSID: u64 = 42;
+
+    /// kill -9: the `.partial` holds WAL up to the middle of a record, with no control file.
+    /// The store publishes that end at once, before any upstream; a reconnect that restarts
+    /// the stream at the segment start does not take it back; re-received bytes must match.
+    #[tokio::test]
+    async fn recovers_the_end_of_wal_and_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, ends) = records(200, 700);
+        let cut = (ends[150] + ends[151]) / 2;
+        let mut file = wal[..(cut - SEG) as usize].to_vec();
+        file.resize(SEG as usize, 0);
+        std::fs::write(dir.path().join("000000010000000000000001.partial"), &file).unwrap();
+        let store = Store::start(dir.path(), StoreOptions::default()).unwrap();
+        store.recovered().await;
+        let p = store.positions().borrow().clone();
+        assert_eq!(
+            (p.system_id, p.wal_segment_size, p.timeline),
+            (REC_SYSID, SEG, 1)
+        );
+        assert_eq!((p.write_lsn, p.flush_lsn), (Lsn(cut), Lsn(cut)));
+        assert_eq!(p.error, None);
+
+        // the upstream comes back: streaming restarts at the segment start
+        assert_eq!(
+            store.open(REC_SYSID, SEG, "15.0").await.unwrap(),
+            Some((Lsn(SEG), 1))
+        );
+        store.begin(1, Lsn(SEG)).await.unwrap();
+        let p = store.positions().borrow().clone();
+        assert_eq!(p.flush_lsn, Lsn(cut), "flush went back on begin");
+        // the same bytes again, up to a bit past the old end
+        let upto = (ends[160] - SEG) as usize;
+        store
+            .write(Lsn(SEG), Bytes::copy_from_slice(&wal[..4000]))
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(store.positions().borrow().flush_lsn, Lsn(cut));
+        store
+            .write(Lsn(SEG + 4000), Bytes::copy_from_slice(&wal[4000..upto]))
+            .await
+            .unwrap();
+        let p = wait_flush(&store, Lsn(ends[160])).await;
+        assert_eq!(p.error, None);
+        assert_eq!(p.flush_lsn, Lsn(ends[160]));
+        store.close().await.unwrap();
+        assert!(!dir.path().join(control::CONTROL_FILE).exists());
+
+        // different bytes below the floor on the same timeline: refused, nothing overwritten
+        let store = Store::start(dir.path(), StoreOptions::default()).unwrap();
+        store.recovered().await;
+        // (up to the MAXALIGNed start of the next record: the padding is the primary's too)
+        assert_eq!(
+            store.positions().borrow().flush_lsn,
+            Lsn((ends[160] + 7) & !7)
+        );
+        store.open(REC_SYSID, SEG, "15.0").await.unwrap();
+        store.begin(1, Lsn(SEG)).await.unwrap();
+        let mut other = wal[..8192].to_vec();
+        other[100] ^= 0xff;
+        store
+            .write(Lsn(SEG), Bytes::copy_from_slice(&other))
+            .await
+            .unwrap();
+        let p = wait_flush(&store, Lsn(u64::MAX)).await;
+        assert_eq!(
+            p.error.as_deref(),
+            Some("WAL received for 0/100064 differs from the WAL already stored there on timeline 1; refusing to overwrite it")
+        );
+        assert_eq!(p.flush_lsn, Lsn(SEG + 100));
+        let on_disk = std::fs::read(dir.path().join("000000010000000000000001.partial")).unwrap();
+        assert_eq!(&on_disk[..upto], &wal[..upto]);
+
+        // another cluster is refused from the segments alone (no control file)
+        let e = store.open(REC_SYSID + 1, SEG, "15.0").await.unwrap_err();
+        assert!(e.to_string().contains("holds WAL of system 42"), "{e}");
+    }
+
+    /// Files 0600 (0640 in a group-readable directory), as pg_receivewal and PostgreSQL.
+    #[tokio::test]
+    async fn file_modes_follow_the_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for (dir_mode, want) in [
+            (0o700, 0o600),
+            (0o750, 0o640),
+            (0o755, 0o640),
+            (0o711, 0o600),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(dir_mode))
+                .unwrap();
+            let opts = StoreOptions {
+                control_file: true,
+                ..StoreOptions::default()
+            };
+            let store = Store::start(dir.path(), opts).unwrap();
+            store.open(SYSID, SEG, "15.0").await.unwrap();
+            store
+                .write_history(
+                    2,
+                    Bytes::from_static(b"1\t0/1000000\tno recovery target specified\n"),
+                )
+                .await
+                .unwrap();
+            store.begin(1, Lsn(0)).await.unwrap();
+            let wal = pages(0, 129, SEG, SYSID, 1);
+            store.write(Lsn(0), Bytes::from(wal)).await.unwrap();
+            wait_flush(&store, Lsn(129 * 8192)).await;
+            store.close().await.unwrap();
+            for f in [
+                "000000010000000000000000",
+                "000000010000000000000001.partial",
+                "00000002.history",
+                control::CONTROL_FILE,
+            ] {
+                assert_eq!(
+                    mode(&dir.path().join(f)),
+                    want,
+                    "{f} in a {dir_mode:o} directory"
+                );
+            }
+        }
+        // a data directory walrelay creates is 0700
+        let parent = tempfile::tempdir().unwrap();
+        let d = parent.path().join("a/b");
+        let _store = Store::start(&d, StoreOptions::default()).unwrap();
+        assert_eq!(mode(&d), 0o700);
     }
 }
