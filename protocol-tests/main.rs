@@ -23,4 +23,7 @@ mod server_timeline;
 mod store_crash;
 mod store_crash_common;
 mod store_powerloss;
+mod upstream_auth;
 mod upstream_conn;
+mod upstream_liveness;
+mod upstream_unix;

@@ -236,6 +236,10 @@ struct RunArgs {
     /// Status interval, e.g. 10s (overrides upstream.status_interval).
     #[arg(long, value_parser = parse_duration)]
     status_interval: Option<Duration>,
+    /// Drop a silent upstream connection after this long, e.g. 60s; 0 = never (overrides
+    /// upstream.receive_timeout).
+    #[arg(long, value_parser = parse_duration)]
+    receive_timeout: Option<Duration>,
     /// Output verbose messages.
     #[arg(short = 'v', long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -400,6 +404,7 @@ async fn receive(a: ReceiveArgs) -> Result<(), String> {
         create_slot_if_missing: false,
         synchronous: a.synchronous,
         status_interval: Duration::from_secs(a.status_interval.max(1)),
+        receive_timeout: receiver::DEFAULT_RECEIVE_TIMEOUT,
         endpos: a.endpos,
         no_loop: a.no_loop,
         reconnect_min: Duration::from_secs(1),
@@ -472,6 +477,9 @@ async fn run(a: RunArgs) -> Result<(), String> {
     }
     if let Some(v) = a.status_interval {
         cfg.upstream.status_interval = v;
+    }
+    if let Some(v) = a.receive_timeout {
+        cfg.upstream.receive_timeout = v;
     }
     let Some(conninfo) = cfg.upstream.conninfo.as_deref() else {
         return Err("no upstream server configured: use --upstream CONNINFO or upstream.conninfo in the configuration file".into());
@@ -610,6 +618,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
         create_slot_if_missing: cfg.upstream.create_slot,
         synchronous: cfg.upstream.synchronous,
         status_interval: cfg.upstream.status_interval,
+        receive_timeout: cfg.upstream.receive_timeout,
         endpos: None,
         no_loop: false,
         reconnect_min: cfg.upstream.reconnect_min,

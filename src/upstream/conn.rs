@@ -23,22 +23,20 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::lsn::{pg_now, valid_segment_size, Lsn, TimelineId};
-use crate::protocol::backend::{AuthRequest, BackendMessage as Msg};
+use crate::protocol::backend::BackendMessage as Msg;
 use crate::protocol::frame::split_frame;
 use crate::protocol::replication::{encode_hs_feedback, encode_status_update, ServerCopyMessage};
 use crate::protocol::ProtocolError;
-use crate::upstream::conninfo::{
-    ChannelBindingMode, ConnInfo, HostSpec, SslMode, TargetSessionAttrs,
-};
-use crate::upstream::error::{AuthFailure, ErrorFields, HostFailure, UpstreamError};
-use crate::upstream::{pgpass, tls};
+use crate::upstream::conninfo::{ConnInfo, HostSpec, SslMode, TargetSessionAttrs, TcpOptions};
+use crate::upstream::error::{server_label, AuthFailure, ErrorFields, HostFailure, UpstreamError};
+use crate::upstream::tls;
+
+mod auth;
 
 type Result<T, E = UpstreamError> = std::result::Result<T, E>;
 
@@ -52,6 +50,7 @@ pub const MAX_MESSAGE: usize = 1 << 30;
 
 enum Stream {
     Plain(TcpStream),
+    Unix(UnixStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
@@ -63,6 +62,7 @@ impl AsyncRead for Stream {
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -76,18 +76,21 @@ impl AsyncWrite for Stream {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
@@ -224,6 +227,9 @@ pub struct ReplConnection {
     cb_hash: Option<Vec<u8>>,
     state: State,
     max_msg: usize,
+    /// Longest wait for each message of a command's answer (not for streaming, where the
+    /// receive loop keeps its own timeout); `None`: wait forever.
+    reply_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -239,6 +245,100 @@ fn startup_error(e: ErrorFields) -> UpstreamError {
         UpstreamError::Auth(AuthFailure::Server(e))
     } else {
         UpstreamError::Server(e)
+    }
+}
+
+/// libpq's texts for a failed connect to a Unix-domain socket.
+fn unix_connect_text(e: std::io::Error) -> UpstreamError {
+    let text = match e.raw_os_error() {
+        Some(libc::ENOENT) => "No such file or directory".to_string(),
+        Some(libc::ECONNREFUSED) => "Connection refused".to_string(),
+        _ => return io_text(e),
+    };
+    UpstreamError::Io(std::io::Error::new(
+        e.kind(),
+        format!(
+            "{text}\n\tIs the server running locally and accepting connections on that socket?"
+        ),
+    ))
+}
+
+/// Connects to a Unix-domain socket path; a leading `@` is the Linux abstract namespace
+/// (libpq replaces it with the NUL byte).
+async fn connect_unix(path: &str) -> std::io::Result<UnixStream> {
+    match path.strip_prefix('@') {
+        None => UnixStream::connect(path).await,
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+            // connect(2) on a local socket does not wait on the network; still, keep it off
+            // the async workers.
+            let s = tokio::task::spawn_blocking(move || {
+                std::os::unix::net::UnixStream::connect_addr(&addr)
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            s.set_nonblocking(true)?;
+            UnixStream::from_std(s)
+        }
+    }
+}
+
+/// Applies libpq's `keepalives*` and `tcp_user_timeout` to a connected socket.
+fn set_tcp_options(tcp: &TcpStream, o: &TcpOptions) -> Result<()> {
+    let sock = socket2::SockRef::from(tcp);
+    let fail = |what: &str, e: std::io::Error| {
+        UpstreamError::Io(std::io::Error::new(e.kind(), format!("{what} failed: {e}")))
+    };
+    if o.keepalives {
+        let mut k = socket2::TcpKeepalive::new();
+        if let Some(t) = o.keepalives_idle {
+            k = k.with_time(t);
+        }
+        if let Some(t) = o.keepalives_interval {
+            k = k.with_interval(t);
+        }
+        if let Some(n) = o.keepalives_count {
+            k = k.with_retries(n);
+        }
+        sock.set_tcp_keepalive(&k)
+            .map_err(|e| fail("setsockopt(SO_KEEPALIVE)", e))?;
+    } else {
+        sock.set_keepalive(false)
+            .map_err(|e| fail("setsockopt(SO_KEEPALIVE)", e))?;
+    }
+    if let Some(t) = o.user_timeout {
+        sock.set_tcp_user_timeout(Some(t))
+            .map_err(|e| fail("setsockopt(TCP_USER_TIMEOUT)", e))?;
+    }
+    Ok(())
+}
+
+fn tsa_name(t: TargetSessionAttrs) -> &'static str {
+    match t {
+        TargetSessionAttrs::Any => "any",
+        TargetSessionAttrs::ReadWrite => "read-write",
+        TargetSessionAttrs::ReadOnly => "read-only",
+        TargetSessionAttrs::Primary => "primary",
+        TargetSessionAttrs::Standby => "standby",
+        TargetSessionAttrs::PreferStandby => "prefer-standby",
+    }
+}
+
+/// libpq's `requirepeer`: the server process's user (SO_PEERCRED) must be this one.
+fn check_requirepeer(s: &UnixStream, want: &str) -> Result<()> {
+    let cred = s
+        .peer_cred()
+        .map_err(|e| UpstreamError::auth_client(format!("could not get peer credentials: {e}")))?;
+    let uid = cred.uid();
+    match crate::upstream::conninfo::user_name_of_uid(uid) {
+        None => Err(UpstreamError::auth_client(format!(
+            "local user with ID {uid} does not exist"
+        ))),
+        Some(name) if name != want => Err(UpstreamError::auth_client(format!(
+            "requirepeer specifies \"{want}\", but actual peer user name is \"{name}\""
+        ))),
+        Some(_) => Ok(()),
     }
 }
 
@@ -337,22 +437,29 @@ impl ReplConnection {
                 let res = match timeout {
                     Some(t) => match tokio::time::timeout(t, attempt).await {
                         Ok(r) => r,
-                        Err(_) => Err(UpstreamError::Io(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "timeout expired",
-                        ))),
+                        Err(_) => Err(UpstreamError::Timeout("timeout expired".into())),
                     },
                     None => attempt.await,
                 };
+                let failure = |error| HostFailure {
+                    host: h.host.clone(),
+                    port: h.port,
+                    socket: h.socket_path(),
+                    error,
+                };
                 match res {
-                    Ok(c) => return Ok(c),
+                    Ok(c) => {
+                        tracing::info!(
+                            "connected to {} (target_session_attrs={})",
+                            server_label(&h.host, h.port, h.socket_path().as_deref()),
+                            tsa_name(*want)
+                        );
+                        return Ok(c);
+                    }
                     Err(error) => {
-                        tracing::debug!(host = %h.host, port = h.port, "connection attempt failed: {error}");
-                        failures.push(HostFailure {
-                            host: h.host.clone(),
-                            port: h.port,
-                            error,
-                        })
+                        let f = failure(error);
+                        tracing::warn!("{f}");
+                        failures.push(f)
                     }
                 }
             }
@@ -365,6 +472,10 @@ impl ReplConnection {
         h: &HostSpec,
         want: TargetSessionAttrs,
     ) -> Result<ReplConnection> {
+        if h.socket_path().is_some() {
+            // libpq never requests SSL over a Unix-domain socket, whatever sslmode says.
+            return Self::attempt(ci, h, TlsWant::No, want).await;
+        }
         match ci.sslmode()? {
             SslMode::Disable => Self::attempt(ci, h, TlsWant::No, want).await,
             SslMode::Allow => match Self::attempt(ci, h, TlsWant::No, want).await {
@@ -404,15 +515,18 @@ impl ReplConnection {
         tls_want: TlsWant,
         want: TargetSessionAttrs,
     ) -> Result<ReplConnection> {
-        let addr = h.addr.as_deref().unwrap_or(&h.host);
-        let mut tcp = TcpStream::connect((addr, h.port)).await.map_err(io_text)?;
-        let _ = tcp.set_nodelay(true);
-
         let mut cb_hash = None;
         let mut on_tls = false;
-        let stream = if tls_want == TlsWant::No {
-            Stream::Plain(tcp)
+        let stream = if let Some(path) = h.socket_path() {
+            let s = connect_unix(&path).await.map_err(unix_connect_text)?;
+            if let Some(peer) = ci.requirepeer.as_deref().filter(|p| !p.is_empty()) {
+                check_requirepeer(&s, peer)?;
+            }
+            Stream::Unix(s)
+        } else if tls_want == TlsWant::No {
+            Stream::Plain(Self::connect_tcp(ci, h).await?)
         } else {
+            let mut tcp = Self::connect_tcp(ci, h).await?;
             let mode = ci.sslmode()?;
             let config = tls::client_config(ci, mode)?;
             let mut b = BytesMut::new();
@@ -467,6 +581,7 @@ impl ReplConnection {
             cb_hash,
             state: State::Broken,
             max_msg: MAX_STARTUP_MESSAGE,
+            reply_timeout: None,
         };
         conn.startup(ci, h).await?;
         conn.max_msg = MAX_MESSAGE;
@@ -476,6 +591,14 @@ impl ReplConnection {
             return Err(e);
         }
         Ok(conn)
+    }
+
+    async fn connect_tcp(ci: &ConnInfo, h: &HostSpec) -> Result<TcpStream> {
+        let addr = h.addr.as_deref().unwrap_or(&h.host);
+        let tcp = TcpStream::connect((addr, h.port)).await.map_err(io_text)?;
+        let _ = tcp.set_nodelay(true);
+        set_tcp_options(&tcp, &ci.tcp_options()?)?;
+        Ok(tcp)
     }
 
     async fn startup(&mut self, ci: &ConnInfo, h: &HostSpec) -> Result<()> {
@@ -494,130 +617,7 @@ impl ReplConnection {
         frontend::startup_message(params, &mut self.wbuf)?;
         self.flush().await?;
 
-        let cb_mode = ci.channel_binding()?;
-        let mut scram: Option<ScramSha256> = None;
-        let mut used_cb = false;
-        let password = || -> Result<String> {
-            if let Some(p) = ci.password.as_deref().filter(|p| !p.is_empty()) {
-                return Ok(p.to_string());
-            }
-            let file = ci
-                .passfile
-                .as_deref()
-                .filter(|p| !p.is_empty())
-                .map(std::path::PathBuf::from)
-                .or_else(pgpass::default_path);
-            file.and_then(|f| pgpass::lookup(&f, &h.host, h.port, &db, &user))
-                .filter(|p| !p.is_empty())
-                .ok_or_else(|| UpstreamError::auth_client("fe_sendauth: no password supplied"))
-        };
-        loop {
-            match self.read_msg().await? {
-                Msg::Authentication(AuthRequest::Ok) => {
-                    if cb_mode == ChannelBindingMode::Require && !used_cb {
-                        return Err(UpstreamError::auth_client(
-                            "channel binding required, but server authenticated client without channel binding",
-                        ));
-                    }
-                    break;
-                }
-                Msg::Authentication(AuthRequest::Cleartext) => {
-                    if cb_mode == ChannelBindingMode::Require {
-                        return Err(UpstreamError::auth_client(
-                            "channel binding required but not supported by server's authentication request",
-                        ));
-                    }
-                    let pw = password()?;
-                    frontend::password_message(pw.as_bytes(), &mut self.wbuf)?;
-                    self.flush().await?;
-                }
-                Msg::Authentication(AuthRequest::Md5 { salt }) => {
-                    if cb_mode == ChannelBindingMode::Require {
-                        return Err(UpstreamError::auth_client(
-                            "channel binding required but not supported by server's authentication request",
-                        ));
-                    }
-                    let pw = password()?;
-                    let h = md5_hash(user.as_bytes(), pw.as_bytes(), salt);
-                    frontend::password_message(h.as_bytes(), &mut self.wbuf)?;
-                    self.flush().await?;
-                }
-                Msg::Authentication(AuthRequest::Sasl { mechanisms: mechs }) => {
-                    let plus = mechs.iter().any(|m| m == "SCRAM-SHA-256-PLUS");
-                    let plain = mechs.iter().any(|m| m == "SCRAM-SHA-256");
-                    let (mech, binding) = if self.tls
-                        && plus
-                        && cb_mode != ChannelBindingMode::Disable
-                    {
-                        let hash = self.cb_hash.clone().ok_or_else(|| {
-                            UpstreamError::auth_client(
-                                "could not compute the channel binding hash of the server certificate (unsupported signature algorithm)",
-                            )
-                        })?;
-                        used_cb = true;
-                        (
-                            "SCRAM-SHA-256-PLUS",
-                            ChannelBinding::tls_server_end_point(hash),
-                        )
-                    } else if cb_mode == ChannelBindingMode::Require {
-                        return Err(UpstreamError::auth_client(
-                            "channel binding is required, but server did not offer an authentication method that supports channel binding",
-                        ));
-                    } else if plain {
-                        let b = if self.tls && cb_mode != ChannelBindingMode::Disable {
-                            ChannelBinding::unsupported()
-                        } else {
-                            ChannelBinding::unrequested()
-                        };
-                        ("SCRAM-SHA-256", b)
-                    } else {
-                        return Err(UpstreamError::auth_client(
-                            "none of the server's SASL authentication mechanisms are supported",
-                        ));
-                    };
-                    let pw = password()?;
-                    let s = ScramSha256::new(pw.as_bytes(), binding);
-                    frontend::sasl_initial_response(mech, s.message(), &mut self.wbuf)?;
-                    scram = Some(s);
-                    self.flush().await?;
-                }
-                Msg::Authentication(AuthRequest::SaslContinue(data)) => {
-                    let s = scram
-                        .as_mut()
-                        .ok_or_else(|| UpstreamError::protocol("unexpected SASL continue"))?;
-                    s.update(&data).map_err(|e| {
-                        UpstreamError::auth_client(format!("malformed SCRAM message: {e}"))
-                    })?;
-                    frontend::sasl_response(s.message(), &mut self.wbuf)?;
-                    self.flush().await?;
-                }
-                Msg::Authentication(AuthRequest::SaslFinal(data)) => {
-                    let s = scram
-                        .as_mut()
-                        .ok_or_else(|| UpstreamError::protocol("unexpected SASL final"))?;
-                    s.finish(&data).map_err(|e| {
-                        UpstreamError::auth_client(format!(
-                            "incorrect server signature or malformed SCRAM final message: {e}"
-                        ))
-                    })?;
-                }
-                Msg::Authentication(AuthRequest::Other(n)) => {
-                    return Err(UpstreamError::auth_client(format!(
-                        "authentication method {n} not supported"
-                    )))
-                }
-                Msg::ErrorResponse(e) => return Err(startup_error(e)),
-                Msg::NoticeResponse(n) => tracing::info!("upstream: {n}"),
-                Msg::NegotiateProtocolVersion { .. } => {
-                    tracing::debug!("server sent NegotiateProtocolVersion; staying on 3.0")
-                }
-                other => {
-                    return Err(UpstreamError::protocol(format!(
-                        "expected authentication request from server, but received {other:?}"
-                    )))
-                }
-            }
-        }
+        self.authenticate(ci, h, &user, &db).await?;
         loop {
             match self.read_msg().await? {
                 Msg::ParameterStatus { name: k, value: v } => {
@@ -729,12 +729,36 @@ impl ReplConnection {
         }
     }
 
+    /// Reads one message of a command's answer, within the reply timeout.
+    async fn read_reply(&mut self) -> Result<Msg> {
+        let Some(t) = self.reply_timeout else {
+            return self.read_msg().await;
+        };
+        match tokio::time::timeout(t, self.read_msg()).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.state = State::Broken;
+                Err(UpstreamError::Timeout(format!(
+                    "terminating connection: no answer from the server for {} s",
+                    t.as_secs_f64()
+                )))
+            }
+        }
+    }
+
+    /// Sets the longest wait for each message answering a command (IDENTIFY_SYSTEM, SHOW,
+    /// START_REPLICATION, the end of COPY...), so that a server that went silent between
+    /// commands is noticed like one that went silent while streaming. `None`: forever.
+    pub fn set_reply_timeout(&mut self, t: Option<std::time::Duration>) {
+        self.reply_timeout = t.filter(|t| !t.is_zero());
+    }
+
     async fn ensure_idle(&mut self) -> Result<()> {
         match self.state {
             State::Idle => Ok(()),
             State::StaleReadyForQuery => {
                 loop {
-                    match self.read_msg().await? {
+                    match self.read_reply().await? {
                         Msg::ReadyForQuery(_) => break,
                         Msg::ParameterStatus { name: k, value: v } => {
                             self.params.insert(k, v);
@@ -761,7 +785,7 @@ impl ReplConnection {
         let mut seen_desc = false;
         let mut err = None;
         loop {
-            match self.read_msg().await? {
+            match self.read_reply().await? {
                 Msg::RowDescription(c) => {
                     if !seen_desc {
                         res.columns = c.into_iter().map(|f| f.name).collect();
@@ -1012,7 +1036,7 @@ impl ReplConnection {
         let mut next = None;
         let mut err = None;
         loop {
-            match self.read_msg().await? {
+            match self.read_reply().await? {
                 Msg::CopyBothResponse if err.is_none() => {
                     self.state = State::Copy;
                     return Ok(());
@@ -1170,7 +1194,7 @@ impl ReplConnection {
                 frontend::copy_done(&mut self.wbuf);
                 self.flush().await?;
                 loop {
-                    match self.read_msg().await? {
+                    match self.read_reply().await? {
                         Msg::CopyData(_) => {}
                         Msg::CopyDone => break,
                         Msg::NoticeResponse(n) => tracing::info!("upstream: {n}"),
@@ -1202,7 +1226,7 @@ impl ReplConnection {
         let mut next = None;
         let mut err = None;
         loop {
-            match self.read_msg().await? {
+            match self.read_reply().await? {
                 Msg::RowDescription(_) | Msg::CommandComplete(_) => {}
                 Msg::DataRow(r) => next = Self::next_tli_row(&r)?,
                 Msg::ErrorResponse(e) => err = Some(e),
@@ -1246,6 +1270,57 @@ mod tests {
     use crate::protocol::frame::Frame;
     use crate::protocol::replication::{encode_keepalive, encode_xlogdata_header};
     use bytes::BufMut;
+
+    #[tokio::test]
+    async fn tcp_liveness_options_are_set() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let h = HostSpec {
+            host: "127.0.0.1".into(),
+            addr: None,
+            port,
+        };
+        let sock_opts = |t: &TcpStream| {
+            let s = socket2::SockRef::from(t);
+            (
+                s.keepalive().unwrap(),
+                s.tcp_keepalive_time().unwrap(),
+                s.tcp_keepalive_interval().unwrap(),
+                s.tcp_keepalive_retries().unwrap(),
+                s.tcp_user_timeout().unwrap(),
+            )
+        };
+        let ci = ConnInfo::parse("").unwrap();
+        let t = ReplConnection::connect_tcp(&ci, &h).await.unwrap();
+        assert_eq!(
+            sock_opts(&t),
+            (
+                true,
+                std::time::Duration::from_secs(10),
+                std::time::Duration::from_secs(5),
+                3,
+                Some(std::time::Duration::from_secs(30))
+            )
+        );
+        let ci = ConnInfo::parse(
+            "keepalives_idle=20 keepalives_interval=2 keepalives_count=9 tcp_user_timeout=2500",
+        )
+        .unwrap();
+        let t = ReplConnection::connect_tcp(&ci, &h).await.unwrap();
+        assert_eq!(
+            sock_opts(&t),
+            (
+                true,
+                std::time::Duration::from_secs(20),
+                std::time::Duration::from_secs(2),
+                9,
+                Some(std::time::Duration::from_millis(2500))
+            )
+        );
+        let ci = ConnInfo::parse("keepalives=0").unwrap();
+        let t = ReplConnection::connect_tcp(&ci, &h).await.unwrap();
+        assert!(!sock_opts(&t).0);
+    }
 
     #[test]
     fn segment_size() {
@@ -1354,6 +1429,7 @@ mod tests {
         let e = UpstreamError::AllHostsFailed(vec![HostFailure {
             host: "127.0.0.1".into(),
             port: 5432,
+            socket: None,
             error: startup_error(f),
         }]);
         assert!(e.is_auth_failure());

@@ -2,9 +2,13 @@
 //!
 //! Owns: parsing `key=value` strings and `postgresql://` URIs into a [`ConnInfo`], applying
 //! the `PG*` environment variables (explicit settings win), and the defaults libpq uses.
-//! Must not: open sockets or read files other than `/etc/passwd` for the default user name.
+//! Must not: open sockets or read files other than `/etc/passwd` for the default user name
+//! (and a `stat` of the default socket directory, see [`default_socket_dir`]).
 //!
-//! Unix-domain sockets are not supported: a host starting with `/` (or `@`) is an error.
+//! Hosts follow libpq (`connectOptions2` in fe-connect.c): an entry with a `hostaddr` is a
+//! TCP address; otherwise a `host` starting with `/` (a directory) or `@` (Linux abstract
+//! namespace) is a Unix-domain socket directory, the socket being `<dir>/.s.PGSQL.<port>`;
+//! an empty or missing host (without `hostaddr`) is the default socket directory.
 
 use std::time::Duration;
 
@@ -85,17 +89,47 @@ pub struct ConnInfo {
     pub target_session_attrs: Option<String>,
     pub connect_timeout: Option<String>,
     pub options: Option<String>,
+    /// libpq's `requirepeer`: the server's operating-system user on a Unix-domain socket.
+    pub requirepeer: Option<String>,
+    /// libpq's `require_auth` (see [`crate::upstream::require_auth`]).
+    pub require_auth: Option<String>,
+    pub keepalives: Option<String>,
+    pub keepalives_idle: Option<String>,
+    pub keepalives_interval: Option<String>,
+    pub keepalives_count: Option<String>,
+    pub tcp_user_timeout: Option<String>,
+}
+
+/// walrelay's default `connect_timeout` (per host) when none is given: libpq waits forever,
+/// which turns a silent first host of a multi-host list into a hang. `connect_timeout=0`
+/// still means "wait forever".
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// walrelay's TCP keepalive defaults (libpq leaves them to the system: 2 hours idle on
+/// Linux): probes after 10 s idle, every 5 s, 3 unanswered probes drop the connection, so a
+/// dead host or a broken network path is noticed within about 25 s. `0` in the connection
+/// string means the system default, as in libpq.
+pub const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(10);
+pub const DEFAULT_KEEPALIVES_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_KEEPALIVES_COUNT: u32 = 3;
+/// walrelay's default `tcp_user_timeout` (libpq: the system's, about 15 minutes of
+/// retransmissions on Linux): sent data unacknowledged for 30 s drops the connection.
+pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The TCP socket options of a connection (libpq's `keepalives*` and `tcp_user_timeout`).
+/// `None` leaves the system default in place. Not used for Unix-domain sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpOptions {
+    pub keepalives: bool,
+    pub keepalives_idle: Option<Duration>,
+    pub keepalives_interval: Option<Duration>,
+    pub keepalives_count: Option<u32>,
+    pub user_timeout: Option<Duration>,
 }
 
 /// Keywords libpq knows that walrelay accepts and ignores (they do not change what a
 /// physical replication connection does, or they concern features walrelay lacks).
 const IGNORED: &[&str] = &[
     "client_encoding",
-    "keepalives",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_count",
-    "tcp_user_timeout",
     "sslcompression",
     "sslsni",
     "sslcrl",
@@ -103,7 +137,6 @@ const IGNORED: &[&str] = &[
     "sslpassword",
     "ssl_min_protocol_version",
     "ssl_max_protocol_version",
-    "requirepeer",
     "gssencmode",
     "krbsrvname",
     "gsslib",
@@ -111,7 +144,6 @@ const IGNORED: &[&str] = &[
     "service",
     "replication",
     "load_balance_hosts",
-    "require_auth",
     "sslnegotiation",
     "sslcertmode",
     "min_protocol_version",
@@ -153,6 +185,13 @@ impl ConnInfo {
             "target_session_attrs" => &mut self.target_session_attrs,
             "connect_timeout" => &mut self.connect_timeout,
             "options" => &mut self.options,
+            "requirepeer" => &mut self.requirepeer,
+            "require_auth" => &mut self.require_auth,
+            "keepalives" => &mut self.keepalives,
+            "keepalives_idle" => &mut self.keepalives_idle,
+            "keepalives_interval" => &mut self.keepalives_interval,
+            "keepalives_count" => &mut self.keepalives_count,
+            "tcp_user_timeout" => &mut self.tcp_user_timeout,
             k if IGNORED.contains(&k) => return Ok(()),
             k => return err(format!("invalid connection option \"{k}\"")),
         };
@@ -163,7 +202,9 @@ impl ConnInfo {
     /// Fills unset fields from the environment (`env("PGHOST")` etc.), like libpq does:
     /// settings given in the connection string always win.
     pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) {
-        let pairs: [(&str, &mut Option<String>); 13] = [
+        let pairs: [(&str, &mut Option<String>); 15] = [
+            ("PGREQUIREAUTH", &mut self.require_auth),
+            ("PGREQUIREPEER", &mut self.requirepeer),
             ("PGHOST", &mut self.host),
             ("PGPORT", &mut self.port),
             ("PGUSER", &mut self.user),
@@ -208,6 +249,9 @@ impl ConnInfo {
         self.channel_binding()?;
         self.target_session_attrs()?;
         self.connect_timeout()?;
+        self.tcp_options()?;
+        crate::upstream::require_auth::RequireAuth::parse(self.require_auth.as_deref())
+            .map_err(ConnInfoError)?;
         self.hosts()?;
         Ok(())
     }
@@ -243,16 +287,12 @@ impl ConnInfo {
         for i in 0..n {
             let host = hosts.get(i).cloned().unwrap_or_default();
             let addr = addrs.get(i).cloned().filter(|a| !a.is_empty());
+            // libpq: with neither host nor hostaddr, the default socket directory.
             let host = if host.is_empty() {
-                addr.clone().unwrap_or_else(|| "localhost".to_string())
+                addr.clone().unwrap_or_else(default_socket_dir)
             } else {
                 host
             };
-            if host.starts_with('/') || host.starts_with('@') {
-                return err(format!(
-                    "Unix-domain sockets are not supported by walrelay (host \"{host}\"); use a TCP host name or address"
-                ));
-            }
             let p = if ports.len() == 1 {
                 ports.first()
             } else {
@@ -301,11 +341,11 @@ impl ConnInfo {
         })
     }
 
-    /// `connect_timeout` per host; `None` (wait forever) when unset or 0. Values 1 and 2 are
-    /// raised to 2 seconds like libpq.
+    /// `connect_timeout` per host: [`DEFAULT_CONNECT_TIMEOUT`] when unset, `None` (wait
+    /// forever) for 0 or less. Value 1 is raised to 2 seconds like libpq.
     pub fn connect_timeout(&self) -> Result<Option<Duration>, ConnInfoError> {
         match self.connect_timeout.as_deref().map(str::trim) {
-            None | Some("") => Ok(None),
+            None | Some("") => Ok(Some(DEFAULT_CONNECT_TIMEOUT)),
             Some(s) => match s.parse::<i64>() {
                 Ok(n) if n <= 0 => Ok(None),
                 Ok(n) => Ok(Some(Duration::from_secs(n.max(2) as u64))),
@@ -314,6 +354,51 @@ impl ConnInfo {
                 )),
             },
         }
+    }
+
+    /// The TCP options: libpq's keywords, walrelay's defaults where unset (see the
+    /// `DEFAULT_*` constants). Integers as libpq parses them; negative values count as 0
+    /// (the system default).
+    pub fn tcp_options(&self) -> Result<TcpOptions, ConnInfoError> {
+        let int = |v: &Option<String>, name: &str| -> Result<Option<i64>, ConnInfoError> {
+            match v.as_deref().map(str::trim) {
+                None | Some("") => Ok(None),
+                Some(s) => s.parse::<i64>().map(Some).map_err(|_| {
+                    ConnInfoError(format!(
+                        "invalid integer value \"{s}\" for connection option \"{name}\""
+                    ))
+                }),
+            }
+        };
+        let secs = |v: Option<i64>, default: Duration| match v {
+            None => Some(default),
+            Some(n) if n <= 0 => None,
+            Some(n) => Some(Duration::from_secs(n.unsigned_abs())),
+        };
+        let keepalives = int(&self.keepalives, "keepalives")?.is_none_or(|n| n != 0);
+        let count = match int(&self.keepalives_count, "keepalives_count")? {
+            None => Some(DEFAULT_KEEPALIVES_COUNT),
+            Some(n) if n <= 0 => None,
+            Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+        };
+        let user_timeout = match int(&self.tcp_user_timeout, "tcp_user_timeout")? {
+            None => Some(DEFAULT_TCP_USER_TIMEOUT),
+            Some(n) if n <= 0 => None,
+            Some(n) => Some(Duration::from_millis(n.unsigned_abs())),
+        };
+        Ok(TcpOptions {
+            keepalives,
+            keepalives_idle: secs(
+                int(&self.keepalives_idle, "keepalives_idle")?,
+                DEFAULT_KEEPALIVES_IDLE,
+            ),
+            keepalives_interval: secs(
+                int(&self.keepalives_interval, "keepalives_interval")?,
+                DEFAULT_KEEPALIVES_INTERVAL,
+            ),
+            keepalives_count: count,
+            user_timeout,
+        })
     }
 
     /// The user name: `user`, else the operating-system user (like libpq).
@@ -440,11 +525,64 @@ impl ConnInfo {
 /// One host to try.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostSpec {
-    /// The host name as given (used in messages, TLS name checks and pgpass matching).
+    /// The host name as given (used in messages, TLS name checks and pgpass matching); a
+    /// socket directory for Unix-domain sockets.
     pub host: String,
-    /// `hostaddr`, when given: the address actually connected to.
+    /// `hostaddr`, when given: the address actually connected to (always TCP).
     pub addr: Option<String>,
     pub port: u16,
+}
+
+impl HostSpec {
+    /// The Unix-domain socket path (`<dir>/.s.PGSQL.<port>`, libpq's `UNIXSOCK_PATH`) when
+    /// this entry is a socket directory: no `hostaddr`, and a host starting with `/` or `@`
+    /// (`@` = Linux abstract namespace, the `@` standing for the leading NUL byte).
+    pub fn socket_path(&self) -> Option<String> {
+        if self.addr.is_some() || !is_unixsock_path(&self.host) {
+            return None;
+        }
+        Some(format!("{}/.s.PGSQL.{}", self.host, self.port))
+    }
+
+    /// The host name matched against the password file: libpq's `passwordFromFile` uses
+    /// `localhost` for the default socket directory, the host (or directory) otherwise.
+    pub fn pgpass_host(&self) -> &str {
+        if self.addr.is_none() && self.host == default_socket_dir() {
+            "localhost"
+        } else {
+            &self.host
+        }
+    }
+}
+
+/// libpq's `is_unixsock_path`: an absolute path, or `@` for the abstract namespace.
+pub fn is_unixsock_path(host: &str) -> bool {
+    host.starts_with('/') || host.starts_with('@')
+}
+
+/// The default Unix-domain socket directory, used when no host is given (libpq's
+/// `DEFAULT_PGSOCKET_DIR`, a compile-time constant of each libpq build).
+///
+/// libpq builds disagree: Debian's (and so Ubuntu's, and the PGDG apt packages) use
+/// `/var/run/postgresql`, PostgreSQL's own default and most other builds (PyPI wheels,
+/// Homebrew, source builds) `/tmp`. walrelay has no libpq to ask, and `pg_config` does not
+/// report it, so: the value given at build time in `WALRELAY_DEFAULT_PGSOCKET_DIR` when set
+/// (packagers set it like their libpq); otherwise `/var/run/postgresql` when that directory
+/// exists (Debian's `postgresql-common` creates it, and Debian's servers listen there),
+/// else `/tmp`. `PGHOST` (or `host=`) always overrides it, as with libpq.
+pub fn default_socket_dir() -> String {
+    if let Some(d) = option_env!("WALRELAY_DEFAULT_PGSOCKET_DIR").filter(|d| !d.is_empty()) {
+        return d.to_string();
+    }
+    static DIR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        if std::path::Path::new("/var/run/postgresql").is_dir() {
+            "/var/run/postgresql".to_string()
+        } else {
+            "/tmp".to_string()
+        }
+    })
+    .clone()
 }
 
 /// `key = value` pairs; values may be single-quoted; `\` escapes the next character.
@@ -545,19 +683,26 @@ fn percent_decode(s: &str) -> Result<String, ConnInfoError> {
     String::from_utf8(out).map_err(|_| ConnInfoError(format!("invalid UTF-8 in URI: \"{s}\"")))
 }
 
+/// The user name of `uid` from `/etc/passwd` (walrelay links no NSS; `None` if absent).
+pub fn user_name_of_uid(uid: u32) -> Option<String> {
+    let pw = std::fs::read_to_string("/etc/passwd").ok()?;
+    let uid = uid.to_string();
+    pw.lines().find_map(|line| {
+        let mut f = line.split(':');
+        let name = f.next().filter(|n| !n.is_empty())?;
+        let _password = f.next()?;
+        (f.next()? == uid).then(|| name.to_string())
+    })
+}
+
 /// The operating-system user name: `/etc/passwd` entry of our uid, else `$USER`.
 fn os_user_name() -> String {
     use std::os::unix::fs::MetadataExt;
-    if let Ok(md) = std::fs::metadata("/proc/self") {
-        let uid = md.uid().to_string();
-        if let Ok(pw) = std::fs::read_to_string("/etc/passwd") {
-            for line in pw.lines() {
-                let f: Vec<&str> = line.split(':').collect();
-                if f.len() > 2 && f[2] == uid && !f[0].is_empty() {
-                    return f[0].to_string();
-                }
-            }
-        }
+    if let Some(name) = std::fs::metadata("/proc/self")
+        .ok()
+        .and_then(|md| user_name_of_uid(md.uid()))
+    {
+        return name;
     }
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
@@ -601,11 +746,15 @@ mod tests {
         );
         assert!(ConnInfo::parse("sslmode=maybe").is_err());
         assert!(ConnInfo::parse("port=99999").is_err());
-        assert!(ConnInfo::parse("host=/tmp").is_err());
+        assert!(ConnInfo::parse("host=/tmp").is_ok());
         assert!(ConnInfo::parse("host=a,b,c port=1,2").is_err());
         assert!(ConnInfo::parse("connect_timeout=x").is_err());
+        assert_eq!(
+            ConnInfo::parse("keepalives_idle=soon").unwrap_err().0,
+            "invalid integer value \"soon\" for connection option \"keepalives_idle\""
+        );
         // Ignored libpq keywords are accepted.
-        assert!(ConnInfo::parse("keepalives=1 sslsni=1").is_ok());
+        assert!(ConnInfo::parse("sslsni=1").is_ok());
     }
 
     #[test]
@@ -616,14 +765,55 @@ mod tests {
             h.iter()
                 .map(|h| (h.host.as_str(), h.port))
                 .collect::<Vec<_>>(),
-            vec![("a", 1), ("b", 1), ("localhost", 1), ("c", 1)]
+            vec![
+                ("a", 1),
+                ("b", 1),
+                (default_socket_dir().as_str(), 1),
+                ("c", 1)
+            ]
         );
+        assert_eq!(
+            h[2].socket_path(),
+            Some(format!("{}/.s.PGSQL.1", default_socket_dir()))
+        );
+        assert_eq!(h[0].socket_path(), None);
         let ci = ConnInfo::parse("host=a,b port=1,").unwrap();
         let h = ci.hosts().unwrap();
         assert_eq!((h[0].port, h[1].port), (1, 5432));
         let ci = ConnInfo::parse("").unwrap();
-        assert_eq!(ci.hosts().unwrap()[0].host, "localhost");
+        assert_eq!(ci.hosts().unwrap()[0].host, default_socket_dir());
         assert_eq!(ci.hosts().unwrap()[0].port, 5432);
+        assert_eq!(ci.hosts().unwrap()[0].pgpass_host(), "localhost");
+    }
+
+    #[test]
+    fn unix_sockets() {
+        // A directory, the abstract namespace, and hostaddr winning over a socket host.
+        let ci = ConnInfo::parse("host=/run/pg,@abs,/x port=5433,5434,5435 hostaddr=,,127.0.0.1")
+            .unwrap();
+        let h = ci.hosts().unwrap();
+        assert_eq!(h[0].socket_path().as_deref(), Some("/run/pg/.s.PGSQL.5433"));
+        assert_eq!(h[0].pgpass_host(), "/run/pg");
+        assert_eq!(h[1].socket_path().as_deref(), Some("@abs/.s.PGSQL.5434"));
+        assert_eq!(h[2].socket_path(), None);
+        assert_eq!(h[2].addr.as_deref(), Some("127.0.0.1"));
+        // hostaddr alone: TCP, shown by its address.
+        let ci = ConnInfo::parse("hostaddr=127.0.0.1").unwrap();
+        let h = ci.hosts().unwrap();
+        assert_eq!(
+            (h[0].host.as_str(), h[0].socket_path()),
+            ("127.0.0.1", None)
+        );
+        // An explicit default socket directory matches "localhost" in the password file.
+        let ci = ConnInfo::parse(&format!("host={}", default_socket_dir())).unwrap();
+        assert_eq!(ci.hosts().unwrap()[0].pgpass_host(), "localhost");
+        // PGHOST=/dir.
+        let mut ci = ConnInfo::parse("port=7").unwrap();
+        ci.apply_env(&|k| (k == "PGHOST").then(|| "/sock/dir".to_string()));
+        assert_eq!(
+            ci.hosts().unwrap()[0].socket_path().as_deref(),
+            Some("/sock/dir/.s.PGSQL.7")
+        );
     }
 
     #[test]
@@ -655,6 +845,37 @@ mod tests {
         assert!(ConnInfo::parse("postgres://h%zz/").is_err());
         assert!(ConnInfo::parse("postgres://[::1/").is_err());
         assert!(ConnInfo::parse("postgres://h/%00").is_err());
+    }
+
+    #[test]
+    fn liveness_defaults() {
+        let ci = ConnInfo::parse("host=a").unwrap();
+        assert_eq!(ci.connect_timeout().unwrap(), Some(DEFAULT_CONNECT_TIMEOUT));
+        assert_eq!(
+            ci.tcp_options().unwrap(),
+            TcpOptions {
+                keepalives: true,
+                keepalives_idle: Some(Duration::from_secs(10)),
+                keepalives_interval: Some(Duration::from_secs(5)),
+                keepalives_count: Some(3),
+                user_timeout: Some(Duration::from_secs(30)),
+            }
+        );
+        let ci = ConnInfo::parse(
+            "connect_timeout=0 keepalives=0 keepalives_idle=0 keepalives_interval=7 keepalives_count=-1 tcp_user_timeout=1500",
+        )
+        .unwrap();
+        assert_eq!(ci.connect_timeout().unwrap(), None);
+        assert_eq!(
+            ci.tcp_options().unwrap(),
+            TcpOptions {
+                keepalives: false,
+                keepalives_idle: None,
+                keepalives_interval: Some(Duration::from_secs(7)),
+                keepalives_count: None,
+                user_timeout: Some(Duration::from_millis(1500)),
+            }
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod conninfo;
 pub mod error;
 pub mod pgpass;
 pub mod receiver;
+pub mod require_auth;
 mod timeline;
 pub mod tls;
 
