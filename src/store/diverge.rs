@@ -159,11 +159,10 @@ impl super::Writer {
         tli: TimelineId,
         fork: Lsn,
     ) -> Result<SetAside, StoreError> {
-        let seg_size = self
-            .control
-            .as_ref()
-            .ok_or(StoreError::NotOpen)?
-            .wal_segment_size;
+        let seg_size = self.seg_size();
+        if seg_size == 0 {
+            return Err(StoreError::NotOpen);
+        }
         self.close_open()?;
         let r = set_aside(&self.dir, seg_size, tli, fork)
             .map_err(io_err("set aside diverged WAL in", &self.dir))?;
@@ -293,5 +292,54 @@ mod tests {
         assert!(r.files.is_empty());
         assert!(p.join("000000010000000000000003.partial").is_file());
         assert!(!p.join("000000010000000000000003").exists());
+    }
+    /// Through the store thread: positions, floor and tail go back to the fork; nothing more
+    /// is accepted on the old timeline until the next `begin`.
+    #[tokio::test]
+    async fn the_store_pulls_its_positions_back_to_the_fork() {
+        use crate::store::{Store, StoreOptions};
+        use crate::wal::page::build::pages;
+        use bytes::Bytes;
+        const SYSID: u64 = 7_000_000_000_000_000_001;
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::start(d.path(), StoreOptions::default()).unwrap();
+        store.open(SYSID, SEG, "15.0").await.unwrap();
+        store.begin(1, Lsn(0)).await.unwrap();
+        let wal = pages(0, 4, SEG, SYSID, 1);
+        store
+            .write(Lsn(0), Bytes::copy_from_slice(&wal))
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        let mut rx = store.positions();
+        while rx.borrow_and_update().flush_lsn < Lsn(4 * 8192) {
+            rx.changed().await.unwrap();
+        }
+        let fork = Lsn(8192 + 100);
+        let r = store.set_aside_diverged(1, fork).await.unwrap();
+        assert_eq!(r.files, vec!["000000010000000000000000.partial"]);
+        let extent = wal.iter().rposition(|&b| b != 0).unwrap() as u64 + 1;
+        assert_eq!(r.bytes, extent - fork.0);
+        let p = store.positions().borrow().clone();
+        assert_eq!((p.timeline, p.write_lsn, p.flush_lsn), (1, fork, fork));
+        assert_eq!(store.tail().get(1, Lsn(0), Lsn(4 * 8192), 1 << 20), None);
+        let cut = std::fs::read(d.path().join("000000010000000000000000.partial")).unwrap();
+        assert_eq!(&cut[..fork.0 as usize], &wal[..fork.0 as usize]);
+        assert!(cut[fork.0 as usize..].iter().all(|&b| b == 0));
+        // no more WAL on timeline 1
+        store
+            .write(fork, Bytes::copy_from_slice(&wal[fork.0 as usize..]))
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        let mut rx = store.positions();
+        while rx.borrow_and_update().error.is_none() {
+            rx.changed().await.unwrap();
+        }
+        assert_eq!(store.positions().borrow().flush_lsn, fork);
+        // the next timeline begins normally
+        store.begin(2, Lsn(0)).await.unwrap();
+        let p = store.positions().borrow().clone();
+        assert_eq!((p.timeline, p.error), (2, None));
     }
 }
