@@ -1,9 +1,9 @@
 //! The receive loop: streams WAL from the primary into the [`Store`], like `pg_receivewal`.
 //!
 //! Owns: choosing the start position (with [`super::timeline`]: the server's timeline and
-//! history checked against walrelay's, divergent WAL set aside), the timeline-following loop, status updates to the
-//! primary, `--endpos`, reconnect with backoff. Reports to the primary only what the store
-//! has published as durable (`flush_lsn`), never more.
+//! history checked against walrelay's, divergent WAL set aside), the timeline-following
+//! loop, status updates to the primary, `--endpos`, reconnect with backoff. Reports to the
+//! primary only what the store has published as durable (`flush_lsn`), never more.
 //!
 //! Must not: write files (the store does), or serve clients.
 
