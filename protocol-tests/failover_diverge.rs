@@ -318,3 +318,68 @@ fn failover_walrelay_ahead_across_segments_pg15() {
 fn failover_walrelay_ahead_across_segments_pg18() {
     diverge("18", 3, true);
 }
+
+/// A history file is validated before it is stored: a promoted server whose
+/// `pg_wal/00000002.history` was damaged on disk (the server serves TIMELINE_HISTORY verbatim)
+/// is refused, nothing of timeline 2 is written; once the file is right again walrelay
+/// follows.
+#[test]
+fn history_from_the_server_is_validated_pg15() {
+    let t = TestDir::new("diverge-hist");
+    let mut primary = Pg::primary("15", &[]);
+    let s1 = Pg::standby_of(&primary, "15", &primary.conninfo(), &[]);
+    let data = t.subdir("relay");
+    std::fs::create_dir_all(&data).unwrap();
+    let port = harness::free_port();
+    let upstream = format!("{} connect_timeout=2", primary.conninfo());
+    let mut relay = Relay::start_full(&t, &primary, &upstream, &data, port, &[], "");
+    let lsn = write_rows(&primary, "t1", 1000);
+    s1.wait_replayed(lsn, Duration::from_secs(60));
+    relay.wait_flush(&primary, lsn);
+    primary.stop();
+    relay.proc.stop();
+    s1.promote();
+    let hist = s1.pg_wal().join("00000002.history");
+    let good = read(&hist);
+    std::fs::write(&hist, "1\t0/3000000\tx\n2\t0/3000000\ty\n").unwrap();
+
+    let log = t.join("walrelay-hist.log");
+    let upstream = format!("{} connect_timeout=2", s1.conninfo());
+    let mut w = harness::walrelay::Walrelay::spawn_with(
+        &log,
+        &[
+            "run",
+            "--upstream",
+            &upstream,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[("WALRELAY_LOG", "info")],
+    );
+    harness::wait_for(Duration::from_secs(30), "the history to be refused", || {
+        harness::read_lossy(&log).contains(
+            "the server sent invalid data in history file: 2\t0/3000000\ty (Timeline IDs must be less than child timeline's ID 2.)",
+        )
+    });
+    assert!(!data.join("00000002.history").exists());
+    let tli2 = |d: &Path| {
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .any(|n| n.starts_with("00000002"))
+    };
+    assert!(!tli2(&data), "timeline 2 written from an invalid history");
+
+    std::fs::write(&hist, &good).unwrap();
+    write_rows(&s1, "t2", 100);
+    let end = s1.switch_wal();
+    let last = segment_file_name(2, Lsn(end.0 - 1).segno(SEG), SEG);
+    harness::wait_for(
+        Duration::from_secs(90),
+        "walrelay to follow timeline 2",
+        || data.join(&last).is_file(),
+    );
+    w.stop();
+    assert_eq!(read(&data.join("00000002.history")), good);
+    compare::segments_identical(&data, &s1.pg_wal()).unwrap();
+}
