@@ -8,6 +8,7 @@ mod archive_store;
 mod barman_pg_receivewal;
 mod bench_quick;
 mod delay_feeds;
+mod failover_diverge;
 mod harness;
 mod harness_selftest;
 mod pgrw_cli;

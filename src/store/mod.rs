@@ -21,6 +21,7 @@
 
 pub mod compress;
 pub mod control;
+pub mod diverge;
 pub mod fsutil;
 pub mod lossy;
 pub mod reader;
@@ -142,6 +143,11 @@ enum Request {
     RemoveSegments {
         names: Vec<String>,
         reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
+    SetAsideDiverged {
+        tli: TimelineId,
+        fork: Lsn,
+        reply: oneshot::Sender<Result<diverge::SetAside, StoreError>>,
     },
 }
 
@@ -306,6 +312,19 @@ impl Store {
     pub async fn remove_segments(&self, names: Vec<String>) -> Result<usize, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(Request::RemoveSegments { names, reply }).await?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Sets WAL of timeline `tli` at and past `fork` aside (see [`diverge`]): the upstream's
+    /// history says `tli` ended at `fork`.
+    pub async fn set_aside_diverged(
+        &self,
+        tli: TimelineId,
+        fork: Lsn,
+    ) -> Result<diverge::SetAside, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::SetAsideDiverged { tli, fork, reply })
+            .await?;
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
@@ -575,6 +594,11 @@ impl Writer {
                     .as_ref()
                     .map(|o| segment_file_name(self.pos.timeline, o.segno, self.seg_size()));
                 let r = retention::remove(&self.dir, &names, self.seg_size(), open.as_deref());
+                let _ = reply.send(r);
+            }
+            Request::SetAsideDiverged { tli, fork, reply } => {
+                let r = self.set_aside_diverged(tli, fork);
+                self.publish();
                 let _ = reply.send(r);
             }
             Request::Open {

@@ -1,8 +1,9 @@
 //! The receive loop: streams WAL from the primary into the [`Store`], like `pg_receivewal`.
 //!
-//! Owns: choosing the start position, the timeline-following loop, status updates to the
-//! primary, `--endpos`, reconnect with backoff. Reports to the primary only what the store
-//! has published as durable (`flush_lsn`), never more.
+//! Owns: choosing the start position (with [`super::timeline`]: the server's timeline and
+//! history checked against walrelay's, divergent WAL set aside), the timeline-following
+//! loop, status updates to the primary, `--endpos`, reconnect with backoff. Reports to the
+//! primary only what the store has published as durable (`flush_lsn`), never more.
 //!
 //! Must not: write files (the store does), or serve clients.
 
@@ -15,6 +16,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::conn::{CopyEvent, ReplConnection};
 use super::conninfo::ConnInfo;
 use super::error::UpstreamError;
+use super::timeline;
 use crate::lsn::{Lsn, TimelineId};
 use crate::metrics as m;
 use crate::store::{Positions, Store, StoreError};
@@ -97,6 +99,16 @@ pub enum ReceiverError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Stream(String),
+    /// The server's timeline is older than the one walrelay's files end on: following it
+    /// would go back in history (PostgreSQL's walreceiver refuses the same way).
+    #[error("highest timeline {server} of the primary is behind recovery timeline {ours}")]
+    ServerTimelineBehind {
+        server: TimelineId,
+        ours: TimelineId,
+    },
+    /// A history file that is invalid, or disagrees with walrelay's WAL and histories.
+    #[error("timeline history: {0}")]
+    History(String),
 }
 
 impl ReceiverError {
@@ -151,6 +163,9 @@ pub async fn run(
                     ReceiverError::Upstream(_) => "upstream",
                     ReceiverError::Store(_) => "store",
                     ReceiverError::Stream(_) => "protocol",
+                    ReceiverError::ServerTimelineBehind { .. } | ReceiverError::History(_) => {
+                        "timeline"
+                    }
                 };
                 metrics::counter!(m::ERRORS, "kind" => kind).increment(1);
                 // A wrong password does not fix itself: wait the longest interval, no storm.
@@ -260,21 +275,25 @@ async fn stream_once(
         }
     }
 
-    let (mut start, mut tli) = match resume {
-        Some(p) => p,
-        None => initial_start(&mut conn, opts, ident.timeline, ident.xlogpos, seg_size).await?,
+    // With WAL already here: the server's timeline must not be older, its history must agree
+    // with walrelay's, and WAL past a fork in that history is set aside (diverged).
+    let (mut start, mut tli, mut switched_from) = match resume {
+        Some((start, tli)) => {
+            let r =
+                timeline::reconcile(&mut conn, store, ident.timeline, start, tli, seg_size).await?;
+            (r.start, r.tli, r.from)
+        }
+        None => {
+            let (start, tli) =
+                initial_start(&mut conn, opts, ident.timeline, ident.xlogpos, seg_size).await?;
+            (start, tli, None)
+        }
     };
     start = start.segment_start(seg_size);
 
     loop {
-        if tli > 1 && !store.has_history(tli) {
-            let (name, content) = conn.timeline_history(tli).await?;
-            if name != crate::lsn::history_file_name(tli) {
-                return Err(ReceiverError::Stream(format!(
-                    "server reported unexpected history file name \"{name}\" for timeline {tli}"
-                )));
-            }
-            store.write_history(tli, content).await?;
+        if tli > 1 {
+            timeline::ensure_history(&mut conn, store, tli, switched_from.take()).await?;
         }
         store.begin(tli, start).await?;
         tracing::info!("starting log streaming at {start} (timeline {tli})");
@@ -300,6 +319,7 @@ async fn stream_once(
                         if let Some(info) = &opts.info {
                             info.send_modify(|i| i.timeline = i.timeline.max(next_tli));
                         }
+                        switched_from = Some((tli, next_start));
                         tli = next_tli;
                         start = next_start.segment_start(seg_size);
                     }

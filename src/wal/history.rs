@@ -105,6 +105,95 @@ pub fn tli_of_lsn(entries: &[HistoryEntry], current_tli: TimelineId, lsn: Lsn) -
         .map_or(current_tli, |e| e.parent_tli)
 }
 
+/// Checks a history file received for timeline `tli` (from `TIMELINE_HISTORY`) before it is
+/// stored, and returns its entries. Beyond [`parse_history`]'s syntax and strictly
+/// increasing parent timelines (`readTimeLineHistory`), the file must be a possible history
+/// of `tli`:
+/// - `name` is `history_file_name(tli)` (the name names the content's timeline);
+/// - the text is UTF-8 and, for `tli > 1`, has at least one entry (PostgreSQL writes a
+///   history file only when a timeline is created from a parent);
+/// - every parent is below `tli` (`readTimeLineHistory`'s "Timeline IDs must be less than
+///   child timeline's ID"). The last parent is *not* required to be `tli - 1`: a promotion
+///   picks `findNewestTimeLine() + 1`, which skips timelines other servers created in the
+///   archive, so `00000004.history` may end with parent 2;
+/// - switch points are valid and never decrease (a child timeline starts where its parent
+///   ended, so a later fork cannot be earlier on the WAL).
+pub fn validate_history(
+    tli: TimelineId,
+    name: &str,
+    content: &[u8],
+) -> Result<Vec<HistoryEntry>, WalError> {
+    let expected = crate::lsn::history_file_name(tli);
+    let invalid = |reason: String| WalError::HistoryInvalid {
+        file: name.to_string(),
+        reason,
+    };
+    if name != expected {
+        return Err(invalid(format!(
+            "the file for timeline {tli} must be named \"{expected}\""
+        )));
+    }
+    let text = std::str::from_utf8(content).map_err(|e| invalid(format!("not valid text: {e}")))?;
+    let entries = parse_history(text)?;
+    check_history_for(&entries, tli)?;
+    if tli > 1 && entries.is_empty() {
+        return Err(invalid(format!(
+            "it lists no parent timeline, but timeline {tli} must have forked from one"
+        )));
+    }
+    let mut prev = Lsn::INVALID;
+    for e in &entries {
+        if !e.switchpoint.is_valid() {
+            return Err(invalid(format!(
+                "timeline {} has an invalid switch point {}",
+                e.parent_tli, e.switchpoint
+            )));
+        }
+        if e.switchpoint < prev {
+            return Err(invalid(format!(
+                "timeline {} ends at {}, before its parent's switch point {prev}",
+                e.parent_tli, e.switchpoint
+            )));
+        }
+        prev = e.switchpoint;
+    }
+    Ok(entries)
+}
+
+/// Checks that `ours` (the history walrelay stored for one of its timelines) is the start
+/// of `theirs` (a server's history): the same parents with the same switch points, in
+/// order. Reasons (free text) are not compared. A mismatch means the server's timeline of
+/// that number is not the one walrelay holds WAL of (two servers promoted to the same
+/// timeline ID): following it would mix two histories.
+pub fn check_prefix(ours: &[HistoryEntry], theirs: &[HistoryEntry]) -> Result<(), String> {
+    for (i, o) in ours.iter().enumerate() {
+        match theirs.get(i) {
+            Some(t) if t.parent_tli == o.parent_tli && t.switchpoint == o.switchpoint => {}
+            Some(t) => {
+                return Err(format!(
+                    "walrelay's history has timeline {} ending at {}, the server's has timeline {} ending at {}",
+                    o.parent_tli, o.switchpoint, t.parent_tli, t.switchpoint
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "walrelay's history has timeline {} ending at {}, the server's history ends before it",
+                    o.parent_tli, o.switchpoint
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The timeline that follows `tli` in a history whose current timeline is `cur`: the parent
+/// of the next entry, else `cur` (`tliSwitchPoint`'s `nextTLI`).
+pub fn next_tli(entries: &[HistoryEntry], tli: TimelineId, cur: TimelineId) -> TimelineId {
+    let mut it = entries.iter().skip_while(|e| e.parent_tli != tli);
+    it.next();
+    it.next().map_or(cur, |e| e.parent_tli)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +243,54 @@ mod tests {
         let e = parse_history("2\t0/1\n2\t0/2\n").unwrap_err().to_string();
         assert!(e.contains("increasing sequence"), "{e}");
         assert!(parse_history("99999999999\t0/1").is_err());
+    }
+
+    #[test]
+    fn validates_received_files() {
+        let e = validate_history(3, "00000003.history", H3.as_bytes()).unwrap();
+        assert_eq!(e.len(), 2);
+        // a timeline skipped (findNewestTimeLine + 1) is fine
+        assert!(validate_history(4, "00000004.history", H3.as_bytes()).is_ok());
+        let err = |tli, name: &str, text: &[u8]| {
+            validate_history(tli, name, text).unwrap_err().to_string()
+        };
+        let e = err(3, "00000004.history", H3.as_bytes());
+        assert!(e.contains("must be named \"00000003.history\""), "{e}");
+        let e = err(2, "00000002.history", H3.as_bytes());
+        assert!(e.contains("less than child timeline's ID 2"), "{e}");
+        let e = err(2, "00000002.history", b"# nothing\n");
+        assert!(e.contains("lists no parent timeline"), "{e}");
+        let e = err(3, "00000003.history", b"1\t0/5000000\tx\n2\t0/4000000\ty\n");
+        assert!(
+            e.contains("timeline 2 ends at 0/4000000, before its parent's switch point 0/5000000"),
+            "{e}"
+        );
+        let e = err(2, "00000002.history", b"1\t0/0\tx\n");
+        assert!(e.contains("invalid switch point"), "{e}");
+        let e = err(2, "00000002.history", b"1\t0/30\xff\n");
+        assert!(e.contains("not valid text"), "{e}");
+        let e = err(3, "00000003.history", b"2\t0/1\n1\t0/2\n");
+        assert!(e.contains("increasing sequence"), "{e}");
+        // timeline 1 has no history; an empty file for it is not an error of the grammar
+        assert!(validate_history(1, "00000001.history", b"")
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn prefix_and_next() {
+        let h2 = parse_history("1\t0/3000000\tx\n").unwrap();
+        let h3 = parse_history(H3).unwrap();
+        assert!(check_prefix(&h2, &h3).is_ok());
+        assert!(check_prefix(&[], &h3).is_ok());
+        let other = parse_history("1\t0/3000010\tx\n").unwrap();
+        let e = check_prefix(&other, &h3).unwrap_err();
+        assert!(e.contains("timeline 1 ending at 0/3000010"), "{e}");
+        assert!(check_prefix(&h3, &h2).is_err());
+        assert_eq!(next_tli(&h3, 1, 3), 2);
+        assert_eq!(next_tli(&h3, 2, 3), 3);
+        let skip = parse_history("1\t0/10\n3\t0/20\n").unwrap();
+        assert_eq!(next_tli(&skip, 1, 5), 3);
+        assert_eq!(next_tli(&skip, 3, 5), 5);
     }
 }

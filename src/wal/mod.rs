@@ -171,6 +171,10 @@ pub enum WalError {
     HistorySyntax { line: String, hint: &'static str },
     #[error("invalid data in history file: {line}: Timeline IDs must be in increasing sequence.")]
     HistoryOrder { line: String },
+    /// A history file that parses but cannot be the history of its timeline (see
+    /// [`history::validate_history`]).
+    #[error("invalid timeline history file \"{file}\": {reason}")]
+    HistoryInvalid { file: String, reason: String },
 }
 
 impl crate::error::SqlState for WalError {
