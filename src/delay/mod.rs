@@ -35,6 +35,8 @@ pub use index::{CommitIndex, EntryKind, IndexEntry};
 
 /// Metric: tripwire holds, labelled by feed.
 pub const TRIPWIRE_TOTAL: &str = "walrelay_feed_tripwire_total";
+/// Metric: index gaps that hold a feed, labelled by feed.
+pub const INDEX_GAP_TOTAL: &str = "walrelay_feed_index_gap_total";
 /// Metric: the LSN a feed may send up to (bytes).
 pub const FEED_CAP_LSN: &str = "walrelay_feed_send_limit_bytes";
 /// Metric: entries in the commit index.
@@ -47,6 +49,9 @@ pub enum DelayError {
     NoSuchFeed(String),
     #[error("{0}")]
     Target(String),
+    /// A state file that cannot be used (the message says how to recover).
+    #[error("{0}")]
+    StateFile(String),
     #[error("could not {op} \"{path}\": {source}")]
     Io {
         op: &'static str,
@@ -61,7 +66,7 @@ impl DelayError {
         match self {
             DelayError::NoSuchFeed(_) => 404,
             DelayError::Target(_) => 409,
-            DelayError::Io { .. } => 500,
+            DelayError::Io { .. } | DelayError::StateFile(_) => 500,
         }
     }
 }
