@@ -19,4 +19,5 @@ mod server_restart;
 mod server_status;
 mod server_stream;
 mod server_timeline;
+mod state_faults;
 mod upstream_conn;

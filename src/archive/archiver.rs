@@ -43,9 +43,9 @@ use crate::config::{AckMode, ArchiveConfig, Compression};
 use crate::lsn::{
     history_file_name, parse_wal_file_name, segment_file_name, Lsn, TimelineId, WalFileName,
 };
+use crate::statefile::{self, StateFile};
 use crate::store::retention::{self, RetentionPolicy};
 use crate::store::scan::{self, SegmentFile};
-use crate::statefile::{self, StateFile};
 use crate::store::{control, Positions, Store};
 use crate::wal::history::{self, HistoryEntry};
 
@@ -1242,8 +1242,8 @@ async fn cleanup_snapshots(ctx: &Arc<Ctx>, name: &str, keep_from: Option<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoreOptions;
     use crate::lsn::WAL_PAGE_SIZE;
+    use crate::store::StoreOptions;
     use crate::wal::page::build::pages;
 
     const SEG: u64 = 1 << 20;
@@ -1402,7 +1402,10 @@ mod tests {
         // timeline 2 forks inside segment 2
         let fork = Lsn(2 * SEG + 4 * WAL_PAGE_SIZE);
         store
-            .write_history(2, Bytes::from(format!("1\t{fork}\tno recovery target specified\n")))
+            .write_history(
+                2,
+                Bytes::from(format!("1\t{fork}\tno recovery target specified\n")),
+            )
             .await
             .unwrap();
         store.begin(2, fork).await.unwrap();

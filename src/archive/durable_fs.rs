@@ -24,8 +24,8 @@ use futures::stream::BoxStream;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{
-    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
-    PutOptions, PutPayload, PutResult, Result, UploadPart,
+    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, Result, UploadPart,
 };
 
 /// A `LocalFileSystem` rooted at `root` whose writes are durable before they succeed.
@@ -80,7 +80,9 @@ impl DurableFs {
         let r = tokio::task::spawn_blocking(move || -> Result<()> {
             let note = |p: &Path| {
                 if let Some(l) = &log {
-                    l.lock().unwrap_or_else(|e| e.into_inner()).push(p.to_path_buf());
+                    l.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(p.to_path_buf());
                 }
             };
             std::fs::File::open(&file)
@@ -283,7 +285,10 @@ mod tests {
             .put_opts(&p, PutPayload::from_static(b"other"), create)
             .await
             .unwrap_err();
-        assert!(matches!(e, object_store::Error::AlreadyExists { .. }), "{e}");
+        assert!(
+            matches!(e, object_store::Error::AlreadyExists { .. }),
+            "{e}"
+        );
         assert_eq!(*log.lock().unwrap(), expected);
         log.lock().unwrap().clear();
         // multipart: durable at completion, not before

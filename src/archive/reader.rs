@@ -420,12 +420,7 @@ mod tests {
 
     #[async_trait]
     impl ObjectStore for Stuck {
-        async fn put_opts(
-            &self,
-            l: &ObjPath,
-            p: PutPayload,
-            o: PutOptions,
-        ) -> OsResult<PutResult> {
+        async fn put_opts(&self, l: &ObjPath, p: PutPayload, o: PutOptions) -> OsResult<PutResult> {
             self.inner.put_opts(l, p, o).await
         }
         async fn put_multipart_opts(

@@ -981,7 +981,10 @@ mod tests {
         assert_eq!(s.limit(Lsn(0x1000), Lsn(0x9000)).0, Lsn(0x5000));
         ctl.persist_if_dirty();
         assert_eq!(*ctl.min_needed_lsn().borrow(), Some(Lsn(0x1000)));
-        ctl.on_index_gap(Lsn(0x5000), Lsn(0x8000)).wait().await.unwrap();
+        ctl.on_index_gap(Lsn(0x5000), Lsn(0x8000))
+            .wait()
+            .await
+            .unwrap();
         ix.set_coverage(Lsn(0), Lsn(0x9000));
         assert_eq!(s.limit(Lsn(0x1000), Lsn(0x9000)).0, Lsn(0x5000));
         let f = ctl.show("lag").unwrap();

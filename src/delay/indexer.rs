@@ -116,10 +116,12 @@ pub async fn run(
         start = flush.segment_start(seg_size);
     }
     // WAL between the last saved entry and the oldest local segment is gone unindexed.
-    let missed = index
-        .last()
-        .map(|e| e.end)
-        .filter(|&end| end < start && index.last().is_some_and(|e| e.lsn.segment_start(seg_size) < start));
+    let missed = index.last().map(|e| e.end).filter(|&end| {
+        end < start
+            && index
+                .last()
+                .is_some_and(|e| e.lsn.segment_start(seg_size) < start)
+    });
     tracing::info!(
         "commit index: {} entries loaded; indexing WAL from {start} on timeline {tli}",
         index.len()
@@ -140,7 +142,9 @@ pub async fn run(
     };
     r.index.set_coverage(r.from, r.last_end);
     if let (Some(from), Some(feeds)) = (missed, &r.feeds) {
-        tracing::error!("commit index: the WAL from {from} to {start} was removed before it was indexed");
+        tracing::error!(
+            "commit index: the WAL from {from} to {start} was removed before it was indexed"
+        );
         while let Err(e) = feeds.on_index_gap(from, start).wait().await {
             tracing::error!("commit index: could not save the index-gap hold: {e}; retrying");
             tokio::select! {

@@ -887,7 +887,12 @@ impl Session {
                     return self.send_error(logical_error()).await;
                 }
                 let restart = reserve_wal.then(|| view.flush.segment_start(view.seg_size));
-                match self.shared.slots.create(&name, temporary, restart, self.id).await {
+                match self
+                    .shared
+                    .slots
+                    .create(&name, temporary, restart, self.id)
+                    .await
+                {
                     Ok(()) => {
                         let mut b = BytesMut::new();
                         backend::row_description(
