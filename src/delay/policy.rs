@@ -104,8 +104,9 @@ pub fn decide(
 ) -> Decision {
     let mut d = decide_holds(index, coverage, rule, feed, flush, now, due_hint);
     // Fail closed: WAL the index did not see cannot be delayed or checked for drops.
+    // (A standby already past the gap, e.g. one made from a newer base backup, is not held.)
     if let (true, Some((from, to))) = (rule.delay_us > 0, feed.gap) {
-        if from <= d.cap {
+        if from <= d.cap && feed.sent < to {
             d.cap = from;
             d.reason = Reason::IndexGap { from, to };
             d.wake_at = None;
@@ -463,6 +464,11 @@ mod tests {
         let d = decide(&ix, cov, DELAYED, v, Lsn(700), 14 * S, Lsn(0));
         assert_eq!(d.cap, Lsn(100));
         assert_eq!(d.reason.name(), "delay");
+        // a standby already past the gap is not held by it
+        let mut past = v;
+        past.sent = Lsn(1000);
+        let d = decide(&ix, cov, DELAYED, past, Lsn(1200), 100 * S, Lsn(0));
+        assert_eq!(d.reason.name(), "caught_up");
         // feeds without delay are not held by it
         let rule0 = FeedRule {
             delay_us: 0,
