@@ -366,16 +366,23 @@ impl FeedController {
     }
 
     /// Saves and waits until `feeds.json` is durable (operator actions: a hold is only
-    /// reported once it survives a crash). Blocks the calling thread for the write: call
-    /// the operator actions from a blocking thread.
+    /// reported once it survives a crash). The fsync runs on the writer thread; waiting for
+    /// it on a runtime worker goes through `block_in_place`, so the worker's other tasks
+    /// move on meanwhile.
     fn save(&self) -> Result<(), DelayError> {
-        self.submit()
-            .wait_blocking()
-            .map_err(|source| DelayError::Io {
-                op: "write",
-                path: self.state_path.clone(),
-                source,
-            })
+        let ticket = self.submit();
+        let wait = move || ticket.wait_blocking();
+        let r = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        };
+        r.map_err(|source| DelayError::Io {
+            op: "write",
+            path: self.state_path.clone(),
+            source,
+        })
     }
 
     /// Saves positions if they moved (called periodically) and refreshes
@@ -1010,6 +1017,25 @@ mod tests {
         ix.set_coverage(Lsn(0), Lsn(0x7000));
         ctl.persist_if_dirty();
         assert_eq!(*ctl.min_needed_lsn().borrow(), Some(Lsn(0x7000)));
+    }
+
+    /// Operator actions called on a runtime worker (the admin routes) wait for the durable
+    /// write without blocking the runtime: other tasks keep running meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn operator_actions_on_a_worker_are_durable() {
+        let d = tempfile::tempdir().unwrap();
+        let ix = CommitIndex::new();
+        ix.set_coverage(Lsn(0), Lsn(0x5000));
+        let ctl = controller(d.path(), &ix, 0x5000);
+        let ticker = tokio::spawn(async {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        ctl.pause("lag").unwrap();
+        let saved = std::fs::read_to_string(d.path().join("delay").join("feeds.json")).unwrap();
+        assert!(saved.contains("\"paused\""), "{saved}");
+        ticker.await.unwrap();
     }
 
     #[test]
