@@ -16,7 +16,8 @@
 //! | [`indexer`] | the task that follows the store's flush position and fills the index |
 //! | [`policy`] | pure: cap, reason and next wake-up of one feed |
 //! | [`api`] | admin routes, `walrelay feed` / `walrelay xacts` client side |
-//! | [`feeds`] | feed rules, sessions, pause/resume/advance, tripwire, persisted holds |
+//! | [`feeds`] | feed rules, sessions, pause/resume/advance, tripwire, index gaps |
+//! | [`state`] | the persisted feed state (`feeds.json`), read strictly |
 //! | [`segments`] | reading segment files, the offline scan behind `walrelay xacts -D` |
 //! | [`time`] | formatting/parsing `TimestampTz` |
 //!
@@ -28,6 +29,7 @@ pub mod index;
 pub mod indexer;
 pub mod policy;
 pub mod segments;
+pub mod state;
 pub mod time;
 
 pub use feeds::{AdvanceTarget, FeedController, FeedSession};
