@@ -54,6 +54,7 @@ struct Run {
     last_end: Lsn,
     from: Lsn,
     firsts: segments::FirstSeen,
+    shutdown: watch::Receiver<bool>,
 }
 
 /// Loads the saved index and then follows the store until `shutdown` turns true.
@@ -139,6 +140,7 @@ pub async fn run(
         last_end: start,
         from,
         firsts: segments::FirstSeen::default(),
+        shutdown: shutdown.clone(),
     };
     r.index.set_coverage(r.from, r.last_end);
     if let (Some(from), Some(feeds)) = (missed, &r.feeds) {
@@ -275,14 +277,16 @@ impl Run {
     }
 
     /// `[from, to)` cannot be indexed: hold the delayed feeds before it (durably), then go on
-    /// at `to`. On error nothing moves: the step is retried and holds again.
+    /// at `to`. Until the hold is durable the indexer waits here (coverage stays at `from`).
     async fn gap(&mut self, from: Lsn, to: Lsn) -> Result<(), String> {
         if let Some(feeds) = &self.feeds {
-            feeds
-                .on_index_gap(from, to)
-                .wait()
-                .await
-                .map_err(|e| format!("could not save the index-gap hold: {e}"))?;
+            while let Err(e) = feeds.on_index_gap(from, to).wait().await {
+                tracing::error!("commit index: could not save the index-gap hold: {e}; retrying");
+                if *self.shutdown.borrow() {
+                    return Err("shutting down".into());
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
         self.restart_at(to);
         self.index.set_coverage(self.from, self.last_end);
