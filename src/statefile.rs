@@ -5,8 +5,8 @@
 //! Owns: the write protocol — a unique temporary file in the same directory (created
 //! exclusively, so two writers never share one), write, fsync, rename over the target,
 //! fsync of the directory — with writers of one path serialized in-process, and the file
-//! mode (0600, or 0640 when the directory is group-accessible, like PostgreSQL's
-//! `pg_file_create_mode` follows the data directory). And [`StateFile`]: a dedicated writer
+//! mode (0600, or 0640 when the directory is group-readable, `(mode & 0750) == 0750`, as
+//! PostgreSQL's `pg_file_create_mode` follows the data directory). And [`StateFile`]: a dedicated writer
 //! thread per file that coalesces submissions (the latest state wins), so callers on async
 //! workers or holding a lock on the standby path only hand over a snapshot and never wait
 //! for an fsync; callers that need durability before they answer wait on
@@ -46,13 +46,14 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// The mode of a new state file in `dir`: 0640 when the directory grants its group
-/// access, else 0600.
+/// The mode of a new state file in `dir`: 0640 when the directory is group-readable
+/// (`(mode & 0750) == 0750`, PostgreSQL's `SetDataDirectoryCreatePerm` rule, which the WAL
+/// files follow too), else 0600.
 #[cfg(unix)]
 pub fn file_mode(dir: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     match fs::metadata(dir) {
-        Ok(m) if m.permissions().mode() & 0o070 != 0 => 0o640,
+        Ok(m) if m.permissions().mode() & 0o750 == 0o750 => 0o640,
         _ => 0o600,
     }
 }
@@ -325,6 +326,12 @@ mod tests {
         write_atomic(&p, b"three").unwrap();
         let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
+        // group search without read is not group access (PostgreSQL's rule)
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o710)).unwrap();
+        let q = d.path().join("y.json");
+        write_atomic(&q, b"four").unwrap();
+        let mode = fs::metadata(&q).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
         assert_eq!(read(&d.path().join("none")).unwrap(), None);
     }
 

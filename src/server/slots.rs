@@ -13,6 +13,15 @@
 //! not fill walrelay's disk. Must not: delete WAL (retention does, reading the watch) or talk
 //! to sockets.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
