@@ -29,6 +29,7 @@ mod store_crash_common;
 mod store_powerloss;
 mod tap_pg_receivewal;
 mod upstream_auth;
+mod state_faults;
 mod upstream_conn;
 mod upstream_liveness;
 mod upstream_unix;

@@ -18,6 +18,7 @@
 //! | [`config`] | TOML config and defaults | hold business logic |
 //! | [`pgreceivewal`] | the pg_receivewal command line (options, messages, exit codes) | write files itself |
 //! | [`delay`] | commit index, delayed/controlled feeds, tripwire | write WAL or touch sockets |
+//! | [`statefile`] | durable atomic state files, the coalescing state writer | know what the files mean |
 //!
 //! See `docs/architecture.md` for the data flow as built.
 
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod pgreceivewal;
 pub mod protocol;
 pub mod server;
+pub mod statefile;
 pub mod store;
 pub mod upstream;
 pub mod wal;

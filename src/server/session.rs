@@ -887,7 +887,12 @@ impl Session {
                     return self.send_error(logical_error()).await;
                 }
                 let restart = reserve_wal.then(|| view.flush.segment_start(view.seg_size));
-                match self.shared.slots.create(&name, temporary, restart, self.id) {
+                match self
+                    .shared
+                    .slots
+                    .create(&name, temporary, restart, self.id)
+                    .await
+                {
                     Ok(()) => {
                         let mut b = BytesMut::new();
                         backend::row_description(
@@ -921,7 +926,7 @@ impl Session {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
-                match self.shared.slots.drop_slot(&name, self.id) {
+                match self.shared.slots.drop_slot(&name, self.id).await {
                     Ok(()) => {
                         let mut b = BytesMut::new();
                         backend::command_complete(&mut b, "DROP_REPLICATION_SLOT");
