@@ -6,8 +6,8 @@
 //! Must not: know about WAL.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
 /// `PG_DIR_MODE_OWNER` / `PG_FILE_MODE_OWNER`.
