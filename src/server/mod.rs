@@ -12,8 +12,11 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `session.rs` | startup packets, TLS, auth exchange, command loop, command answers |
-//! | `walsender.rs` | START_REPLICATION and the CopyBoth streaming loop |
+//! | `startup.rs` | startup packets, SSLRequest/GSSENC/cancel, TLS, hba decision, password exchange |
+//! | `session.rs` | the connection task, writer task, message framing, command loop |
+//! | `reply.rs` | typed command answers (`ResultSet` …) and ReadyForQuery |
+//! | `cmd/*.rs` | one file per replication command (dispatch in `cmd/mod.rs`) |
+//! | `walsender.rs` | the CopyBoth streaming loop of START_REPLICATION |
 //! | `auth.rs` | hba rules, SCRAM/md5 server side |
 //! | `tls.rs` | rustls setup, channel binding hash, client certificate CN |
 //! | `slots.rs` | proxy-side slots (`slots.json`) |
@@ -23,9 +26,12 @@
 //! See `docs/walsender.md`.
 
 pub mod auth;
+mod cmd;
 pub mod feedback;
+mod reply;
 mod session;
 pub mod slots;
+mod startup;
 pub mod status;
 pub mod tls;
 mod walsender;
