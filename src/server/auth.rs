@@ -529,7 +529,7 @@ pub fn check_md5(
 ) -> Result<(), AuthError> {
     let mut input = stored_hex.as_bytes().to_vec();
     input.extend_from_slice(&salt);
-    let expected = format!("md5{}", hex(&md5::digest(&input)));
+    let expected = format!("md5{}", hex(&md5_digest(&input)));
     if constant_time_eq(expected.as_bytes(), response.as_bytes()) {
         Ok(())
     } else {
@@ -537,61 +537,13 @@ pub fn check_md5(
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// MD5 of `input` (the `md-5` crate), only for the legacy md5 exchange.
+fn md5_digest(input: &[u8]) -> Vec<u8> {
+    <md5::Md5 as md5::Digest>::digest(input).to_vec()
 }
 
-/// A small MD5 (RFC 1321), only for the legacy md5 exchange.
-mod md5 {
-    const S: [u32; 64] = [
-        7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 5, 9, 14, 20, 5, 9, 14, 20, 5,
-        9, 14, 20, 5, 9, 14, 20, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 6, 10,
-        15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21,
-    ];
-
-    pub fn digest(input: &[u8]) -> [u8; 16] {
-        let k: Vec<u32> = (0..64)
-            .map(|i: i32| ((f64::from(i + 1)).sin().abs() * 4_294_967_296.0) as u32)
-            .collect();
-        let mut msg = input.to_vec();
-        let bit_len = (input.len() as u64).wrapping_mul(8);
-        msg.push(0x80);
-        while msg.len() % 64 != 56 {
-            msg.push(0);
-        }
-        msg.extend_from_slice(&bit_len.to_le_bytes());
-        let (mut a0, mut b0, mut c0, mut d0) =
-            (0x67452301u32, 0xefcdab89u32, 0x98badcfeu32, 0x10325476u32);
-        for chunk in msg.chunks_exact(64) {
-            let mut m = [0u32; 16];
-            for (i, w) in chunk.chunks_exact(4).enumerate() {
-                m[i] = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-            }
-            let (mut a, mut b, mut c, mut d) = (a0, b0, c0, d0);
-            for i in 0..64 {
-                let (f, g) = match i / 16 {
-                    0 => ((b & c) | (!b & d), i),
-                    1 => ((d & b) | (!d & c), (5 * i + 1) % 16),
-                    2 => (b ^ c ^ d, (3 * i + 5) % 16),
-                    _ => (c ^ (b | !d), (7 * i) % 16),
-                };
-                let f = f.wrapping_add(a).wrapping_add(k[i]).wrapping_add(m[g]);
-                a = d;
-                d = c;
-                c = b;
-                b = b.wrapping_add(f.rotate_left(S[i]));
-            }
-            a0 = a0.wrapping_add(a);
-            b0 = b0.wrapping_add(b);
-            c0 = c0.wrapping_add(c);
-            d0 = d0.wrapping_add(d);
-        }
-        let mut out = [0u8; 16];
-        for (i, v) in [a0, b0, c0, d0].iter().enumerate() {
-            out[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
-        }
-        out
-    }
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -611,9 +563,9 @@ mod tests {
 
     #[test]
     fn md5_known_vectors() {
-        assert_eq!(hex(&md5::digest(b"")), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(hex(&md5_digest(b"")), "d41d8cd98f00b204e9800998ecf8427e");
         assert_eq!(
-            hex(&md5::digest(b"The quick brown fox jumps over the lazy dog")),
+            hex(&md5_digest(b"The quick brown fox jumps over the lazy dog")),
             "9e107d9d372bb6826bd81d3542a419d6"
         );
         // the client side computes the same as postgres-protocol
