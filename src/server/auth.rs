@@ -26,6 +26,8 @@ use crate::error::{codes, SqlState};
 /// Which transports a rule applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnType {
+    /// Unix-domain socket connections.
+    Local,
     Host,
     HostSsl,
     HostNoSsl,
@@ -38,6 +40,9 @@ pub enum Method {
     ScramSha256,
     Md5,
     Cert,
+    /// The client's operating system user (`SO_PEERCRED`) must be the requested user;
+    /// `local` rules only.
+    Peer,
 }
 
 /// One parsed `[[server.hba]]` rule.
@@ -79,12 +84,13 @@ pub fn parse_rules(rules: &[HbaRuleConfig]) -> Result<Vec<HbaRule>, String> {
         .map(|(i, r)| {
             let n = i + 1;
             let conn_type = match r.conn_type.as_str() {
+                "local" => ConnType::Local,
                 "host" => ConnType::Host,
                 "hostssl" => ConnType::HostSsl,
                 "hostnossl" => ConnType::HostNoSsl,
                 t => {
                     return Err(format!(
-                        "hba rule {n}: invalid connection type \"{t}\" (use host, hostssl, hostnossl)"
+                        "hba rule {n}: invalid connection type \"{t}\" (use local, host, hostssl, hostnossl)"
                     ))
                 }
             };
@@ -102,8 +108,12 @@ pub fn parse_rules(rules: &[HbaRuleConfig]) -> Result<Vec<HbaRule>, String> {
             } else {
                 Some(r.user.split(',').map(|u| u.trim().to_string()).collect())
             };
-            let net = if r.address == "all" {
+            let net = if r.address == "all" || r.address.is_empty() {
                 None
+            } else if conn_type == ConnType::Local {
+                return Err(format!(
+                    "hba rule {n}: a local rule has no address (Unix-domain sockets)"
+                ));
             } else {
                 Some(parse_cidr(&r.address).map_err(|e| format!("hba rule {n}: {e}"))?)
             };
@@ -113,15 +123,21 @@ pub fn parse_rules(rules: &[HbaRuleConfig]) -> Result<Vec<HbaRule>, String> {
                 "scram-sha-256" => Method::ScramSha256,
                 "md5" => Method::Md5,
                 "cert" => Method::Cert,
+                "peer" => Method::Peer,
                 m => {
                     return Err(format!(
-                        "hba rule {n}: invalid authentication method \"{m}\" (use scram-sha-256, md5, trust, reject, cert)"
+                        "hba rule {n}: invalid authentication method \"{m}\" (use scram-sha-256, md5, trust, reject, cert, peer)"
                     ))
                 }
             };
             if method == Method::Cert && conn_type != ConnType::HostSsl {
                 return Err(format!(
                     "hba rule {n}: cert authentication is only supported on hostssl connections"
+                ));
+            }
+            if method == Method::Peer && conn_type != ConnType::Local {
+                return Err(format!(
+                    "hba rule {n}: peer authentication is only supported on local sockets"
                 ));
             }
             Ok(HbaRule {
@@ -168,20 +184,75 @@ pub fn find_rule<'a>(
     rules: &'a [HbaRule],
     tls: bool,
     user: &str,
-    ip: IpAddr,
+    ip: Option<IpAddr>,
 ) -> Option<&'a HbaRule> {
     rules.iter().find(|r| {
-        let type_ok = match r.conn_type {
-            ConnType::Host => true,
-            ConnType::HostSsl => tls,
-            ConnType::HostNoSsl => !tls,
+        let type_ok = match (r.conn_type, ip) {
+            (ConnType::Local, None) => true,
+            (ConnType::Local, Some(_)) | (_, None) => false,
+            (ConnType::Host, Some(_)) => true,
+            (ConnType::HostSsl, Some(_)) => tls,
+            (ConnType::HostNoSsl, Some(_)) => !tls,
         };
         type_ok
             && r.users
                 .as_ref()
                 .is_none_or(|us| us.iter().any(|u| u == user))
-            && r.net.is_none_or(|n| in_net(ip, n))
+            && match (r.net, ip) {
+                (None, _) => true,
+                (Some(n), Some(ip)) => in_net(ip, n),
+                (Some(_), None) => false,
+            }
     })
+}
+
+/// `peer` authentication: the name of the client's operating system user must be `user`.
+pub fn check_peer(uid: Option<u32>, user: &str) -> Result<(), AuthError> {
+    // As PostgreSQL: the reason goes to the log, the client sees "Peer authentication failed".
+    let Some(uid) = uid else {
+        tracing::info!("could not get peer credentials");
+        return Err(AuthError::PeerFailed(user.into()));
+    };
+    match os_user_name(uid) {
+        Ok(name) if name == user => Ok(()),
+        Ok(name) => {
+            tracing::info!(
+                "provided user name ({user}) and authenticated user name ({name}) do not match"
+            );
+            Err(AuthError::PeerFailed(user.into()))
+        }
+        Err(e) => {
+            tracing::info!("could not look up local user ID {uid}: {e}");
+            Err(AuthError::PeerFailed(user.into()))
+        }
+    }
+}
+
+/// The login name of `uid` (getpwuid_r).
+fn os_user_name(uid: u32) -> Result<String, String> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: getpwuid_r with a zeroed passwd, a buffer of buf.len() bytes and an out
+        // pointer; the returned strings point into buf, copied before it is reused.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut res: *mut libc::passwd = std::ptr::null_mut();
+        let rc = unsafe {
+            libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut res)
+        };
+        if rc == libc::ERANGE && buf.len() < (1 << 20) {
+            buf.resize(buf.len().saturating_mul(2), 0);
+            continue;
+        }
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc).to_string());
+        }
+        if res.is_null() || pwd.pw_name.is_null() {
+            return Err("user does not exist".into());
+        }
+        // SAFETY: pw_name is a NUL-terminated string inside buf.
+        let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+        return Ok(name.to_string_lossy().into_owned());
+    }
 }
 
 /// A stored credential.
@@ -258,6 +329,8 @@ pub enum AuthError {
     NoCertificate,
     #[error("certificate authentication failed for user \"{0}\"")]
     CertFailed(String),
+    #[error("Peer authentication failed for user \"{0}\"")]
+    PeerFailed(String),
 }
 
 impl AuthError {
@@ -281,7 +354,8 @@ impl SqlState for AuthError {
             | AuthError::UnsupportedChannelBinding(_)
             | AuthError::ChannelBindingCheck
             | AuthError::NoCertificate
-            | AuthError::CertFailed(_) => codes::INVALID_AUTHORIZATION,
+            | AuthError::CertFailed(_)
+            | AuthError::PeerFailed(_) => codes::INVALID_AUTHORIZATION,
         }
     }
 }
@@ -589,30 +663,67 @@ mod tests {
         .unwrap();
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(
-            find_rule(&rules, true, "alice", ip("10.1.2.3"))
+            find_rule(&rules, true, "alice", Some(ip("10.1.2.3")))
                 .unwrap()
                 .method,
             Method::Cert
         );
         assert_eq!(
-            find_rule(&rules, false, "alice", ip("10.1.2.3"))
+            find_rule(&rules, false, "alice", Some(ip("10.1.2.3")))
                 .unwrap()
                 .method,
             Method::Reject
         );
         assert_eq!(
-            find_rule(&rules, false, "carol", ip("::ffff:127.0.0.1"))
+            find_rule(&rules, false, "carol", Some(ip("::ffff:127.0.0.1")))
                 .unwrap()
                 .method,
             Method::ScramSha256
         );
         assert_eq!(
-            find_rule(&rules, false, "x", ip("::1")).unwrap().method,
+            find_rule(&rules, false, "x", Some(ip("::1")))
+                .unwrap()
+                .method,
             Method::Trust
         );
         assert!(parse_rules(&[rule("host", "all", "1.2.3.4/33", "trust")]).is_err());
         assert!(parse_rules(&[rule("host", "all", "all", "password")]).is_err());
-        assert!(parse_rules(&[rule("local", "all", "all", "trust")]).is_err());
+        // local: Unix-domain sockets only, no address; peer only there
+        assert!(parse_rules(&[rule("local", "all", "10.0.0.0/8", "trust")]).is_err());
+        assert!(parse_rules(&[rule("host", "all", "all", "peer")]).is_err());
+        assert!(parse_rules(&[rule("bogus", "all", "all", "trust")]).is_err());
+        let rules = parse_rules(&[
+            rule("local", "all", "all", "peer"),
+            rule("host", "all", "all", "trust"),
+        ])
+        .unwrap();
+        assert_eq!(
+            find_rule(&rules, false, "x", None).unwrap().method,
+            Method::Peer
+        );
+        assert_eq!(
+            find_rule(&rules, false, "x", Some(ip("10.0.0.1")))
+                .unwrap()
+                .method,
+            Method::Trust
+        );
+        let host_only = parse_rules(&[rule("host", "all", "all", "trust")]).unwrap();
+        assert!(find_rule(&host_only, false, "x", None).is_none());
+    }
+
+    #[test]
+    fn peer_checks_the_os_user_name() {
+        // SAFETY: getuid has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        let me = os_user_name(uid).unwrap();
+        check_peer(Some(uid), &me).unwrap();
+        let e = check_peer(Some(uid), "not-this-user").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Peer authentication failed for user \"not-this-user\""
+        );
+        assert_eq!(e.sqlstate(), codes::INVALID_AUTHORIZATION);
+        assert!(check_peer(None, &me).is_err());
     }
 
     fn run_scram(

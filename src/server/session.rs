@@ -8,16 +8,14 @@
 //! protocol refused, Terminate). Answers go out as a [`Reply`] (`reply.rs`), which owns
 //! ReadyForQuery. Must not: write WAL, build protocol rows by hand.
 
-use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
-use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
+use super::listener::{Admission, Conn, Peer, Refusal};
 use super::reply::Reply;
 use super::startup::{startup, Established, StartupFail};
 use super::{status, ServeView, Shared};
@@ -64,40 +62,67 @@ pub(crate) fn err_of<E: SqlState + std::fmt::Display>(e: &E) -> ErrorFields {
     ErrorFields::error(e.sqlstate(), e.to_string())
 }
 
-struct ConnGuard(Arc<Shared>);
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+/// How long a refused client is given to take its FATAL before the socket is closed.
+const REFUSAL_WRITE: Duration = Duration::from_secs(2);
+
+fn boxed(conn: Conn) -> BoxIo {
+    match conn {
+        Conn::Tcp(s) => Box::new(s),
+        Conn::Unix(s) => Box::new(s),
     }
 }
 
-/// Entry point of a connection task.
+/// Sends `e` (if any) and closes, giving the client at most [`REFUSAL_WRITE`].
+async fn send_fatal_and_close(mut io: BoxIo, e: Option<&ErrorFields>) {
+    let mut buf = BytesMut::new();
+    if let Some(e) = e {
+        backend::error_response(&mut buf, e);
+    }
+    let _ = tokio::time::timeout(REFUSAL_WRITE, async {
+        let _ = io.write_all(&buf).await;
+        let _ = io.flush().await;
+        let _ = io.shutdown().await;
+    })
+    .await;
+}
+
+/// A connection refused by the admission limits (`listener.rs`): `sorry, too many clients
+/// already` at once, before anything is read (PostgreSQL checks `max_connections` before the
+/// backend reads the startup packet too, and reports it in the protocol-3 format).
+pub(crate) async fn refuse_at_accept(
+    conn: Conn,
+    peer: Peer,
+    why: Refusal,
+    permit: OwnedSemaphorePermit,
+) {
+    metrics::counter!(status::REFUSED, "reason" => why.reason()).increment(1);
+    tracing::debug!("connection from {peer} refused: {}", why.reason());
+    let e = fatal(
+        codes::TOO_MANY_CONNECTIONS,
+        "sorry, too many clients already",
+    );
+    send_fatal_and_close(boxed(conn), Some(&e)).await;
+    drop(permit);
+}
+
+/// Entry point of a connection task; `admission` is its place under the limits, held until
+/// the session ends (its pre-auth part until authentication).
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    tcp: TcpStream,
-    peer: SocketAddr,
+    conn: Conn,
+    peer: Peer,
+    mut admission: Admission,
     shutdown: watch::Receiver<bool>,
 ) {
-    let count = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
-    let _guard = ConnGuard(shared.clone());
-    let over_limit = count > shared.settings.max_connections;
     let timeout = shared.settings.startup_timeout;
-    let io: BoxIo = Box::new(tcp);
-    let started = tokio::time::timeout(timeout, startup(&shared, io, peer, over_limit)).await;
+    let started = tokio::time::timeout(timeout, startup(&shared, boxed(conn), &peer)).await;
     let est = match started {
         Ok(Ok(Some(est))) => est,
         Ok(Ok(None)) => return,
         Ok(Err(StartupFail { io: fail_io, error })) => {
-            if let Some(mut io) = fail_io {
-                if let Some(e) = error {
-                    let mut buf = BytesMut::new();
-                    backend::error_response(&mut buf, &e);
-                    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                        let _ = io.write_all(&buf).await;
-                        let _ = io.flush().await;
-                        let _ = io.shutdown().await;
-                    })
-                    .await;
+            if let Some(io) = fail_io {
+                if error.is_some() {
+                    send_fatal_and_close(io, error.as_ref()).await;
                 }
             }
             return;
@@ -109,6 +134,7 @@ pub(crate) async fn run(
             return;
         }
     };
+    admission.authenticated();
     let Established {
         io,
         rbuf,
@@ -120,6 +146,7 @@ pub(crate) async fn run(
     let (out, rx) = mpsc::channel(OUT_QUEUE);
     let writer = tokio::spawn(writer_task(wr, rx));
     let id = shared.new_session_id();
+    let (client_addr, client_port) = peer.addr_port();
     let now_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -130,8 +157,8 @@ pub(crate) async fn run(
             pid,
             usename: user.clone(),
             application_name: application_name.clone(),
-            client_addr: peer.ip().to_string(),
-            client_port: peer.port(),
+            client_addr,
+            client_port,
             backend_start: now_unix,
             state: "startup".into(),
             timeline: 0,

@@ -7,13 +7,12 @@
 //! BackendKeyData / ReadyForQuery. The caller (`session.rs`) bounds it with the pre-auth
 //! timeout and holds the pre-auth permit while it runs. Must not: run replication commands.
 
-use std::net::SocketAddr;
-
 use bytes::{Bytes, BytesMut};
 use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::auth::{self, AuthError, Credential, Method, ScramServer};
+use super::listener::Peer;
 use super::reply;
 use super::session::{fatal, BoxIo};
 use super::{status, ServeView, Shared};
@@ -56,7 +55,7 @@ async fn read_more(io: &mut BoxIo, buf: &mut BytesMut) -> bool {
 async fn accept_tls(
     tls: &super::tls::TlsSetup,
     io: BoxIo,
-    peer: SocketAddr,
+    peer: &Peer,
 ) -> Option<(BoxIo, Option<Vec<u8>>)> {
     match tokio_rustls::TlsAcceptor::from(tls.config.clone())
         .accept(io)
@@ -83,8 +82,7 @@ async fn accept_tls(
 pub(crate) async fn startup(
     shared: &Shared,
     mut io: BoxIo,
-    peer: SocketAddr,
-    over_limit: bool,
+    peer: &Peer,
 ) -> Result<Option<Established>, StartupFail> {
     let mut buf = BytesMut::with_capacity(1024);
     let mut tls_peer_cert: Option<Vec<u8>> = None;
@@ -255,16 +253,6 @@ pub(crate) async fn startup(
             return Err(refuse(io, e, "protocol"));
         }
     }
-    if over_limit {
-        return Err(refuse(
-            io,
-            fatal(
-                codes::TOO_MANY_CONNECTIONS,
-                "sorry, too many clients already",
-            ),
-            "too_many",
-        ));
-    }
     let Some(view) = shared.view() else {
         return Err(refuse(
             io,
@@ -274,6 +262,7 @@ pub(crate) async fn startup(
     };
     // Authentication.
     let ip = peer.ip();
+    let host = ip.map_or_else(|| "[local]".to_string(), |i| i.to_string());
     let enc = if on_tls {
         "SSL encryption"
     } else {
@@ -290,7 +279,7 @@ pub(crate) async fn startup(
             io,
             fatal(
                 codes::INVALID_AUTHORIZATION,
-                format!("no pg_hba.conf entry for replication connection from host \"{ip}\", user \"{user}\", {enc}"),
+                format!("no pg_hba.conf entry for replication connection from host \"{host}\", user \"{user}\", {enc}"),
             ),
             "auth",
         ));
@@ -305,11 +294,15 @@ pub(crate) async fn startup(
                 io,
                 fatal(
                     codes::INVALID_AUTHORIZATION,
-                    format!("pg_hba.conf rejects replication connection for host \"{ip}\", user \"{user}\", {enc}"),
+                    format!("pg_hba.conf rejects replication connection for host \"{host}\", user \"{user}\", {enc}"),
                 ),
                 "auth",
             ))
         }
+        Method::Peer => match peer {
+            Peer::Unix { uid } => auth::check_peer(*uid, &user).map_err(ExchangeError::Auth),
+            Peer::Tcp(_) => Err(ExchangeError::Auth(AuthError::PeerFailed(user.clone()))),
+        },
         Method::Cert => match &tls_peer_cert {
             None => Err(ExchangeError::Auth(AuthError::NoCertificate)),
             Some(der) => {

@@ -27,6 +27,8 @@ pub const REPLAY_LAG_SECONDS: &str = "walrelay_walsender_replay_lag_seconds";
 pub const SESSIONS: &str = "walrelay_walsender_sessions";
 /// Connections refused, by reason (`auth`, `too_many`, `protocol`, `tls`).
 pub const REFUSED: &str = "walrelay_server_refused_connections_total";
+/// Failed `accept()` calls on the walsender listeners (EMFILE …).
+pub const ACCEPT_ERRORS: &str = "walrelay_server_accept_errors_total";
 
 pub fn ser_opt_lsn<S: Serializer>(v: &Option<Lsn>, s: S) -> Result<S::Ok, S::Error> {
     match v {
