@@ -14,6 +14,7 @@ mod server_archive_fallback;
 mod server_auth;
 mod server_common;
 mod server_fanout;
+mod server_flood;
 mod server_fuzz;
 mod server_restart;
 mod server_status;
