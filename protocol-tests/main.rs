@@ -20,4 +20,5 @@ mod server_restart;
 mod server_status;
 mod server_stream;
 mod server_timeline;
+mod server_unix;
 mod upstream_conn;
