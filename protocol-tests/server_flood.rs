@@ -30,7 +30,7 @@ fn raise_own_nofile() -> u64 {
         libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
     }
-    rl.rlim_cur as u64
+    rl.rlim_cur
 }
 
 /// Opens `n` connections at once (those the server's backlog cannot take time out); every

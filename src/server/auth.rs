@@ -82,7 +82,7 @@ pub fn parse_rules(rules: &[HbaRuleConfig]) -> Result<Vec<HbaRule>, String> {
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let n = i + 1;
+            let n = i.saturating_add(1);
             let conn_type = match r.conn_type.as_str() {
                 "local" => ConnType::Local,
                 "host" => ConnType::Host,
@@ -163,7 +163,9 @@ fn in_net(ip: IpAddr, (net, bits): (IpAddr, u8)) -> bool {
             let mask = if bits == 0 {
                 0
             } else {
-                u32::MAX << (32 - u32::from(bits))
+                u32::MAX
+                    .checked_shl(32u32.saturating_sub(u32::from(bits)))
+                    .unwrap_or(0)
             };
             u32::from(a) & mask == u32::from(n) & mask
         }
@@ -171,7 +173,9 @@ fn in_net(ip: IpAddr, (net, bits): (IpAddr, u8)) -> bool {
             let mask = if bits == 0 {
                 0
             } else {
-                u128::MAX << (128 - u32::from(bits))
+                u128::MAX
+                    .checked_shl(128u32.saturating_sub(u32::from(bits)))
+                    .unwrap_or(0)
             };
             u128::from(a) & mask == u128::from(n) & mask
         }

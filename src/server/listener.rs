@@ -320,13 +320,16 @@ fn create_lock_file(lock: &Path, data_dir: &Path, dir: &Path, port: u16) -> Resu
     )))
 }
 
+/// Not-yet-authenticated connections per client address.
+type AddressCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
 /// The limits of [`Admission`]; one per server, shared by its listeners.
 pub(crate) struct Limits {
     max_connections: usize,
     total: Arc<Semaphore>,
     startup: Arc<Semaphore>,
     per_address_max: usize,
-    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_address: AddressCounts,
     fds: FdBudget,
 }
 
@@ -367,7 +370,7 @@ impl Admission {
 
 struct StartupPlace {
     _permit: OwnedSemaphorePermit,
-    addr: Option<(IpAddr, Arc<Mutex<HashMap<IpAddr, usize>>>)>,
+    addr: Option<(IpAddr, AddressCounts)>,
 }
 
 impl Drop for StartupPlace {

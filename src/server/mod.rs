@@ -26,12 +26,27 @@
 //!
 //! See `docs/walsender.md`.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
 pub mod auth;
 mod cmd;
 pub mod feedback;
 pub mod listener;
 mod reply;
 mod session;
+// slots.rs belongs to the state work (slots.json via serde, no wire parsing): outside this
+// module's no-panic lints for now.
+#[allow(
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::arithmetic_side_effects
+)]
 pub mod slots;
 mod startup;
 pub mod status;
@@ -346,7 +361,7 @@ impl Server {
             status: status::StatusRegistry::default(),
             feeds: ctx.feeds,
             archive: ctx.archive,
-            next_pid: AtomicI32::new(100_000 + (std::process::id() % 1000) as i32 * 1000),
+            next_pid: AtomicI32::new(first_pid()),
             next_session: AtomicU64::new(1),
             limits,
         });
@@ -460,7 +475,10 @@ async fn accept_loop(
         "walsender: shutting down, waiting for {} session(s)",
         sessions.len()
     );
-    let grace = shared.settings.shutdown_timeout + Duration::from_secs(2);
+    let grace = shared
+        .settings
+        .shutdown_timeout
+        .saturating_add(Duration::from_secs(2));
     if tokio::time::timeout(grace, async {
         while sessions.join_next().await.is_some() {}
     })
@@ -470,6 +488,13 @@ async fn accept_loop(
         sessions.abort_all();
     }
     persist_slots(&shared).await;
+}
+
+/// Session "pids" start at 100000 + 1000 × (walrelay's pid mod 1000), so that two walrelay
+/// processes on a host rarely show the same ones.
+fn first_pid() -> i32 {
+    let base = i32::try_from(std::process::id().checked_rem(1000).unwrap_or(0)).unwrap_or(0);
+    base.saturating_mul(1000).saturating_add(100_000)
 }
 
 async fn persist_slots(shared: &Arc<Shared>) {

@@ -132,7 +132,10 @@ impl Session {
         let mut stop_ping = false;
         let mut confirmed = Lsn(0);
         let label = self.application_name.clone();
-        let half_timeout = settings.wal_sender_timeout / 2;
+        let half_timeout = settings
+            .wal_sender_timeout
+            .checked_div(2)
+            .unwrap_or_default();
         let keepalive_every = settings
             .keepalive_interval
             .max(std::time::Duration::from_millis(100));
@@ -175,7 +178,7 @@ impl Session {
                         .await
                     {
                         Ok(data) => {
-                            let upto = Lsn(st.sent.0 + data.len() as u64);
+                            let upto = Lsn(st.sent.0.saturating_add(data.len() as u64));
                             let mut h = BytesMut::with_capacity(32);
                             replication::encode_xlogdata_header(
                                 &mut h,
@@ -217,12 +220,12 @@ impl Session {
 
             // Next timer: keepalive or timeout.
             let now = Instant::now();
-            let mut wake = last_send + keepalive_every;
+            let mut wake = after(last_send, keepalive_every);
             if !settings.wal_sender_timeout.is_zero() {
                 let t = if ping_sent {
-                    last_recv + settings.wal_sender_timeout
+                    after(last_recv, settings.wal_sender_timeout)
                 } else {
-                    last_recv + half_timeout
+                    after(last_recv, half_timeout)
                 };
                 wake = wake.min(t);
             }
@@ -237,7 +240,7 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = self.shutdown.changed(), if stopping.is_none() => {
-                    stopping = Some(Instant::now() + settings.shutdown_timeout);
+                    stopping = Some(after(Instant::now(), settings.shutdown_timeout));
                     self.shared.status.update(self.id, |r| r.state = "stopping".into());
                 }
                 m = self.conn.read_message() => {
@@ -334,17 +337,17 @@ impl Session {
                 _ = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
                     if !settings.wal_sender_timeout.is_zero() && stopping.is_none() {
-                        if now >= last_recv + settings.wal_sender_timeout {
+                        if now >= after(last_recv, settings.wal_sender_timeout) {
                             tracing::info!("pid {} ({}): terminating walsender process due to replication timeout", self.pid, self.application_name);
                             return Err(End::Gone);
                         }
-                        if !ping_sent && now >= last_recv + half_timeout {
+                        if !ping_sent && now >= after(last_recv, half_timeout) {
                             ping_sent = true;
                             self.keepalive(st.sent, true);
                             last_send = now;
                         }
                     }
-                    if now >= last_send + keepalive_every {
+                    if now >= after(last_send, keepalive_every) {
                         self.keepalive(st.sent, false);
                         last_send = now;
                     }
@@ -495,6 +498,14 @@ impl Session {
     }
 }
 
+/// `t + d`, or a point ~30 years on when a configured duration is too large to add (no
+/// overflow panic from a huge `wal_sender_timeout`).
+fn after(t: Instant, d: std::time::Duration) -> Instant {
+    t.checked_add(d)
+        .or_else(|| t.checked_add(std::time::Duration::from_secs(30 * 365 * 86_400)))
+        .unwrap_or(t)
+}
+
 /// The timeline that follows `tli` in the history of `cur`.
 pub(crate) fn next_tli(
     entries: &[history::HistoryEntry],
@@ -504,7 +515,7 @@ pub(crate) fn next_tli(
     entries
         .iter()
         .position(|e| e.parent_tli == tli)
-        .and_then(|i| entries.get(i + 1))
+        .and_then(|i| entries.get(i.checked_add(1)?))
         .map_or(cur, |e| e.parent_tli)
 }
 
