@@ -7,7 +7,7 @@ use crate::server::reply::{Column, Reply, ResultSet};
 use crate::server::session::Session;
 use crate::server::ServeView;
 
-pub(super) fn run(
+pub(super) async fn run(
     s: &Session,
     view: &ServeView,
     name: &str,

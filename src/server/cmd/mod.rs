@@ -61,7 +61,7 @@ pub(crate) async fn execute(s: &mut Session, q: &str) -> Result<(), End> {
             temporary,
             kind,
             reserve_wal,
-        } => create_replication_slot::run(s, &view, &name, temporary, kind, reserve_wal),
+        } => create_replication_slot::run(s, &view, &name, temporary, kind, reserve_wal).await,
         ReplicationCommand::DropReplicationSlot { name, wait } => {
             drop_replication_slot::run(s, &name, wait).await
         }
