@@ -187,26 +187,23 @@ impl Bound {
         match addr {
             ListenAddr::Tcp(a) => Ok(Bound::Tcp(TcpListener::bind(a).await.map_err(err)?)),
             ListenAddr::Unix { dir, port } => {
-                let path = socket_path(dir, *port);
-                let lock = lock_path(&path);
-                create_lock_file(&lock, data_dir, dir, *port).map_err(|e| match e {
+                let (dir, port, data_dir) = (dir.clone(), *port, data_dir.to_path_buf());
+                // Lock file and socket creation are file system calls: off the async workers.
+                let r = tokio::task::spawn_blocking(move || bind_unix(&dir, port, mode, &data_dir))
+                    .await
+                    .map_err(|e| err(std::io::Error::other(e.to_string())))?;
+                let (std_listener, path, lock) = r.map_err(|e| match e {
                     LockError::Io(source) => err(source),
                     LockError::Held(m) => ServerError::Config(m),
                 })?;
-                // The lock is ours: any socket file left there is stale (PostgreSQL unlinks it
-                // too before binding).
-                let _ = std::fs::remove_file(&path);
-                let bound = UnixListener::bind(&path).and_then(|l| {
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
-                    Ok(l)
-                });
-                match bound {
+                match UnixListener::from_std(std_listener) {
                     Ok(listener) => Ok(Bound::Unix(UnixSocket {
                         listener,
                         path,
                         lock,
                     })),
                     Err(source) => {
+                        let _ = std::fs::remove_file(&path);
                         let _ = std::fs::remove_file(&lock);
                         Err(err(source))
                     }
@@ -245,6 +242,33 @@ impl Bound {
                 let uid = s.peer_cred().ok().map(|c| c.uid());
                 Ok((Conn::Unix(s), Peer::Unix { uid }))
             }
+        }
+    }
+}
+
+/// Takes the lock file, unlinks a stale socket file (the lock is ours, so it is stale, as
+/// PostgreSQL reasons too), binds and sets the socket's mode.
+fn bind_unix(
+    dir: &Path,
+    port: u16,
+    mode: u32,
+    data_dir: &Path,
+) -> Result<(std::os::unix::net::UnixListener, PathBuf, PathBuf), LockError> {
+    let path = socket_path(dir, port);
+    let lock = lock_path(&path);
+    create_lock_file(&lock, data_dir, dir, port)?;
+    let _ = std::fs::remove_file(&path);
+    let bound = std::os::unix::net::UnixListener::bind(&path).and_then(|l| {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    });
+    match bound {
+        Ok(l) => Ok((l, path, lock)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(&lock);
+            Err(LockError::Io(e))
         }
     }
 }
@@ -488,13 +512,13 @@ impl FdBudget {
     /// (a blocking thread reads `/proc/self/fd` every [`FD_SAMPLE_EVERY`]).
     pub fn start(reserved: usize) -> FdBudget {
         let limit = raise_nofile_limit();
-        let sampled = Arc::new(AtomicUsize::new(count_open_fds().unwrap_or(0)));
+        let sampled = Arc::new(AtomicUsize::new(0));
         let since_sample = Arc::new(AtomicUsize::new(0));
         let (s, c) = (Arc::downgrade(&sampled), Arc::downgrade(&since_sample));
+        // Reading /proc is blocking I/O: its own thread, first sample right away.
         let spawned = std::thread::Builder::new()
             .name("walrelay-fds".into())
             .spawn(move || loop {
-                std::thread::sleep(FD_SAMPLE_EVERY);
                 let (Some(s), Some(c)) = (s.upgrade(), c.upgrade()) else {
                     return;
                 };
@@ -502,6 +526,8 @@ impl FdBudget {
                     s.store(n, Ordering::Relaxed);
                     c.store(0, Ordering::Relaxed);
                 }
+                drop((s, c));
+                std::thread::sleep(FD_SAMPLE_EVERY);
             });
         if let Err(e) = spawned {
             tracing::warn!("could not start the file descriptor sampler: {e}");
