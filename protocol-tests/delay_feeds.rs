@@ -11,34 +11,39 @@ struct Setup {
     t: TestDir,
     primary: Pg,
     relay: Relay,
-    admin: String,
+    /// The metrics listener (read-only).
+    metrics: String,
+    /// `--data-dir DIR`: where the CLI finds the control socket.
+    data_dir: String,
 }
 
-/// A primary, and walrelay in front of it with the given `[[feed]]` TOML and an admin
-/// endpoint.
+/// A primary, and walrelay in front of it with the given `[[feed]]` TOML and a metrics
+/// listener; feed control goes through the control socket in the data directory.
 fn setup(major: &str, feeds_toml: &str) -> Setup {
     let t = TestDir::new("delay");
     let primary = Pg::primary(major, &[]);
-    let admin = format!("127.0.0.1:{}", harness::free_port());
+    let metrics = format!("127.0.0.1:{}", harness::free_port());
     let cfg = t.join("walrelay.toml");
     std::fs::write(
         &cfg,
-        format!("[metrics]\nlisten = \"{admin}\"\n\n{feeds_toml}\n"),
+        format!("[metrics]\nlisten = \"{metrics}\"\n\n{feeds_toml}\n"),
     )
     .unwrap();
     let relay = Relay::start(&t, &primary, &["--config", cfg.to_str().unwrap()]);
+    let data_dir = relay.data.to_str().unwrap().to_string();
     Setup {
         t,
         primary,
         relay,
-        admin,
+        metrics,
+        data_dir,
     }
 }
 
 impl Setup {
     fn walrelay(&self, args: &[&str]) -> String {
         let mut a: Vec<&str> = args.to_vec();
-        a.extend(["--admin", &self.admin]);
+        a.extend(["--data-dir", &self.data_dir]);
         let (st, out, err) = run_to_end(&a);
         assert!(st.success(), "walrelay {args:?} failed: {err}\n{out}");
         out
@@ -243,8 +248,8 @@ fn delay_advance_before_xid() {
         "lag",
         "--to-lsn",
         "0/1000000",
-        "--admin",
-        &s.admin,
+        "--data-dir",
+        &s.data_dir,
     ]);
     assert!(!st.success() && err.contains("cannot go back"), "{err}");
 }
@@ -296,9 +301,10 @@ fn delay_tripwire_drop_and_truncate() {
         "the tripwire did not hold before TRUNCATE"
     );
     assert_eq!(s.feed_json("lag")["waiting_commit"]["xid"], trunc_xid);
-    let metrics = crate::harness::walrelay::run_to_end(&["feed", "list", "--admin", &s.admin]).1;
+    let metrics =
+        crate::harness::walrelay::run_to_end(&["feed", "list", "--data-dir", &s.data_dir]).1;
     assert!(metrics.contains("tripwire"), "{metrics}");
-    let (_, body) = walrelay::admin::request(&s.admin, "GET", "/metrics").unwrap();
+    let (_, body) = walrelay::admin::request(&s.metrics, "GET", "/metrics").unwrap();
     assert!(
         body.contains("walrelay_feed_tripwire_total{feed=\"lag\"} 2"),
         "{body}"

@@ -68,8 +68,9 @@ fn server_status_view_and_feedback() {
     let (code, metrics) = walrelay::admin::request(&maddr, "GET", "/metrics").unwrap();
     assert_eq!(code, 200);
     assert!(
-        metrics.lines().any(|l| l
-            .starts_with("walrelay_walsender_flush_lsn_bytes{application_name=\"standby_one\"}")),
+        metrics.lines().any(|l| l.starts_with(
+            "walrelay_walsender_flush_lsn_bytes{application_name=\"standby_one\",session=\"1\"}"
+        )),
         "{metrics}"
     );
 
@@ -85,6 +86,15 @@ fn server_status_view_and_feedback() {
     );
     // ... and is cleared (zeros forwarded) once no standby needs it.
     drop(standby);
+    // the standby's series leave /metrics with its session
+    harness::wait_for(
+        Duration::from_secs(30),
+        "the standby's series removed",
+        || {
+            walrelay::admin::request(&maddr, "GET", "/metrics")
+                .is_ok_and(|(c, m)| c == 200 && !m.contains("application_name=\"standby_one\""))
+        },
+    );
     harness::wait_for(Duration::from_secs(30), "the slot's xmin cleared", || {
         primary.psql("select xmin is null from pg_replication_slots where slot_name = 'relay'")
             == "t"

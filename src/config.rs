@@ -21,6 +21,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub archive: ArchiveConfig,
     pub metrics: MetricsConfig,
+    /// The control endpoint (`[control]`): feed control and transaction lists.
+    pub control: ControlConfig,
     /// Delayed and controlled feeds (`[[feed]]`), matched by the standby's
     /// `application_name` (and optionally slot and user).
     pub feed: Vec<FeedConfig>,
@@ -36,13 +38,14 @@ impl Default for Config {
             server: ServerConfig::default(),
             archive: ArchiveConfig::default(),
             metrics: MetricsConfig::default(),
+            control: ControlConfig::default(),
             feed: Vec::new(),
             feeds: FeedsConfig::default(),
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// libpq connection string or URI of the primary (several hosts allowed).
@@ -78,7 +81,7 @@ impl Default for UpstreamConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Where the walsender listens: comma-separated `host:port` addresses and/or socket
@@ -183,7 +186,7 @@ fn default_all() -> String {
 
 /// `[archive]`: uploading completed segments to an object store, local retention, reading
 /// back. Documented in `docs/archive.md`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiveConfig {
     /// Object store URL (`file:///path`, `s3://bucket/prefix`, `az://container/prefix`,
@@ -284,7 +287,7 @@ pub enum Compression {
     Zstd,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S3Options {
     /// e.g. `http://127.0.0.1:8333` for a local server.
@@ -300,7 +303,7 @@ pub struct S3Options {
     pub path_style: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AzureOptions {
     pub account: Option<String>,
@@ -317,8 +320,62 @@ pub struct AzureOptions {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Address of the Prometheus endpoint (`/metrics`), e.g. `127.0.0.1:9187`.
+    /// Address of the read-only HTTP listener (`/metrics`, `/health`, `/status`), e.g.
+    /// `0.0.0.0:9187`. No authentication: it serves nothing that changes state.
     pub listen: Option<String>,
+    /// Host names accepted in the Host header besides IP literals and `localhost` (DNS
+    /// rebinding protection), e.g. the name Prometheus scrapes.
+    pub allowed_hosts: Vec<String>,
+}
+
+/// `[control]`: where `walrelay feed` / `walrelay xacts` reach a running walrelay.
+/// See `docs/security.md`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Unix socket (mode 0600). Default: `<data_dir>/walrelay.control.sock`.
+    pub socket: Option<PathBuf>,
+    /// Also serve control over TCP at this address (off by default); needs `token_file`,
+    /// and `tls_cert`/`tls_key` unless the address is loopback.
+    pub listen: Option<String>,
+    /// File holding the bearer token (first line, at least 16 characters, mode 0600).
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate (chain) and key for TLS on `listen`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Host names accepted in the Host header on `listen` besides IP literals and
+    /// `localhost`.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl ControlConfig {
+    /// The control socket's path for data directory `data_dir`.
+    pub fn socket_path(&self, data_dir: &Path) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| data_dir.join("walrelay.control.sock"))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("control.tls_cert and control.tls_key must be set together".into());
+        }
+        let Some(listen) = &self.listen else {
+            return Ok(());
+        };
+        let addr: std::net::SocketAddr = listen
+            .parse()
+            .map_err(|e| format!("invalid control.listen \"{listen}\": {e}"))?;
+        if self.token_file.is_none() {
+            return Err("control.listen needs control.token_file (a bearer token)".into());
+        }
+        if !addr.ip().is_loopback() && self.tls_cert.is_none() {
+            return Err(format!(
+                "control.listen = \"{listen}\" is not a loopback address: it needs control.tls_cert and control.tls_key (the token would travel in clear text)"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One `[[feed]]`: which sessions it matches and how far it is held back.
@@ -396,6 +453,7 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, String> {
         let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         c.check_feeds()?;
+        c.control.check()?;
         Ok(c)
     }
 
@@ -422,49 +480,22 @@ impl Config {
     }
 }
 
-/// Parses `500ms`, `10s`, `5min`/`5m`, `8h`, `2d`, combinations like `1h30m`, or a bare
-/// number of seconds.
+/// Parses `500ms`, `10s`, `5min`/`5m`, `8h`, `2d`, combinations like `1h30m` or `1h 30m`
+/// (humantime's syntax), or a bare number of seconds. Overflow is an error, never a panic.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s.is_empty() {
         return Err("empty duration".into());
     }
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("invalid duration \"{s}\": too large"));
     }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!("invalid duration \"{s}\": expected a number"));
-        }
-        let num: f64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("invalid duration \"{s}\""))?;
-        rest = rest[digits..].trim_start();
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c.is_whitespace())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = rest[unit_len..].trim_start();
-        let mult = match unit {
-            "ms" => 0.001,
-            "s" | "sec" | "secs" => 1.0,
-            "m" | "min" | "mins" => 60.0,
-            "h" | "hour" | "hours" => 3600.0,
-            "d" | "day" | "days" => 86400.0,
-            _ => {
-                return Err(format!(
-                    "invalid duration \"{s}\": unknown unit \"{unit}\" (use ms, s, min, h, d)"
-                ))
-            }
-        };
-        total += Duration::from_secs_f64(num * mult);
-    }
-    Ok(total)
+    humantime::parse_duration(s).map_err(|e| {
+        format!("invalid duration \"{s}\": {e} (use e.g. 500ms, 10s, 5min, 8h, 2d, 1h30m)")
+    })
 }
 
 /// Parses `1024`, `64kB`, `16MB`, `2GB`, `1TB` (PostgreSQL's units, powers of 1024).
@@ -521,6 +552,219 @@ pub fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
+/// `Debug` of the configuration never shows secrets: passwords in `upstream.conninfo`, the
+/// verifiers in `server.users`, object-store keys and `archive.options` values.
+mod redact {
+    use super::*;
+    use std::fmt::{Debug, Formatter, Result};
+
+    const HIDDEN: &str = "<redacted>";
+
+    /// `conninfo` with any password replaced (keyword form and URI form).
+    pub fn conninfo(s: &str) -> String {
+        let lower = s.to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            let Some(scheme_end) = s.find("://").map(|p| p + 3) else {
+                return HIDDEN.into();
+            };
+            let rest = s.get(scheme_end..).unwrap_or("");
+            let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
+            let authority = rest.get(..auth_end).unwrap_or("");
+            let mut out = s.get(..scheme_end).unwrap_or("").to_string();
+            match authority.rsplit_once('@') {
+                Some((userinfo, hosts)) => {
+                    let user = userinfo.split(':').next().unwrap_or("");
+                    if userinfo.contains(':') {
+                        out.push_str(&format!("{user}:{HIDDEN}@{hosts}"));
+                    } else {
+                        out.push_str(authority);
+                    }
+                }
+                None => out.push_str(authority),
+            }
+            let tail = rest.get(auth_end..).unwrap_or("");
+            match tail.split_once('?') {
+                Some((path, query)) => {
+                    out.push_str(path);
+                    out.push('?');
+                    let q: Vec<String> = query
+                        .split('&')
+                        .map(|kv| match kv.split_once('=') {
+                            Some((k, _)) if k.eq_ignore_ascii_case("password") => {
+                                format!("{k}={HIDDEN}")
+                            }
+                            _ => kv.to_string(),
+                        })
+                        .collect();
+                    out.push_str(&q.join("&"));
+                }
+                None => out.push_str(tail),
+            }
+            return out;
+        }
+        // keyword=value pairs; values may be single-quoted with backslash escapes
+        let mut out = String::new();
+        let mut chars = s.chars().peekable();
+        while let Some(&c) = chars.peek() {
+            if c.is_whitespace() {
+                out.push(c);
+                chars.next();
+                continue;
+            }
+            let mut key = String::new();
+            while let Some(&c) = chars.peek() {
+                if c == '=' || c.is_whitespace() {
+                    break;
+                }
+                key.push(c);
+                chars.next();
+            }
+            out.push_str(&key);
+            while let Some(&c) = chars.peek() {
+                if !c.is_whitespace() {
+                    break;
+                }
+                out.push(c);
+                chars.next();
+            }
+            if chars.peek() != Some(&'=') {
+                continue;
+            }
+            out.push('=');
+            chars.next();
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                chars.next();
+            }
+            let mut value = String::new();
+            if chars.peek() == Some(&'\'') {
+                value.push('\'');
+                chars.next();
+                while let Some(c) = chars.next() {
+                    value.push(c);
+                    if c == '\\' {
+                        if let Some(n) = chars.next() {
+                            value.push(n);
+                        }
+                    } else if c == '\'' {
+                        break;
+                    }
+                }
+            } else {
+                while let Some(&c) = chars.peek() {
+                    if c.is_whitespace() {
+                        break;
+                    }
+                    value.push(c);
+                    chars.next();
+                }
+            }
+            if key.eq_ignore_ascii_case("password") {
+                out.push_str(HIDDEN);
+            } else {
+                out.push_str(&value);
+            }
+        }
+        out
+    }
+
+    fn opt_hidden(v: &Option<String>) -> Option<&'static str> {
+        v.as_ref().map(|_| HIDDEN)
+    }
+
+    impl Debug for UpstreamConfig {
+        fn fmt(&self, f: &mut Formatter<'_>) -> Result {
+            f.debug_struct("UpstreamConfig")
+                .field("conninfo", &self.conninfo.as_deref().map(conninfo))
+                .field("slot", &self.slot)
+                .field("create_slot", &self.create_slot)
+                .field("synchronous", &self.synchronous)
+                .field("status_interval", &self.status_interval)
+                .field("reconnect_min", &self.reconnect_min)
+                .field("reconnect_max", &self.reconnect_max)
+                .finish()
+        }
+    }
+
+    impl Debug for ServerConfig {
+        fn fmt(&self, f: &mut Formatter<'_>) -> Result {
+            let users: std::collections::BTreeMap<&str, &str> =
+                self.users.keys().map(|k| (k.as_str(), HIDDEN)).collect();
+            f.debug_struct("ServerConfig")
+                .field("listen", &self.listen)
+                .field("max_connections", &self.max_connections)
+                .field("startup_timeout", &self.startup_timeout)
+                .field("tls_cert", &self.tls_cert)
+                .field("tls_key", &self.tls_key)
+                .field("tls_ca", &self.tls_ca)
+                .field("require_tls", &self.require_tls)
+                .field("wal_sender_timeout", &self.wal_sender_timeout)
+                .field("keepalive_interval", &self.keepalive_interval)
+                .field("shutdown_timeout", &self.shutdown_timeout)
+                .field("max_slots", &self.max_slots)
+                .field("max_slot_wal_keep_size", &self.max_slot_wal_keep_size)
+                .field("hba", &self.hba)
+                .field("users", &users)
+                .finish()
+        }
+    }
+
+    impl Debug for ArchiveConfig {
+        fn fmt(&self, f: &mut Formatter<'_>) -> Result {
+            let options: std::collections::BTreeMap<&str, &str> =
+                self.options.keys().map(|k| (k.as_str(), HIDDEN)).collect();
+            f.debug_struct("ArchiveConfig")
+                .field("url", &self.url)
+                .field("ack", &self.ack)
+                .field("concurrency", &self.concurrency)
+                .field("compression", &self.compression)
+                .field("compression_level", &self.compression_level)
+                .field("multipart_threshold", &self.multipart_threshold)
+                .field("part_size", &self.part_size)
+                .field("retry_min", &self.retry_min)
+                .field("retry_max", &self.retry_max)
+                .field("scan_interval", &self.scan_interval)
+                .field("partial_interval", &self.partial_interval)
+                .field("system_id", &self.system_id)
+                .field("prefetch", &self.prefetch)
+                .field("keep_local_size", &self.keep_local_size)
+                .field("keep_local_age", &self.keep_local_age)
+                .field("local_disk_cap", &self.local_disk_cap)
+                .field("s3", &self.s3)
+                .field("azure", &self.azure)
+                .field("options", &options)
+                .finish()
+        }
+    }
+
+    impl Debug for S3Options {
+        fn fmt(&self, f: &mut Formatter<'_>) -> Result {
+            f.debug_struct("S3Options")
+                .field("endpoint", &self.endpoint)
+                .field("region", &self.region)
+                .field("access_key_id", &self.access_key_id)
+                .field("secret_access_key", &opt_hidden(&self.secret_access_key))
+                .field("session_token", &opt_hidden(&self.session_token))
+                .field("allow_http", &self.allow_http)
+                .field("path_style", &self.path_style)
+                .finish()
+        }
+    }
+
+    impl Debug for AzureOptions {
+        fn fmt(&self, f: &mut Formatter<'_>) -> Result {
+            f.debug_struct("AzureOptions")
+                .field("account", &self.account)
+                .field("access_key", &opt_hidden(&self.access_key))
+                .field("endpoint", &self.endpoint)
+                .field("allow_http", &self.allow_http)
+                .field("use_emulator", &self.use_emulator)
+                .finish()
+        }
+    }
+}
+
+pub use redact::conninfo as redact_conninfo;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -535,6 +779,75 @@ mod tests {
         assert_eq!(parse_duration("15").unwrap(), Duration::from_secs(15));
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("h").is_err());
+        assert_eq!(parse_duration("5min").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        // regression: overflow used to panic in Duration::from_secs_f64
+        for big in [
+            "99999999999999999999d",
+            "99999999999999999999",
+            "18446744073709551616s",
+        ] {
+            assert!(parse_duration(big).is_err(), "{big}");
+        }
+        assert!(parse_duration("é").is_err());
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let c = Config::parse(
+            "[upstream]\nconninfo = \"host=a password='s3 cr\\\\'et' user=u\"\n\
+             [server.users]\nbob = \"SCRAM-SHA-256$4096:c2FsdA==$secretstuff\"\n\
+             [archive.s3]\nsecret_access_key = \"AKsecretKEY\"\nsession_token = \"tok3n\"\n\
+             [archive.azure]\naccess_key = \"azkey\"\n[archive.options]\ngoogle_service_account_key = \"gkey\"\n",
+        )
+        .unwrap();
+        let d = format!("{c:?}");
+        for secret in [
+            "s3 cr",
+            "et'",
+            "secretstuff",
+            "AKsecretKEY",
+            "tok3n",
+            "azkey",
+            "gkey",
+        ] {
+            assert!(!d.contains(secret), "{secret} in {d}");
+        }
+        assert!(d.contains("host=a password=<redacted> user=u"), "{d}");
+        assert!(d.contains("bob"), "{d}");
+        assert_eq!(
+            redact::conninfo("postgresql://u:pw@h1,h2/db?sslmode=require&password=x"),
+            "postgresql://u:<redacted>@h1,h2/db?sslmode=require&password=<redacted>"
+        );
+        assert_eq!(redact::conninfo("postgres://h/db"), "postgres://h/db");
+        assert_eq!(
+            redact::conninfo("password = 'a b' host=x"),
+            "password =<redacted> host=x"
+        );
+    }
+
+    #[test]
+    fn control_section() {
+        let c = Config::parse("data_dir = \"/d\"\n").unwrap();
+        assert_eq!(
+            c.control.socket_path(&c.data_dir),
+            PathBuf::from("/d/walrelay.control.sock")
+        );
+        let c = Config::parse(
+            "[control]\nlisten = \"127.0.0.1:9188\"\ntoken_file = \"/t\"\nallowed_hosts = [\"relay\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.control.listen.as_deref(), Some("127.0.0.1:9188"));
+        let e = Config::parse("[control]\nlisten = \"127.0.0.1:9188\"\n").unwrap_err();
+        assert!(e.contains("needs control.token_file"), "{e}");
+        let e = Config::parse("[control]\nlisten = \"0.0.0.0:9188\"\ntoken_file = \"/t\"\n")
+            .unwrap_err();
+        assert!(e.contains("not a loopback address"), "{e}");
+        assert!(Config::parse(
+            "[control]\nlisten = \"0.0.0.0:9188\"\ntoken_file = \"/t\"\ntls_cert = \"/c\"\ntls_key = \"/k\"\n"
+        )
+        .is_ok());
+        assert!(Config::parse("[control]\ntls_cert = \"/c\"\n").is_err());
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! | [`archive`] | uploads to object storage, `archived_lsn` | change local segments |
 //! | [`server`] | the walsender: listener, auth, sessions | write WAL |
 //! | [`metrics`] | metric names and the Prometheus recorder | hold business logic |
-//! | [`admin`] | the HTTP endpoint: `/metrics`, `/status`, control routes | hold business logic |
+//! | [`admin`] | HTTP machinery: hyper serving with limits, access checks, routes, client | hold business logic |
+//! | [`endpoints`] | which routes go on the metrics listener and the control endpoint | hold state |
 //! | [`config`] | TOML config and defaults | hold business logic |
 //! | [`delay`] | commit index, delayed/controlled feeds, tripwire | write WAL or touch sockets |
 //!
@@ -23,6 +24,7 @@ pub mod admin;
 pub mod archive;
 pub mod config;
 pub mod delay;
+pub mod endpoints;
 pub mod error;
 pub mod lsn;
 pub mod metrics;

@@ -8,13 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use tokio::sync::watch;
 
 use std::sync::Arc;
-use walrelay::admin::{Response, Routes};
 use walrelay::config::{parse_duration, Config};
 use walrelay::delay::indexer::IndexerOptions;
 use walrelay::delay::{CommitIndex, FeedController};
 use walrelay::lsn::Lsn;
 use walrelay::server::{Server, ServerContext, ServerSettings};
-use walrelay::store::Positions;
 use walrelay::store::{Store, StoreOptions};
 use walrelay::upstream::conn::ReplConnection;
 use walrelay::upstream::conninfo::ConnInfo;
@@ -54,38 +52,37 @@ enum Command {
     Xacts(XactsArgs),
 }
 
-/// Where the admin endpoint of a running walrelay is.
+/// Where the control endpoint of a running walrelay is (see `docs/security.md`).
 #[derive(Args)]
-struct AdminArgs {
-    /// Admin endpoint address (default: $WALRELAY_ADMIN, else metrics.listen of --config).
-    #[arg(long, value_name = "HOST:PORT", global = true)]
-    admin: Option<String>,
-    /// walrelay's configuration file (to find metrics.listen).
+struct ControlArgs {
+    /// Control endpoint: its Unix socket, or http://HOST:PORT for control.listen
+    /// (default: $WALRELAY_CONTROL, else from --data-dir or --config).
+    #[arg(long, value_name = "SOCKET|URL", global = true)]
+    control: Option<String>,
+    /// Data directory of the running walrelay (its control socket is in there).
+    #[arg(long, value_name = "DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// walrelay's configuration file (to find control.socket or data_dir).
     #[arg(short = 'c', long, global = true)]
     config: Option<PathBuf>,
+    /// Bearer token file for an http:// control endpoint (default:
+    /// $WALRELAY_CONTROL_TOKEN_FILE, else control.token_file of --config).
+    #[arg(long, value_name = "FILE", global = true)]
+    token_file: Option<PathBuf>,
     /// Print the JSON answer.
     #[arg(long, global = true)]
     json: bool,
 }
 
-impl AdminArgs {
-    fn addr(&self) -> Result<String, String> {
-        if let Some(a) = &self.admin {
-            return Ok(a.clone());
-        }
-        if let Ok(a) = std::env::var("WALRELAY_ADMIN") {
-            return Ok(a);
-        }
-        if let Some(p) = &self.config {
-            let c = Config::load(p).map_err(|e| e.to_string())?;
-            return c.metrics.listen.ok_or_else(|| {
-                format!(
-                    "{} sets no metrics.listen (the admin endpoint)",
-                    p.display()
-                )
-            });
-        }
-        Err("where is walrelay? use --admin HOST:PORT, WALRELAY_ADMIN or --config".into())
+impl ControlArgs {
+    fn target(&self) -> Result<walrelay::admin::Target, String> {
+        walrelay::endpoints::resolve_target(
+            self.control.as_deref(),
+            &|k| std::env::var(k).ok(),
+            self.data_dir.as_deref(),
+            self.config.as_deref(),
+            self.token_file.as_deref(),
+        )
     }
 }
 
@@ -94,7 +91,7 @@ struct FeedArgs {
     #[command(subcommand)]
     action: FeedAction,
     #[command(flatten)]
-    admin: AdminArgs,
+    control: ControlArgs,
 }
 
 #[derive(Subcommand)]
@@ -138,7 +135,7 @@ struct XactsArgs {
     #[arg(short = 'D', long, value_name = "DIR")]
     directory: Option<PathBuf>,
     #[command(flatten)]
-    admin: AdminArgs,
+    control: ControlArgs,
 }
 
 #[derive(Args)]
@@ -281,8 +278,8 @@ fn main() -> ExitCode {
                         walrelay::archive::cli::bench_archive_main(a, shutdown_signal()).await,
                     )
                 }
-                Command::Feed(a) => feed(a),
-                Command::Xacts(a) => xacts(a),
+                Command::Feed(a) => feed(a).await,
+                Command::Xacts(a) => xacts(a).await,
             }
         });
         work.await
@@ -481,6 +478,8 @@ async fn run(a: RunArgs) -> Result<(), String> {
     if conninfo.application_name.is_none() {
         conninfo.application_name = Some("walrelay".into());
     }
+    // a bad control token file or certificate fails before the data directory is touched
+    walrelay::endpoints::load_control_secrets(&cfg)?;
     let store = Store::start(&cfg.data_dir, StoreOptions::default()).map_err(|e| {
         format!(
             "could not open data directory \"{}\": {e}",
@@ -552,49 +551,22 @@ async fn run(a: RunArgs) -> Result<(), String> {
     );
     let archiver = walrelay::archive::Archiver::start(archive_settings, &store, shutdown.clone())
         .map_err(|e| e.to_string())?;
-    if let Some(addr) = &cfg.metrics.listen {
-        let addr: std::net::SocketAddr = addr
-            .parse()
-            .map_err(|e| format!("invalid metrics.listen \"{addr}\": {e}"))?;
-        let handle = walrelay::metrics::install_recorder()?;
-        walrelay::archive::describe_metrics();
-        let mut routes = Routes::default();
-        routes.add(
-            "GET",
-            "/metrics",
-            Arc::new(move |_| Response {
-                status: 200,
-                content_type: "text/plain; version=0.0.4",
-                body: handle.render().into_bytes(),
-            }),
-        );
-        let positions = store.positions();
-        let info = info_rx.clone();
-        let walsenders = server.as_ref().map(|s| s.status_source());
-        let archived = archiver.as_ref().map(|h| h.archived_lsn.clone());
-        routes.add(
-            "GET",
-            "/status",
-            Arc::new(move |_| {
-                let p = positions.borrow().clone();
-                let i = info.borrow().clone();
-                let archived = archived.as_ref().map(|a| *a.borrow());
-                let mut doc = status_json(&p, &i, archived);
-                if let Some(w) = &walsenders {
-                    doc["walsenders"] = serde_json::to_value(w.status()).unwrap_or_default();
-                    doc["slots"] = serde_json::to_value(w.slots()).unwrap_or_default();
-                }
-                Response::json(200, &doc)
-            }),
-        );
-        if let Some(f) = &feeds {
-            walrelay::delay::api::register_routes(&mut routes, f.clone());
+    let metrics = match &cfg.metrics.listen {
+        Some(_) => {
+            let handle = walrelay::metrics::install_recorder()?;
+            walrelay::archive::describe_metrics();
+            Some(handle)
         }
-        let local = walrelay::admin::serve(addr, routes, shutdown.clone())
-            .await
-            .map_err(|e| format!("could not listen on {addr} (metrics.listen): {e}"))?;
-        tracing::info!("metrics and status on http://{local}/metrics and /status");
-    }
+        None => None,
+    };
+    let sources = walrelay::endpoints::Sources {
+        positions: store.positions(),
+        upstream: info_rx.clone(),
+        walsenders: server.as_ref().map(|s| s.status_source()),
+        archived: archiver.as_ref().map(|h| h.archived_lsn.clone()),
+        feeds: feeds.clone(),
+    };
+    walrelay::endpoints::start(&cfg, metrics, &sources, shutdown.clone()).await?;
     let opts = ReceiverOptions {
         conninfo,
         slot: cfg.upstream.slot.clone(),
@@ -631,7 +603,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn feed(a: FeedArgs) -> Result<(), String> {
+async fn feed(a: FeedArgs) -> Result<(), String> {
     use walrelay::delay::api::{feed_command, FeedCommand};
     let cmd = match a.action {
         FeedAction::List => FeedCommand::List,
@@ -662,11 +634,14 @@ fn feed(a: FeedArgs) -> Result<(), String> {
             FeedCommand::Advance(name, p)
         }
     };
-    print!("{}", feed_command(&a.admin.addr()?, &cmd, a.admin.json)?);
+    print!(
+        "{}",
+        feed_command(&a.control.target()?, &cmd, a.control.json).await?
+    );
     Ok(())
 }
 
-fn xacts(a: XactsArgs) -> Result<(), String> {
+async fn xacts(a: XactsArgs) -> Result<(), String> {
     use walrelay::delay::api;
     let list = match &a.directory {
         Some(dir) => {
@@ -678,14 +653,17 @@ fn xacts(a: XactsArgs) -> Result<(), String> {
             };
             api::xacts_local(dir, &filter)?
         }
-        None => api::xacts_remote(
-            &a.admin.addr()?,
-            a.since.as_deref(),
-            a.until.as_deref(),
-            a.drops_only,
-        )?,
+        None => {
+            api::xacts_remote(
+                &a.control.target()?,
+                a.since.as_deref(),
+                a.until.as_deref(),
+                a.drops_only,
+            )
+            .await?
+        }
     };
-    if a.admin.json {
+    if a.control.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "xacts": list })).unwrap_or_default()
@@ -694,30 +672,6 @@ fn xacts(a: XactsArgs) -> Result<(), String> {
         print!("{}", api::format_xacts(&list));
     }
     Ok(())
-}
-
-/// The `/status` document: what walrelay receives and stores.
-fn status_json(p: &Positions, i: &UpstreamInfo, archived: Option<Lsn>) -> serde_json::Value {
-    serde_json::json!({
-        "upstream": {
-            "connected": i.connected,
-            "server": i.server,
-            "server_version": i.server_version,
-            "system_identifier": i.system_id.to_string(),
-            "timeline": i.timeline,
-        },
-        "store": {
-            "timeline": p.timeline,
-            "write_lsn": p.write_lsn.to_string(),
-            "flush_lsn": p.flush_lsn.to_string(),
-            "wal_segment_size": p.wal_segment_size,
-            "completed_segments": p.completed_segments,
-            "error": p.error,
-        },
-        "archive": {
-            "archived_lsn": archived.map(|l| l.to_string()),
-        },
-    })
 }
 
 /// Local WAL that proxy-side slots or delayed feeds still need is kept whatever the other

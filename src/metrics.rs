@@ -1,8 +1,16 @@
 //! The metric catalogue and the Prometheus endpoint.
 //!
-//! Owns: metric names, their descriptions, and the Prometheus recorder
-//! (`metrics-exporter-prometheus`; [`crate::admin`] serves it). Modules record values through the `metrics` macros
-//! with the names below. Must not: hold business logic.
+//! Owns: metric names, their descriptions, the Prometheus recorder
+//! (`metrics-exporter-prometheus`; the metrics listener serves it), and the per-standby
+//! series ([`render_standbys`]). Modules record values through the `metrics` macros with
+//! the names below. Must not: hold business logic.
+//!
+//! Labels are bounded: every label value recorded through the macros comes from a fixed
+//! set (error kinds, refusal reasons, configured feed names). Per-standby series are *not*
+//! recorded through the recorder (it never forgets a label set, and `application_name` is
+//! chosen by the client): they are rendered at scrape time from the sessions connected now,
+//! so a series disappears when its session ends, at most [`MAX_STANDBY_SERIES`] sessions
+//! get series, and the client-chosen name is sanitized and truncated ([`label_value`]).
 
 pub use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -79,4 +87,166 @@ pub fn install_recorder() -> Result<PrometheusHandle, String> {
         .map_err(|e| format!("could not install the metrics recorder: {e}"))?;
     describe();
     Ok(handle)
+}
+
+/// Per-standby series (rendered by [`render_standbys`]).
+pub const STANDBY_SENT_LSN: &str = "walrelay_walsender_sent_lsn_bytes";
+pub const STANDBY_FLUSH_LSN: &str = "walrelay_walsender_flush_lsn_bytes";
+pub const STANDBY_REPLAY_LSN: &str = "walrelay_walsender_replay_lsn_bytes";
+pub const STANDBY_FLUSH_LAG_BYTES: &str = "walrelay_walsender_flush_lag_bytes";
+pub const STANDBY_REPLAY_LAG_SECONDS: &str = "walrelay_walsender_replay_lag_seconds";
+/// Sessions beyond [`MAX_STANDBY_SERIES`], which get no series of their own.
+pub const STANDBY_UNLABELLED: &str = "walrelay_walsender_unlabelled_sessions";
+
+/// Most sessions with per-standby series.
+pub const MAX_STANDBY_SERIES: usize = 64;
+/// Longest label value (PostgreSQL's NAMEDATALEN - 1).
+pub const MAX_LABEL_LEN: usize = 63;
+
+/// One connected session's positions (bytes since 0/0).
+#[derive(Debug, Clone, Default)]
+pub struct StandbySample {
+    pub application_name: String,
+    pub sent: Option<u64>,
+    pub flush: Option<u64>,
+    pub replay: Option<u64>,
+    pub replay_lag_seconds: Option<f64>,
+}
+
+/// A client-chosen string as a label value: ASCII letters, digits and `_ - . : @ /` kept,
+/// anything else `_`, at most [`MAX_LABEL_LEN`] characters; empty becomes `unnamed`.
+pub fn label_value(s: &str) -> String {
+    let v: String = s
+        .chars()
+        .take(MAX_LABEL_LEN)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_-.:@/".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if v.is_empty() {
+        "unnamed".into()
+    } else {
+        v
+    }
+}
+
+/// Prometheus text for the sessions connected now, in the order given (oldest first):
+/// labels `application_name` (sanitized) and `session` (1, 2, … among sessions with the
+/// same sanitized name), so a reconnecting standby keeps its series.
+pub fn render_standbys(samples: &[StandbySample]) -> String {
+    use std::collections::HashMap;
+    use std::fmt::Write;
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    let labelled: Vec<(String, &StandbySample)> = samples
+        .iter()
+        .take(MAX_STANDBY_SERIES)
+        .map(|s| {
+            let name = label_value(&s.application_name);
+            let n = seen.entry(name.clone()).or_insert(0);
+            *n = n.saturating_add(1);
+            (format!("application_name=\"{name}\",session=\"{n}\""), s)
+        })
+        .collect();
+    type Get = fn(&StandbySample) -> Option<f64>;
+    let series: [(&str, &str, Get); 5] = [
+        (STANDBY_SENT_LSN, "end of WAL sent to the standby", |s| {
+            s.sent.map(|v| v as f64)
+        }),
+        (
+            STANDBY_FLUSH_LSN,
+            "flush position the standby reported",
+            |s| s.flush.map(|v| v as f64),
+        ),
+        (
+            STANDBY_REPLAY_LSN,
+            "replay position the standby reported",
+            |s| s.replay.map(|v| v as f64),
+        ),
+        (
+            STANDBY_FLUSH_LAG_BYTES,
+            "bytes sent but not yet flushed by the standby",
+            |s| match (s.sent, s.flush) {
+                (Some(a), Some(b)) => Some(a.saturating_sub(b) as f64),
+                _ => None,
+            },
+        ),
+        (
+            STANDBY_REPLAY_LAG_SECONDS,
+            "time between sending WAL and the standby replaying it",
+            |s| s.replay_lag_seconds,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, help, get) in series {
+        let rows: Vec<(&String, f64)> = labelled
+            .iter()
+            .filter_map(|(l, s)| get(s).map(|v| (l, v)))
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (l, v) in rows {
+            let _ = writeln!(out, "{name}{{{l}}} {v}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {STANDBY_UNLABELLED} sessions beyond {MAX_STANDBY_SERIES} without series of their own\n# TYPE {STANDBY_UNLABELLED} gauge\n{STANDBY_UNLABELLED} {}",
+        samples.len().saturating_sub(MAX_STANDBY_SERIES)
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_sanitized_and_bounded() {
+        assert_eq!(label_value("standby_one"), "standby_one");
+        assert_eq!(label_value("a\"b\\c\n}{ é"), "a_b_c_____");
+        assert_eq!(label_value(""), "unnamed");
+        assert_eq!(label_value(&"x".repeat(500)).len(), MAX_LABEL_LEN);
+        let many: Vec<StandbySample> = (0..100)
+            .map(|i| StandbySample {
+                application_name: if i < 2 {
+                    "sb".into()
+                } else {
+                    format!("evil{i}\"")
+                },
+                sent: Some(100),
+                flush: Some(40),
+                ..Default::default()
+            })
+            .collect();
+        let text = render_standbys(&many);
+        assert!(
+            text.contains(
+                "walrelay_walsender_sent_lsn_bytes{application_name=\"sb\",session=\"1\"} 100"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "walrelay_walsender_flush_lag_bytes{application_name=\"sb\",session=\"2\"} 60"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("application_name=\"evil2_\""), "{text}");
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with(STANDBY_SENT_LSN))
+                .count(),
+            MAX_STANDBY_SERIES
+        );
+        assert!(text.contains(&format!("{STANDBY_UNLABELLED} 36")), "{text}");
+        assert!(!text.contains(STANDBY_REPLAY_LSN), "no rows, no family");
+        // no sessions: no per-standby series at all
+        assert!(!render_standbys(&[]).contains(STANDBY_SENT_LSN));
+    }
 }

@@ -1,7 +1,7 @@
 //! The admin routes for feeds and transactions, and the client side used by the
 //! `walrelay feed` and `walrelay xacts` commands.
 //!
-//! Owns: the HTTP surface (`GET /feeds`, `GET /feeds/NAME`, `POST /feeds/NAME/pause`,
+//! Owns: the HTTP surface of the control endpoint (`GET /feeds`, `GET /feeds/NAME`, `POST /feeds/NAME/pause`,
 //! `POST /feeds/NAME/resume`, `POST /feeds/NAME/advance?to_time=…|before_xid=…|to_lsn=…|
 //! to_restore_point=…`, `GET /xacts?since=…&until=…&drops_only=1&limit=…`), the text the
 //! commands print, and `walrelay xacts -D DIR` (decoding segment files without a server).
@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::admin::{percent_decode, Request, Response, Routes};
+use crate::admin::{Request, Response, Routes, Target};
 use crate::lsn::pg_now;
 
 use super::feeds::{AdvanceTarget, FeedController};
@@ -61,15 +61,13 @@ pub fn register_routes(routes: &mut Routes, feeds: Arc<FeedController>) {
     routes.add(
         "GET",
         "/feeds",
-        Arc::new(move |req: &Request| {
-            let rest = req.path.trim_start_matches("/feeds").trim_matches('/');
-            if rest.is_empty() {
-                return Response::json(200, &f.list());
-            }
-            match f.show(&percent_decode(rest)) {
+        Arc::new(move |req: &Request| match req.rest(1) {
+            [] => Response::json(200, &f.list()),
+            [name] => match f.show(name) {
                 Ok(v) => Response::json(200, &v),
                 Err(e) => Response::error(e.http_status(), e.to_string()),
-            }
+            },
+            _ => Response::error(404, format!("no such endpoint: {}", req.path)),
         }),
     );
     let f = feeds.clone();
@@ -77,18 +75,16 @@ pub fn register_routes(routes: &mut Routes, feeds: Arc<FeedController>) {
         "POST",
         "/feeds",
         Arc::new(move |req: &Request| {
-            let rest = req.path.trim_start_matches("/feeds").trim_matches('/');
-            let Some((name, action)) = rest.rsplit_once('/') else {
+            let [name, action] = req.rest(1) else {
                 return Response::error(404, "use POST /feeds/NAME/pause|resume|advance");
             };
-            let name = percent_decode(name);
-            let r = match action {
-                "pause" => f.pause(&name),
-                "resume" => f.resume(&name),
+            let r = match action.as_str() {
+                "pause" => f.pause(name),
+                "resume" => f.resume(name),
                 "advance" => {
                     let get = |k: &str| req.param(k).map(str::to_string);
                     match AdvanceTarget::from_params(&get, pg_now()) {
-                        Ok(t) => f.advance(&name, &t),
+                        Ok(t) => f.advance(name, &t),
                         Err(e) => return Response::error(400, e),
                     }
                 }
@@ -119,22 +115,20 @@ fn xacts_json(list: &[IndexEntry]) -> Value {
     json!({ "xacts": list.iter().map(IndexEntry::to_json).collect::<Vec<_>>() })
 }
 
-/// Percent-encodes a query value.
+/// Percent-encodes a path segment or query value.
 fn enc(s: &str) -> String {
-    let mut o = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            o.push(char::from(b));
-        } else {
-            o.push_str(&format!("%{b:02X}"));
-        }
-    }
-    o
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, SET).to_string()
 }
 
-fn call(addr: &str, method: &str, path: &str) -> Result<Value, String> {
-    let (status, body) = crate::admin::request(addr, method, path)
-        .map_err(|e| format!("could not reach walrelay's admin endpoint at {addr}: {e}"))?;
+async fn call(target: &Target, method: &str, path: &str) -> Result<Value, String> {
+    let (status, body) = crate::admin::call(target, method, path, &[])
+        .await
+        .map_err(|e| format!("could not reach walrelay's control endpoint at {target}: {e}"))?;
     let v: Value = serde_json::from_str(&body).unwrap_or(Value::String(body.clone()));
     if status != 200 {
         let msg = v
@@ -155,12 +149,16 @@ pub enum FeedCommand {
     Advance(String, Vec<(&'static str, String)>),
 }
 
-/// Runs `walrelay feed …` against the admin endpoint at `addr`; returns the text to print.
-pub fn feed_command(addr: &str, cmd: &FeedCommand, as_json: bool) -> Result<String, String> {
+/// Runs `walrelay feed …` against the control endpoint; returns the text to print.
+pub async fn feed_command(
+    addr: &Target,
+    cmd: &FeedCommand,
+    as_json: bool,
+) -> Result<String, String> {
     let v = match cmd {
-        FeedCommand::List => call(addr, "GET", "/feeds")?,
-        FeedCommand::Pause(n) => call(addr, "POST", &format!("/feeds/{}/pause", enc(n)))?,
-        FeedCommand::Resume(n) => call(addr, "POST", &format!("/feeds/{}/resume", enc(n)))?,
+        FeedCommand::List => call(addr, "GET", "/feeds").await?,
+        FeedCommand::Pause(n) => call(addr, "POST", &format!("/feeds/{}/pause", enc(n))).await?,
+        FeedCommand::Resume(n) => call(addr, "POST", &format!("/feeds/{}/resume", enc(n))).await?,
         FeedCommand::Advance(n, params) => {
             let q: Vec<String> = params
                 .iter()
@@ -170,7 +168,8 @@ pub fn feed_command(addr: &str, cmd: &FeedCommand, as_json: bool) -> Result<Stri
                 addr,
                 "POST",
                 &format!("/feeds/{}/advance?{}", enc(n), q.join("&")),
-            )?
+            )
+            .await?
         }
     };
     if as_json {
@@ -258,9 +257,9 @@ pub fn format_xacts(list: &[Value]) -> String {
     out
 }
 
-/// `walrelay xacts` through the admin endpoint (the running server's index).
-pub fn xacts_remote(
-    addr: &str,
+/// `walrelay xacts` through the control endpoint (the running server's index).
+pub async fn xacts_remote(
+    addr: &Target,
     since: Option<&str>,
     until: Option<&str>,
     drops_only: bool,
@@ -275,7 +274,7 @@ pub fn xacts_remote(
     if drops_only {
         q.push("drops_only=1".into());
     }
-    let v = call(addr, "GET", &format!("/xacts?{}", q.join("&")))?;
+    let v = call(addr, "GET", &format!("/xacts?{}", q.join("&"))).await?;
     Ok(v.get("xacts")
         .and_then(Value::as_array)
         .cloned()

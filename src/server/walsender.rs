@@ -131,7 +131,6 @@ impl Session {
         let mut stopping: Option<Instant> = None;
         let mut stop_ping = false;
         let mut confirmed = Lsn(0);
-        let label = self.application_name.clone();
         let half_timeout = settings
             .wal_sender_timeout
             .checked_div(2)
@@ -269,13 +268,7 @@ impl Session {
                                         r.replay_lag = lags[2];
                                         r.reply_time = Some(unix);
                                     });
-                                    metrics::gauge!(status::FLUSH_LSN, "application_name" => label.clone()).set(flush.0 as f64);
-                                    metrics::gauge!(status::REPLAY_LSN, "application_name" => label.clone()).set(apply.0 as f64);
-                                    metrics::gauge!(status::FLUSH_LAG_BYTES, "application_name" => label.clone())
-                                        .set(st.sent.saturating_sub(flush) as f64);
-                                    if let Some(l) = lags[2] {
-                                        metrics::gauge!(status::REPLAY_LAG_SECONDS, "application_name" => label.clone()).set(l);
-                                    }
+                                    // per-standby series: rendered from the status rows (crate::metrics::render_standbys)
                                     if reply_requested && !server_done {
                                         self.keepalive(st.sent, false);
                                         last_send = Instant::now();
@@ -323,7 +316,6 @@ impl Session {
                         last_send = Instant::now();
                         lag.sent(upto, last_send);
                         metrics::counter!(status::SENT_BYTES).increment(n);
-                        metrics::gauge!(status::SENT_LSN, "application_name" => label.clone()).set(upto.0 as f64);
                         self.shared.status.update(self.id, |r| r.sent_lsn = Some(upto));
                     }
                 }
