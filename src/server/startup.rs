@@ -268,7 +268,9 @@ pub(crate) async fn startup(
     } else {
         "no encryption"
     };
-    let rule = if shared.settings.require_tls && !on_tls {
+    // require_tls guards the network: Unix-domain sockets never carry TLS (libpq does not try
+    // it there) and are governed by `local` rules and the socket's permissions.
+    let rule = if shared.settings.require_tls && !on_tls && ip.is_some() {
         None
     } else {
         auth::find_rule(&shared.settings.hba, on_tls, &user, ip)
