@@ -727,6 +727,23 @@ mod tests {
     }
 
     #[test]
+    fn accept_errors_back_off_without_busy_looping() {
+        let mut b = AcceptBackoff::new();
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let waits: Vec<Duration> = (0..9).map(|_| b.failed("test", &emfile)).collect();
+        assert_eq!(waits.first(), Some(&Duration::from_millis(10)));
+        assert_eq!(waits.get(1), Some(&Duration::from_millis(20)));
+        assert_eq!(waits.last(), Some(&Duration::from_secs(1)));
+        // logged once, the rest counted as suppressed
+        assert_eq!(b.suppressed, 8);
+        // a connection reset before accept is no reason to wait
+        let reset = std::io::Error::from_raw_os_error(libc::ECONNABORTED);
+        assert_eq!(b.failed("test", &reset), Duration::ZERO);
+        b.ok();
+        assert_eq!(b.failed("test", &emfile), Duration::from_millis(10));
+    }
+
+    #[test]
     fn fd_headroom() {
         let b = budget(16);
         assert!(b.headroom().is_ok()); // 5 + 1 + 10 <= 16
