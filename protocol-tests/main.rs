@@ -22,4 +22,5 @@ mod server_status;
 mod server_stream;
 mod server_timeline;
 mod server_unix;
+mod state_faults;
 mod upstream_conn;

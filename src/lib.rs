@@ -17,6 +17,7 @@
 //! | [`endpoints`] | which routes go on the metrics listener and the control endpoint | hold state |
 //! | [`config`] | TOML config and defaults | hold business logic |
 //! | [`delay`] | commit index, delayed/controlled feeds, tripwire | write WAL or touch sockets |
+//! | [`statefile`] | durable atomic state files, the coalescing state writer | know what the files mean |
 //!
 //! See `docs/architecture.md` for the data flow as built.
 
@@ -30,6 +31,7 @@ pub mod lsn;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
+pub mod statefile;
 pub mod store;
 pub mod upstream;
 pub mod wal;

@@ -3,14 +3,20 @@
 //! a timer, applies local retention, and publishes `archived_lsn`.
 //!
 //! Owns: the archiver task and its state file `walrelay.archive-state` in the data directory
-//! (the last persisted `archived_lsn`, so that a restart does not re-upload). Work is found by
+//! (the last persisted `archived_lsn` and its timeline, so that a restart does not
+//! re-upload; written by a [`StateFile`] writer thread, never on the async workers; a state
+//! file that cannot be read stops start-up with a message saying how to recover). Work is found by
 //! scanning the directory (restart-safe, nothing depends on a notification being seen) when
 //! the store's `completed_segments` changes and every `archive.scan_interval`.
 //!
-//! `archived_lsn` is the end of the contiguous prefix of WAL that is in the object store:
-//! it starts at the first local segment (or the persisted value) and moves over each segment
-//! number for which every completed local file has been uploaded; a snapshot of the very next
-//! segment extends it to the snapshot's end. It never moves backwards.
+//! `archived_lsn` is the end of the contiguous prefix of WAL of the store's current timeline
+//! that is in the object store: it starts at the first local segment (or the persisted
+//! value) and moves over each segment number whose file on the timeline that owns it (per
+//! the current timeline's history: the newest timeline that began at or before the segment,
+//! as PostgreSQL's recovery picks files) has been uploaded; a snapshot of the very next
+//! segment extends it to the snapshot's end. It never moves backwards on a timeline; when the
+//! store follows a new timeline it is capped at the fork point (where the old and the new
+//! history part) until the new timeline's segments are archived.
 //!
 //! Must not: write or delete WAL files itself (retention goes through
 //! [`Store::remove_segments`]), or hold up the store: it only reads files and positions.
@@ -37,9 +43,11 @@ use crate::config::{AckMode, ArchiveConfig, Compression};
 use crate::lsn::{
     history_file_name, parse_wal_file_name, segment_file_name, Lsn, TimelineId, WalFileName,
 };
+use crate::statefile::{self, StateFile};
 use crate::store::retention::{self, RetentionPolicy};
 use crate::store::scan::{self, SegmentFile};
-use crate::store::{control, fsutil, Positions, Store};
+use crate::store::{control, Positions, Store};
+use crate::wal::history::{self, HistoryEntry};
 
 /// Name of the archiver's state file in the data directory.
 pub const STATE_FILE: &str = "walrelay.archive-state";
@@ -103,6 +111,7 @@ impl Archiver {
             return Ok(None);
         };
         let backend = backend::open(&url, &settings.config)?;
+        read_state(store.dir())?;
         Ok(Some(Archiver::start_with_backend(
             settings, backend, store, shutdown,
         )))
@@ -116,7 +125,10 @@ impl Archiver {
         shutdown: watch::Receiver<bool>,
     ) -> ArchiverHandle {
         let dir = store.dir().to_path_buf();
-        let state = read_state(&dir).filter(|s| s.url == backend.url);
+        let state = read_state(&dir)
+            .ok()
+            .flatten()
+            .filter(|s| s.url == backend.url);
         let initial = state
             .as_ref()
             .and_then(|s| s.archived_lsn.parse().ok())
@@ -128,13 +140,19 @@ impl Archiver {
             slot_floor: settings.slot_floor.clone(),
             policy: policy_of(&settings.config),
             backend,
-            dir,
+            dir: dir.clone(),
             store: store.clone(),
             lsn_tx,
             status_tx,
             state_sysid: state.as_ref().map(|s| s.system_id.clone()),
+            state_file: StateFile::new(dir.join(STATE_FILE)),
+            sysid: 0,
+            prefix_tli: state.as_ref().and_then(|s| s.timeline),
+            history: None,
+            carry: Lsn::INVALID,
             prefix_end: initial,
             persisted: initial,
+            persisted_tli: state.as_ref().and_then(|s| s.timeline),
             archived: BTreeSet::new(),
             in_flight: HashSet::new(),
             cooldown: HashMap::new(),
@@ -166,11 +184,37 @@ struct State {
     system_id: String,
     url: String,
     archived_lsn: String,
+    /// Timeline `archived_lsn` was computed on (absent in files of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timeline: Option<TimelineId>,
 }
 
-fn read_state(dir: &Path) -> Option<State> {
-    let b = std::fs::read(dir.join(STATE_FILE)).ok()?;
-    serde_json::from_slice(&b).ok()
+/// Reads the state file (`None`: there is none); an unusable one is an error that says how
+/// to recover.
+fn read_state(dir: &Path) -> Result<Option<State>, ArchiveError> {
+    let path = dir.join(STATE_FILE);
+    let corrupt = |problem: String| {
+        ArchiveError::Config(statefile::corrupt_message(
+            &path,
+            &problem,
+            "remove it: the archiver then lists the archive again to learn what is archived \
+             (nothing is lost; segments already archived are found identical and not stored \
+             twice)",
+        ))
+    };
+    let Some(b) = statefile::read(&path).map_err(|e| corrupt(format!("could not read it: {e}")))?
+    else {
+        return Ok(None);
+    };
+    let st: State =
+        serde_json::from_slice(&b).map_err(|e| corrupt(format!("invalid JSON: {e}")))?;
+    if st.archived_lsn.parse::<Lsn>().is_err() {
+        return Err(corrupt(format!(
+            "invalid archived_lsn \"{}\"",
+            st.archived_lsn
+        )));
+    }
+    Ok(Some(st))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -248,9 +292,19 @@ struct Run {
     lsn_tx: watch::Sender<Lsn>,
     status_tx: watch::Sender<ArchiverStatus>,
     state_sysid: Option<String>,
+    state_file: StateFile,
+    sysid: u64,
+    /// Timeline `prefix_end` was computed on (`None`: not known yet).
+    prefix_tli: Option<TimelineId>,
+    /// The current timeline and its history (read from its history file).
+    history: Option<(TimelineId, Vec<HistoryEntry>)>,
+    /// After a timeline switch: archived WAL common to both histories (up to the fork point)
+    /// that counts until `prefix_end` passes it.
+    carry: Lsn,
     /// End of the contiguous prefix of completed segments in the archive.
     prefix_end: Lsn,
     persisted: Lsn,
+    persisted_tli: Option<TimelineId>,
     /// (segno, tli) of segments known to be in the archive.
     archived: BTreeSet<(u64, TimelineId)>,
     in_flight: HashSet<Job>,
@@ -283,6 +337,7 @@ impl Run {
             self.prefix_end = Lsn::INVALID;
             self.persisted = Lsn::INVALID;
         }
+        self.sysid = sysid;
         let ctx = Arc::new(Ctx::new(
             &self.backend,
             &self.backend.prefix,
@@ -495,6 +550,7 @@ impl Run {
             jobs.push(Box::pin(run_job(ctx.clone(), job, shutdown.clone())));
         }
         let p = self.store.positions().borrow().clone();
+        self.follow_timeline(p.timeline, seg_size).await;
         self.advance(&segs, seg_size, &p);
         self.retention(&segs, seg_size).await;
         self.publish_status();
@@ -579,6 +635,34 @@ impl Run {
         self.publish_status();
     }
 
+    /// Follows the store's timeline `tli`: reads its history and, when `archived_lsn` was
+    /// computed on another timeline, caps it at the point where the two histories part.
+    async fn follow_timeline(&mut self, tli: TimelineId, seg_size: u64) {
+        if tli == 0 || self.history.as_ref().is_some_and(|(t, _)| *t == tli) {
+            return;
+        }
+        let new = read_history(&self.dir, tli).await;
+        if let Some(old) = self.prefix_tli.filter(|&t| t != tli) {
+            let old_h = read_history(&self.dir, old).await;
+            let fork = fork_point(&old_h, &new);
+            let cur = *self.lsn_tx.borrow();
+            let top = self.prefix_end.max(cur);
+            if top.is_valid() && top > fork {
+                self.carry = cur.min(fork);
+                self.prefix_end = self.prefix_end.min(fork.segment_start(seg_size));
+                tracing::info!(
+                    "archive: timeline {tli} forked from timeline {old} at {fork}; archived_lsn is {} until timeline {tli}'s segments are archived",
+                    self.prefix_end.max(self.carry)
+                );
+            }
+            if self.snapshot.is_some_and(|(t, _, _)| t != tli) {
+                self.snapshot = None;
+            }
+        }
+        self.prefix_tli = Some(tli);
+        self.history = Some((tli, new));
+    }
+
     /// Moves the contiguous prefix over archived segments and publishes `archived_lsn`.
     fn advance(&mut self, segs: &[SegmentFile], seg_size: u64, p: &Positions) {
         if seg_size == 0 || !self.prefix_end.is_valid() && segs.is_empty() {
@@ -586,33 +670,43 @@ impl Run {
         }
         loop {
             let segno = self.prefix_end.segno(seg_size);
-            let local: Vec<&SegmentFile> = segs
-                .iter()
-                .filter(|s| s.segno == segno && !s.partial && s.size == seg_size)
-                .collect();
-            let done = if local.is_empty() {
-                self.archived
-                    .range((segno, 0)..=(segno, u32::MAX))
-                    .next()
-                    .is_some()
-            } else {
-                local
-                    .iter()
-                    .all(|s| self.archived.contains(&(segno, s.tli)))
+            let done = match &self.history {
+                // the file of the timeline that owns the segment on the current history
+                Some((tli, h)) => {
+                    let last = Lsn(segno.saturating_add(1).saturating_mul(seg_size) - 1);
+                    let owner = history::tli_of_lsn(h, *tli, last);
+                    self.archived.contains(&(segno, owner))
+                }
+                None => {
+                    let local: Vec<&SegmentFile> = segs
+                        .iter()
+                        .filter(|s| s.segno == segno && !s.partial && s.size == seg_size)
+                        .collect();
+                    if local.is_empty() {
+                        self.archived
+                            .range((segno, 0)..=(segno, u32::MAX))
+                            .next()
+                            .is_some()
+                    } else {
+                        local
+                            .iter()
+                            .all(|s| self.archived.contains(&(segno, s.tli)))
+                    }
+                }
             };
             if !done {
                 break;
             }
             self.prefix_end = Lsn(self.prefix_end.0.saturating_add(seg_size));
         }
-        let mut lsn = self.prefix_end;
+        let mut lsn = self.prefix_end.max(self.carry);
         if let Some((tli, segno, end)) = self.snapshot {
             if segno == self.prefix_end.segno(seg_size) && (p.timeline == 0 || p.timeline == tli) {
                 lsn = lsn.max(end);
             }
         }
         self.lsn_tx.send_if_modified(|cur| {
-            if lsn > *cur {
+            if lsn != *cur {
                 *cur = lsn;
                 true
             } else {
@@ -621,21 +715,18 @@ impl Run {
         });
         metrics::gauge!(super::ARCHIVED_LSN).set(self.lsn_tx.borrow().0 as f64);
         self.publish_lag();
-        if self.prefix_end > self.persisted {
+        if self.prefix_end != self.persisted || self.prefix_tli != self.persisted_tli {
             let state = State {
-                system_id: control::read(&self.dir)
-                    .ok()
-                    .flatten()
-                    .map(|c| c.system_id)
-                    .unwrap_or_default(),
+                system_id: self.sysid.to_string(),
                 url: self.backend.url.clone(),
                 archived_lsn: self.prefix_end.to_string(),
+                timeline: self.prefix_tli,
             };
             let body = serde_json::to_vec_pretty(&state).unwrap_or_default();
-            match fsutil::write_atomic(&self.dir.join(STATE_FILE), &body) {
-                Ok(()) => self.persisted = self.prefix_end,
-                Err(e) => tracing::warn!("archive: could not write {STATE_FILE}: {e}"),
-            }
+            // written by the state writer thread; a lost write only means re-checking
+            self.state_file.submit(body);
+            self.persisted = self.prefix_end;
+            self.persisted_tli = self.prefix_tli;
         }
     }
 
@@ -706,6 +797,40 @@ impl Run {
             }
         });
     }
+}
+
+/// The history of timeline `tli` from its local history file (timeline 1, or a file that
+/// cannot be read or parsed: none).
+async fn read_history(dir: &Path, tli: TimelineId) -> Vec<HistoryEntry> {
+    if tli <= 1 {
+        return Vec::new();
+    }
+    let path = dir.join(history_file_name(tli));
+    let text = tokio::task::spawn_blocking(move || std::fs::read_to_string(path))
+        .await
+        .ok()
+        .and_then(Result::ok);
+    text.and_then(|t| history::parse_history(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Where two timeline histories part: the first entry they do not share ends the common
+/// WAL (the lower of the two switch points there). Identical histories of two timelines part
+/// at their last switch point.
+fn fork_point(a: &[HistoryEntry], b: &[HistoryEntry]) -> Lsn {
+    let same = |x: &HistoryEntry, y: &HistoryEntry| {
+        x.parent_tli == y.parent_tli && x.switchpoint == y.switchpoint
+    };
+    for i in 0..a.len().max(b.len()) {
+        match (a.get(i), b.get(i)) {
+            (Some(x), Some(y)) if same(x, y) => continue,
+            (x, y) => {
+                let sw = |e: Option<&HistoryEntry>| e.map_or(Lsn(u64::MAX), |e| e.switchpoint);
+                return sw(x).min(sw(y));
+            }
+        }
+    }
+    a.last().map_or(Lsn(0), |e| e.switchpoint)
 }
 
 /// Bytes of flushed WAL not yet in the archive.
@@ -1117,6 +1242,7 @@ async fn cleanup_snapshots(ctx: &Arc<Ctx>, name: &str, keep_from: Option<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lsn::WAL_PAGE_SIZE;
     use crate::store::StoreOptions;
     use crate::wal::page::build::pages;
 
@@ -1228,6 +1354,97 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(count_left(), 0, "superseded snapshots left behind");
+    }
+
+    #[test]
+    fn histories_part_at_the_first_difference() {
+        let h = |v: &[(u32, u64)]| -> Vec<HistoryEntry> {
+            v.iter()
+                .map(|&(t, l)| HistoryEntry {
+                    parent_tli: t,
+                    switchpoint: Lsn(l),
+                    reason: String::new(),
+                })
+                .collect()
+        };
+        // timeline 2 forked from 1 at 0x300
+        assert_eq!(fork_point(&[], &h(&[(1, 0x300)])), Lsn(0x300));
+        // 2 forked from 1 at 0x500, 3 from 1 at 0x300: they share WAL up to 0x300
+        assert_eq!(fork_point(&h(&[(1, 0x500)]), &h(&[(1, 0x300)])), Lsn(0x300));
+        // 3 forked from 2 at 0x700, 2 from 1 at 0x500: following 2 -> 3 parts at 0x700
+        assert_eq!(
+            fork_point(&h(&[(1, 0x500)]), &h(&[(1, 0x500), (2, 0x700)])),
+            Lsn(0x700)
+        );
+    }
+
+    /// walrelay archived timeline 1 past the point where timeline 2 forked: archived_lsn
+    /// drops to the fork point on timeline 2 (it stayed above it, so `ack = "archive"` could
+    /// acknowledge timeline-2 WAL that was not archived), and moves on only as timeline 2's
+    /// own segments are archived.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn archived_lsn_is_capped_at_the_fork_point_of_a_new_timeline() {
+        let data = tempfile::tempdir().unwrap();
+        let arch = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", arch.path().display());
+        let store = Store::start(data.path(), StoreOptions::default()).unwrap();
+        store.open(SYSID, SEG, "15.0").await.unwrap();
+        store.begin(1, Lsn(SEG)).await.unwrap();
+        let wal = pages(SEG, 5 * 128, SEG, SYSID, 1);
+        store.write(Lsn(SEG), Bytes::from(wal)).await.unwrap();
+        store.flush().await.unwrap();
+        let mut st = settings(data.path(), &url);
+        st.config.keep_local_size = 64 * SEG;
+        let (_stop_tx, stop) = watch::channel(false);
+        let h = Archiver::start(st, &store, stop).unwrap().unwrap();
+        let mut rx = h.archived_lsn.clone();
+        wait_lsn(&mut rx, Lsn(6 * SEG)).await;
+        // timeline 2 forks inside segment 2
+        let fork = Lsn(2 * SEG + 4 * WAL_PAGE_SIZE);
+        store
+            .write_history(
+                2,
+                Bytes::from(format!("1\t{fork}\tno recovery target specified\n")),
+            )
+            .await
+            .unwrap();
+        store.begin(2, fork).await.unwrap();
+        let tail = pages(fork.0, 8, SEG, SYSID, 2);
+        let end2 = Lsn(fork.0 + tail.len() as u64);
+        store.write(fork, Bytes::from(tail)).await.unwrap();
+        store.flush().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|l| *l <= end2))
+            .await
+            .expect("archived_lsn stayed above timeline 2's WAL")
+            .unwrap();
+        // timeline 2 fills segments 2 and 3: archived_lsn follows its own segments
+        let more = pages(end2.0, 2 * 128 - 12, SEG, SYSID, 2);
+        store.write(end2, Bytes::from(more)).await.unwrap();
+        store.flush().await.unwrap();
+        wait_lsn(&mut rx, Lsn(4 * SEG)).await;
+        let root = arch.path().join(SYSID.to_string());
+        for n in 2..=3 {
+            let name = segment_file_name(2, n, SEG);
+            assert!(root.join("manifest").join(format!("{name}.json")).is_file());
+        }
+        let state: State =
+            serde_json::from_slice(&std::fs::read(data.path().join(STATE_FILE)).unwrap()).unwrap();
+        assert_eq!(state.timeline, Some(2));
+    }
+
+    /// A state file that cannot be read stops the archiver's start with the way out.
+    #[tokio::test]
+    async fn corrupt_state_file_is_refused() {
+        let data = tempfile::tempdir().unwrap();
+        let store = Store::start(data.path(), StoreOptions::default()).unwrap();
+        std::fs::write(data.path().join(STATE_FILE), b"{\"system_id\": ").unwrap();
+        let (_stop_tx, stop) = watch::channel(false);
+        let url = format!("file://{}", data.path().join("a").display());
+        let e = Archiver::start(settings(data.path(), &url), &store, stop)
+            .err()
+            .expect("a corrupt state file was accepted");
+        let m = e.to_string();
+        assert!(m.contains(STATE_FILE) && m.contains("remove it"), "{m}");
     }
 
     /// Files are read into pooled buffers, hashed as read, and the buffers come back; a

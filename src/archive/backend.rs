@@ -104,10 +104,10 @@ pub fn open(url: &str, cfg: &ArchiveConfig) -> Result<Backend, ArchiveError> {
                     "archive URL \"{url}\": a file:// URL needs an absolute path (file:///dir)"
                 )));
             }
-            std::fs::create_dir_all(path).map_err(ArchiveError::io("create directory", path))?;
-            let fs = object_store::local::LocalFileSystem::new_with_prefix(path)
-                .map_err(ArchiveError::store("open", &ObjPath::from(rest)))?
-                .with_automatic_cleanup(true);
+            // object_store's LocalFileSystem never fsyncs: DurableFs does before a write
+            // succeeds (an archived object must survive a power loss).
+            let fs = super::durable_fs::DurableFs::new(path)
+                .map_err(ArchiveError::io("open archive directory", path))?;
             Ok(Backend {
                 store: Arc::new(fs),
                 prefix: ObjPath::default(),

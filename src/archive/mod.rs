@@ -1,6 +1,7 @@
 //! Archiving WAL to object storage, and reading it back.
 //!
-//! Owns: the object-store side of walrelay: opening a store from a URL ([`backend`]), the
+//! Owns: the object-store side of walrelay: opening a store from a URL ([`backend`]; the
+//! `file://` archive fsyncs before a write succeeds, [`durable_fs`]), the
 //! object layout and per-object manifests ([`layout`]), create-if-absent uploads with retries
 //! ([`upload`]), the background uploader that publishes `archived_lsn` ([`archiver`]), the
 //! reader with read-ahead that walsenders and `wal-fetch` use ([`reader`], [`fetch`]), the
@@ -16,6 +17,7 @@ pub mod backend;
 pub mod bench;
 pub mod buffers;
 pub mod cli;
+pub mod durable_fs;
 pub mod fetch;
 pub mod layout;
 pub mod reader;

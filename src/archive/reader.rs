@@ -4,7 +4,9 @@
 //! prefix holds exactly one), fetching segments (either compression), history files and the
 //! newest snapshot of a segment, and a small read-ahead cache: fetching segment N starts
 //! fetching N+1..N+`prefetch` of the same timeline in the background, so that a standby
-//! reading sequentially waits for one round trip only at the start.
+//! reading sequentially waits for one round trip only at the start. A read-ahead download
+//! is a task of its own that is aborted when its cache entry goes (evicted, passed by its
+//! reader, or taken by a reader that then gives up): churn cannot pile up downloads.
 //!
 //! For the walsender: [`ArchiveReader::fetch_segment`] returns the whole segment
 //! (decompressed, exactly `wal_segment_size` bytes) or `None` if the archive does not have it.
@@ -14,6 +16,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+#[cfg(test)]
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -29,6 +33,18 @@ use crate::lsn::{segment_file_name, TimelineId};
 
 type Prefetch = Shared<BoxFuture<'static, Result<Option<Bytes>, ()>>>;
 
+/// A read-ahead download; dropping it aborts the download task.
+struct Ahead {
+    fut: Prefetch,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A handle for reading one system's archive. Cheap to clone.
 #[derive(Clone)]
 pub struct ArchiveReader {
@@ -42,7 +58,7 @@ struct Inner {
     seg_size: u64,
     prefetch: usize,
     prefer: Compression,
-    cache: Mutex<BTreeMap<(TimelineId, u64), Prefetch>>,
+    cache: Mutex<BTreeMap<(TimelineId, u64), Ahead>>,
 }
 
 impl ArchiveReader {
@@ -139,8 +155,8 @@ impl ArchiveReader {
             cache.remove(&(tli, segno))
         };
         self.read_ahead(tli, segno);
-        if let Some(f) = cached {
-            if let Ok(Some(b)) = f.await {
+        if let Some(a) = cached {
+            if let Ok(Some(b)) = a.fut.clone().await {
                 return Ok(Some(b));
             }
             // not there yet when prefetched, or failed: ask again for a fresh answer
@@ -171,13 +187,20 @@ impl ArchiveReader {
             }
             let inner = self.inner.clone();
             let task = tokio::spawn(async move { inner.fetch_segment_now(tli, n).await });
+            let abort = task.abort_handle();
             let fut: BoxFuture<'static, Result<Option<Bytes>, ()>> = Box::pin(async move {
                 match task.await {
                     Ok(Ok(v)) => Ok(v),
                     _ => Err(()),
                 }
             });
-            cache.insert((tli, n), fut.shared());
+            cache.insert(
+                (tli, n),
+                Ahead {
+                    fut: fut.shared(),
+                    task: abort,
+                },
+            );
         }
         // bound memory: drop the farthest entries of other readers first
         while cache.len() > self.inner.prefetch.saturating_mul(4).max(8) {
@@ -359,5 +382,125 @@ pub async fn detect_system(backend: &Backend) -> Result<u64, ArchiveError> {
             many.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
         )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use futures::stream::BoxStream;
+    use object_store::memory::InMemory;
+    use object_store::{
+        GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, PutMultipartOptions,
+        PutOptions, PutPayload, PutResult, Result as OsResult,
+    };
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An archive whose WAL downloads never finish, counting those in progress (a download
+    /// stops counting when its future is dropped, as when its task is aborted).
+    #[derive(Debug)]
+    struct Stuck {
+        inner: InMemory,
+        live: Arc<AtomicUsize>,
+    }
+
+    impl std::fmt::Display for Stuck {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Stuck")
+        }
+    }
+
+    struct Live(Arc<AtomicUsize>);
+    impl Drop for Live {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for Stuck {
+        async fn put_opts(&self, l: &ObjPath, p: PutPayload, o: PutOptions) -> OsResult<PutResult> {
+            self.inner.put_opts(l, p, o).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            l: &ObjPath,
+            o: PutMultipartOptions,
+        ) -> OsResult<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(l, o).await
+        }
+        async fn get_opts(&self, l: &ObjPath, o: GetOptions) -> OsResult<GetResult> {
+            if l.as_ref().contains("/wal/") {
+                self.live.fetch_add(1, Ordering::SeqCst);
+                let _g = Live(self.live.clone());
+                std::future::pending::<()>().await;
+            }
+            self.inner.get_opts(l, o).await
+        }
+        async fn delete(&self, l: &ObjPath) -> OsResult<()> {
+            self.inner.delete(l).await
+        }
+        fn list(&self, p: Option<&ObjPath>) -> BoxStream<'static, OsResult<ObjectMeta>> {
+            self.inner.list(p)
+        }
+        async fn list_with_delimiter(&self, p: Option<&ObjPath>) -> OsResult<ListResult> {
+            self.inner.list_with_delimiter(p).await
+        }
+        async fn copy(&self, a: &ObjPath, b: &ObjPath) -> OsResult<()> {
+            self.inner.copy(a, b).await
+        }
+        async fn copy_if_not_exists(&self, a: &ObjPath, b: &ObjPath) -> OsResult<()> {
+            self.inner.copy_if_not_exists(a, b).await
+        }
+    }
+
+    /// Readers that come and go on many timelines: the read-ahead downloads of evicted cache
+    /// entries are aborted, so downloads in progress stay bounded by the cache size (they
+    /// piled up, one 16 MB download per eviction).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn evicted_read_ahead_is_cancelled() {
+        const SYSID: u64 = 7_000_000_000_000_000_042;
+        let live = Arc::new(AtomicUsize::new(0));
+        let store = Arc::new(Stuck {
+            inner: InMemory::new(),
+            live: live.clone(),
+        });
+        let layout = Layout::new(&ObjPath::default(), SYSID);
+        store
+            .put(
+                &layout.identity(),
+                PutPayload::from(Identity::new(SYSID, 1 << 24).encode()),
+            )
+            .await
+            .unwrap();
+        let backend = Backend {
+            store: store.clone(),
+            prefix: ObjPath::default(),
+            url: "memory:///".into(),
+            scheme: "memory",
+        };
+        let reader = ArchiveReader::open_backend(backend, Some(SYSID), 2, Compression::Zstd)
+            .await
+            .unwrap();
+        for tli in 1..=20u32 {
+            let r = reader.clone();
+            let t = tokio::spawn(async move { r.fetch_segment(tli, 1).await });
+            // the reader gives up (its standby went away)
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            t.abort();
+            let _ = t.await;
+        }
+        let cached = reader.inner.cache.lock().unwrap().len();
+        assert!(cached <= 8, "{cached} entries cached");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while live.load(Ordering::SeqCst) > cached && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            live.load(Ordering::SeqCst) <= cached,
+            "{} downloads still running for {cached} cache entries",
+            live.load(Ordering::SeqCst)
+        );
     }
 }

@@ -3,9 +3,13 @@
 //!
 //! Owns: matching a walsender session to a `[[feed]]` (by `application_name`, and slot and
 //! user when the rule names them; first match wins), each feed's persisted state
-//! (`delay/feeds.json` in the data directory: hold, acknowledged tripwires, last position) so a
-//! restart keeps holds, the tripwire log line and metric, and the retention floor
-//! [`FeedController::min_needed_lsn`]. Sessions call [`FeedSession::limit`] each time they
+//! (`delay/feeds.json` in the data directory: hold, acknowledged tripwires, an index-gap
+//! hold, last position; written by a [`StateFile`] writer thread) so a restart keeps holds —
+//! a `feeds.json` that cannot be read stops start-up instead of silently dropping them —,
+//! the tripwire log line and metric, index gaps (WAL the indexer could not decode holds
+//! every delayed feed before it until an operator resumes or advances it), and the
+//! retention floor [`FeedController::min_needed_lsn`] (delayed feeds' positions and the
+//! indexer's position: WAL not yet indexed is never removed). Sessions call [`FeedSession::limit`] each time they
 //! look for WAL to send and wait on [`FeedSession::changed`] besides their other events;
 //! the cap comes from [`super::policy::decide`].
 //!
@@ -21,11 +25,13 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::config::{FeedConfig, FeedsConfig};
-use crate::lsn::{pg_now, Lsn};
+use crate::lsn::{pg_now, Lsn, WAL_PAGE_SIZE};
+use crate::statefile::{StateFile, Ticket};
 use crate::store::Positions;
 
 use super::index::{CommitIndex, Coverage, EntryKind};
 use super::policy::{decide, Decision, FeedRule, FeedView, Hold, Reason};
+use super::state::{load_state, FeedState};
 use super::time::format_pg_time;
 use super::DelayError;
 
@@ -74,54 +80,6 @@ impl AdvanceTarget {
     }
 }
 
-/// Persisted per-feed state.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct FeedState {
-    hold: Option<Hold>,
-    tripwire_acked: Lsn,
-    /// Last position a session of this feed reported (what it has been sent).
-    position: Lsn,
-}
-
-impl FeedState {
-    fn to_json(&self) -> Value {
-        let hold = match &self.hold {
-            None => Value::Null,
-            Some(Hold::Paused { at }) => json!({"kind": "paused", "at": at.to_string()}),
-            Some(Hold::Advanced { to, target }) => {
-                json!({"kind": "advanced", "to": to.to_string(), "target": target})
-            }
-        };
-        json!({
-            "hold": hold,
-            "tripwire_acked": self.tripwire_acked.to_string(),
-            "position": self.position.to_string(),
-        })
-    }
-
-    fn from_json(v: &Value) -> Option<FeedState> {
-        let lsn = |v: &Value| v.as_str().and_then(|s| s.parse::<Lsn>().ok());
-        let hold = match v.get("hold") {
-            None | Some(Value::Null) => None,
-            Some(h) => match h.get("kind")?.as_str()? {
-                "paused" => Some(Hold::Paused {
-                    at: lsn(h.get("at")?)?,
-                }),
-                "advanced" => Some(Hold::Advanced {
-                    to: lsn(h.get("to")?)?,
-                    target: h.get("target")?.as_str()?.to_string(),
-                }),
-                _ => return None,
-            },
-        };
-        Some(FeedState {
-            hold,
-            tripwire_acked: lsn(v.get("tripwire_acked")?)?,
-            position: lsn(v.get("position")?)?,
-        })
-    }
-}
-
 #[derive(Debug, Default)]
 struct Runtime {
     sessions: usize,
@@ -140,6 +98,7 @@ pub struct FeedController {
     index: CommitIndex,
     feeds: Vec<Feed>,
     state_path: PathBuf,
+    file: StateFile,
     state: Mutex<BTreeMap<String, FeedState>>,
     dirty: AtomicBool,
     control_tx: watch::Sender<u64>,
@@ -161,32 +120,13 @@ impl FeedController {
         positions: watch::Receiver<Positions>,
     ) -> Result<Arc<FeedController>, DelayError> {
         let state_path = data_dir.join("delay").join("feeds.json");
-        let mut state = BTreeMap::new();
-        match std::fs::read(&state_path) {
-            Ok(b) => {
-                let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
-                if let Some(m) = v.get("feeds").and_then(Value::as_object) {
-                    for (k, s) in m {
-                        match FeedState::from_json(s) {
-                            Some(st) => {
-                                state.insert(k.clone(), st);
-                            }
-                            None => tracing::warn!(
-                                "ignoring unreadable saved state of feed \"{k}\" in {}",
-                                state_path.display()
-                            ),
-                        }
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(DelayError::Io {
-                    op: "read",
-                    path: state_path,
-                    source,
-                })
-            }
+        let state = load_state(&state_path)?;
+        if let Some(dir) = state_path.parent() {
+            crate::store::fsutil::ensure_dir(dir).map_err(|source| DelayError::Io {
+                op: "create directory",
+                path: dir.to_path_buf(),
+                source,
+            })?;
         }
         let feeds = feeds
             .iter()
@@ -204,6 +144,7 @@ impl FeedController {
         let ctl = Arc::new(FeedController {
             index,
             feeds,
+            file: StateFile::new(&state_path),
             state_path,
             state: Mutex::new(state),
             dirty: AtomicBool::new(false),
@@ -213,11 +154,19 @@ impl FeedController {
         });
         ctl.update_min_needed();
         for f in &ctl.feeds {
-            if let Some(h) = &ctl.state_of(&f.cfg.name).hold {
+            let st = ctl.state_of(&f.cfg.name);
+            if let Some(h) = &st.hold {
                 tracing::info!(
                     "feed \"{}\" keeps its saved hold: {}",
                     f.cfg.name,
                     hold_text(h)
+                );
+            }
+            if let Some((from, to)) = st.gap {
+                tracing::warn!(
+                    "feed \"{}\" is still held at {from} before a gap in the commit index ({from} to {to}); `walrelay feed resume {}` or `walrelay feed advance` lets it go on",
+                    f.cfg.name,
+                    f.cfg.name
                 );
             }
         }
@@ -289,6 +238,7 @@ impl FeedController {
                 hold: st.hold.as_ref(),
                 tripwire_acked: st.tripwire_acked,
                 sent,
+                gap: st.gap,
             },
             flush,
             now,
@@ -302,54 +252,66 @@ impl FeedController {
         self.positions.borrow().flush_lsn
     }
 
-    fn save(&self) -> Result<(), DelayError> {
-        let doc = {
-            let g = lock(&self.state);
-            let m: serde_json::Map<String, Value> =
-                g.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
-            json!({ "feeds": m })
-        };
-        let mut body = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+    /// Hands a snapshot of every feed's state to the writer thread (no IO here; the
+    /// snapshot is taken and submitted under the state lock, so writes keep their order).
+    fn submit(&self) -> Ticket {
+        let g = lock(&self.state);
+        let m: serde_json::Map<String, Value> =
+            g.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+        let mut body = serde_json::to_vec_pretty(&json!({ "feeds": m })).unwrap_or_default();
         body.push(b'\n');
-        if let Some(dir) = self.state_path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| DelayError::Io {
-                op: "create directory",
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
-        crate::store::fsutil::write_atomic(&self.state_path, &body).map_err(|source| {
-            DelayError::Io {
-                op: "write",
-                path: self.state_path.clone(),
-                source,
-            }
-        })?;
         self.dirty.store(false, Ordering::Relaxed);
-        Ok(())
+        self.file.submit(body)
+    }
+
+    /// Saves and waits until `feeds.json` is durable (operator actions: a hold is only
+    /// reported once it survives a crash). The fsync runs on the writer thread; waiting for
+    /// it on a runtime worker goes through `block_in_place`, so the worker's other tasks
+    /// move on meanwhile.
+    fn save(&self) -> Result<(), DelayError> {
+        let ticket = self.submit();
+        let wait = move || ticket.wait_blocking();
+        let r = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        };
+        r.map_err(|source| DelayError::Io {
+            op: "write",
+            path: self.state_path.clone(),
+            source,
+        })
     }
 
     /// Saves positions if they moved (called periodically) and refreshes
     /// [`FeedController::min_needed_lsn`].
+    /// Never blocks: the write happens on the state writer thread.
     pub fn persist_if_dirty(&self) {
-        if self.dirty.load(Ordering::Relaxed) {
-            if let Err(e) = self.save() {
-                tracing::error!("{e}");
-            }
+        if self.dirty.load(Ordering::Relaxed) || self.file.last_error().is_some() {
+            self.submit();
         }
         self.update_min_needed();
     }
 
-    fn update_min_needed(&self) {
+    /// Recomputes [`FeedController::min_needed_lsn`]: the oldest position of a delayed or
+    /// held feed, and the indexer's position (WAL not yet indexed must stay until it is).
+    pub fn update_min_needed(&self) {
+        let indexed = self.index.coverage_now().upto;
         let g = lock(&self.state);
-        let min = self
+        let feeds = self
             .feeds
             .iter()
-            .filter(|f| f.rule.delay_us > 0 || g.get(&f.cfg.name).is_some_and(|s| s.hold.is_some()))
+            .filter(|f| {
+                f.rule.delay_us > 0
+                    || g.get(&f.cfg.name)
+                        .is_some_and(|s| s.hold.is_some() || s.gap.is_some())
+            })
             .filter_map(|f| g.get(&f.cfg.name).map(|s| s.position))
             .filter(|p| p.is_valid())
             .min();
         drop(g);
+        let min = Some(feeds.map_or(indexed, |p| p.min(indexed)));
         self.min_needed_tx.send_if_modified(|v| {
             if *v != min {
                 *v = min;
@@ -390,6 +352,7 @@ impl FeedController {
         let now = pg_now();
         let mut st = self.state_of(name);
         st.hold = None;
+        let gap = st.gap.take();
         // Acknowledge the tripwires the feed stands at (or inside of): the operator has seen
         // them. Tripwires further ahead still hold.
         for _ in 0..1000 {
@@ -405,7 +368,12 @@ impl FeedController {
         lock(&self.state).insert(name.to_string(), st);
         self.save()?;
         self.changed_control();
-        tracing::info!("feed \"{name}\" resumed");
+        match gap {
+            Some((from, to)) => tracing::warn!(
+                "feed \"{name}\" resumed past the gap in the commit index ({from} to {to}): transactions there are sent without delay or tripwire"
+            ),
+            None => tracing::info!("feed \"{name}\" resumed"),
+        }
         Ok(self.feed_json(f, now))
     }
 
@@ -471,8 +439,9 @@ impl FeedController {
                 st.position
             )));
         }
-        // Tripwires before the target are the operator's decision now.
+        // Tripwires before the target, and an index gap, are the operator's decision now.
         st.tripwire_acked = st.tripwire_acked.max(Lsn(to.0.saturating_sub(1)));
+        st.gap = None;
         st.hold = Some(Hold::Advanced {
             to,
             target: text.clone(),
@@ -482,6 +451,38 @@ impl FeedController {
         self.changed_control();
         tracing::info!("feed \"{name}\" advanced to {to} ({text}) and held there");
         Ok(self.feed_json(f, pg_now()))
+    }
+
+    /// Called by the indexer when it could not index `[from, to)` (a decoding error, or the
+    /// WAL was gone): every delayed feed that has not passed `to` is held at `from` until an
+    /// operator resumes or advances it. The returned ticket resolves once that hold is
+    /// durable; the indexer waits for it before it indexes past the gap, so a crash cannot
+    /// forget it.
+    pub fn on_index_gap(&self, from: Lsn, to: Lsn) -> Ticket {
+        let mut held = Vec::new();
+        {
+            let mut g = lock(&self.state);
+            for f in self.feeds.iter().filter(|f| f.rule.delay_us > 0) {
+                let st = g.entry(f.cfg.name.clone()).or_default();
+                if st.position >= to {
+                    continue;
+                }
+                st.gap = Some(match st.gap {
+                    Some((a, b)) => (a.min(from), b.max(to)),
+                    None => (from, to),
+                });
+                held.push(f.cfg.name.clone());
+            }
+        }
+        for name in &held {
+            tracing::error!(
+                "commit index gap: WAL from {from} to {to} could not be indexed, so its commits can be neither delayed nor checked by the tripwire; feed \"{name}\" is held at {from} until `walrelay feed resume {name}` (send it on without delay) or `walrelay feed advance {name}`"
+            );
+            metrics::counter!(super::INDEX_GAP_TOTAL, "feed" => name.clone()).increment(1);
+        }
+        let ticket = self.submit();
+        self.changed_control();
+        ticket
     }
 
     /// Called by the indexer with newly indexed entries: the tripwire's log line and metric.
@@ -529,12 +530,20 @@ impl FeedController {
             }),
             _ => Value::Null,
         };
+        // Where the feed stops (not the commit's LSN: the tripwire stops before the
+        // transaction's first record), as the standby's pg_last_wal_replay_lsn() reports it
+        // once it replayed everything sent.
+        let seg_size = self.positions.borrow().wal_segment_size;
         let held_at = match (&d.reason, &st.hold) {
-            (Reason::Tripwire { entry }, _) => Some(entry.lsn),
+            (Reason::Tripwire { .. } | Reason::IndexGap { .. }, _) => Some(d.cap),
             (_, Some(Hold::Paused { at })) => Some(*at),
             (_, Some(Hold::Advanced { to, .. })) => Some(*to),
             _ => None,
-        };
+        }
+        .map(|l| replay_point(l, seg_size));
+        let gap = st
+            .gap
+            .map(|(from, to)| json!({"from": from.to_string(), "to": to.to_string()}));
         json!({
             "name": f.cfg.name,
             "application_name": f.cfg.app_name(),
@@ -547,11 +556,13 @@ impl FeedController {
             "position": st.position.to_string(),
             "send_limit": d.cap.to_string(),
             "state": match (&st.hold, &d.reason) {
+                (_, Reason::IndexGap { .. }) => "index_gap",
                 (Some(Hold::Paused { .. }), _) => "paused",
                 (_, r) => r.name(),
             },
             "hold": st.hold.as_ref().map(hold_text),
             "held_at": held_at.map(|l| l.to_string()),
+            "index_gap": gap,
             "waiting_commit": waiting,
         })
     }
@@ -574,6 +585,24 @@ impl FeedController {
     pub fn show(&self, name: &str) -> Result<Value, DelayError> {
         let (_, f) = self.feed(name)?;
         Ok(self.feed_json(f, pg_now()))
+    }
+}
+
+/// The position a standby's replay reports after replaying everything before `lsn`, a
+/// record start: the end of the previous record, which is the page boundary when `lsn` is
+/// the first record after a page header (`EndRecPtr` does not include the next page's
+/// header).
+pub fn replay_point(lsn: Lsn, seg_size: u64) -> Lsn {
+    let off = lsn.0 % WAL_PAGE_SIZE;
+    let header = if seg_size != 0 && lsn.0 % seg_size == off {
+        crate::wal::page::LONG_HEADER_LEN as u64
+    } else {
+        crate::wal::page::SHORT_HEADER_LEN as u64
+    };
+    if off == header {
+        Lsn(lsn.0 - off)
+    } else {
+        lsn
     }
 }
 
@@ -775,6 +804,137 @@ mod tests {
         assert_eq!(v["feeds"][0]["held_at"], "0/15E");
         assert_eq!(v["feeds"][1]["state"], "paused");
         assert_eq!(*ctl2.min_needed_lsn().borrow(), Some(Lsn(350)));
+    }
+
+    fn controller(dir: &Path, ix: &CommitIndex, flush: u64) -> Arc<FeedController> {
+        let (_ptx, prx) = watch::channel(Positions {
+            flush_lsn: Lsn(flush),
+            wal_segment_size: 16 << 20,
+            ..Default::default()
+        });
+        FeedController::new(
+            &[cfg("lag", 10)],
+            &FeedsConfig::default(),
+            dir,
+            ix.clone(),
+            prx,
+        )
+        .unwrap()
+    }
+
+    /// A corrupt feeds.json is an error naming the file, the problem and the way out; it was
+    /// silently ignored (and with it every hold).
+    #[test]
+    fn corrupt_state_file_is_refused_with_recovery_advice() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("delay")).unwrap();
+        let path = d.path().join("delay").join("feeds.json");
+        let (_ptx, prx) = watch::channel(Positions::default());
+        for body in [
+            &b"{\"feeds\": {\"lag\": {\"hold\": {\"kind\": \"paused\", \"at\": \"0/1"[..],
+            b"{\"feeds\": {\"lag\": {\"hold\": null, \"tripwire_acked\": \"x\", \"position\": \"0/0\"}}}",
+            b"[]",
+        ] {
+            std::fs::write(&path, body).unwrap();
+            let e = FeedController::new(
+                &[cfg("lag", 10)],
+                &FeedsConfig::default(),
+                d.path(),
+                CommitIndex::new(),
+                prx.clone(),
+            )
+            .err()
+            .expect("a corrupt feeds.json was accepted");
+            let m = e.to_string();
+            assert!(m.contains(&path.display().to_string()), "{m}");
+            assert!(m.contains("Restore it from a backup, or remove it"), "{m}");
+            assert!(m.contains("pauses, advances"), "{m}");
+        }
+    }
+
+    /// "held at" of a tripwire hold is where the feed stops (the transaction's first record),
+    /// not the commit; at a page's first record it is the page boundary, which is what the
+    /// standby's replay position reports.
+    #[test]
+    fn tripwire_held_at_is_where_the_feed_stops() {
+        let d = tempfile::tempdir().unwrap();
+        let ix = CommitIndex::new();
+        let mut drop = commit(0x2000, pg_now() - 100_000_000, 701, true);
+        drop.first = Lsn(0x1800);
+        ix.push([drop]);
+        ix.set_coverage(Lsn(0), Lsn(0x3000));
+        let ctl = controller(d.path(), &ix, 0x3000);
+        let s = ctl.attach("lag", None, "u").unwrap();
+        assert_eq!(s.limit(Lsn(0x100), Lsn(0x3000)).0, Lsn(0x1800));
+        let f = ctl.show("lag").unwrap();
+        assert_eq!(f["state"], "tripwire");
+        assert_eq!(f["held_at"], "0/1800");
+        assert_eq!(f["waiting_commit"]["lsn"], "0/2000");
+        assert_eq!(replay_point(Lsn(8192 + 24), 16 << 20), Lsn(8192));
+        assert_eq!(replay_point(Lsn((16 << 20) + 40), 16 << 20), Lsn(16 << 20));
+        assert_eq!(replay_point(Lsn(8192 + 32), 16 << 20), Lsn(8192 + 32));
+    }
+
+    /// An index gap holds the delayed feed at its start, survives a restart, and only an
+    /// operator (resume) lets the feed through; the indexer's position is the retention floor.
+    #[tokio::test]
+    async fn index_gap_holds_until_resumed_and_survives_restart() {
+        let d = tempfile::tempdir().unwrap();
+        let ix = CommitIndex::new();
+        ix.set_coverage(Lsn(0), Lsn(0x5000));
+        let ctl = controller(d.path(), &ix, 0x9000);
+        let s = ctl.attach("lag", None, "u").unwrap();
+        assert_eq!(s.limit(Lsn(0x1000), Lsn(0x9000)).0, Lsn(0x5000));
+        ctl.persist_if_dirty();
+        assert_eq!(*ctl.min_needed_lsn().borrow(), Some(Lsn(0x1000)));
+        ctl.on_index_gap(Lsn(0x5000), Lsn(0x8000))
+            .wait()
+            .await
+            .unwrap();
+        ix.set_coverage(Lsn(0), Lsn(0x9000));
+        assert_eq!(s.limit(Lsn(0x1000), Lsn(0x9000)).0, Lsn(0x5000));
+        let f = ctl.show("lag").unwrap();
+        assert_eq!(f["state"], "index_gap", "{f}");
+        assert_eq!(f["held_at"], "0/5000");
+        assert_eq!(f["index_gap"]["to"], "0/8000");
+        drop(s);
+        let ctl = tokio::task::spawn_blocking({
+            let (dir, ix) = (d.path().to_path_buf(), ix.clone());
+            move || {
+                let ctl = controller(&dir, &ix, 0x9000);
+                assert_eq!(ctl.show("lag").unwrap()["state"], "index_gap");
+                ctl.resume("lag").unwrap();
+                ctl
+            }
+        })
+        .await
+        .unwrap();
+        let s = ctl.attach("lag", None, "u").unwrap();
+        assert_eq!(s.limit(Lsn(0x1000), Lsn(0x9000)).0, Lsn(0x9000));
+        // the floor: the indexer's position when no feed is further behind
+        s.limit(Lsn(0x9000), Lsn(0x9000));
+        ix.set_coverage(Lsn(0), Lsn(0x7000));
+        ctl.persist_if_dirty();
+        assert_eq!(*ctl.min_needed_lsn().borrow(), Some(Lsn(0x7000)));
+    }
+
+    /// Operator actions called on a runtime worker (the admin routes) wait for the durable
+    /// write without blocking the runtime: other tasks keep running meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn operator_actions_on_a_worker_are_durable() {
+        let d = tempfile::tempdir().unwrap();
+        let ix = CommitIndex::new();
+        ix.set_coverage(Lsn(0), Lsn(0x5000));
+        let ctl = controller(d.path(), &ix, 0x5000);
+        let ticker = tokio::spawn(async {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        ctl.pause("lag").unwrap();
+        let saved = std::fs::read_to_string(d.path().join("delay").join("feeds.json")).unwrap();
+        assert!(saved.contains("\"paused\""), "{saved}");
+        ticker.await.unwrap();
     }
 
     #[test]

@@ -506,13 +506,18 @@ impl IndexFile {
         self.file.sync_data()
     }
 
-    /// Replaces the file with exactly `entries` (temp file, fsync, rename).
+    /// Another handle on the open file (to fsync it on a blocking thread).
+    pub fn clone_handle(&self) -> io::Result<File> {
+        self.file.try_clone()
+    }
+
+    /// Replaces the file with exactly `entries` ([`crate::statefile::write_atomic`]).
     pub fn rewrite(&mut self, entries: &[IndexEntry]) -> io::Result<()> {
         let mut buf = Vec::with_capacity(entries.len() * 48);
         for e in entries {
             e.encode(&mut buf);
         }
-        crate::store::fsutil::write_atomic(&self.path, &buf)?;
+        crate::statefile::write_atomic(&self.path, &buf)?;
         self.file = OpenOptions::new()
             .read(true)
             .append(true)

@@ -7,6 +7,12 @@
 //! coverage watch (feeds never send past what is indexed), pruning, and timeline switches
 //! (entries past the switch point are dropped). Wakes on `positions.changed()`; no polling.
 //!
+//! Fails closed: WAL it cannot index (a decoding error, a segment gone before it was read)
+//! is a gap; every delayed feed is held before it ([`FeedController::on_index_gap`]) and the
+//! hold is durable before the indexer moves past it. Its position is part of the retention
+//! floor ([`FeedController::min_needed_lsn`]), so retention does not remove WAL before it is
+//! indexed.
+//!
 //! Must not: write WAL or decide what feeds send.
 
 use std::path::PathBuf;
@@ -109,6 +115,13 @@ pub async fn run(
     if start > flush {
         start = flush.segment_start(seg_size);
     }
+    // WAL between the last saved entry and the oldest local segment is gone unindexed.
+    let missed = index.last().map(|e| e.end).filter(|&end| {
+        end < start
+            && index
+                .last()
+                .is_some_and(|e| e.lsn.segment_start(seg_size) < start)
+    });
     tracing::info!(
         "commit index: {} entries loaded; indexing WAL from {start} on timeline {tli}",
         index.len()
@@ -128,6 +141,18 @@ pub async fn run(
         firsts: segments::FirstSeen::default(),
     };
     r.index.set_coverage(r.from, r.last_end);
+    if let (Some(from), Some(feeds)) = (missed, &r.feeds) {
+        tracing::error!(
+            "commit index: the WAL from {from} to {start} was removed before it was indexed"
+        );
+        while let Err(e) = feeds.on_index_gap(from, start).wait().await {
+            tracing::error!("commit index: could not save the index-gap hold: {e}; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
     let mut last_prune = Instant::now() - PRUNE_EVERY;
     loop {
         if *shutdown.borrow() {
@@ -135,7 +160,7 @@ pub async fn run(
         }
         let p = positions.borrow_and_update().clone();
         if p.timeline != 0 && p.timeline != r.tli {
-            r.switch_timeline(p.timeline);
+            r.switch_timeline(p.timeline).await;
         }
         let target = p.flush_lsn;
         let mut progressed = false;
@@ -155,14 +180,23 @@ pub async fn run(
         }
         if progressed {
             if let Some(f) = &r.file {
-                if let Err(e) = f.sync() {
+                let res = match f.clone_handle() {
+                    Ok(f) => tokio::task::spawn_blocking(move || f.sync_data())
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = res {
                     tracing::error!("could not fsync the commit index: {e}");
                 }
+            }
+            if let Some(feeds) = &r.feeds {
+                feeds.update_min_needed();
             }
         }
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = Instant::now();
-            r.prune();
+            r.prune().await;
         }
         if r.dec.fed_end() < positions.borrow().flush_lsn {
             continue;
@@ -196,12 +230,10 @@ impl Run {
                     Ok(b) if !b.is_empty() => b,
                     Ok(_) => return Err(format!("no WAL at {at} in the segment files")),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        // Removed (retention) before it was indexed: skip the segment.
+                        // Gone before it was indexed: a gap up to the next segment.
                         let next = Lsn(at.segment_start(self.seg_size).0 + self.seg_size);
-                        tracing::warn!("commit index: {e}; skipping to {next}");
-                        self.restart_at(next);
-                        self.index.set_coverage(self.from, self.last_end);
-                        return Ok(());
+                        tracing::error!("commit index: {e}");
+                        return self.gap(self.last_end.min(at), next).await;
                     }
                     Err(e) => return Err(format!("reading WAL at {at}: {e}")),
                 }
@@ -211,6 +243,7 @@ impl Run {
             return Err(e.to_string());
         }
         let mut new: Vec<IndexEntry> = Vec::new();
+        let mut gap = None;
         while let Some(rec) = self.dec.next() {
             match rec {
                 Ok(rec) => {
@@ -223,16 +256,35 @@ impl Run {
                     let next =
                         Lsn(self.dec.position().segment_start(self.seg_size).0 + self.seg_size);
                     tracing::error!(
-                        "commit index: {e}; transactions up to {next} are not indexed (delayed feeds cannot hold them back)"
+                        "commit index: {e}; the WAL from {} to {next} cannot be indexed",
+                        self.last_end
                     );
                     metrics::counter!(crate::metrics::ERRORS, "kind" => "commit_index")
                         .increment(1);
-                    self.restart_at(next);
+                    gap = Some((self.last_end, next));
                     break;
                 }
             }
         }
         self.record(new);
+        self.index.set_coverage(self.from, self.last_end);
+        match gap {
+            Some((from, to)) => self.gap(from, to).await,
+            None => Ok(()),
+        }
+    }
+
+    /// `[from, to)` cannot be indexed: hold the delayed feeds before it (durably), then go on
+    /// at `to`. On error nothing moves: the step is retried and holds again.
+    async fn gap(&mut self, from: Lsn, to: Lsn) -> Result<(), String> {
+        if let Some(feeds) = &self.feeds {
+            feeds
+                .on_index_gap(from, to)
+                .wait()
+                .await
+                .map_err(|e| format!("could not save the index-gap hold: {e}"))?;
+        }
+        self.restart_at(to);
         self.index.set_coverage(self.from, self.last_end);
         Ok(())
     }
@@ -266,8 +318,11 @@ impl Run {
         metrics::gauge!(super::INDEX_ENTRIES).set(self.index.len() as f64);
     }
 
-    fn switch_timeline(&mut self, new_tli: TimelineId) {
-        let text = std::fs::read_to_string(self.opts.data_dir.join(history_file_name(new_tli)));
+    async fn switch_timeline(&mut self, new_tli: TimelineId) {
+        let path = self.opts.data_dir.join(history_file_name(new_tli));
+        let text = tokio::task::spawn_blocking(move || std::fs::read_to_string(path))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
         let sw = text
             .ok()
             .and_then(|t| history::parse_history(&t).ok())
@@ -280,7 +335,7 @@ impl Run {
                     "commit index: dropped {n} entries past the switch point {sw} of timeline {}",
                     self.tli
                 );
-                self.rewrite();
+                self.rewrite().await;
             }
             restart = restart.min(sw.segment_start(self.seg_size));
             self.last_end = self.last_end.min(sw);
@@ -292,18 +347,34 @@ impl Run {
         self.index.set_coverage(self.from, self.last_end);
     }
 
-    fn rewrite(&mut self) {
+    /// Rewrites the index file on a blocking thread (it fsyncs).
+    async fn rewrite(&mut self) {
         let all = self.index.snapshot();
-        if let Some(f) = self.file.as_mut() {
-            if let Err(e) = f.rewrite(&all) {
-                tracing::error!("could not rewrite the commit index: {e}");
+        let Some(mut f) = self.file.take() else {
+            return;
+        };
+        let r = tokio::task::spawn_blocking(move || {
+            let r = f.rewrite(&all);
+            (f, r)
+        })
+        .await;
+        match r {
+            Ok((f, res)) => {
+                if let Err(e) = res {
+                    tracing::error!("could not rewrite the commit index: {e}");
+                }
+                self.file = Some(f);
             }
+            Err(e) => tracing::error!("could not rewrite the commit index: {e}"),
         }
     }
 
-    fn prune(&mut self) {
-        let oldest = segments::oldest_segment(&self.opts.data_dir, self.seg_size)
+    async fn prune(&mut self) {
+        let (dir, seg) = (self.opts.data_dir.clone(), self.seg_size);
+        let oldest = tokio::task::spawn_blocking(move || segments::oldest_segment(&dir, seg))
+            .await
             .ok()
+            .and_then(Result::ok)
             .flatten()
             .unwrap_or(Lsn(0));
         let n = self.index.prune(oldest, self.opts.max_entries);
@@ -313,7 +384,7 @@ impl Run {
         }
         let in_file = self.file.as_ref().map_or(0, |f| f.entries_in_file);
         if in_file > 2 * self.index.len() + 10_000 {
-            self.rewrite();
+            self.rewrite().await;
         }
         metrics::gauge!(super::INDEX_ENTRIES).set(self.index.len() as f64);
     }

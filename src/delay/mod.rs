@@ -16,7 +16,8 @@
 //! | [`indexer`] | the task that follows the store's flush position and fills the index |
 //! | [`policy`] | pure: cap, reason and next wake-up of one feed |
 //! | [`api`] | admin routes, `walrelay feed` / `walrelay xacts` client side |
-//! | [`feeds`] | feed rules, sessions, pause/resume/advance, tripwire, persisted holds |
+//! | [`feeds`] | feed rules, sessions, pause/resume/advance, tripwire, index gaps |
+//! | [`state`] | the persisted feed state (`feeds.json`), read strictly |
 //! | [`segments`] | reading segment files, the offline scan behind `walrelay xacts -D` |
 //! | [`time`] | formatting/parsing `TimestampTz` |
 //!
@@ -28,6 +29,7 @@ pub mod index;
 pub mod indexer;
 pub mod policy;
 pub mod segments;
+pub mod state;
 pub mod time;
 
 pub use feeds::{AdvanceTarget, FeedController, FeedSession};
@@ -35,6 +37,8 @@ pub use index::{CommitIndex, EntryKind, IndexEntry};
 
 /// Metric: tripwire holds, labelled by feed.
 pub const TRIPWIRE_TOTAL: &str = "walrelay_feed_tripwire_total";
+/// Metric: index gaps that hold a feed, labelled by feed.
+pub const INDEX_GAP_TOTAL: &str = "walrelay_feed_index_gap_total";
 /// Metric: the LSN a feed may send up to (bytes).
 pub const FEED_CAP_LSN: &str = "walrelay_feed_send_limit_bytes";
 /// Metric: entries in the commit index.
@@ -47,6 +51,9 @@ pub enum DelayError {
     NoSuchFeed(String),
     #[error("{0}")]
     Target(String),
+    /// A state file that cannot be used (the message says how to recover).
+    #[error("{0}")]
+    StateFile(String),
     #[error("could not {op} \"{path}\": {source}")]
     Io {
         op: &'static str,
@@ -61,7 +68,7 @@ impl DelayError {
         match self {
             DelayError::NoSuchFeed(_) => 404,
             DelayError::Target(_) => 409,
-            DelayError::Io { .. } => 500,
+            DelayError::Io { .. } | DelayError::StateFile(_) => 500,
         }
     }
 }

@@ -39,6 +39,9 @@ pub struct FeedView<'a> {
     pub tripwire_acked: Lsn,
     /// Where the session stands (what it has sent).
     pub sent: Lsn,
+    /// An unacknowledged gap in the commit index (`[from, to)` was not indexed): a delayed
+    /// feed stays at `from` until an operator acts, whatever else allows.
+    pub gap: Option<(Lsn, Lsn)>,
 }
 
 /// What limits the feed.
@@ -54,6 +57,9 @@ pub enum Reason {
     Paused { at: Lsn },
     /// `feed advance`.
     Advanced { to: Lsn },
+    /// Held before WAL the commit index could not decode (or lost before decoding it):
+    /// nothing there can be delayed or checked by the tripwire.
+    IndexGap { from: Lsn, to: Lsn },
 }
 
 impl Reason {
@@ -64,6 +70,7 @@ impl Reason {
             Reason::Tripwire { .. } => "tripwire",
             Reason::Paused { .. } => "paused",
             Reason::Advanced { .. } => "advanced",
+            Reason::IndexGap { .. } => "index_gap",
         }
     }
 }
@@ -87,6 +94,28 @@ pub struct Decision {
 /// covers, `now` the current time (µs since 2000-01-01), `due_hint` the previous
 /// [`Decision::due_hint`] (or `Lsn(0)`).
 pub fn decide(
+    index: &CommitIndex,
+    coverage: Coverage,
+    rule: FeedRule,
+    feed: FeedView<'_>,
+    flush: Lsn,
+    now: i64,
+    due_hint: Lsn,
+) -> Decision {
+    let mut d = decide_holds(index, coverage, rule, feed, flush, now, due_hint);
+    // Fail closed: WAL the index did not see cannot be delayed or checked for drops.
+    // (A standby already past the gap, e.g. one made from a newer base backup, is not held.)
+    if let (true, Some((from, to))) = (rule.delay_us > 0, feed.gap) {
+        if from <= d.cap && feed.sent < to {
+            d.cap = from;
+            d.reason = Reason::IndexGap { from, to };
+            d.wake_at = None;
+        }
+    }
+    d
+}
+
+fn decide_holds(
     index: &CommitIndex,
     coverage: Coverage,
     rule: FeedRule,
@@ -248,6 +277,7 @@ mod tests {
             hold: None,
             tripwire_acked: Lsn(0),
             sent: Lsn(sent),
+            gap: None,
         }
     }
 
@@ -366,6 +396,7 @@ mod tests {
             hold: Some(&paused),
             tripwire_acked: Lsn(0),
             sent: Lsn(250),
+            gap: None,
         };
         let d = decide(&ix, cov, DELAYED, v, Lsn(700), 100 * S, Lsn(0));
         assert_eq!((d.cap, d.wake_at), (Lsn(250), None));
@@ -382,6 +413,7 @@ mod tests {
             hold: Some(&adv),
             tripwire_acked: Lsn(0),
             sent: Lsn(100),
+            gap: None,
         };
         let d = decide(&ix, cov, DELAYED, v, Lsn(700), 0, Lsn(0));
         assert_eq!((d.cap, d.wake_at), (Lsn(500), None));
@@ -402,5 +434,47 @@ mod tests {
             assert_eq!(inc.cap, full.cap, "t={now}");
             hint = inc.due_hint;
         }
+    }
+
+    #[test]
+    fn index_gap_holds_delayed_feeds_at_its_start() {
+        let (ix, cov) = index();
+        let mut v = view(0);
+        v.gap = Some((Lsn(250), Lsn(1000)));
+        // everything is due and nothing drops before 250: the gap alone holds
+        let d = decide(&ix, cov, DELAYED, v, Lsn(700), 100 * S, Lsn(0));
+        assert_eq!((d.cap, d.wake_at), (Lsn(250), None));
+        assert_eq!(
+            d.reason,
+            Reason::IndexGap {
+                from: Lsn(250),
+                to: Lsn(1000)
+            }
+        );
+        // it holds an advanced feed too (the advance came before the gap)
+        let adv = Hold::Advanced {
+            to: Lsn(600),
+            target: "lsn 0/258".into(),
+        };
+        v.hold = Some(&adv);
+        let d = decide(&ix, cov, DELAYED, v, Lsn(700), 100 * S, Lsn(0));
+        assert_eq!(d.cap, Lsn(250));
+        // a commit not due before the gap still comes first
+        v.hold = None;
+        let d = decide(&ix, cov, DELAYED, v, Lsn(700), 14 * S, Lsn(0));
+        assert_eq!(d.cap, Lsn(100));
+        assert_eq!(d.reason.name(), "delay");
+        // a standby already past the gap is not held by it
+        let mut past = v;
+        past.sent = Lsn(1000);
+        let d = decide(&ix, cov, DELAYED, past, Lsn(1200), 100 * S, Lsn(0));
+        assert_eq!(d.reason.name(), "caught_up");
+        // feeds without delay are not held by it
+        let rule0 = FeedRule {
+            delay_us: 0,
+            tripwire: true,
+        };
+        let d = decide(&ix, cov, rule0, v, Lsn(700), 100 * S, Lsn(0));
+        assert_eq!(d.cap, Lsn(700));
     }
 }

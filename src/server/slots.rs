@@ -3,8 +3,11 @@
 //! Owns: the slots standbys create on walrelay (`CREATE_REPLICATION_SLOT … PHYSICAL`), their
 //! `restart_lsn` (set from the standby's reported flush position, like
 //! `PhysicalConfirmReceivedLocation`), which session holds each one, and their persistence in
-//! `<data_dir>/slots.json` (written atomically; temporary slots are never persisted and are
-//! dropped when their session ends). Publishes the minimum `restart_lsn` of valid slots on a
+//! `<data_dir>/slots.json` (through a [`StateFile`]: snapshots are taken under the slot
+//! mutex and written by the state writer thread, never while the mutex every standby reply
+//! takes is held, and never on an async worker; temporary slots are never persisted and are
+//! dropped when their session ends). A `slots.json` that cannot be read stops start-up with
+//! a message saying how to recover. Publishes the minimum `restart_lsn` of valid slots on a
 //! `watch` channel for WAL retention, and invalidates a slot whose `restart_lsn` falls more
 //! than `max_slot_wal_keep_size` behind walrelay's flush position, so a forgotten standby can
 //! not fill walrelay's disk. Must not: delete WAL (retention does, reading the watch) or talk
@@ -19,7 +22,7 @@ use tokio::sync::watch;
 
 use crate::error::{codes, SqlState};
 use crate::lsn::Lsn;
-use crate::store::fsutil;
+use crate::statefile::{self, StateFile};
 
 pub const SLOTS_FILE: &str = "slots.json";
 
@@ -47,7 +50,7 @@ pub enum SlotError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("could not read file \"{path}\": {message}")]
+    #[error("{message}")]
     Corrupt { path: PathBuf, message: String },
 }
 
@@ -150,6 +153,7 @@ struct Inner {
 /// The slot table. Shared by all sessions.
 pub struct Slots {
     path: PathBuf,
+    file: StateFile,
     max_slots: usize,
     max_keep: Option<u64>,
     inner: Mutex<Inner>,
@@ -164,44 +168,10 @@ impl Slots {
         max_keep: Option<u64>,
     ) -> Result<(Slots, watch::Receiver<Option<Lsn>>), SlotError> {
         let path = dir.join(SLOTS_FILE);
-        let mut slots = BTreeMap::new();
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let data: FileData =
-                    serde_json::from_slice(&bytes).map_err(|e| SlotError::Corrupt {
-                        path: path.clone(),
-                        message: e.to_string(),
-                    })?;
-                for s in data.slots {
-                    let restart_lsn = match s.restart_lsn {
-                        Some(t) => Some(t.parse::<Lsn>().map_err(|e| SlotError::Corrupt {
-                            path: path.clone(),
-                            message: e.0,
-                        })?),
-                        None => None,
-                    };
-                    slots.insert(
-                        s.name,
-                        Slot {
-                            temporary: false,
-                            owner: None,
-                            restart_lsn,
-                            invalidated: s.invalidated,
-                            active: None,
-                        },
-                    );
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(SlotError::Corrupt {
-                    path,
-                    message: e.to_string(),
-                })
-            }
-        }
+        let slots = read_file(&path)?;
         let (min_tx, min_rx) = watch::channel(None);
         let s = Slots {
+            file: StateFile::new(&path),
             path,
             max_slots,
             max_keep,
@@ -239,7 +209,9 @@ impl Slots {
         });
     }
 
-    fn write_file(&self, g: &Inner) -> Result<(), SlotError> {
+    /// Hands a snapshot of the persistent slots to the writer thread (called with the
+    /// mutex held, so snapshots reach the writer in order; no IO happens here).
+    fn submit(&self, g: &Inner) -> statefile::Ticket {
         let data = FileData {
             version: 1,
             slots: g
@@ -253,21 +225,50 @@ impl Slots {
                 })
                 .collect(),
         };
-        let text = serde_json::to_vec_pretty(&data).unwrap_or_default();
-        fsutil::write_atomic(&self.path, &text).map_err(|source| SlotError::Io {
-            path: self.path.clone(),
-            source,
-        })
+        let mut text = serde_json::to_vec_pretty(&data).unwrap_or_default();
+        text.push(b'\n');
+        self.file.submit(text)
     }
 
-    /// CREATE_REPLICATION_SLOT … PHYSICAL.
-    pub fn create(
+    fn io_error(&self, source: std::io::Error) -> SlotError {
+        SlotError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// CREATE_REPLICATION_SLOT … PHYSICAL. A persistent slot is durable in `slots.json`
+    /// before this returns, as PostgreSQL persists a new slot before answering; the mutex is
+    /// not held while waiting for the write.
+    pub async fn create(
         &self,
         name: &str,
         temporary: bool,
         restart_lsn: Option<Lsn>,
         session: u64,
     ) -> Result<(), SlotError> {
+        let Some(ticket) = self.create_now(name, temporary, restart_lsn, session)? else {
+            return Ok(());
+        };
+        if let Err(e) = ticket.wait().await {
+            let mut g = self.lock();
+            if g.slots.get(name).is_some_and(|s| !s.temporary) {
+                g.slots.remove(name);
+                g.dirty = true;
+            }
+            self.publish(&g);
+            return Err(self.io_error(e));
+        }
+        Ok(())
+    }
+
+    fn create_now(
+        &self,
+        name: &str,
+        temporary: bool,
+        restart_lsn: Option<Lsn>,
+        session: u64,
+    ) -> Result<Option<statefile::Ticket>, SlotError> {
         validate_name(name)?;
         let mut g = self.lock();
         if g.slots.contains_key(name) {
@@ -286,18 +287,25 @@ impl Slots {
                 active: None,
             },
         );
-        if !temporary {
-            if let Err(e) = self.write_file(&g) {
-                g.slots.remove(name);
-                return Err(e);
-            }
-        }
         self.publish(&g);
+        Ok((!temporary).then(|| self.submit(&g)))
+    }
+
+    /// DROP_REPLICATION_SLOT (without WAIT: an active slot is an error). Durable before it
+    /// returns, like [`Slots::create`].
+    pub async fn drop_slot(&self, name: &str, session: u64) -> Result<(), SlotError> {
+        let Some(ticket) = self.drop_now(name, session)? else {
+            return Ok(());
+        };
+        if let Err(e) = ticket.wait().await {
+            // written again by the next persist_if_dirty
+            self.lock().dirty = true;
+            return Err(self.io_error(e));
+        }
         Ok(())
     }
 
-    /// DROP_REPLICATION_SLOT (without WAIT: an active slot is an error).
-    pub fn drop_slot(&self, name: &str, session: u64) -> Result<(), SlotError> {
+    fn drop_now(&self, name: &str, session: u64) -> Result<Option<statefile::Ticket>, SlotError> {
         let mut g = self.lock();
         let slot = g
             .slots
@@ -313,11 +321,8 @@ impl Slots {
         }
         let temporary = slot.temporary;
         g.slots.remove(name);
-        if !temporary {
-            self.write_file(&g)?;
-        }
         self.publish(&g);
-        Ok(())
+        Ok((!temporary).then(|| self.submit(&g)))
     }
 
     /// Whether `name` is held by another session (for DROP … WAIT).
@@ -424,16 +429,81 @@ impl Slots {
         hit
     }
 
-    /// Writes `slots.json` if a persistent slot moved since the last write.
+    /// Hands `slots.json` to the state writer if a persistent slot moved since the last
+    /// write (or the last write failed). Returns at once: no IO, and the mutex is held only
+    /// to take the snapshot.
     pub fn persist_if_dirty(&self) -> Result<(), SlotError> {
         let mut g = self.lock();
-        if !g.dirty {
+        if !g.dirty && self.file.last_error().is_none() {
             return Ok(());
         }
-        self.write_file(&g)?;
+        self.submit(&g);
         g.dirty = false;
         Ok(())
     }
+
+    fn snapshot_now(&self) -> statefile::Ticket {
+        let mut g = self.lock();
+        g.dirty = false;
+        self.submit(&g)
+    }
+
+    /// Writes the current slots and waits until they are durable (shutdown).
+    pub async fn sync(&self) -> Result<(), SlotError> {
+        let ticket = self.snapshot_now();
+        ticket.wait().await.map_err(|e| self.io_error(e))
+    }
+}
+
+/// Reads `slots.json` (none: no slots); anything unusable is an error that says how to
+/// recover.
+fn read_file(path: &Path) -> Result<BTreeMap<String, Slot>, SlotError> {
+    let corrupt = |problem: String| SlotError::Corrupt {
+        path: path.to_path_buf(),
+        message: statefile::corrupt_message(
+            path,
+            &problem,
+            "remove it to start without walrelay's replication slots: standbys that use one \
+             then fail with \"replication slot ... does not exist\" until it is created again, \
+             and the WAL the slots held back is no longer protected from retention",
+        ),
+    };
+    let mut slots = BTreeMap::new();
+    let bytes = match statefile::read(path) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(slots),
+        Err(e) => return Err(corrupt(format!("could not read it: {e}"))),
+    };
+    let data: FileData =
+        serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("invalid JSON: {e}")))?;
+    if data.version != 1 {
+        return Err(corrupt(format!("unknown version {}", data.version)));
+    }
+    for s in data.slots {
+        validate_name(&s.name).map_err(|e| corrupt(e.to_string()))?;
+        let restart_lsn = match &s.restart_lsn {
+            Some(t) => Some(t.parse::<Lsn>().map_err(|e| {
+                corrupt(format!("slot \"{}\": invalid restart_lsn: {}", s.name, e.0))
+            })?),
+            None => None,
+        };
+        if slots
+            .insert(
+                s.name.clone(),
+                Slot {
+                    temporary: false,
+                    owner: None,
+                    restart_lsn,
+                    invalidated: s.invalidated,
+                    active: None,
+                },
+            )
+            .is_some()
+        {
+            return Err(corrupt(format!("slot \"{}\" appears twice", s.name)));
+        }
+    }
+    Ok(slots)
 }
 
 fn view(name: &str, s: &Slot) -> SlotView {
@@ -450,23 +520,23 @@ fn view(name: &str, s: &Slot) -> SlotView {
 mod tests {
     use super::*;
 
-    #[test]
-    fn lifecycle_persistence_and_cap() {
+    #[tokio::test]
+    async fn lifecycle_persistence_and_cap() {
         let dir = tempfile::tempdir().unwrap();
         let (slots, min) = Slots::load(dir.path(), 3, Some(1000)).unwrap();
         assert!(matches!(
-            slots.create("Bad", false, None, 1),
+            slots.create("Bad", false, None, 1).await,
             Err(SlotError::NameInvalid(_))
         ));
-        slots.create("s1", false, Some(Lsn(5000)), 1).unwrap();
-        slots.create("t1", true, Some(Lsn(4000)), 1).unwrap();
+        slots.create("s1", false, Some(Lsn(5000)), 1).await.unwrap();
+        slots.create("t1", true, Some(Lsn(4000)), 1).await.unwrap();
         assert_eq!(*min.borrow(), Some(Lsn(4000)));
         assert!(matches!(
-            slots.create("s1", false, None, 2),
+            slots.create("s1", false, None, 2).await,
             Err(SlotError::Exists(_))
         ));
         slots.acquire("s1", 2, 42).unwrap();
-        let e = slots.drop_slot("s1", 3).unwrap_err();
+        let e = slots.drop_slot("s1", 3).await.unwrap_err();
         assert_eq!(
             e.to_string(),
             "replication slot \"s1\" is active for PID 42"
@@ -476,6 +546,7 @@ mod tests {
         slots.session_ended(1); // drops t1
         assert_eq!(*min.borrow(), Some(Lsn(6000)));
         slots.persist_if_dirty().unwrap();
+        slots.sync().await.unwrap();
         let (again, min2) = Slots::load(dir.path(), 3, Some(1000)).unwrap();
         assert_eq!(again.get("s1").unwrap().restart_lsn, Some(Lsn(6000)));
         assert!(again.get("t1").is_none());
@@ -486,9 +557,9 @@ mod tests {
             again.acquire("s1", 9, 1),
             Err(SlotError::Invalidated(_))
         ));
-        again.drop_slot("s1", 9).unwrap();
+        again.drop_slot("s1", 9).await.unwrap();
         assert!(matches!(
-            again.drop_slot("s1", 9),
+            again.drop_slot("s1", 9).await,
             Err(SlotError::NotFound(_))
         ));
     }

@@ -4,7 +4,7 @@
 //! (`docs/durability.md`). Must not: know about WAL.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 
 /// Allocate `len` bytes of `file` at `offset` (extending it) without writing them; they read as
@@ -50,22 +50,10 @@ pub fn durable_rename(from: &Path, to: &Path) -> io::Result<()> {
     fsync_dir(to.parent().unwrap_or(Path::new(".")))
 }
 
-/// Write a whole small file atomically: temp file, fsync, rename, fsync directory.
+/// Write a whole small file atomically: see [`crate::statefile::write_atomic`] (unique
+/// temporary file, fsync, rename, fsync directory, writers of one path serialized).
 pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!("{name}.tmp"));
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    fsync_dir(dir)
+    crate::statefile::write_atomic(path, contents)
 }
 
 /// Make sure a directory exists (created with its parents) and is durable.

@@ -19,7 +19,7 @@ pub(super) async fn run(
         return super::unsupported::logical();
     }
     let restart = reserve_wal.then(|| view.flush.segment_start(view.seg_size));
-    match s.shared.slots.create(name, temporary, restart, s.id) {
+    match s.shared.slots.create(name, temporary, restart, s.id).await {
         Ok(()) => {
             tracing::info!("pid {}: created replication slot \"{name}\"", s.pid);
             ResultSet::new(

@@ -19,7 +19,7 @@ pub(super) async fn run(s: &Session, name: &str, wait: bool) -> Reply {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    match s.shared.slots.drop_slot(name, s.id) {
+    match s.shared.slots.drop_slot(name, s.id).await {
         Ok(()) => {
             tracing::info!("pid {}: dropped replication slot \"{name}\"", s.pid);
             Reply::complete("DROP_REPLICATION_SLOT")
