@@ -107,8 +107,9 @@ fn server_flood_fd_reserve() {
         return;
     };
     let own = raise_own_nofile();
+    // 2,000 where the test process may open that many; at least twice walrelay's limit.
     let n = 2000usize.min(usize::try_from(own).unwrap_or(0).saturating_sub(300));
-    assert!(n >= 1000, "the test process may open only {own} files");
+    assert!(n >= 600, "the test process may open only {own} files");
     let t = TestDir::new("srv-flood");
     let primary = Pg::primary(&major, &[]);
     let conf = t.join("walrelay.toml");
