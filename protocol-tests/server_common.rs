@@ -53,6 +53,21 @@ impl Relay {
         extra: &[&str],
         probe: &str,
     ) -> Relay {
+        Relay::start_limited(t, primary, upstream, data, port, extra, probe, None)
+    }
+
+    /// [`Relay::start_full`] with `RLIMIT_NOFILE` = `nofile` for the walrelay process.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_limited(
+        t: &TestDir,
+        primary: &Pg,
+        upstream: &str,
+        data: &Path,
+        port: u16,
+        extra: &[&str],
+        probe: &str,
+        nofile: Option<u64>,
+    ) -> Relay {
         let log = t.join("walrelay.log");
         let listen = format!("127.0.0.1:{port}");
         let mut args = vec![
@@ -61,13 +76,15 @@ impl Relay {
             upstream,
             "--data-dir",
             data.to_str().unwrap(),
-            "--listen",
-            &listen,
             "--status-interval",
             "1s",
         ];
+        // `extra` may name its own listen addresses (e.g. TCP plus a socket directory).
+        if !extra.contains(&"--listen") {
+            args.extend(["--listen", listen.as_str()]);
+        }
         args.extend_from_slice(extra);
-        let proc = Walrelay::spawn_with(&log, &args, &[("WALRELAY_LOG", "info")]);
+        let proc = Walrelay::spawn_limited(&log, &args, &[("WALRELAY_LOG", "info")], nofile);
         let r = Relay {
             proc,
             port,

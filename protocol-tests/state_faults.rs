@@ -247,9 +247,11 @@ fn index_gap_holds_the_delayed_standby() {
         port,
         &["--config", cfg.to_str().unwrap()],
     );
+    let control_dir = relay.data.to_str().unwrap().to_string();
     let feed = || -> serde_json::Value {
+        // the control endpoint is the Unix socket in the data directory (wt-control)
         let (st, out, err) =
-            harness::walrelay::run_to_end(&["feed", "list", "--json", "--admin", &admin]);
+            harness::walrelay::run_to_end(&["feed", "list", "--json", "--data-dir", &control_dir]);
         assert!(st.success(), "{err}");
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         v["feeds"][0].clone()
@@ -300,9 +302,11 @@ fn tripwire_held_at_is_reached_by_replay() {
     });
     primary.psql("drop table a");
     primary.psql("create table b (id int)");
+    let control_dir = relay.data.to_str().unwrap().to_string();
     let feed = || -> serde_json::Value {
+        // the control endpoint is the Unix socket in the data directory (wt-control)
         let (st, out, err) =
-            harness::walrelay::run_to_end(&["feed", "list", "--json", "--admin", &admin]);
+            harness::walrelay::run_to_end(&["feed", "list", "--json", "--data-dir", &control_dir]);
         assert!(st.success(), "{err}");
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         v["feeds"][0].clone()

@@ -89,10 +89,21 @@ impl Default for UpstreamConfig {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Address the walsender listens on, e.g. `127.0.0.1:5433`. No listener when unset.
+    /// Where the walsender listens: comma-separated `host:port` addresses and/or socket
+    /// directories (`/run/walrelay` or `/run/walrelay:5433` → `<dir>/.s.PGSQL.<port>`), e.g.
+    /// `127.0.0.1:5433`. No listener when unset.
     pub listen: Option<String>,
     /// Most client connections at once (then `sorry, too many clients already`).
     pub max_connections: usize,
+    /// Most connections that have not finished authentication yet.
+    pub max_startup_connections: usize,
+    /// Most not-yet-authenticated connections from one client address.
+    pub max_startup_connections_per_address: usize,
+    /// File descriptors kept free for the store, the archiver and the HTTP endpoints: no
+    /// new walsender connection is accepted closer than this to `RLIMIT_NOFILE`.
+    pub reserved_file_descriptors: usize,
+    /// Mode of the Unix-domain sockets (octal, like `unix_socket_permissions`).
+    pub unix_socket_permissions: String,
     /// Time allowed from connect to the end of authentication (`authentication_timeout`).
     #[serde(deserialize_with = "de_duration")]
     pub startup_timeout: Duration,
@@ -131,7 +142,11 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: None,
             max_connections: 100,
-            startup_timeout: Duration::from_secs(60),
+            max_startup_connections: 32,
+            max_startup_connections_per_address: 16,
+            reserved_file_descriptors: 128,
+            unix_socket_permissions: "0777".into(),
+            startup_timeout: Duration::from_secs(10),
             tls_cert: None,
             tls_key: None,
             tls_ca: None,

@@ -4,6 +4,14 @@
 //! segment arithmetic and the names of segment and history files (`xlog_internal.h`).
 //! Must not: do IO or know about the network.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
 use std::fmt;
 use std::str::FromStr;
 
@@ -25,20 +33,21 @@ impl Lsn {
         self.0 != 0
     }
     /// The segment number holding this position.
+    /// (A zero `seg_size`, never valid, gives 0 rather than a panic.)
     pub fn segno(self, seg_size: u64) -> u64 {
-        self.0 / seg_size
+        self.0.checked_div(seg_size).unwrap_or(0)
     }
     /// Offset of this position inside its segment.
     pub fn segment_offset(self, seg_size: u64) -> u64 {
-        self.0 % seg_size
+        self.0.checked_rem(seg_size).unwrap_or(0)
     }
     /// Rounded down to the start of its segment.
     pub fn segment_start(self, seg_size: u64) -> Lsn {
-        Lsn(self.0 - self.0 % seg_size)
+        Lsn(self.0.saturating_sub(self.segment_offset(seg_size)))
     }
     /// Rounded down to the start of its page.
     pub fn page_start(self) -> Lsn {
-        Lsn(self.0 - self.0 % WAL_PAGE_SIZE)
+        Lsn(self.0.saturating_sub(self.segment_offset(WAL_PAGE_SIZE)))
     }
     pub fn checked_add(self, n: u64) -> Option<Lsn> {
         self.0.checked_add(n).map(Lsn)
@@ -82,13 +91,18 @@ pub fn valid_segment_size(size: u64) -> bool {
 }
 
 fn segments_per_xlogid(seg_size: u64) -> u64 {
-    0x1_0000_0000 / seg_size
+    0x1_0000_0000u64.checked_div(seg_size).unwrap_or(0)
 }
 
 /// `XLogFileName`: `%08X%08X%08X` of timeline, segno / segments-per-id, segno % segments-per-id.
 pub fn segment_file_name(tli: TimelineId, segno: u64, seg_size: u64) -> String {
     let per = segments_per_xlogid(seg_size);
-    format!("{:08X}{:08X}{:08X}", tli, segno / per, segno % per)
+    format!(
+        "{:08X}{:08X}{:08X}",
+        tli,
+        segno.checked_div(per).unwrap_or(0),
+        segno.checked_rem(per).unwrap_or(0)
+    )
 }
 
 /// `TLHistoryFileName`: `%08X.history`.
@@ -135,16 +149,17 @@ pub fn parse_wal_file_name(name: &str, seg_size: u64) -> Option<WalFileName> {
     if base.len() != 24 {
         return None;
     }
-    let tli = hex(&base[0..8])?;
-    let hi = hex(&base[8..16])? as u64;
-    let lo = hex(&base[16..24])? as u64;
+    // `get`, not indexing: 24 bytes of a non-ASCII name need not split at char boundaries.
+    let tli = hex(base.get(0..8)?)?;
+    let hi = u64::from(hex(base.get(8..16)?)?);
+    let lo = u64::from(hex(base.get(16..24)?)?);
     let per = segments_per_xlogid(seg_size);
     if lo >= per || tli == 0 {
         return None;
     }
     Some(WalFileName::Segment {
         tli,
-        segno: hi * per + lo,
+        segno: hi.checked_mul(per)?.checked_add(lo)?,
         partial,
     })
 }
@@ -156,11 +171,14 @@ pub fn pg_now() -> i64 {
 
 /// Seconds between the Unix epoch and the PostgreSQL epoch (2000-01-01).
 pub const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
+const PG_EPOCH_MICROS: i64 = PG_EPOCH_UNIX_SECS * 1_000_000;
 
 pub fn system_time_to_pg(t: std::time::SystemTime) -> i64 {
     match t.duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => d.as_micros() as i64 - PG_EPOCH_UNIX_SECS * 1_000_000,
-        Err(_) => -PG_EPOCH_UNIX_SECS * 1_000_000,
+        Ok(d) => i64::try_from(d.as_micros())
+            .unwrap_or(i64::MAX)
+            .saturating_sub(PG_EPOCH_MICROS),
+        Err(_) => PG_EPOCH_MICROS.saturating_neg(),
     }
 }
 
@@ -168,6 +186,31 @@ pub fn system_time_to_pg(t: std::time::SystemTime) -> i64 {
 mod tests {
     use super::*;
     const SEG: u64 = 16 << 20;
+
+    /// Issue 12: a 24-byte object name with multi-byte characters panicked (string slice
+    /// inside a character) and killed the archiver task.
+    #[test]
+    fn non_ascii_24_byte_names_are_not_wal_files() {
+        // 24 bytes, with a 3-byte character across byte 8 or byte 16
+        let across_8 = format!("{}€{}", "0".repeat(7), "0".repeat(14));
+        let across_16 = format!("{}€{}", "0".repeat(15), "0".repeat(6));
+        for name in [across_8, across_16] {
+            assert_eq!(name.len(), 24);
+            assert_eq!(parse_wal_file_name(&name, SEG), None, "{name}");
+            assert_eq!(
+                parse_wal_file_name(&format!("{name}.partial"), SEG),
+                None,
+                "{name}"
+            );
+        }
+        let twelve = "é".repeat(12);
+        assert_eq!(twelve.len(), 24);
+        assert_eq!(parse_wal_file_name(&twelve, SEG), None);
+        assert_eq!(parse_wal_file_name("0000000€.history", SEG), None);
+        // a zero segment size is no panic either
+        assert_eq!(parse_wal_file_name("000000010000000000000001", 0), None);
+        assert_eq!(Lsn(5).segno(0), 0);
+    }
 
     #[test]
     fn lsn_round_trip() {

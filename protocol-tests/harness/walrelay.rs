@@ -34,6 +34,17 @@ impl Walrelay {
     /// Spawns `walrelay ARGS` with extra environment variables, stdout+stderr appended to
     /// `log` (e.g. a file in the test's own dir).
     pub fn spawn_with(log: &Path, args: &[&str], env: &[(&str, &str)]) -> Walrelay {
+        Walrelay::spawn_limited(log, args, env, None)
+    }
+
+    /// Like [`Walrelay::spawn_with`], with `RLIMIT_NOFILE` (soft and hard) set to `nofile` in
+    /// the child before exec (to reach the descriptor limit quickly in a test).
+    pub fn spawn_limited(
+        log: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Walrelay {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -47,6 +58,22 @@ impl Walrelay {
             .stderr(Stdio::from(err));
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: n as libc::rlim_t,
+                rlim_max: n as libc::rlim_t,
+            };
+            // SAFETY: only setrlimit (async-signal-safe) runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let child = cmd.spawn().expect("spawn walrelay");
         Walrelay {

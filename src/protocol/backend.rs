@@ -180,7 +180,7 @@ impl BackendMessage {
             b'W' | b'H' | b'G' => {
                 r.u8()?; // overall format
                 let n = count(&mut r)?;
-                r.take(n * 2)?;
+                r.take(n.checked_mul(2).ok_or(ProtocolError::Truncated)?)?;
                 match frame.tag {
                     b'W' => BackendMessage::CopyBothResponse,
                     b'H' => BackendMessage::CopyOutResponse,

@@ -210,21 +210,24 @@ impl Lexer<'_> {
     }
 
     fn next(&mut self) -> Result<Tok, CommandError> {
-        self.pos += self.run(self.pos, |b| {
+        // Positions stay within `s` (run() counts bytes of it): saturating adds never saturate.
+        self.pos = self.pos.saturating_add(self.run(self.pos, |b| {
             matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
-        });
+        }));
         let start = self.pos;
         let Some(c) = self.at(start) else {
             return Ok(Tok::Eof);
         };
         // Longest match among RECPTR, UCONST and identifier/keyword.
         let hex = self.run(start, |b| b.is_ascii_hexdigit());
-        if hex > 0 && self.at(start + hex) == Some(b'/') {
-            let lo = self.run(start + hex + 1, |b| b.is_ascii_hexdigit());
+        let slash = start.saturating_add(hex);
+        let lo_start = slash.saturating_add(1);
+        if hex > 0 && self.at(slash) == Some(b'/') {
+            let lo = self.run(lo_start, |b| b.is_ascii_hexdigit());
             if lo > 0 {
-                self.pos = start + hex + 1 + lo;
-                let hi = self.slice(start, start + hex);
-                let lo = self.slice(start + hex + 1, self.pos);
+                self.pos = lo_start.saturating_add(lo);
+                let hi = self.slice(start, slash);
+                let lo = self.slice(lo_start, self.pos);
                 return parse_hex32(hi)
                     .zip(parse_hex32(lo))
                     .map(|(h, l)| Tok::RecPtr(Lsn((u64::from(h) << 32) | u64::from(l))))
@@ -233,11 +236,11 @@ impl Lexer<'_> {
         }
         if c.is_ascii_digit() {
             let n = self.run(start, |b| b.is_ascii_digit());
-            self.pos = start + n;
+            self.pos = start.saturating_add(n);
             // strtoul saturates at ULONG_MAX; the grammar keeps the low 32 bits.
             let v = self.slice(start, self.pos).iter().fold(0u64, |acc, d| {
                 acc.checked_mul(10)
-                    .and_then(|a| a.checked_add(u64::from(d - b'0')))
+                    .and_then(|a| a.checked_add(u64::from(d.saturating_sub(b'0'))))
                     .unwrap_or(u64::MAX)
             });
             return Ok(Tok::UConst(v as u32));
@@ -246,7 +249,7 @@ impl Lexer<'_> {
             let n = self.run(start, |b| {
                 b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
             });
-            self.pos = start + n;
+            self.pos = start.saturating_add(n);
             let word = self.slice(start, self.pos);
             if let Some(kw) = Kw::from_bytes(word) {
                 return Ok(Tok::Kw(kw));
@@ -255,25 +258,25 @@ impl Lexer<'_> {
         }
         if c == b'\'' || c == b'"' {
             let mut lit = Vec::new();
-            let mut i = start + 1;
+            let mut i = start.saturating_add(1);
             loop {
                 match self.at(i) {
                     None => return Err(syntax("unterminated quoted string")),
                     Some(q) if q == c => {
-                        if self.at(i + 1) == Some(c) {
+                        if self.at(i.saturating_add(1)) == Some(c) {
                             lit.push(c);
-                            i += 2;
+                            i = i.saturating_add(2);
                         } else {
                             break;
                         }
                     }
                     Some(b) => {
                         lit.push(b);
-                        i += 1;
+                        i = i.saturating_add(1);
                     }
                 }
             }
-            self.pos = i + 1;
+            self.pos = i.saturating_add(1);
             return if c == b'"' {
                 Ok(Tok::Ident(ident(lit)?))
             } else {
@@ -282,7 +285,7 @@ impl Lexer<'_> {
                     .map_err(|_| syntax("syntax error"))
             };
         }
-        self.pos = start + 1;
+        self.pos = start.saturating_add(1);
         Ok(Tok::Char(c))
     }
 }
@@ -311,7 +314,7 @@ fn ident(bytes: Vec<u8>) -> Result<String, CommandError> {
     if s.len() > MAX_IDENT_LEN {
         let mut n = MAX_IDENT_LEN;
         while !s.is_char_boundary(n) {
-            n -= 1;
+            n = n.saturating_sub(1);
         }
         s.truncate(n);
     }

@@ -35,24 +35,28 @@ impl Frame {
 /// 4 and at most `max_len`; otherwise the stream is unusable and an error is returned. The
 /// body is split off `buf` without a copy.
 pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, ProtocolError> {
-    let Some(head) = buf.get(..5) else {
+    let Some(&[tag, l0, l1, l2, l3]) = buf.get(..5) else {
         return Ok(None);
     };
-    let tag = head[0];
-    let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
-    if len < 4 || len as u64 > max_len as u64 {
+    let len = i32::from_be_bytes([l0, l1, l2, l3]);
+    // The length counts itself (4 bytes) but not the tag.
+    let body_len = usize::try_from(len)
+        .ok()
+        .filter(|l| *l <= max_len)
+        .and_then(|l| l.checked_sub(4));
+    let Some(body_len) = body_len else {
         return Err(ProtocolError::InvalidLength {
             tag,
             len: len.into(),
         });
-    }
-    let total = 1 + len as usize;
-    if buf.len() < total {
-        buf.reserve(total - buf.len());
+    };
+    let rest = buf.len().saturating_sub(5);
+    if rest < body_len {
+        buf.reserve(body_len.saturating_sub(rest));
         return Ok(None);
     }
     buf.advance(5);
-    let body = buf.split_to(total - 5).freeze();
+    let body = buf.split_to(body_len).freeze();
     Ok(Some(Frame { tag, body }))
 }
 
@@ -68,7 +72,7 @@ pub(crate) fn begin(buf: &mut BytesMut, tag: u8) -> usize {
 /// 1 GB message limit in walrelay; a larger one would wrap, never panic.
 pub(crate) fn end(buf: &mut BytesMut, at: usize) {
     let len = (buf.len().saturating_sub(at) as u32).to_be_bytes();
-    if let Some(dst) = buf.get_mut(at..at + 4) {
+    if let Some(dst) = buf.get_mut(at..at.saturating_add(4)) {
         dst.copy_from_slice(&len);
     }
 }

@@ -40,19 +40,23 @@ pub enum StartupPacket {
 /// Splits and decodes a startup-phase packet (`length i32, code i32, body`).
 /// `Ok(None)` means more bytes are needed.
 pub fn parse_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, ProtocolError> {
-    let Some(head) = buf.get(..4) else {
+    let Some(&[l0, l1, l2, l3]) = buf.get(..4) else {
         return Ok(None);
     };
-    let len = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-    if len < 8 || len as usize > MAX_STARTUP_PACKET_LENGTH {
-        return Err(ProtocolError::InvalidStartupLength(len.into()));
-    }
-    let len = len as usize;
-    if buf.len() < len {
+    let raw = i32::from_be_bytes([l0, l1, l2, l3]);
+    // The length counts itself; at least the 4-byte code follows.
+    let body_len = usize::try_from(raw)
+        .ok()
+        .filter(|l| (8..=MAX_STARTUP_PACKET_LENGTH).contains(l))
+        .and_then(|l| l.checked_sub(4));
+    let Some(body_len) = body_len else {
+        return Err(ProtocolError::InvalidStartupLength(raw.into()));
+    };
+    if buf.len().saturating_sub(4) < body_len {
         return Ok(None);
     }
     buf.advance(4);
-    let packet = buf.split_to(len - 4).freeze();
+    let packet = buf.split_to(body_len).freeze();
     decode_startup(&packet).map(Some)
 }
 

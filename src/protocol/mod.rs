@@ -9,6 +9,14 @@
 //! data is bounds-checked through [`Reader`]; malformed input is a [`ProtocolError`]
 //! (SQLSTATE 08P01) or, for replication commands, a [`command::CommandError`].
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
 pub mod backend;
 pub mod command;
 pub mod frame;
@@ -108,7 +116,8 @@ impl<'a> Reader<'a> {
             .ok_or(ProtocolError::InvalidString)?;
         let s = std::str::from_utf8(rest.get(..nul).unwrap_or_default())
             .map_err(|_| ProtocolError::InvalidString)?;
-        self.pos += nul + 1;
+        // nul < rest.len() <= buf.len() - pos: no overflow.
+        self.pos = self.pos.saturating_add(nul).saturating_add(1);
         Ok(s)
     }
     /// A NUL-terminated string whose invalid UTF-8 is replaced (U+FFFD) rather than refused:
@@ -121,7 +130,7 @@ impl<'a> Reader<'a> {
             .position(|&b| b == 0)
             .ok_or(ProtocolError::InvalidString)?;
         let s = String::from_utf8_lossy(rest.get(..nul).unwrap_or_default()).into_owned();
-        self.pos += nul + 1;
+        self.pos = self.pos.saturating_add(nul).saturating_add(1);
         Ok(s)
     }
     /// Everything not yet read.
@@ -155,8 +164,9 @@ pub(crate) fn take_bytes(
     n: usize,
 ) -> Result<Bytes, ProtocolError> {
     let start = r.pos();
-    r.take(n)?;
-    Ok(body.slice(start..start + n))
+    let taken = r.take(n)?;
+    // take() checked that `n` bytes follow `start`.
+    Ok(body.slice(start..start.saturating_add(taken.len())))
 }
 
 #[cfg(test)]

@@ -164,7 +164,12 @@ pub fn encode_xlogdata_header(
     data_len: usize,
 ) {
     buf.put_u8(b'd');
-    buf.put_u32((4 + XLOGDATA_HEADER_LEN + data_len) as u32);
+    // data_len is at most a MAX_SEND chunk; saturate rather than wrap if a caller erred.
+    let len = data_len
+        .saturating_add(4 + XLOGDATA_HEADER_LEN)
+        .try_into()
+        .unwrap_or(u32::MAX);
+    buf.put_u32(len);
     buf.put_u8(b'w');
     buf.put_u64(data_start.0);
     buf.put_u64(wal_end.0);

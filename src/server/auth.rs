@@ -26,6 +26,8 @@ use crate::error::{codes, SqlState};
 /// Which transports a rule applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnType {
+    /// Unix-domain socket connections.
+    Local,
     Host,
     HostSsl,
     HostNoSsl,
@@ -38,6 +40,9 @@ pub enum Method {
     ScramSha256,
     Md5,
     Cert,
+    /// The client's operating system user (`SO_PEERCRED`) must be the requested user;
+    /// `local` rules only.
+    Peer,
 }
 
 /// One parsed `[[server.hba]]` rule.
@@ -77,14 +82,15 @@ pub fn parse_rules(rules: &[HbaRuleConfig]) -> Result<Vec<HbaRule>, String> {
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let n = i + 1;
+            let n = i.saturating_add(1);
             let conn_type = match r.conn_type.as_str() {
+                "local" => ConnType::Local,
                 "host" => ConnType::Host,
                 "hostssl" => ConnType::HostSsl,
                 "hostnossl" => ConnType::HostNoSsl,
                 t => {
                     return Err(format!(
-                        "hba rule {n}: invalid connection type \"{t}\" (use host, hostssl, hostnossl)"
+                        "hba rule {n}: invalid connection type \"{t}\" (use local, host, hostssl, hostnossl)"
                     ))
                 }
             };
@@ -102,8 +108,12 @@ pub fn parse_rules(rules: &[HbaRuleConfig]) -> Result<Vec<HbaRule>, String> {
             } else {
                 Some(r.user.split(',').map(|u| u.trim().to_string()).collect())
             };
-            let net = if r.address == "all" {
+            let net = if r.address == "all" || r.address.is_empty() {
                 None
+            } else if conn_type == ConnType::Local {
+                return Err(format!(
+                    "hba rule {n}: a local rule has no address (Unix-domain sockets)"
+                ));
             } else {
                 Some(parse_cidr(&r.address).map_err(|e| format!("hba rule {n}: {e}"))?)
             };
@@ -113,15 +123,21 @@ pub fn parse_rules(rules: &[HbaRuleConfig]) -> Result<Vec<HbaRule>, String> {
                 "scram-sha-256" => Method::ScramSha256,
                 "md5" => Method::Md5,
                 "cert" => Method::Cert,
+                "peer" => Method::Peer,
                 m => {
                     return Err(format!(
-                        "hba rule {n}: invalid authentication method \"{m}\" (use scram-sha-256, md5, trust, reject, cert)"
+                        "hba rule {n}: invalid authentication method \"{m}\" (use scram-sha-256, md5, trust, reject, cert, peer)"
                     ))
                 }
             };
             if method == Method::Cert && conn_type != ConnType::HostSsl {
                 return Err(format!(
                     "hba rule {n}: cert authentication is only supported on hostssl connections"
+                ));
+            }
+            if method == Method::Peer && conn_type != ConnType::Local {
+                return Err(format!(
+                    "hba rule {n}: peer authentication is only supported on local sockets"
                 ));
             }
             Ok(HbaRule {
@@ -147,7 +163,9 @@ fn in_net(ip: IpAddr, (net, bits): (IpAddr, u8)) -> bool {
             let mask = if bits == 0 {
                 0
             } else {
-                u32::MAX << (32 - u32::from(bits))
+                u32::MAX
+                    .checked_shl(32u32.saturating_sub(u32::from(bits)))
+                    .unwrap_or(0)
             };
             u32::from(a) & mask == u32::from(n) & mask
         }
@@ -155,7 +173,9 @@ fn in_net(ip: IpAddr, (net, bits): (IpAddr, u8)) -> bool {
             let mask = if bits == 0 {
                 0
             } else {
-                u128::MAX << (128 - u32::from(bits))
+                u128::MAX
+                    .checked_shl(128u32.saturating_sub(u32::from(bits)))
+                    .unwrap_or(0)
             };
             u128::from(a) & mask == u128::from(n) & mask
         }
@@ -168,20 +188,75 @@ pub fn find_rule<'a>(
     rules: &'a [HbaRule],
     tls: bool,
     user: &str,
-    ip: IpAddr,
+    ip: Option<IpAddr>,
 ) -> Option<&'a HbaRule> {
     rules.iter().find(|r| {
-        let type_ok = match r.conn_type {
-            ConnType::Host => true,
-            ConnType::HostSsl => tls,
-            ConnType::HostNoSsl => !tls,
+        let type_ok = match (r.conn_type, ip) {
+            (ConnType::Local, None) => true,
+            (ConnType::Local, Some(_)) | (_, None) => false,
+            (ConnType::Host, Some(_)) => true,
+            (ConnType::HostSsl, Some(_)) => tls,
+            (ConnType::HostNoSsl, Some(_)) => !tls,
         };
         type_ok
             && r.users
                 .as_ref()
                 .is_none_or(|us| us.iter().any(|u| u == user))
-            && r.net.is_none_or(|n| in_net(ip, n))
+            && match (r.net, ip) {
+                (None, _) => true,
+                (Some(n), Some(ip)) => in_net(ip, n),
+                (Some(_), None) => false,
+            }
     })
+}
+
+/// `peer` authentication: the name of the client's operating system user must be `user`.
+pub fn check_peer(uid: Option<u32>, user: &str) -> Result<(), AuthError> {
+    // As PostgreSQL: the reason goes to the log, the client sees "Peer authentication failed".
+    let Some(uid) = uid else {
+        tracing::info!("could not get peer credentials");
+        return Err(AuthError::PeerFailed(user.into()));
+    };
+    match os_user_name(uid) {
+        Ok(name) if name == user => Ok(()),
+        Ok(name) => {
+            tracing::info!(
+                "provided user name ({user}) and authenticated user name ({name}) do not match"
+            );
+            Err(AuthError::PeerFailed(user.into()))
+        }
+        Err(e) => {
+            tracing::info!("could not look up local user ID {uid}: {e}");
+            Err(AuthError::PeerFailed(user.into()))
+        }
+    }
+}
+
+/// The login name of `uid` (getpwuid_r).
+fn os_user_name(uid: u32) -> Result<String, String> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: getpwuid_r with a zeroed passwd, a buffer of buf.len() bytes and an out
+        // pointer; the returned strings point into buf, copied before it is reused.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut res: *mut libc::passwd = std::ptr::null_mut();
+        let rc = unsafe {
+            libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut res)
+        };
+        if rc == libc::ERANGE && buf.len() < (1 << 20) {
+            buf.resize(buf.len().saturating_mul(2), 0);
+            continue;
+        }
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc).to_string());
+        }
+        if res.is_null() || pwd.pw_name.is_null() {
+            return Err("user does not exist".into());
+        }
+        // SAFETY: pw_name is a NUL-terminated string inside buf.
+        let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+        return Ok(name.to_string_lossy().into_owned());
+    }
 }
 
 /// A stored credential.
@@ -258,6 +333,8 @@ pub enum AuthError {
     NoCertificate,
     #[error("certificate authentication failed for user \"{0}\"")]
     CertFailed(String),
+    #[error("Peer authentication failed for user \"{0}\"")]
+    PeerFailed(String),
 }
 
 impl AuthError {
@@ -281,7 +358,8 @@ impl SqlState for AuthError {
             | AuthError::UnsupportedChannelBinding(_)
             | AuthError::ChannelBindingCheck
             | AuthError::NoCertificate
-            | AuthError::CertFailed(_) => codes::INVALID_AUTHORIZATION,
+            | AuthError::CertFailed(_)
+            | AuthError::PeerFailed(_) => codes::INVALID_AUTHORIZATION,
         }
     }
 }
@@ -529,7 +607,7 @@ pub fn check_md5(
 ) -> Result<(), AuthError> {
     let mut input = stored_hex.as_bytes().to_vec();
     input.extend_from_slice(&salt);
-    let expected = format!("md5{}", hex(&md5::digest(&input)));
+    let expected = format!("md5{}", hex(&md5_digest(&input)));
     if constant_time_eq(expected.as_bytes(), response.as_bytes()) {
         Ok(())
     } else {
@@ -537,61 +615,13 @@ pub fn check_md5(
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// MD5 of `input` (the `md-5` crate), only for the legacy md5 exchange.
+fn md5_digest(input: &[u8]) -> Vec<u8> {
+    <md5::Md5 as md5::Digest>::digest(input).to_vec()
 }
 
-/// A small MD5 (RFC 1321), only for the legacy md5 exchange.
-mod md5 {
-    const S: [u32; 64] = [
-        7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 5, 9, 14, 20, 5, 9, 14, 20, 5,
-        9, 14, 20, 5, 9, 14, 20, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 6, 10,
-        15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21,
-    ];
-
-    pub fn digest(input: &[u8]) -> [u8; 16] {
-        let k: Vec<u32> = (0..64)
-            .map(|i: i32| ((f64::from(i + 1)).sin().abs() * 4_294_967_296.0) as u32)
-            .collect();
-        let mut msg = input.to_vec();
-        let bit_len = (input.len() as u64).wrapping_mul(8);
-        msg.push(0x80);
-        while msg.len() % 64 != 56 {
-            msg.push(0);
-        }
-        msg.extend_from_slice(&bit_len.to_le_bytes());
-        let (mut a0, mut b0, mut c0, mut d0) =
-            (0x67452301u32, 0xefcdab89u32, 0x98badcfeu32, 0x10325476u32);
-        for chunk in msg.chunks_exact(64) {
-            let mut m = [0u32; 16];
-            for (i, w) in chunk.chunks_exact(4).enumerate() {
-                m[i] = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-            }
-            let (mut a, mut b, mut c, mut d) = (a0, b0, c0, d0);
-            for i in 0..64 {
-                let (f, g) = match i / 16 {
-                    0 => ((b & c) | (!b & d), i),
-                    1 => ((d & b) | (!d & c), (5 * i + 1) % 16),
-                    2 => (b ^ c ^ d, (3 * i + 5) % 16),
-                    _ => (c ^ (b | !d), (7 * i) % 16),
-                };
-                let f = f.wrapping_add(a).wrapping_add(k[i]).wrapping_add(m[g]);
-                a = d;
-                d = c;
-                c = b;
-                b = b.wrapping_add(f.rotate_left(S[i]));
-            }
-            a0 = a0.wrapping_add(a);
-            b0 = b0.wrapping_add(b);
-            c0 = c0.wrapping_add(c);
-            d0 = d0.wrapping_add(d);
-        }
-        let mut out = [0u8; 16];
-        for (i, v) in [a0, b0, c0, d0].iter().enumerate() {
-            out[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
-        }
-        out
-    }
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -611,9 +641,9 @@ mod tests {
 
     #[test]
     fn md5_known_vectors() {
-        assert_eq!(hex(&md5::digest(b"")), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(hex(&md5_digest(b"")), "d41d8cd98f00b204e9800998ecf8427e");
         assert_eq!(
-            hex(&md5::digest(b"The quick brown fox jumps over the lazy dog")),
+            hex(&md5_digest(b"The quick brown fox jumps over the lazy dog")),
             "9e107d9d372bb6826bd81d3542a419d6"
         );
         // the client side computes the same as postgres-protocol
@@ -637,30 +667,67 @@ mod tests {
         .unwrap();
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(
-            find_rule(&rules, true, "alice", ip("10.1.2.3"))
+            find_rule(&rules, true, "alice", Some(ip("10.1.2.3")))
                 .unwrap()
                 .method,
             Method::Cert
         );
         assert_eq!(
-            find_rule(&rules, false, "alice", ip("10.1.2.3"))
+            find_rule(&rules, false, "alice", Some(ip("10.1.2.3")))
                 .unwrap()
                 .method,
             Method::Reject
         );
         assert_eq!(
-            find_rule(&rules, false, "carol", ip("::ffff:127.0.0.1"))
+            find_rule(&rules, false, "carol", Some(ip("::ffff:127.0.0.1")))
                 .unwrap()
                 .method,
             Method::ScramSha256
         );
         assert_eq!(
-            find_rule(&rules, false, "x", ip("::1")).unwrap().method,
+            find_rule(&rules, false, "x", Some(ip("::1")))
+                .unwrap()
+                .method,
             Method::Trust
         );
         assert!(parse_rules(&[rule("host", "all", "1.2.3.4/33", "trust")]).is_err());
         assert!(parse_rules(&[rule("host", "all", "all", "password")]).is_err());
-        assert!(parse_rules(&[rule("local", "all", "all", "trust")]).is_err());
+        // local: Unix-domain sockets only, no address; peer only there
+        assert!(parse_rules(&[rule("local", "all", "10.0.0.0/8", "trust")]).is_err());
+        assert!(parse_rules(&[rule("host", "all", "all", "peer")]).is_err());
+        assert!(parse_rules(&[rule("bogus", "all", "all", "trust")]).is_err());
+        let rules = parse_rules(&[
+            rule("local", "all", "all", "peer"),
+            rule("host", "all", "all", "trust"),
+        ])
+        .unwrap();
+        assert_eq!(
+            find_rule(&rules, false, "x", None).unwrap().method,
+            Method::Peer
+        );
+        assert_eq!(
+            find_rule(&rules, false, "x", Some(ip("10.0.0.1")))
+                .unwrap()
+                .method,
+            Method::Trust
+        );
+        let host_only = parse_rules(&[rule("host", "all", "all", "trust")]).unwrap();
+        assert!(find_rule(&host_only, false, "x", None).is_none());
+    }
+
+    #[test]
+    fn peer_checks_the_os_user_name() {
+        // SAFETY: getuid has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        let me = os_user_name(uid).unwrap();
+        check_peer(Some(uid), &me).unwrap();
+        let e = check_peer(Some(uid), "not-this-user").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Peer authentication failed for user \"not-this-user\""
+        );
+        assert_eq!(e.sqlstate(), codes::INVALID_AUTHORIZATION);
+        assert!(check_peer(None, &me).is_err());
     }
 
     fn run_scram(

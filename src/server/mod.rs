@@ -1,7 +1,7 @@
 //! The walsender: the server that standbys (`primary_conninfo` pointing at walrelay) and
 //! `pg_receivewal -h walrelay` stream from.
 //!
-//! Owns: the TCP listener and connection limit, one tokio task per client session (startup,
+//! Owns: the TCP and Unix-socket listeners and connection limits, one tokio task per client session (startup,
 //! TLS, authentication, replication commands, streaming), proxy-side slots, hot-standby
 //! feedback aggregation and the downstream status view. Reads WAL from the store's shared
 //! in-memory tail and, for older positions, from the segment files
@@ -12,8 +12,12 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `session.rs` | startup packets, TLS, auth exchange, command loop, command answers |
-//! | `walsender.rs` | START_REPLICATION and the CopyBoth streaming loop |
+//! | `listener.rs` | TCP / Unix-socket listeners, lock file, admission limits, fd reserve |
+//! | `startup.rs` | startup packets, SSLRequest/GSSENC/cancel, TLS, hba decision, password exchange |
+//! | `session.rs` | the connection task, writer task, message framing, command loop |
+//! | `reply.rs` | typed command answers (`ResultSet` …) and ReadyForQuery |
+//! | `cmd/*.rs` | one file per replication command (dispatch in `cmd/mod.rs`) |
+//! | `walsender.rs` | the CopyBoth streaming loop of START_REPLICATION |
 //! | `auth.rs` | hba rules, SCRAM/md5 server side |
 //! | `tls.rs` | rustls setup, channel binding hash, client certificate CN |
 //! | `slots.rs` | proxy-side slots (`slots.json`) |
@@ -22,10 +26,29 @@
 //!
 //! See `docs/walsender.md`.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
 pub mod auth;
+mod cmd;
 pub mod feedback;
+pub mod listener;
+mod reply;
 mod session;
+// slots.rs belongs to the state work (slots.json via serde, no wire parsing): outside this
+// module's no-panic lints for now.
+#[allow(
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::arithmetic_side_effects
+)]
 pub mod slots;
+mod startup;
 pub mod status;
 pub mod tls;
 mod walsender;
@@ -33,11 +56,10 @@ mod walsender;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -53,8 +75,13 @@ pub use crate::upstream::receiver::UpstreamInfo;
 /// Validated server settings (see [`ServerSettings::from_config`]).
 #[derive(Clone)]
 pub struct ServerSettings {
-    pub listen: String,
+    pub listen: Vec<listener::ListenAddr>,
     pub max_connections: usize,
+    pub max_startup_connections: usize,
+    pub max_startup_connections_per_address: usize,
+    pub reserved_file_descriptors: usize,
+    /// Mode of Unix-domain sockets.
+    pub unix_socket_mode: u32,
     pub startup_timeout: Duration,
     pub tls: Option<tls::TlsSetup>,
     pub require_tls: bool,
@@ -72,8 +99,11 @@ impl ServerSettings {
     pub fn from_config(c: &ServerConfig) -> Result<ServerSettings, ServerError> {
         let listen = c
             .listen
-            .clone()
+            .as_deref()
             .ok_or_else(|| ServerError::Config("server.listen is not set".into()))?;
+        let listen = listener::parse_listen(listen).map_err(ServerError::Config)?;
+        let unix_socket_mode =
+            listener::parse_mode(&c.unix_socket_permissions).map_err(ServerError::Config)?;
         let tls = match (&c.tls_cert, &c.tls_key) {
             (Some(cert), Some(key)) => {
                 Some(tls::load(cert, key, c.tls_ca.as_deref()).map_err(ServerError::Config)?)
@@ -104,6 +134,10 @@ impl ServerSettings {
         Ok(ServerSettings {
             listen,
             max_connections: c.max_connections.max(1),
+            max_startup_connections: c.max_startup_connections.max(1),
+            max_startup_connections_per_address: c.max_startup_connections_per_address.max(1),
+            reserved_file_descriptors: c.reserved_file_descriptors,
+            unix_socket_mode,
             startup_timeout: c.startup_timeout,
             tls,
             require_tls: c.require_tls,
@@ -118,22 +152,22 @@ impl ServerSettings {
     }
 }
 
-/// With no `[[server.hba]]` rules: trust from loopback addresses, nothing else.
+/// With no `[[server.hba]]` rules: trust from loopback addresses, `peer` on Unix-domain
+/// sockets, nothing else.
 fn default_hba() -> Vec<auth::HbaRule> {
-    ["127.0.0.0/8", "::1/128"]
-        .iter()
-        .filter_map(|a| {
-            auth::parse_rules(&[crate::config::HbaRuleConfig {
-                conn_type: "host".into(),
-                database: "replication".into(),
-                user: "all".into(),
-                address: (*a).into(),
-                method: "trust".into(),
-            }])
-            .ok()
-        })
-        .flatten()
-        .collect()
+    let rule = |conn_type: &str, address: &str, method: &str| crate::config::HbaRuleConfig {
+        conn_type: conn_type.into(),
+        database: "replication".into(),
+        user: "all".into(),
+        address: address.into(),
+        method: method.into(),
+    };
+    auth::parse_rules(&[
+        rule("local", "all", "peer"),
+        rule("host", "127.0.0.0/8", "trust"),
+        rule("host", "::1/128", "trust"),
+    ])
+    .unwrap_or_default()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,7 +221,7 @@ pub(crate) struct Shared {
     pub archive: Option<Arc<crate::archive::LazyArchiveReader>>,
     next_pid: AtomicI32,
     next_session: AtomicU64,
-    pub connections: AtomicUsize,
+    pub limits: listener::Limits,
 }
 
 impl Shared {
@@ -250,7 +284,8 @@ pub struct ServerHandle {
     pub hs_feedback: watch::Receiver<HsFeedback>,
     /// Oldest `restart_lsn` of the proxy-side slots, for WAL retention.
     pub slots_min_restart: watch::Receiver<Option<Lsn>>,
-    pub local_addr: SocketAddr,
+    /// The first TCP listening address (`None`: only Unix sockets).
+    pub local_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -297,16 +332,19 @@ impl Server {
         ctx: ServerContext,
         shutdown: watch::Receiver<bool>,
     ) -> Result<ServerHandle, ServerError> {
-        let listener = TcpListener::bind(&settings.listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: settings.listen.clone(),
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: settings.listen.clone(),
-            source,
-        })?;
+        let fds = listener::FdBudget::start(settings.reserved_file_descriptors);
+        let mut bound = Vec::with_capacity(settings.listen.len());
+        for addr in &settings.listen {
+            bound
+                .push(listener::Bound::bind(addr, settings.unix_socket_mode, &ctx.data_dir).await?);
+        }
+        let local_addr = bound.iter().find_map(|b| b.local_addr());
+        let limits = listener::Limits::new(
+            settings.max_connections,
+            settings.max_startup_connections,
+            settings.max_startup_connections_per_address,
+            fds,
+        );
         let (slots, slots_min_restart) = slots::Slots::load(
             &ctx.data_dir,
             settings.max_slots,
@@ -323,12 +361,14 @@ impl Server {
             status: status::StatusRegistry::default(),
             feeds: ctx.feeds,
             archive: ctx.archive,
-            next_pid: AtomicI32::new(100_000 + (std::process::id() % 1000) as i32 * 1000),
+            next_pid: AtomicI32::new(first_pid()),
             next_session: AtomicU64::new(1),
-            connections: AtomicUsize::new(0),
+            limits,
         });
-        tracing::info!("walsender listening on {local_addr}");
-        let task = tokio::spawn(accept_loop(listener, shared.clone(), shutdown));
+        for b in &bound {
+            tracing::info!("walsender listening on {}", b.describe());
+        }
+        let task = tokio::spawn(accept_loop(bound, shared.clone(), shutdown));
         Ok(ServerHandle {
             hs_feedback,
             slots_min_restart,
@@ -339,12 +379,63 @@ impl Server {
     }
 }
 
+/// One accepted connection, handed from a listener task to the session set.
+struct Incoming {
+    conn: listener::Conn,
+    peer: listener::Peer,
+    admission: Result<listener::Admission, (listener::Refusal, tokio::sync::OwnedSemaphorePermit)>,
+}
+
+/// Accepts on one listener: a place under the cap and fd headroom first, then `accept`.
+async fn listen_task(
+    bound: listener::Bound,
+    shared: Arc<Shared>,
+    tx: tokio::sync::mpsc::Sender<Incoming>,
+) {
+    let what = bound.describe();
+    let mut backoff = listener::AcceptBackoff::new();
+    loop {
+        let permit = shared.limits.ready_to_accept().await;
+        match bound.accept().await {
+            Ok((conn, peer)) => {
+                backoff.ok();
+                shared.limits.fds_accepted();
+                let admission = shared.limits.admit(permit, &peer);
+                if tx
+                    .send(Incoming {
+                        conn,
+                        peer,
+                        admission,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                drop(permit);
+                let wait = backoff.failed(&what, &e);
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
 async fn accept_loop(
-    listener: TcpListener,
+    bound: Vec<listener::Bound>,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut sessions = JoinSet::new();
+    let mut listeners = JoinSet::new();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Incoming>(1);
+    for b in bound {
+        listeners.spawn(listen_task(b, shared.clone(), tx.clone()));
+    }
+    drop(tx);
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     let mut positions = shared.store.positions();
     loop {
@@ -352,16 +443,17 @@ async fn accept_loop(
             break;
         }
         tokio::select! {
-            r = listener.accept() => match r {
-                Ok((tcp, peer)) => {
-                    let _ = tcp.set_nodelay(true);
-                    sessions.spawn(session::run(shared.clone(), tcp, peer, shutdown.clone()));
+            Some(inc) = rx.recv() => {
+                let Incoming { conn, peer, admission } = inc;
+                match admission {
+                    Ok(adm) => {
+                        sessions.spawn(session::run(shared.clone(), conn, peer, adm, shutdown.clone()));
+                    }
+                    Err((why, permit)) => {
+                        sessions.spawn(session::refuse_at_accept(conn, peer, why, permit));
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
+            }
             _ = shutdown.changed() => {}
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             _ = housekeeping.tick() => {
@@ -375,12 +467,18 @@ async fn accept_loop(
             }
         }
     }
-    drop(listener);
+    // Stop accepting; the listening sockets (and Unix socket files and lock files) go away.
+    listeners.abort_all();
+    while listeners.join_next().await.is_some() {}
+    drop(rx);
     tracing::info!(
         "walsender: shutting down, waiting for {} session(s)",
         sessions.len()
     );
-    let grace = shared.settings.shutdown_timeout + Duration::from_secs(2);
+    let grace = shared
+        .settings
+        .shutdown_timeout
+        .saturating_add(Duration::from_secs(2));
     if tokio::time::timeout(grace, async {
         while sessions.join_next().await.is_some() {}
     })
@@ -390,6 +488,13 @@ async fn accept_loop(
         sessions.abort_all();
     }
     persist_slots(&shared).await;
+}
+
+/// Session "pids" start at 100000 + 1000 × (walrelay's pid mod 1000), so that two walrelay
+/// processes on a host rarely show the same ones.
+fn first_pid() -> i32 {
+    let base = i32::try_from(std::process::id().checked_rem(1000).unwrap_or(0)).unwrap_or(0);
+    base.saturating_mul(1000).saturating_add(100_000)
 }
 
 async fn persist_slots(shared: &Arc<Shared>) {

@@ -27,6 +27,8 @@ pub const REPLAY_LAG_SECONDS: &str = "walrelay_walsender_replay_lag_seconds";
 pub const SESSIONS: &str = "walrelay_walsender_sessions";
 /// Connections refused, by reason (`auth`, `too_many`, `protocol`, `tls`).
 pub const REFUSED: &str = "walrelay_server_refused_connections_total";
+/// Failed `accept()` calls on the walsender listeners (EMFILE …).
+pub const ACCEPT_ERRORS: &str = "walrelay_server_accept_errors_total";
 
 pub fn ser_opt_lsn<S: Serializer>(v: &Option<Lsn>, s: S) -> Result<S::Ok, S::Error> {
     match v {
@@ -142,13 +144,17 @@ impl LagTracker {
 
     /// The standby reported write/flush/apply; returns the three lags in seconds.
     pub fn reported(&mut self, pos: [Lsn; 3], now: Instant) -> [Option<f64>; 3] {
-        for (i, p) in pos.iter().enumerate() {
-            if !p.is_valid() || *p <= self.reported[i] {
+        for ((p, reported), last) in pos
+            .iter()
+            .zip(self.reported.iter_mut())
+            .zip(self.last.iter_mut())
+        {
+            if !p.is_valid() || *p <= *reported {
                 continue;
             }
-            self.reported[i] = *p;
+            *reported = *p;
             if let Some((_, t)) = self.samples.iter().rev().find(|(l, _)| *l <= *p) {
-                self.last[i] = Some(now.duration_since(*t).as_secs_f64());
+                *last = Some(now.duration_since(*t).as_secs_f64());
             }
         }
         // Samples every position has passed are no longer needed.

@@ -92,9 +92,9 @@ fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         }
         let mut len = 0usize;
         for i in 0..n {
-            len = (len << 8) | usize::from(*b.get(2 + i)?);
+            len = (len << 8) | usize::from(*b.get(i.checked_add(2)?)?);
         }
-        (len, 2 + n)
+        (len, n.checked_add(2)?)
     };
     let end = hdr.checked_add(len)?;
     Some((tag, b.get(hdr..end)?, b.get(end..)?))

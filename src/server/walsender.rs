@@ -1,8 +1,7 @@
-//! START_REPLICATION … PHYSICAL and the CopyBoth streaming loop.
+//! The CopyBoth streaming loop of START_REPLICATION … PHYSICAL (the command's checks and its
+//! final answer are in `cmd/start_replication.rs`).
 //!
-//! Owns: the checks `StartReplication` makes (slot, timeline in history, start not past the
-//! fork, start exactly at a switch point answered without COPY; start ahead of the flush
-//! position refused after CopyBothResponse), then the loop that sends WAL from exactly the
+//! Owns: the loop that sends WAL from exactly the
 //! requested position, contiguous, never past [`StreamState::send_limit`]: recent WAL from the
 //! store's shared tail (no copy), older WAL from the segment files in ≤ 128 kB chunks, and
 //! segments that retention removed from the data directory from the archive (one whole
@@ -17,12 +16,13 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use super::cmd::start_replication::end_of_streaming;
 use super::session::{err_of, fatal, End, Out, Session};
-use super::{status, HsFeedback, ServeView};
+use super::{status, HsFeedback};
 use crate::archive::ArchiveError;
 use crate::error::{codes, SqlState};
 use crate::lsn::{pg_now, Lsn, TimelineId};
-use crate::protocol::backend::{self, ErrorFields, Field, INT8_OID, TEXT_OID};
+use crate::protocol::backend;
 use crate::protocol::frontend::FrontendMessage;
 use crate::protocol::replication::{self, ClientCopyMessage};
 use crate::store::reader::{ReadError, WalReader};
@@ -79,15 +79,15 @@ impl ArchivedSegment {
     }
 }
 
-struct StreamState {
-    tli: TimelineId,
-    seg_size: u64,
-    system_id: u64,
-    sent: Lsn,
+pub(crate) struct StreamState {
+    pub tli: TimelineId,
+    pub seg_size: u64,
+    pub system_id: u64,
+    pub sent: Lsn,
     /// Where `tli` ends and the timeline that follows, once it is historic.
-    end: Option<(Lsn, TimelineId)>,
+    pub end: Option<(Lsn, TimelineId)>,
     /// Fallback positions when the store is not writing (from the control file).
-    fallback: (TimelineId, Lsn),
+    pub fallback: (TimelineId, Lsn),
 }
 
 impl StreamState {
@@ -110,137 +110,12 @@ impl StreamState {
 }
 
 impl Session {
-    pub(crate) async fn start_replication(
+    /// Streams WAL from `st.sent` until the client or the server ends the COPY.
+    pub(crate) async fn stream(
         &mut self,
-        view: ServeView,
-        slot: Option<String>,
-        start: Lsn,
-        timeline: Option<u32>,
-    ) -> Result<(), End> {
-        if let Some(name) = &slot {
-            if let Err(e) = self.shared.slots.acquire(name, self.id, self.pid) {
-                return self.send_slot_error(&e).await;
-            }
-        }
-        let r = self
-            .start_inner(view, slot.as_deref(), start, timeline)
-            .await;
-        if let Some(name) = &slot {
-            self.shared.slots.release(name, self.id);
-        }
-        self.shared.feedback.remove(self.id);
-        self.shared.status.update(self.id, |r| {
-            r.state = "startup".into();
-        });
-        r
-    }
-
-    async fn start_inner(
-        &mut self,
-        view: ServeView,
+        st: &mut StreamState,
         slot: Option<&str>,
-        start: Lsn,
-        timeline: Option<u32>,
     ) -> Result<(), End> {
-        let cur = view.timeline;
-        let tli = timeline.unwrap_or(cur);
-        let mut end = None;
-        if tli != cur {
-            let entries = if tli < cur { self.history(cur) } else { None };
-            let sw = entries
-                .as_ref()
-                .and_then(|e| history::switch_point_of(e, tli));
-            let Some(sw) = sw else {
-                return self
-                    .send_error(ErrorFields::error(
-                        codes::INTERNAL_ERROR,
-                        format!("requested timeline {tli} is not in this server's history"),
-                    ))
-                    .await;
-            };
-            let next = next_tli(entries.as_deref().unwrap_or(&[]), tli, cur);
-            if start > sw {
-                let mut e = ErrorFields::error(
-                    codes::INTERNAL_ERROR,
-                    format!(
-                        "requested starting point {start} on timeline {tli} is not in this server's history"
-                    ),
-                );
-                e.detail = Some(format!(
-                    "This server's history forked from timeline {tli} at {sw}."
-                ));
-                return self.send_error(e).await;
-            }
-            end = Some((sw, next));
-            if start == sw {
-                // Nothing to stream: the next timeline starts right here.
-                return self.finish_timeline(end, true).await;
-            }
-        }
-        let mut b = BytesMut::new();
-        backend::copy_both_response(&mut b);
-        self.send(b).await?;
-        if end.is_none() && start > view.flush {
-            return self
-                .send_error(ErrorFields::error(
-                    codes::INTERNAL_ERROR,
-                    format!(
-                        "requested starting point {start} is ahead of the WAL flush position of this server {}",
-                        view.flush
-                    ),
-                ))
-                .await;
-        }
-        tracing::info!(
-            "pid {} ({}): start streaming at {start} on timeline {tli}{}",
-            self.pid,
-            self.application_name,
-            slot.map(|s| format!(" with slot \"{s}\""))
-                .unwrap_or_default()
-        );
-        let mut st = StreamState {
-            tli,
-            seg_size: view.seg_size,
-            system_id: view.system_id,
-            sent: start,
-            end,
-            fallback: (view.timeline, view.flush),
-        };
-        self.shared.status.update(self.id, |r| {
-            r.state = "catchup".into();
-            r.timeline = tli;
-            r.sent_lsn = Some(start);
-            r.slot_name = slot.map(str::to_string);
-        });
-        self.stream(&mut st, slot).await
-    }
-
-    /// After the COPY: the `next_tli` row (historic timelines), both CommandCompletes, `Z`.
-    async fn finish_timeline(
-        &self,
-        end: Option<(Lsn, TimelineId)>,
-        historic: bool,
-    ) -> Result<(), End> {
-        let mut b = BytesMut::new();
-        if let (true, Some((sw, next))) = (historic, end) {
-            backend::row_description(
-                &mut b,
-                &[
-                    Field::new("next_tli", INT8_OID),
-                    Field::new("next_tli_startpos", TEXT_OID),
-                ],
-            );
-            let n = next.to_string();
-            let p = sw.to_string();
-            backend::data_row(&mut b, &[Some(n.as_bytes()), Some(p.as_bytes())]);
-        }
-        backend::command_complete(&mut b, "START_STREAMING");
-        backend::command_complete(&mut b, "START_REPLICATION");
-        backend::ready_for_query(&mut b, b'I');
-        self.send(b).await
-    }
-
-    async fn stream(&mut self, st: &mut StreamState, slot: Option<&str>) -> Result<(), End> {
         let settings = self.shared.settings.clone();
         let mut positions = self.shared.store.positions();
         let mut store_alive = true;
@@ -256,7 +131,10 @@ impl Session {
         let mut stopping: Option<Instant> = None;
         let mut stop_ping = false;
         let mut confirmed = Lsn(0);
-        let half_timeout = settings.wal_sender_timeout / 2;
+        let half_timeout = settings
+            .wal_sender_timeout
+            .checked_div(2)
+            .unwrap_or_default();
         let keepalive_every = settings
             .keepalive_interval
             .max(std::time::Duration::from_millis(100));
@@ -299,7 +177,7 @@ impl Session {
                         .await
                     {
                         Ok(data) => {
-                            let upto = Lsn(st.sent.0 + data.len() as u64);
+                            let upto = Lsn(st.sent.0.saturating_add(data.len() as u64));
                             let mut h = BytesMut::with_capacity(32);
                             replication::encode_xlogdata_header(
                                 &mut h,
@@ -341,12 +219,12 @@ impl Session {
 
             // Next timer: keepalive or timeout.
             let now = Instant::now();
-            let mut wake = last_send + keepalive_every;
+            let mut wake = after(last_send, keepalive_every);
             if !settings.wal_sender_timeout.is_zero() {
                 let t = if ping_sent {
-                    last_recv + settings.wal_sender_timeout
+                    after(last_recv, settings.wal_sender_timeout)
                 } else {
-                    last_recv + half_timeout
+                    after(last_recv, half_timeout)
                 };
                 wake = wake.min(t);
             }
@@ -361,7 +239,7 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = self.shutdown.changed(), if stopping.is_none() => {
-                    stopping = Some(Instant::now() + settings.shutdown_timeout);
+                    stopping = Some(after(Instant::now(), settings.shutdown_timeout));
                     self.shared.status.update(self.id, |r| r.state = "stopping".into());
                 }
                 m = self.conn.read_message() => {
@@ -410,7 +288,7 @@ impl Session {
                             }
                             let historic = st.end.is_some();
                             tracing::info!("pid {}: client ended streaming at {}", self.pid, st.sent);
-                            return self.finish_timeline(st.end, historic).await;
+                            return self.reply(end_of_streaming(st.end, historic)).await;
                         }
                         FrontendMessage::Terminate => return Err(End::Gone),
                         FrontendMessage::CopyFail(m) => {
@@ -451,17 +329,17 @@ impl Session {
                 _ = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
                     if !settings.wal_sender_timeout.is_zero() && stopping.is_none() {
-                        if now >= last_recv + settings.wal_sender_timeout {
+                        if now >= after(last_recv, settings.wal_sender_timeout) {
                             tracing::info!("pid {} ({}): terminating walsender process due to replication timeout", self.pid, self.application_name);
                             return Err(End::Gone);
                         }
-                        if !ping_sent && now >= last_recv + half_timeout {
+                        if !ping_sent && now >= after(last_recv, half_timeout) {
                             ping_sent = true;
                             self.keepalive(st.sent, true);
                             last_send = now;
                         }
                     }
-                    if now >= last_send + keepalive_every {
+                    if now >= after(last_send, keepalive_every) {
                         self.keepalive(st.sent, false);
                         last_send = now;
                     }
@@ -612,12 +490,24 @@ impl Session {
     }
 }
 
+/// `t + d`, or a point ~30 years on when a configured duration is too large to add (no
+/// overflow panic from a huge `wal_sender_timeout`).
+fn after(t: Instant, d: std::time::Duration) -> Instant {
+    t.checked_add(d)
+        .or_else(|| t.checked_add(std::time::Duration::from_secs(30 * 365 * 86_400)))
+        .unwrap_or(t)
+}
+
 /// The timeline that follows `tli` in the history of `cur`.
-fn next_tli(entries: &[history::HistoryEntry], tli: TimelineId, cur: TimelineId) -> TimelineId {
+pub(crate) fn next_tli(
+    entries: &[history::HistoryEntry],
+    tli: TimelineId,
+    cur: TimelineId,
+) -> TimelineId {
     entries
         .iter()
         .position(|e| e.parent_tli == tli)
-        .and_then(|i| entries.get(i + 1))
+        .and_then(|i| entries.get(i.checked_add(1)?))
         .map_or(cur, |e| e.parent_tli)
 }
 
