@@ -22,4 +22,5 @@ mod server_timeline;
 mod upstream_auth;
 mod upstream_conn;
 mod upstream_liveness;
+mod upstream_options;
 mod upstream_unix;

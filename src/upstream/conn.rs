@@ -225,6 +225,8 @@ pub struct ReplConnection {
     port: u16,
     tls: bool,
     cb_hash: Option<Vec<u8>>,
+    /// Client-certificate requests seen in the TLS handshake (`sslcertmode=require`).
+    cert_tracker: Option<std::sync::Arc<tls::ClientCertTracker>>,
     state: State,
     max_msg: usize,
     /// Longest wait for each message of a command's answer (not for streaming, where the
@@ -517,6 +519,7 @@ impl ReplConnection {
     ) -> Result<ReplConnection> {
         let mut cb_hash = None;
         let mut on_tls = false;
+        let mut cert_tracker = None;
         let stream = if let Some(path) = h.socket_path() {
             let s = connect_unix(&path).await.map_err(unix_connect_text)?;
             if let Some(peer) = ci.requirepeer.as_deref().filter(|p| !p.is_empty()) {
@@ -528,7 +531,8 @@ impl ReplConnection {
         } else {
             let mut tcp = Self::connect_tcp(ci, h).await?;
             let mode = ci.sslmode()?;
-            let config = tls::client_config(ci, mode)?;
+            let (config, tracker) = tls::client_config_tracked(ci, mode)?;
+            cert_tracker = Some(tracker);
             let mut b = BytesMut::new();
             frontend::ssl_request(&mut b);
             tcp.write_all(&b).await.map_err(io_text)?;
@@ -579,6 +583,7 @@ impl ReplConnection {
             port: h.port,
             tls: on_tls,
             cb_hash,
+            cert_tracker: if on_tls { cert_tracker } else { None },
             state: State::Broken,
             max_msg: MAX_STARTUP_MESSAGE,
             reply_timeout: None,

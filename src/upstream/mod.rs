@@ -15,6 +15,7 @@ pub mod error;
 pub mod pgpass;
 pub mod receiver;
 pub mod require_auth;
+pub mod service;
 pub mod tls;
 
 pub use conn::{CopyEvent, IdentifySystem, QueryResult, ReplConnection, SlotInfo};
