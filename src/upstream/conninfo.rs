@@ -72,32 +72,9 @@ pub enum TargetSessionAttrs {
     PreferStandby,
 }
 
-/// A password: shown as `<redacted>` by `Debug`, never printed.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl std::ops::Deref for Secret {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(s: &str) -> Secret {
-        Secret(s.to_string())
-    }
-}
-
 /// A parsed connection string. `None` means "not set": [`ConnInfo::apply_env`] fills
 /// unset fields from the environment and the accessors supply libpq's defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ConnInfo {
     /// Comma-separated `host` entries (empty entries mean the default host).
     pub host: Option<String>,
@@ -107,7 +84,7 @@ pub struct ConnInfo {
     pub port: Option<String>,
     pub user: Option<String>,
     /// Never shown by `Debug`.
-    pub password: Option<Secret>,
+    pub password: Option<String>,
     pub dbname: Option<String>,
     pub application_name: Option<String>,
     pub fallback_application_name: Option<String>,
@@ -144,6 +121,68 @@ pub struct ConnInfo {
     /// An error found while applying the service file, reported by [`ConnInfo::validate`]
     /// (`apply_env` cannot fail).
     pub deferred_error: Option<String>,
+}
+
+/// Calls `$m!(field, ...)` with every setting of [`ConnInfo`] (all `Option<String>`).
+macro_rules! for_each_setting {
+    ($m:ident) => {
+        $m!(
+            host,
+            hostaddr,
+            port,
+            user,
+            password,
+            dbname,
+            application_name,
+            fallback_application_name,
+            sslmode,
+            sslrootcert,
+            sslcert,
+            sslkey,
+            passfile,
+            channel_binding,
+            target_session_attrs,
+            connect_timeout,
+            options,
+            requirepeer,
+            require_auth,
+            keepalives,
+            keepalives_idle,
+            keepalives_interval,
+            keepalives_count,
+            tcp_user_timeout,
+            sslcrl,
+            sslcrldir,
+            ssl_min_protocol_version,
+            ssl_max_protocol_version,
+            sslcertmode,
+            gssencmode,
+            krbsrvname,
+            sslnegotiation,
+        )
+    };
+}
+
+impl fmt::Debug for ConnInfo {
+    /// Like a derived `Debug`, but the password is shown as `<redacted>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("ConnInfo");
+        macro_rules! show {
+            ($($f:ident),* $(,)?) => {
+                $(
+                    if stringify!($f) == "password" {
+                        d.field("password", &self.password.as_ref().map(|_| "<redacted>"));
+                    } else {
+                        d.field(stringify!($f), &self.$f);
+                    }
+                )*
+            };
+        }
+        for_each_setting!(show);
+        d.field("service", &self.service);
+        d.field("deferred_error", &self.deferred_error);
+        d.finish()
+    }
 }
 
 /// walrelay's default `connect_timeout` (per host) when none is given: libpq waits forever,
@@ -242,7 +281,7 @@ impl ConnInfo {
             "port" => &mut self.port,
             "user" => &mut self.user,
             "password" => {
-                self.password = Some(Secret(value));
+                self.password = Some(value);
                 return Ok(());
             }
             "dbname" => &mut self.dbname,
@@ -286,7 +325,7 @@ impl ConnInfo {
         crate::upstream::service::apply(self, env);
         if self.password.is_none() {
             if let Some(v) = env("PGPASSWORD").filter(|v| !v.is_empty()) {
-                self.password = Some(Secret(v));
+                self.password = Some(v);
             }
         }
         let pairs: [(&str, &mut Option<String>); 22] = [
@@ -345,40 +384,7 @@ impl ConnInfo {
                 $( if self.$f.is_none() { self.$f = other.$f; } )*
             };
         }
-        fill!(
-            host,
-            hostaddr,
-            port,
-            user,
-            password,
-            dbname,
-            application_name,
-            fallback_application_name,
-            sslmode,
-            sslrootcert,
-            sslcert,
-            sslkey,
-            passfile,
-            channel_binding,
-            target_session_attrs,
-            connect_timeout,
-            options,
-            requirepeer,
-            require_auth,
-            keepalives,
-            keepalives_idle,
-            keepalives_interval,
-            keepalives_count,
-            tcp_user_timeout,
-            sslcrl,
-            sslcrldir,
-            ssl_min_protocol_version,
-            ssl_max_protocol_version,
-            sslcertmode,
-            gssencmode,
-            krbsrvname,
-            sslnegotiation,
-        );
+        for_each_setting!(fill);
     }
 
     /// [`ConnInfo::apply_env`] with the process environment.
@@ -652,7 +658,7 @@ impl ConnInfo {
                 Some((u, p)) => {
                     self.user = Some(dec(u)?).filter(|u| !u.is_empty());
                     let p = percent_decode(p).map_err(|e| e.error("********", &shown))?;
-                    self.password = Some(Secret(p));
+                    self.password = Some(p);
                 }
                 None => self.user = Some(dec(userinfo)?).filter(|u| !u.is_empty()),
             }
