@@ -34,4 +34,5 @@ mod server_unix;
 mod state_faults;
 mod upstream_conn;
 mod upstream_liveness;
+mod upstream_options;
 mod upstream_unix;

@@ -48,7 +48,8 @@ impl Default for Config {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
-    /// libpq connection string or URI of the primary (several hosts allowed).
+    /// libpq connection string or URI of the primary (several hosts allowed). `Debug`
+    /// never shows its password.
     pub conninfo: Option<String>,
     /// Physical replication slot on the primary.
     pub slot: Option<String>,
@@ -69,6 +70,27 @@ pub struct UpstreamConfig {
     pub reconnect_min: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub reconnect_max: Duration,
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field(
+                "conninfo",
+                &self
+                    .conninfo
+                    .as_deref()
+                    .map(crate::upstream::conninfo::redacted),
+            )
+            .field("slot", &self.slot)
+            .field("create_slot", &self.create_slot)
+            .field("synchronous", &self.synchronous)
+            .field("status_interval", &self.status_interval)
+            .field("receive_timeout", &self.receive_timeout)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for UpstreamConfig {

@@ -216,6 +216,43 @@ impl Certs {
         make_leaf(&self.dir, &format!("other-client-{user}"), user, ext, &ca)
     }
 
+    /// A CRL (PEM) signed by the test CA revoking the given certificates (none: an empty
+    /// CRL), written to `out`. Uses `openssl ca` with a throwaway database next to `out`.
+    pub fn crl(&self, revoked: &[&Path], out: &Path) {
+        let db = out.with_extension("db");
+        std::fs::create_dir_all(&db).expect("create CRL database dir");
+        let index = db.join("index.txt");
+        std::fs::write(&index, "").expect("write index.txt");
+        std::fs::write(db.join("crlnumber"), "01\n").expect("write crlnumber");
+        let cnf = db.join("ca.cnf");
+        std::fs::write(
+            &cnf,
+            format!(
+                "[ca]\ndefault_ca = d\n[d]\ndatabase = {}\ncrlnumber = {}\ndefault_md = sha256\ndefault_crl_days = 30\n",
+                p(&index),
+                p(&db.join("crlnumber"))
+            ),
+        )
+        .expect("write ca.cnf");
+        let base = [
+            "ca",
+            "-config",
+            p(&cnf),
+            "-keyfile",
+            p(&self.ca_key),
+            "-cert",
+            p(&self.ca_cert),
+        ];
+        for cert in revoked {
+            let mut args = base.to_vec();
+            args.extend(["-revoke", p(cert)]);
+            openssl(&args, "ca -revoke");
+        }
+        let mut args = base.to_vec();
+        args.extend(["-gencrl", "-out", p(out)]);
+        openssl(&args, "ca -gencrl");
+    }
+
     /// postgresql.conf lines enabling TLS with these files (`ssl_ca_file` = the test CA,
     /// so `clientcert=verify-ca` / `cert` auth in pg_hba work).
     pub fn server_conf_lines(&self) -> Vec<String> {

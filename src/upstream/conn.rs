@@ -1,9 +1,17 @@
 //! The replication connection to the upstream server.
 //!
-//! Owns: opening the TCP/TLS connection (trying each host in turn), the startup packet
-//! (`replication=true`), authentication (trust, cleartext, md5, SCRAM-SHA-256 and
-//! SCRAM-SHA-256-PLUS), `target_session_attrs`, the replication commands walrelay sends, and
-//! the CopyBoth streaming phase ([`ReplConnection::recv_copy`], status and feedback).
+//! Split along the lines tokio-postgres uses; each file one concern:
+//! - this file, the connection: [`ReplConnection`], opening the socket (TCP with keepalives,
+//!   Unix-domain sockets, TLS per `sslmode`) for each host in turn, the startup packet
+//!   (`replication=true`), `target_session_attrs`, message IO with its size limits and the
+//!   reply timeout, connection state;
+//! - [`auth`]: the authentication exchange (trust, cleartext, md5, linear SCRAM with
+//!   channel binding, `require_auth`, `sslcertmode=require`);
+//! - [`commands`]: simple queries and the replication commands (`IDENTIFY_SYSTEM`, `SHOW`,
+//!   slots, `TIMELINE_HISTORY`) with their typed results;
+//! - [`copy`]: `START_REPLICATION` and the CopyBoth streaming phase
+//!   ([`ReplConnection::recv_copy`], status and feedback, ending a timeline).
+//!
 //! Must not: write WAL files or interpret WAL contents.
 //!
 //! Framing, backend messages and the CopyData payloads are decoded by [`crate::protocol`]
@@ -22,21 +30,25 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::lsn::{pg_now, valid_segment_size, Lsn, TimelineId};
+use crate::lsn::{Lsn, TimelineId};
 use crate::protocol::backend::BackendMessage as Msg;
 use crate::protocol::frame::split_frame;
-use crate::protocol::replication::{encode_hs_feedback, encode_status_update, ServerCopyMessage};
 use crate::protocol::ProtocolError;
 use crate::upstream::conninfo::{ConnInfo, HostSpec, SslMode, TargetSessionAttrs, TcpOptions};
 use crate::upstream::error::{server_label, AuthFailure, ErrorFields, HostFailure, UpstreamError};
 use crate::upstream::tls;
 
 mod auth;
+mod commands;
+mod copy;
+
+pub use commands::{parse_wal_segment_size, quote_ident, IdentifySystem, QueryResult, SlotInfo};
+pub use copy::CopyEvent;
 
 type Result<T, E = UpstreamError> = std::result::Result<T, E>;
 
@@ -96,58 +108,6 @@ impl AsyncWrite for Stream {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Streaming events
-
-/// A message received during streaming.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CopyEvent {
-    /// WAL bytes starting at `data_start`; `wal_end` is the sender's flush position.
-    XLogData {
-        data_start: Lsn,
-        wal_end: Lsn,
-        send_time: i64,
-        data: Bytes,
-    },
-    /// Primary keepalive; answer at once when `reply_requested`.
-    Keepalive {
-        wal_end: Lsn,
-        send_time: i64,
-        reply_requested: bool,
-    },
-    /// The server ended the timeline (CopyDone); call [`ReplConnection::finish_timeline`].
-    EndOfTimeline,
-    /// The server is shutting down (`COPY 0` inside COPY); the connection is over.
-    ServerShutdown,
-}
-
-impl From<ServerCopyMessage> for CopyEvent {
-    fn from(m: ServerCopyMessage) -> CopyEvent {
-        match m {
-            ServerCopyMessage::XLogData {
-                data_start,
-                wal_end,
-                send_time,
-                data,
-            } => CopyEvent::XLogData {
-                data_start,
-                wal_end,
-                send_time,
-                data,
-            },
-            ServerCopyMessage::Keepalive {
-                wal_end,
-                send_time,
-                reply_requested,
-            } => CopyEvent::Keepalive {
-                wal_end,
-                send_time,
-                reply_requested,
-            },
-        }
-    }
-}
-
 /// Maps a framing error to the client's texts: a length above the limit is reported as a
 /// too-large message (naming the limit), anything else with the codec's text.
 fn frame_error(e: ProtocolError, max: usize) -> UpstreamError {
@@ -158,41 +118,6 @@ fn frame_error(e: ProtocolError, max: usize) -> UpstreamError {
         )),
         e => UpstreamError::protocol(e.to_string()),
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// Results
-
-/// The result of a simple query: the first result set's column names, all rows (text, or
-/// `None` for NULL), and the last CommandComplete tag.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct QueryResult {
-    pub columns: Vec<String>,
-    pub rows: Vec<Vec<Option<String>>>,
-    pub tag: String,
-}
-
-#[derive(Debug, Default)]
-struct RawResult {
-    columns: Vec<String>,
-    rows: Vec<Vec<Option<Bytes>>>,
-    tag: String,
-}
-
-/// `IDENTIFY_SYSTEM`'s answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IdentifySystem {
-    pub systemid: u64,
-    pub timeline: TimelineId,
-    pub xlogpos: Lsn,
-}
-
-/// `READ_REPLICATION_SLOT`'s answer for an existing slot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotInfo {
-    pub slot_type: String,
-    pub restart_lsn: Option<Lsn>,
-    pub restart_tli: Option<TimelineId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,6 +150,8 @@ pub struct ReplConnection {
     port: u16,
     tls: bool,
     cb_hash: Option<Vec<u8>>,
+    /// Client-certificate requests seen in the TLS handshake (`sslcertmode=require`).
+    cert_tracker: Option<std::sync::Arc<tls::ClientCertTracker>>,
     state: State,
     max_msg: usize,
     /// Longest wait for each message of a command's answer (not for streaming, where the
@@ -356,38 +283,6 @@ fn io_text(e: std::io::Error) -> UpstreamError {
     }
 }
 
-/// Quotes an identifier for a replication command: `"` doubled, always quoted.
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// Parses `SHOW wal_segment_size` output (`16MB`, `1GB`, also `kB` and bare bytes) and
-/// checks it is a power of two from 1 MB to 1 GB.
-pub fn parse_wal_segment_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let digits = s.bytes().take_while(|b| b.is_ascii_digit()).count();
-    let (num, unit) = s.split_at(digits);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("WAL segment size could not be parsed: \"{s}\""))?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "kB" => 1 << 10,
-        "MB" => 1 << 20,
-        "GB" => 1 << 30,
-        _ => return Err(format!("WAL segment size could not be parsed: \"{s}\"")),
-    };
-    let bytes = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("WAL segment size could not be parsed: \"{s}\""))?;
-    if !valid_segment_size(bytes) {
-        return Err(format!(
-            "WAL segment size must be a power of two between 1 MB and 1 GB, but the remote server reported a value of {bytes} bytes"
-        ));
-    }
-    Ok(bytes)
-}
-
 fn parse_version_num(v: &str) -> u32 {
     let head: String = v
         .chars()
@@ -404,16 +299,6 @@ fn parse_version_num(v: &str) -> u32 {
             .saturating_mul(10000)
             .saturating_add(minor.saturating_mul(100))
             .saturating_add(patch)
-    }
-}
-
-fn text(b: Option<&Option<Bytes>>, what: &str) -> Result<Option<String>> {
-    match b {
-        None => Err(UpstreamError::protocol(format!("missing column {what}"))),
-        Some(None) => Ok(None),
-        Some(Some(v)) => std::str::from_utf8(v)
-            .map(|s| Some(s.to_string()))
-            .map_err(|_| UpstreamError::protocol(format!("invalid UTF-8 in column {what}"))),
     }
 }
 
@@ -517,6 +402,7 @@ impl ReplConnection {
     ) -> Result<ReplConnection> {
         let mut cb_hash = None;
         let mut on_tls = false;
+        let mut cert_tracker = None;
         let stream = if let Some(path) = h.socket_path() {
             let s = connect_unix(&path).await.map_err(unix_connect_text)?;
             if let Some(peer) = ci.requirepeer.as_deref().filter(|p| !p.is_empty()) {
@@ -528,7 +414,8 @@ impl ReplConnection {
         } else {
             let mut tcp = Self::connect_tcp(ci, h).await?;
             let mode = ci.sslmode()?;
-            let config = tls::client_config(ci, mode)?;
+            let (config, tracker) = tls::client_config_tracked(ci, mode)?;
+            cert_tracker = Some(tracker);
             let mut b = BytesMut::new();
             frontend::ssl_request(&mut b);
             tcp.write_all(&b).await.map_err(io_text)?;
@@ -579,6 +466,7 @@ impl ReplConnection {
             port: h.port,
             tls: on_tls,
             cb_hash,
+            cert_tracker: if on_tls { cert_tracker } else { None },
             state: State::Broken,
             max_msg: MAX_STARTUP_MESSAGE,
             reply_timeout: None,
@@ -776,45 +664,6 @@ impl ReplConnection {
         }
     }
 
-    async fn query_raw(&mut self, q: &str) -> Result<RawResult> {
-        self.ensure_idle().await?;
-        tracing::debug!(query = q, "upstream command");
-        frontend::query(q, &mut self.wbuf)?;
-        self.flush().await?;
-        let mut res = RawResult::default();
-        let mut seen_desc = false;
-        let mut err = None;
-        loop {
-            match self.read_reply().await? {
-                Msg::RowDescription(c) => {
-                    if !seen_desc {
-                        res.columns = c.into_iter().map(|f| f.name).collect();
-                        seen_desc = true;
-                    }
-                }
-                Msg::DataRow(r) => res.rows.push(r),
-                Msg::CommandComplete(t) => res.tag = t,
-                Msg::EmptyQueryResponse => {}
-                Msg::ErrorResponse(e) => err = Some(e),
-                Msg::NoticeResponse(n) => tracing::info!("upstream: {n}"),
-                Msg::ParameterStatus { name: k, value: v } => {
-                    self.params.insert(k, v);
-                }
-                Msg::ReadyForQuery(_) => break,
-                other => {
-                    self.state = State::Broken;
-                    return Err(UpstreamError::protocol(format!(
-                        "unexpected response to \"{q}\": {other:?}"
-                    )));
-                }
-            }
-        }
-        match err {
-            Some(e) => Err(UpstreamError::Server(e)),
-            None => Ok(res),
-        }
-    }
-
     // ---- public API ----
 
     /// A ParameterStatus value reported by the server (kept up to date).
@@ -855,401 +704,6 @@ impl ReplConnection {
         self.tls
     }
 
-    /// Runs a command with the simple query protocol. An ErrorResponse becomes
-    /// [`UpstreamError::Server`] (the session stays usable).
-    pub async fn simple_query(&mut self, q: &str) -> Result<QueryResult> {
-        let raw = self.query_raw(q).await?;
-        let mut rows = Vec::with_capacity(raw.rows.len());
-        for r in &raw.rows {
-            let mut out = Vec::with_capacity(r.len());
-            for i in 0..r.len() {
-                out.push(text(r.get(i), &i.to_string())?);
-            }
-            rows.push(out);
-        }
-        Ok(QueryResult {
-            columns: raw.columns,
-            rows,
-            tag: raw.tag,
-        })
-    }
-
-    /// `IDENTIFY_SYSTEM`.
-    pub async fn identify_system(&mut self) -> Result<IdentifySystem> {
-        let r = self.simple_query("IDENTIFY_SYSTEM").await?;
-        let row = match (r.rows.as_slice(), r.columns.len()) {
-            ([row], n) if n >= 3 && row.len() >= 3 => row,
-            (rows, n) => {
-                return Err(UpstreamError::protocol(format!(
-                    "could not identify system: got {} rows and {n} fields, expected 1 rows and 3 or more fields",
-                    rows.len()
-                )))
-            }
-        };
-        let bad = |what: &str| UpstreamError::protocol(format!("IDENTIFY_SYSTEM: invalid {what}"));
-        let systemid = row[0]
-            .as_deref()
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or_else(|| bad("systemid"))?;
-        let timeline = row[1]
-            .as_deref()
-            .and_then(|s| s.parse::<u32>().ok())
-            .filter(|t| *t != 0)
-            .ok_or_else(|| bad("timeline"))?;
-        let xlogpos = row[2]
-            .as_deref()
-            .and_then(|s| s.parse::<Lsn>().ok())
-            .ok_or_else(|| bad("xlogpos"))?;
-        Ok(IdentifySystem {
-            systemid,
-            timeline,
-            xlogpos,
-        })
-    }
-
-    /// `SHOW name`: the setting's text.
-    pub async fn show(&mut self, name: &str) -> Result<String> {
-        let simple = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
-        let q = if simple {
-            format!("SHOW {name}")
-        } else {
-            format!("SHOW {}", quote_ident(name))
-        };
-        let r = self.simple_query(&q).await?;
-        match r.rows.first().and_then(|row| row.first()) {
-            Some(Some(v)) => Ok(v.clone()),
-            _ => Err(UpstreamError::protocol(format!(
-                "could not fetch setting \"{name}\": unexpected result"
-            ))),
-        }
-    }
-
-    /// `SHOW wal_segment_size` in bytes (a power of two from 1 MB to 1 GB).
-    pub async fn wal_segment_size(&mut self) -> Result<u64> {
-        let v = self.show("wal_segment_size").await?;
-        parse_wal_segment_size(&v).map_err(UpstreamError::Protocol)
-    }
-
-    /// `READ_REPLICATION_SLOT` (PG 15+): `None` for a slot that does not exist.
-    pub async fn read_replication_slot(&mut self, slot: &str) -> Result<Option<SlotInfo>> {
-        let r = self
-            .simple_query(&format!("READ_REPLICATION_SLOT {}", quote_ident(slot)))
-            .await?;
-        let row = match r.rows.as_slice() {
-            [row] if row.len() >= 3 => row,
-            rows => {
-                return Err(UpstreamError::protocol(format!(
-                    "could not read replication slot \"{slot}\": got {} rows and {} fields, expected 1 rows and 3 fields",
-                    rows.len(),
-                    r.columns.len()
-                )))
-            }
-        };
-        let Some(slot_type) = row[0].clone() else {
-            return Ok(None);
-        };
-        let restart_lsn = match row[1].as_deref() {
-            None => None,
-            Some(s) => Some(s.parse::<Lsn>().map_err(|_| {
-                UpstreamError::protocol(format!(
-                    "could not parse restart_lsn \"{s}\" for replication slot \"{slot}\""
-                ))
-            })?),
-        };
-        let restart_tli = match row[2].as_deref() {
-            None => None,
-            Some(s) => Some(s.parse::<u32>().map_err(|_| {
-                UpstreamError::protocol(format!(
-                    "invalid restart_tli \"{s}\" for replication slot \"{slot}\""
-                ))
-            })?),
-        };
-        Ok(Some(SlotInfo {
-            slot_type,
-            restart_lsn,
-            restart_tli,
-        }))
-    }
-
-    /// `CREATE_REPLICATION_SLOT "name" PHYSICAL [RESERVE_WAL]` (legacy syntax, 13–18).
-    /// An existing slot gives `Server` with SQLSTATE 42710.
-    pub async fn create_physical_slot(&mut self, slot: &str, reserve_wal: bool) -> Result<()> {
-        let q = format!(
-            "CREATE_REPLICATION_SLOT {} PHYSICAL{}",
-            quote_ident(slot),
-            if reserve_wal { " RESERVE_WAL" } else { "" }
-        );
-        self.simple_query(&q).await.map(|_| ())
-    }
-
-    /// `DROP_REPLICATION_SLOT "name"`.
-    pub async fn drop_slot(&mut self, slot: &str) -> Result<()> {
-        self.simple_query(&format!("DROP_REPLICATION_SLOT {}", quote_ident(slot)))
-            .await
-            .map(|_| ())
-    }
-
-    /// `TIMELINE_HISTORY n`: the file name and its exact contents.
-    pub async fn timeline_history(&mut self, tli: TimelineId) -> Result<(String, Bytes)> {
-        let r = self.query_raw(&format!("TIMELINE_HISTORY {tli}")).await?;
-        match r.rows.as_slice() {
-            [row] if row.len() >= 2 => {
-                let name = text(row.first(), "filename")?
-                    .ok_or_else(|| UpstreamError::protocol("TIMELINE_HISTORY: NULL filename"))?;
-                let content = row
-                    .get(1)
-                    .cloned()
-                    .flatten()
-                    .ok_or_else(|| UpstreamError::protocol("TIMELINE_HISTORY: NULL content"))?;
-                Ok((name, content))
-            }
-            rows => Err(UpstreamError::protocol(format!(
-                "unexpected response to TIMELINE_HISTORY command: got {} rows and {} fields, expected 1 rows and 2 fields",
-                rows.len(),
-                r.columns.len()
-            ))),
-        }
-    }
-
-    /// `START_REPLICATION [SLOT "s"] PHYSICAL X/X TIMELINE n`. Returns once the server
-    /// has entered COPY mode; an ErrorResponse before that is `Server`. If the server answers
-    /// without COPY (start exactly at the end of a historic timeline), the first
-    /// [`recv_copy`](Self::recv_copy) returns `EndOfTimeline` and
-    /// [`finish_timeline`](Self::finish_timeline) returns the next timeline.
-    pub async fn start_replication(
-        &mut self,
-        slot: Option<&str>,
-        start: Lsn,
-        tli: TimelineId,
-    ) -> Result<()> {
-        self.ensure_idle().await?;
-        let slot = slot
-            .map(|s| format!("SLOT {} ", quote_ident(s)))
-            .unwrap_or_default();
-        let q = format!("START_REPLICATION {slot}PHYSICAL {start} TIMELINE {tli}");
-        tracing::debug!(query = %q, "upstream command");
-        frontend::query(&q, &mut self.wbuf)?;
-        self.flush().await?;
-        let mut next = None;
-        let mut err = None;
-        loop {
-            match self.read_reply().await? {
-                Msg::CopyBothResponse if err.is_none() => {
-                    self.state = State::Copy;
-                    return Ok(());
-                }
-                Msg::ErrorResponse(e) => err = Some(e),
-                Msg::RowDescription(_) | Msg::CommandComplete(_) => {}
-                Msg::DataRow(r) => next = Self::next_tli_row(&r)?,
-                Msg::NoticeResponse(n) => tracing::info!("upstream: {n}"),
-                Msg::ParameterStatus { name: k, value: v } => {
-                    self.params.insert(k, v);
-                }
-                Msg::ReadyForQuery(_) => {
-                    if let Some(e) = err {
-                        self.state = State::Idle;
-                        return Err(UpstreamError::Server(e));
-                    }
-                    self.state = State::EndedWithoutCopy(next);
-                    return Ok(());
-                }
-                other => {
-                    self.state = State::Broken;
-                    return Err(UpstreamError::protocol(format!(
-                        "unexpected response to START_REPLICATION: {other:?}"
-                    )));
-                }
-            }
-        }
-    }
-
-    fn next_tli_row(r: &[Option<Bytes>]) -> Result<Option<(TimelineId, Lsn)>> {
-        let tli = text(r.first(), "next_tli")?;
-        let pos = text(r.get(1), "next_tli_startpos")?;
-        match (tli, pos) {
-            (Some(t), Some(p)) => {
-                let t = t.parse::<u32>().map_err(|_| {
-                    UpstreamError::protocol(format!("invalid next timeline \"{t}\""))
-                })?;
-                let p = p.parse::<Lsn>().map_err(|_| {
-                    UpstreamError::protocol(format!(
-                        "could not parse next timeline's starting point \"{p}\""
-                    ))
-                })?;
-                Ok(Some((t, p)))
-            }
-            _ => Ok(None),
-        }
-    }
-
-    /// The next streaming event. Cancel-safe (use it in `tokio::select!`): partial input is
-    /// kept in the connection's buffer. NoticeResponse is logged, ParameterStatus recorded.
-    /// An ErrorResponse inside COPY is returned as `Server` (COPY is over; the session
-    /// can take commands again if the error was not FATAL).
-    pub async fn recv_copy(&mut self) -> Result<CopyEvent> {
-        match self.state {
-            State::Copy => {}
-            State::EndedWithoutCopy(_) | State::ServerCopyDone => {
-                return Ok(CopyEvent::EndOfTimeline)
-            }
-            ref s => {
-                return Err(UpstreamError::protocol(format!(
-                    "not in COPY mode (state {s:?})"
-                )))
-            }
-        }
-        loop {
-            match self.read_msg().await? {
-                Msg::CopyData(p) => {
-                    return ServerCopyMessage::decode(&p)
-                        .map(CopyEvent::from)
-                        .map_err(|e| UpstreamError::protocol(e.to_string()))
-                }
-                Msg::CopyDone => {
-                    self.state = State::ServerCopyDone;
-                    return Ok(CopyEvent::EndOfTimeline);
-                }
-                Msg::CommandComplete(t) if t == "COPY 0" => {
-                    self.state = State::Broken;
-                    return Ok(CopyEvent::ServerShutdown);
-                }
-                Msg::ErrorResponse(e) => {
-                    self.state = if e.severity == "ERROR" {
-                        State::StaleReadyForQuery
-                    } else {
-                        State::Broken
-                    };
-                    return Err(UpstreamError::Server(e));
-                }
-                Msg::NoticeResponse(n) => tracing::info!("upstream: {n}"),
-                Msg::ParameterStatus { name: k, value: v } => {
-                    self.params.insert(k, v);
-                }
-                other => {
-                    self.state = State::Broken;
-                    return Err(UpstreamError::protocol(format!(
-                        "unexpected message during streaming: {other:?}"
-                    )));
-                }
-            }
-        }
-    }
-
-    /// Sends a standby status update (`r`) with the current time.
-    pub async fn send_status(
-        &mut self,
-        write: Lsn,
-        flush: Lsn,
-        apply: Lsn,
-        reply_requested: bool,
-    ) -> Result<()> {
-        encode_status_update(
-            &mut self.wbuf,
-            write,
-            flush,
-            apply,
-            pg_now(),
-            reply_requested,
-        );
-        self.flush().await
-    }
-
-    /// Sends hot standby feedback (`h`) with the current time.
-    pub async fn send_hs_feedback(
-        &mut self,
-        xmin: u32,
-        xmin_epoch: u32,
-        catalog_xmin: u32,
-        catalog_xmin_epoch: u32,
-    ) -> Result<()> {
-        encode_hs_feedback(
-            &mut self.wbuf,
-            pg_now(),
-            xmin,
-            xmin_epoch,
-            catalog_xmin,
-            catalog_xmin_epoch,
-        );
-        self.flush().await
-    }
-
-    /// Ends COPY: after `EndOfTimeline` (server CopyDone) or to stop streaming ourselves.
-    /// Sends CopyDone, discards WAL still in flight (client stop), reads the optional
-    /// `next_tli, next_tli_startpos` row, the CommandCompletes and ReadyForQuery.
-    /// Returns the next timeline and its start when the server reported one.
-    pub async fn finish_timeline(&mut self) -> Result<Option<(TimelineId, Lsn)>> {
-        match std::mem::replace(&mut self.state, State::Broken) {
-            State::EndedWithoutCopy(next) => {
-                self.state = State::Idle;
-                return Ok(next);
-            }
-            State::ServerCopyDone => {
-                frontend::copy_done(&mut self.wbuf);
-                self.flush().await?;
-            }
-            State::Copy => {
-                frontend::copy_done(&mut self.wbuf);
-                self.flush().await?;
-                loop {
-                    match self.read_reply().await? {
-                        Msg::CopyData(_) => {}
-                        Msg::CopyDone => break,
-                        Msg::NoticeResponse(n) => tracing::info!("upstream: {n}"),
-                        Msg::ParameterStatus { name: k, value: v } => {
-                            self.params.insert(k, v);
-                        }
-                        Msg::ErrorResponse(e) => {
-                            self.state = State::StaleReadyForQuery;
-                            return Err(UpstreamError::Server(e));
-                        }
-                        Msg::CommandComplete(t) if t == "COPY 0" => {
-                            return Err(UpstreamError::protocol("server shut down"))
-                        }
-                        other => {
-                            return Err(UpstreamError::protocol(format!(
-                                "unexpected message while ending COPY: {other:?}"
-                            )))
-                        }
-                    }
-                }
-            }
-            s => {
-                self.state = s.clone();
-                return Err(UpstreamError::protocol(format!(
-                    "finish_timeline called while not streaming (state {s:?})"
-                )));
-            }
-        }
-        let mut next = None;
-        let mut err = None;
-        loop {
-            match self.read_reply().await? {
-                Msg::RowDescription(_) | Msg::CommandComplete(_) => {}
-                Msg::DataRow(r) => next = Self::next_tli_row(&r)?,
-                Msg::ErrorResponse(e) => err = Some(e),
-                Msg::NoticeResponse(n) => tracing::info!("upstream: {n}"),
-                Msg::ParameterStatus { name: k, value: v } => {
-                    self.params.insert(k, v);
-                }
-                // Late CopyData after the server's CopyDone cannot happen; tolerate none.
-                Msg::ReadyForQuery(_) => break,
-                other => {
-                    return Err(UpstreamError::protocol(format!(
-                        "unexpected message after COPY: {other:?}"
-                    )))
-                }
-            }
-        }
-        self.state = State::Idle;
-        match err {
-            Some(e) => Err(UpstreamError::Server(e)),
-            None => Ok(next),
-        }
-    }
-
     /// Sends Terminate and closes the socket (errors ignored).
     pub async fn close(mut self) {
         self.close_inner().await
@@ -1268,7 +722,6 @@ mod tests {
     use super::*;
     use crate::error::SqlState;
     use crate::protocol::frame::Frame;
-    use crate::protocol::replication::{encode_keepalive, encode_xlogdata_header};
     use bytes::BufMut;
 
     #[tokio::test]
@@ -1323,21 +776,6 @@ mod tests {
     }
 
     #[test]
-    fn segment_size() {
-        assert_eq!(parse_wal_segment_size("16MB"), Ok(16 << 20));
-        assert_eq!(parse_wal_segment_size("1GB"), Ok(1 << 30));
-        assert_eq!(parse_wal_segment_size("1MB"), Ok(1 << 20));
-        assert_eq!(parse_wal_segment_size("64MB"), Ok(64 << 20));
-        assert!(parse_wal_segment_size("2GB").is_err());
-        assert!(parse_wal_segment_size("512kB").is_err());
-        assert!(parse_wal_segment_size("24MB").is_err());
-        assert!(parse_wal_segment_size("MB").is_err());
-        assert!(parse_wal_segment_size("16XB").is_err());
-        assert!(parse_wal_segment_size("").is_err());
-        assert!(parse_wal_segment_size("99999999999999999999GB").is_err());
-    }
-
-    #[test]
     fn version_num() {
         assert_eq!(
             parse_version_num("15.18 (Debian 15.18-1.pgdg120+1)"),
@@ -1346,11 +784,6 @@ mod tests {
         assert_eq!(parse_version_num("18devel"), 180000);
         assert_eq!(parse_version_num("9.6.24"), 90624);
         assert_eq!(parse_version_num("garbage"), 0);
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
 
     #[test]
@@ -1368,45 +801,6 @@ mod tests {
             "protocol error: message of type \"\\xe9\" too large (2130706432 bytes, limit 100)"
         );
         assert_eq!(e.sqlstate(), "08P01");
-    }
-
-    #[test]
-    fn copy_payloads() {
-        let mut buf = BytesMut::new();
-        encode_status_update(&mut buf, Lsn(1), Lsn(2), Lsn(3), 4, true);
-        encode_hs_feedback(&mut buf, 5, 1, 2, 3, 4);
-        encode_keepalive(&mut buf, Lsn(0x1_0000_0010), 77, true);
-        let mut w = BytesMut::new();
-        encode_xlogdata_header(&mut w, Lsn(0x300_0000), Lsn(0x300_0100), 5, 3);
-        w.extend_from_slice(b"wal");
-        buf.extend_from_slice(&w);
-        let mut frames = Vec::new();
-        while let Some(f) = split_frame(&mut buf, MAX_MESSAGE).unwrap() {
-            frames.push(f);
-        }
-        assert_eq!(frames.len(), 4);
-        assert_eq!(frames[0].body.len(), 34);
-        assert_eq!(frames[1].body.len(), 25);
-        let ev = |f: &Frame| ServerCopyMessage::decode(&f.body).map(CopyEvent::from);
-        assert_eq!(
-            ev(&frames[2]).unwrap(),
-            CopyEvent::Keepalive {
-                wal_end: Lsn(0x1_0000_0010),
-                send_time: 77,
-                reply_requested: true
-            }
-        );
-        match ev(&frames[3]).unwrap() {
-            CopyEvent::XLogData {
-                data_start, data, ..
-            } => {
-                assert_eq!(data_start, Lsn(0x300_0000));
-                assert_eq!(&data[..], b"wal");
-                // Sliced from the frame, not copied.
-                assert_eq!(data.as_ptr(), frames[3].body[25..].as_ptr());
-            }
-            e => panic!("{e:?}"),
-        }
     }
 
     #[test]

@@ -10,6 +10,13 @@
 //! namespace) is a Unix-domain socket directory, the socket being `<dir>/.s.PGSQL.<port>`;
 //! an empty or missing host (without `hostaddr`) is the default socket directory.
 
+#![deny(
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::arithmetic_side_effects
+)]
+
+use std::fmt;
 use std::time::Duration;
 
 /// An invalid connection string or setting. Texts follow libpq where it has one.
@@ -67,7 +74,7 @@ pub enum TargetSessionAttrs {
 
 /// A parsed connection string. `None` means "not set": [`ConnInfo::apply_env`] fills
 /// unset fields from the environment and the accessors supply libpq's defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ConnInfo {
     /// Comma-separated `host` entries (empty entries mean the default host).
     pub host: Option<String>,
@@ -76,6 +83,7 @@ pub struct ConnInfo {
     /// Comma-separated ports.
     pub port: Option<String>,
     pub user: Option<String>,
+    /// Never shown by `Debug`.
     pub password: Option<String>,
     pub dbname: Option<String>,
     pub application_name: Option<String>,
@@ -98,6 +106,83 @@ pub struct ConnInfo {
     pub keepalives_interval: Option<String>,
     pub keepalives_count: Option<String>,
     pub tcp_user_timeout: Option<String>,
+    pub sslcrl: Option<String>,
+    pub sslcrldir: Option<String>,
+    pub ssl_min_protocol_version: Option<String>,
+    pub ssl_max_protocol_version: Option<String>,
+    pub sslcertmode: Option<String>,
+    /// A service name of the service file (applied by [`ConnInfo::apply_env`]).
+    pub service: Option<String>,
+    /// Options walrelay cannot honour and refuses unless harmless (see
+    /// [`ConnInfo::validate`]).
+    pub gssencmode: Option<String>,
+    pub krbsrvname: Option<String>,
+    pub sslnegotiation: Option<String>,
+    /// An error found while applying the service file, reported by [`ConnInfo::validate`]
+    /// (`apply_env` cannot fail).
+    pub deferred_error: Option<String>,
+}
+
+/// Calls `$m!(field, ...)` with every setting of [`ConnInfo`] (all `Option<String>`).
+macro_rules! for_each_setting {
+    ($m:ident) => {
+        $m!(
+            host,
+            hostaddr,
+            port,
+            user,
+            password,
+            dbname,
+            application_name,
+            fallback_application_name,
+            sslmode,
+            sslrootcert,
+            sslcert,
+            sslkey,
+            passfile,
+            channel_binding,
+            target_session_attrs,
+            connect_timeout,
+            options,
+            requirepeer,
+            require_auth,
+            keepalives,
+            keepalives_idle,
+            keepalives_interval,
+            keepalives_count,
+            tcp_user_timeout,
+            sslcrl,
+            sslcrldir,
+            ssl_min_protocol_version,
+            ssl_max_protocol_version,
+            sslcertmode,
+            gssencmode,
+            krbsrvname,
+            sslnegotiation,
+        )
+    };
+}
+
+impl fmt::Debug for ConnInfo {
+    /// Like a derived `Debug`, but the password is shown as `<redacted>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("ConnInfo");
+        macro_rules! show {
+            ($($f:ident),* $(,)?) => {
+                $(
+                    if stringify!($f) == "password" {
+                        d.field("password", &self.password.as_ref().map(|_| "<redacted>"));
+                    } else {
+                        d.field(stringify!($f), &self.$f);
+                    }
+                )*
+            };
+        }
+        for_each_setting!(show);
+        d.field("service", &self.service);
+        d.field("deferred_error", &self.deferred_error);
+        d.finish()
+    }
 }
 
 /// walrelay's default `connect_timeout` (per host) when none is given: libpq waits forever,
@@ -132,23 +217,46 @@ const IGNORED: &[&str] = &[
     "client_encoding",
     "sslcompression",
     "sslsni",
-    "sslcrl",
-    "sslcrldir",
     "sslpassword",
-    "ssl_min_protocol_version",
-    "ssl_max_protocol_version",
-    "gssencmode",
-    "krbsrvname",
     "gsslib",
     "gssdelegation",
-    "service",
     "replication",
     "load_balance_hosts",
-    "sslnegotiation",
-    "sslcertmode",
     "min_protocol_version",
     "max_protocol_version",
 ];
+
+/// libpq's TLS protocol version names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    V1_0,
+    V1_1,
+    V1_2,
+    V1_3,
+}
+
+impl TlsVersion {
+    fn parse(key: &str, s: &str) -> Result<TlsVersion, ConnInfoError> {
+        Ok(match s {
+            "TLSv1" => TlsVersion::V1_0,
+            "TLSv1.1" => TlsVersion::V1_1,
+            "TLSv1.2" => TlsVersion::V1_2,
+            "TLSv1.3" => TlsVersion::V1_3,
+            _ => return err(format!("invalid {key} value: \"{s}\"")),
+        })
+    }
+}
+
+/// libpq's `sslcertmode` (PostgreSQL 16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslCertMode {
+    /// Never send a client certificate.
+    Disable,
+    /// Send one if configured and the server asks (the default).
+    Allow,
+    /// Fail unless the server asked for, and got, a client certificate.
+    Require,
+}
 
 impl ConnInfo {
     /// Parses a `key=value` string or a `postgresql://` / `postgres://` URI.
@@ -172,7 +280,10 @@ impl ConnInfo {
             "hostaddr" => &mut self.hostaddr,
             "port" => &mut self.port,
             "user" => &mut self.user,
-            "password" => &mut self.password,
+            "password" => {
+                self.password = Some(value);
+                return Ok(());
+            }
             "dbname" => &mut self.dbname,
             "application_name" => &mut self.application_name,
             "fallback_application_name" => &mut self.fallback_application_name,
@@ -188,6 +299,15 @@ impl ConnInfo {
             "requirepeer" => &mut self.requirepeer,
             "require_auth" => &mut self.require_auth,
             "keepalives" => &mut self.keepalives,
+            "sslcrl" => &mut self.sslcrl,
+            "sslcrldir" => &mut self.sslcrldir,
+            "ssl_min_protocol_version" => &mut self.ssl_min_protocol_version,
+            "ssl_max_protocol_version" => &mut self.ssl_max_protocol_version,
+            "sslcertmode" => &mut self.sslcertmode,
+            "service" => &mut self.service,
+            "gssencmode" => &mut self.gssencmode,
+            "krbsrvname" => &mut self.krbsrvname,
+            "sslnegotiation" => &mut self.sslnegotiation,
             "keepalives_idle" => &mut self.keepalives_idle,
             "keepalives_interval" => &mut self.keepalives_interval,
             "keepalives_count" => &mut self.keepalives_count,
@@ -202,13 +322,32 @@ impl ConnInfo {
     /// Fills unset fields from the environment (`env("PGHOST")` etc.), like libpq does:
     /// settings given in the connection string always win.
     pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) {
-        let pairs: [(&str, &mut Option<String>); 15] = [
+        crate::upstream::service::apply(self, env);
+        if self.password.is_none() {
+            if let Some(v) = env("PGPASSWORD").filter(|v| !v.is_empty()) {
+                self.password = Some(v);
+            }
+        }
+        let pairs: [(&str, &mut Option<String>); 22] = [
             ("PGREQUIREAUTH", &mut self.require_auth),
+            ("PGSSLCRL", &mut self.sslcrl),
+            ("PGSSLCRLDIR", &mut self.sslcrldir),
+            (
+                "PGSSLMINPROTOCOLVERSION",
+                &mut self.ssl_min_protocol_version,
+            ),
+            (
+                "PGSSLMAXPROTOCOLVERSION",
+                &mut self.ssl_max_protocol_version,
+            ),
+            ("PGSSLCERTMODE", &mut self.sslcertmode),
+            ("PGGSSENCMODE", &mut self.gssencmode),
+            ("PGKRBSRVNAME", &mut self.krbsrvname),
+            ("PGSSLNEGOTIATION", &mut self.sslnegotiation),
             ("PGREQUIREPEER", &mut self.requirepeer),
             ("PGHOST", &mut self.host),
             ("PGPORT", &mut self.port),
             ("PGUSER", &mut self.user),
-            ("PGPASSWORD", &mut self.password),
             ("PGSSLMODE", &mut self.sslmode),
             ("PGAPPNAME", &mut self.application_name),
             ("PGPASSFILE", &mut self.passfile),
@@ -238,13 +377,48 @@ impl ConnInfo {
         }
     }
 
+    /// Fills every setting left unset here from `other` (service file settings).
+    pub fn fill_unset_from(&mut self, other: ConnInfo) {
+        macro_rules! fill {
+            ($($f:ident),* $(,)?) => {
+                $( if self.$f.is_none() { self.$f = other.$f; } )*
+            };
+        }
+        for_each_setting!(fill);
+    }
+
     /// [`ConnInfo::apply_env`] with the process environment.
     pub fn apply_process_env(&mut self) {
         self.apply_env(&|k| std::env::var(k).ok());
     }
 
-    /// Checks the enumerated settings and the host/port lists.
+    /// Checks the enumerated settings and the host/port lists, and refuses settings that
+    /// would change security in a way walrelay cannot honour (instead of ignoring them).
     pub fn validate(&self) -> Result<(), ConnInfoError> {
+        if let Some(e) = &self.deferred_error {
+            return err(e.clone());
+        }
+        match self.gssencmode.as_deref().filter(|s| !s.is_empty()) {
+            None | Some("disable") | Some("prefer") => {}
+            Some("require") => {
+                return err(
+                    "gssencmode=require is not supported by walrelay (it has no GSSAPI support)",
+                )
+            }
+            Some(s) => return err(format!("invalid gssencmode value: \"{s}\"")),
+        }
+        if self.krbsrvname.as_deref().is_some_and(|s| !s.is_empty()) {
+            return err(
+                "krbsrvname is not supported by walrelay (it has no Kerberos/GSSAPI support)",
+            );
+        }
+        match self.sslnegotiation.as_deref().filter(|s| !s.is_empty()) {
+            None | Some("postgres") => {}
+            Some("direct") => return err("sslnegotiation=direct is not supported by walrelay"),
+            Some(s) => return err(format!("invalid sslnegotiation value: \"{s}\"")),
+        }
+        self.ssl_protocol_range()?;
+        self.sslcertmode()?;
         self.sslmode()?;
         self.channel_binding()?;
         self.target_session_attrs()?;
@@ -316,6 +490,34 @@ impl ConnInfo {
             None => Ok(SslMode::Prefer),
             Some(s) => SslMode::parse(s),
         }
+    }
+
+    /// `ssl_min_protocol_version` (default `TLSv1.2`, as libpq) and
+    /// `ssl_max_protocol_version` (default: none).
+    pub fn ssl_protocol_range(&self) -> Result<(TlsVersion, Option<TlsVersion>), ConnInfoError> {
+        let get = |v: &Option<String>, key: &str| -> Result<Option<TlsVersion>, ConnInfoError> {
+            match v.as_deref().filter(|s| !s.is_empty()) {
+                None => Ok(None),
+                Some(s) => TlsVersion::parse(key, s).map(Some),
+            }
+        };
+        let min = get(&self.ssl_min_protocol_version, "ssl_min_protocol_version")?
+            .unwrap_or(TlsVersion::V1_2);
+        let max = get(&self.ssl_max_protocol_version, "ssl_max_protocol_version")?;
+        if max.is_some_and(|m| m < min) {
+            return err("invalid SSL protocol version range");
+        }
+        Ok((min, max))
+    }
+
+    /// `sslcertmode`, default `allow`.
+    pub fn sslcertmode(&self) -> Result<SslCertMode, ConnInfoError> {
+        Ok(match self.sslcertmode.as_deref() {
+            None | Some("") | Some("allow") => SslCertMode::Allow,
+            Some("disable") => SslCertMode::Disable,
+            Some("require") => SslCertMode::Require,
+            Some(s) => return err(format!("invalid sslcertmode value: \"{s}\"")),
+        })
     }
 
     /// `channel_binding`, default `prefer`.
@@ -437,57 +639,59 @@ impl ConnInfo {
             Some((a, b)) => (a, Some(b)),
             None => (rest, None),
         };
-        let (authority, path) = match before_q.find('/') {
-            Some(i) => (&before_q[..i], Some(&before_q[i + 1..])),
+        let (authority, path) = match before_q.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
             None => (before_q, None),
         };
-        let hostpart = match authority.rfind('@') {
-            Some(i) => {
-                let userinfo = &authority[..i];
-                match userinfo.split_once(':') {
-                    Some((u, p)) => {
-                        self.user = Some(percent_decode(u)?).filter(|u| !u.is_empty());
-                        self.password = Some(percent_decode(p)?);
-                    }
-                    None => {
-                        self.user = Some(percent_decode(userinfo)?).filter(|u| !u.is_empty());
-                    }
-                }
-                &authority[i + 1..]
-            }
-            None => authority,
+        let (userinfo, hostpart) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
         };
+        // The URI as shown in messages: never with its password (libpq would echo it).
+        let shown = match userinfo.and_then(|u| u.split_once(':')) {
+            Some((u, _)) => s.replacen(authority, &format!("{u}:********@{hostpart}"), 1),
+            None => s.to_string(),
+        };
+        let dec = |part: &str| percent_decode(part).map_err(|e| e.error(part, &shown));
+        if let Some(userinfo) = userinfo {
+            match userinfo.split_once(':') {
+                Some((u, p)) => {
+                    self.user = Some(dec(u)?).filter(|u| !u.is_empty());
+                    let p = percent_decode(p).map_err(|e| e.error("********", &shown))?;
+                    self.password = Some(p);
+                }
+                None => self.user = Some(dec(userinfo)?).filter(|u| !u.is_empty()),
+            }
+        }
         if !hostpart.is_empty() {
             let mut hosts = Vec::new();
             let mut ports = Vec::new();
             for item in hostpart.split(',') {
                 let (h, p) = if let Some(r) = item.strip_prefix('[') {
-                    let Some(end) = r.find(']') else {
+                    let Some((addr, after)) = r.split_once(']') else {
                         return err(format!(
-                            "missing \"]\" in IPv6 host address in URI: \"{s}\""
+                            "missing \"]\" in IPv6 host address in URI: \"{shown}\""
                         ));
                     };
-                    let after = &r[end + 1..];
                     let p = match after.strip_prefix(':') {
                         Some(p) => p,
                         None if after.is_empty() => "",
                         None => {
                             return err(format!(
-                                "unexpected character \"{}\" at position {} in URI (expected \":\" or \"/\"): \"{s}\"",
-                                after.chars().next().unwrap_or(' '),
-                                end + 1
+                                "unexpected character \"{}\" after IPv6 host address in URI (expected \":\" or \"/\"): \"{shown}\"",
+                                after.chars().next().unwrap_or(' ')
                             ))
                         }
                     };
-                    (r[..end].to_string(), p)
+                    (addr.to_string(), p)
                 } else {
                     match item.rsplit_once(':') {
-                        Some((h, p)) => (percent_decode(h)?, p),
-                        None => (percent_decode(item)?, ""),
+                        Some((h, p)) => (dec(h)?, p),
+                        None => (dec(item)?, ""),
                     }
                 };
                 hosts.push(h);
-                ports.push(percent_decode(p)?);
+                ports.push(dec(p)?);
             }
             if hosts.iter().any(|h| !h.is_empty()) {
                 self.host = Some(hosts.join(","));
@@ -496,10 +700,8 @@ impl ConnInfo {
                 self.port = Some(ports.join(","));
             }
         }
-        if let Some(p) = path {
-            if !p.is_empty() {
-                self.dbname = Some(percent_decode(p)?);
-            }
+        if let Some(p) = path.filter(|p| !p.is_empty()) {
+            self.dbname = Some(dec(p)?);
         }
         if let Some(q) = query {
             for pair in q.split('&').filter(|p| !p.is_empty()) {
@@ -508,8 +710,12 @@ impl ConnInfo {
                         "missing key/value separator \"=\" in URI query parameter: \"{pair}\""
                     ));
                 };
-                let k = percent_decode(k)?;
-                let v = percent_decode(v)?;
+                let k = dec(k)?;
+                let v = if k == "password" {
+                    percent_decode(v).map_err(|e| e.error("********", &shown))?
+                } else {
+                    dec(v)?
+                };
                 // libpq maps the JDBC-style ssl=true to sslmode=require.
                 if k == "ssl" && v == "true" {
                     self.sslmode = Some("require".into());
@@ -519,6 +725,15 @@ impl ConnInfo {
             }
         }
         Ok(())
+    }
+}
+
+/// A connection string for `Debug` output: the parsed settings with the password shown as
+/// `<redacted>`; a string that does not parse is not shown at all.
+pub fn redacted(s: &str) -> String {
+    match ConnInfo::parse(s) {
+        Ok(ci) => format!("{ci:?}"),
+        Err(_) => "<invalid connection string, not shown>".to_string(),
     }
 }
 
@@ -656,31 +871,62 @@ fn parse_kv(s: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
     Ok(out)
 }
 
-fn percent_decode(s: &str) -> Result<String, ConnInfoError> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok());
-            match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                Some(v) if v != 0 => out.push(v),
-                Some(_) => {
-                    return err(format!(
-                        "forbidden value %00 in percent-encoded value: \"{s}\""
-                    ))
-                }
-                None => return err(format!("invalid percent-encoded token: \"{s}\"")),
+/// Why a percent-encoded URI part could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DecodeError {
+    Nul,
+    BadToken,
+    Utf8,
+}
+
+impl DecodeError {
+    /// The message, naming the part (`********` for a password) and the URI without its
+    /// password.
+    fn error(self, part: &str, uri: &str) -> ConnInfoError {
+        ConnInfoError(match self {
+            DecodeError::Nul => {
+                format!("forbidden value %00 in percent-encoded value: \"{part}\"")
             }
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
+            DecodeError::BadToken => format!("invalid percent-encoded token: \"{part}\""),
+            DecodeError::Utf8 => format!("invalid UTF-8 in URI: \"{uri}\""),
+        })
+    }
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => b.checked_sub(b'0'),
+        b'a'..=b'f' => b.checked_sub(b'a' - 10),
+        b'A'..=b'F' => b.checked_sub(b'A' - 10),
+        _ => None,
+    }
+}
+
+/// libpq's URI percent-decoding: `%XX` with two hex digits, `%00` forbidden.
+fn percent_decode(s: &str) -> Result<String, DecodeError> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b != b'%' {
+            out.push(b);
+            continue;
+        }
+        let hi = bytes
+            .next()
+            .and_then(hex_digit)
+            .ok_or(DecodeError::BadToken)?;
+        let lo = bytes
+            .next()
+            .and_then(hex_digit)
+            .ok_or(DecodeError::BadToken)?;
+        let v = hi.checked_mul(16).and_then(|h| h.checked_add(lo));
+        match v {
+            Some(0) => return Err(DecodeError::Nul),
+            Some(v) => out.push(v),
+            None => return Err(DecodeError::BadToken),
         }
     }
-    String::from_utf8(out).map_err(|_| ConnInfoError(format!("invalid UTF-8 in URI: \"{s}\"")))
+    String::from_utf8(out).map_err(|_| DecodeError::Utf8)
 }
 
 /// The user name of `uid` from `/etc/passwd` (walrelay links no NSS; `None` if absent).
@@ -710,6 +956,11 @@ fn os_user_name() -> String {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::arithmetic_side_effects
+)] // tests may panic
 mod tests {
     use super::*;
 
@@ -845,6 +1096,79 @@ mod tests {
         assert!(ConnInfo::parse("postgres://h%zz/").is_err());
         assert!(ConnInfo::parse("postgres://[::1/").is_err());
         assert!(ConnInfo::parse("postgres://h/%00").is_err());
+    }
+
+    #[test]
+    fn secrets_are_never_shown() {
+        let ci = ConnInfo::parse("host=a password=hunter2").unwrap();
+        let d = format!("{ci:?}");
+        assert!(!d.contains("hunter2") && d.contains("<redacted>"), "{d}");
+        assert!(!redacted("host=a password=hunter2").contains("hunter2"));
+        assert!(!redacted("host=a password='hunter2").contains("hunter2"));
+        let ci = ConnInfo::parse("postgresql://u:hunter2@h/db?password=alsosecret").unwrap();
+        let d = format!("{ci:?}");
+        assert!(!d.contains("hunter2") && !d.contains("alsosecret"), "{d}");
+        for uri in [
+            "postgresql://u:hunter2@[::1/db",
+            "postgresql://u:hunter2@[::1]x/db",
+            "postgresql://u:hunter2%zz@h/db",
+            "postgresql://u:hunter2%00@h/db",
+            "postgresql://u:hunter2@h%zz/db",
+            "postgresql://u:pw@h/db?password=hunter2%zz",
+        ] {
+            let e = ConnInfo::parse(uri).unwrap_err().0;
+            assert!(!e.contains("hunter2"), "{uri}: {e}");
+        }
+        assert_eq!(
+            ConnInfo::parse("postgresql://u:hunter2@[::1/db")
+                .unwrap_err()
+                .0,
+            "missing \"]\" in IPv6 host address in URI: \"postgresql://u:********@[::1/db\""
+        );
+    }
+
+    #[test]
+    fn security_options_refused_or_checked() {
+        let e = |s: &str| ConnInfo::parse(s).unwrap_err().0;
+        assert_eq!(
+            e("gssencmode=require"),
+            "gssencmode=require is not supported by walrelay (it has no GSSAPI support)"
+        );
+        assert!(ConnInfo::parse("gssencmode=prefer").is_ok());
+        assert!(ConnInfo::parse("gssencmode=disable").is_ok());
+        assert_eq!(
+            e("krbsrvname=postgres"),
+            "krbsrvname is not supported by walrelay (it has no Kerberos/GSSAPI support)"
+        );
+        assert_eq!(
+            e("sslnegotiation=direct"),
+            "sslnegotiation=direct is not supported by walrelay"
+        );
+        assert!(ConnInfo::parse("sslnegotiation=postgres").is_ok());
+        assert_eq!(
+            e("sslcertmode=maybe"),
+            "invalid sslcertmode value: \"maybe\""
+        );
+        assert_eq!(
+            ConnInfo::parse("sslcertmode=require")
+                .unwrap()
+                .sslcertmode()
+                .unwrap(),
+            SslCertMode::Require
+        );
+        assert_eq!(
+            e("ssl_min_protocol_version=TLSv9"),
+            "invalid ssl_min_protocol_version value: \"TLSv9\""
+        );
+        assert_eq!(
+            e("ssl_min_protocol_version=TLSv1.3 ssl_max_protocol_version=TLSv1.2"),
+            "invalid SSL protocol version range"
+        );
+        assert_eq!(
+            ConnInfo::parse("").unwrap().ssl_protocol_range().unwrap(),
+            (TlsVersion::V1_2, None)
+        );
+        assert!(ConnInfo::parse("sslcrl=/x sslcrldir=/y").is_ok());
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The replication client: everything walrelay needs to talk to the upstream PostgreSQL
 //! primary (or standby) as a physical-replication client.
 //!
-//! Owns: connection strings ([`conninfo`]), the password file ([`pgpass`]), TLS with libpq's
-//! `sslmode` semantics and channel binding ([`tls`]), the connection itself with
-//! authentication, replication commands and the CopyBoth streaming phase ([`conn`]), and the
-//! error type ([`error`]).
+//! Owns: connection strings ([`conninfo`]), the service file ([`service`]), the password file
+//! ([`pgpass`]), `require_auth` ([`require_auth`]), TLS with libpq's `sslmode` semantics, CRLs
+//! and channel binding ([`tls`]), the connection itself ([`conn`]: connection, `auth`,
+//! `commands`, `copy`), the receive loop with its liveness timeout ([`receiver`]), and the
+//! error type ([`error`]). See `docs/upstream.md`.
 //!
 //! Must not: write files or decide what to do with the WAL it receives; that is the
 //! receive loop's and the store's business.
@@ -16,6 +17,7 @@ pub mod pgpass;
 pub mod receiver;
 pub mod require_auth;
 mod timeline;
+pub mod service;
 pub mod tls;
 
 pub use conn::{CopyEvent, IdentifySystem, QueryResult, ReplConnection, SlotInfo};

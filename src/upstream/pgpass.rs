@@ -6,6 +6,12 @@
 //! others is ignored with a warning.
 //! Must not: write the file or cache its contents.
 
+#![deny(
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::arithmetic_side_effects
+)]
+
 use std::path::{Path, PathBuf};
 
 /// The default password file: `$HOME/.pgpass`.
@@ -72,7 +78,7 @@ fn split_line(line: &str) -> Option<(Vec<Field>, String)> {
     while fields.len() < 4 {
         let mut value = String::new();
         let mut raw_star_only = true;
-        let mut raw_len = 0;
+        let mut raw_len: usize = 0;
         let mut ended = false;
         while let Some(c) = chars.next() {
             match c {
@@ -82,7 +88,7 @@ fn split_line(line: &str) -> Option<(Vec<Field>, String)> {
                 }
                 '\\' => {
                     raw_star_only = false;
-                    raw_len += 1;
+                    raw_len = raw_len.saturating_add(1);
                     if let Some(n) = chars.next() {
                         value.push(n);
                     }
@@ -91,7 +97,7 @@ fn split_line(line: &str) -> Option<(Vec<Field>, String)> {
                     if c != '*' {
                         raw_star_only = false;
                     }
-                    raw_len += 1;
+                    raw_len = raw_len.saturating_add(1);
                     value.push(c);
                 }
             }
@@ -118,6 +124,11 @@ fn split_line(line: &str) -> Option<(Vec<Field>, String)> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::arithmetic_side_effects
+)] // tests may panic
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;

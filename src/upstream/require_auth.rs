@@ -181,6 +181,11 @@ impl RequireAuth {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::arithmetic_side_effects
+)] // tests may panic
 mod tests {
     use super::*;
 

@@ -17,21 +17,37 @@
 //! - A client certificate is sent when `sslcert` (default `~/.postgresql/postgresql.crt`)
 //!   exists, with its key from `sslkey` (default `~/.postgresql/postgresql.key`).
 //!   Handshake signatures are always verified, even when the certificate is not.
+//! - `sslcertmode` (PostgreSQL 16): `disable` never sends a client certificate, `allow` (the
+//!   default) sends one when configured and asked for, `require` fails the connection at
+//!   AuthenticationOk unless the server asked for a certificate and got one
+//!   ([`ClientCertTracker`]).
+//! - `sslcrl` / `sslcrldir`: when the chain is verified, certificates revoked by a CRL
+//!   (PEM; `sslcrl` a file, default `~/.postgresql/root.crl` when neither is set; every CRL
+//!   file in `sslcrldir`) are refused. As with OpenSSL's `X509_V_FLAG_CRL_CHECK_ALL` (libpq's
+//!   setting), once CRLs are given, every certificate of the chain below the root must be
+//!   covered by one.
+//! - `ssl_min_protocol_version` (default `TLSv1.2`) / `ssl_max_protocol_version`: rustls
+//!   speaks TLS 1.2 and 1.3 only; a maximum below 1.2 is refused as unsupported.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
+use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 use sha2::Digest;
 
-use crate::upstream::conninfo::{ConnInfo, SslMode};
+use crate::upstream::conninfo::{ConnInfo, SslCertMode, SslMode, TlsVersion};
 use crate::upstream::error::UpstreamError;
 
 fn home_file(rel: &str) -> Option<PathBuf> {
@@ -42,9 +58,131 @@ fn tls_err(s: impl Into<String>) -> UpstreamError {
     UpstreamError::Tls(s.into())
 }
 
+/// Whether the server asked for a client certificate during the handshake and whether one
+/// was sent (for `sslcertmode=require`, checked at AuthenticationOk like libpq).
+#[derive(Debug, Default)]
+pub struct ClientCertTracker {
+    requested: AtomicBool,
+    sent: AtomicBool,
+}
+
+impl ClientCertTracker {
+    /// libpq's check for `sslcertmode=require`.
+    pub fn check_require(&self) -> Result<(), String> {
+        if !self.requested.load(Ordering::Acquire) {
+            Err("server did not request an SSL certificate".into())
+        } else if !self.sent.load(Ordering::Acquire) {
+            Err("server accepted connection without a valid SSL certificate".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Sends the configured certificate (if any) when the server asks, and records that.
+#[derive(Debug)]
+struct TrackingResolver {
+    key: Option<Arc<CertifiedKey>>,
+    tracker: Arc<ClientCertTracker>,
+}
+
+impl ResolvesClientCert for TrackingResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.tracker.requested.store(true, Ordering::Release);
+        let k = self.key.clone();
+        if k.is_some() {
+            self.tracker.sent.store(true, Ordering::Release);
+        }
+        k
+    }
+
+    fn has_certs(&self) -> bool {
+        self.key.is_some()
+    }
+}
+
+/// Reads the CRLs to check against: `sslcrl` (default `~/.postgresql/root.crl` when neither
+/// is set) and every CRL file of `sslcrldir`. Missing files are no CRL, as in libpq.
+fn load_crls(ci: &ConnInfo) -> Result<Vec<CertificateRevocationListDer<'static>>, UpstreamError> {
+    let file = ci.sslcrl.clone().filter(|s| !s.is_empty());
+    let dir = ci.sslcrldir.clone().filter(|s| !s.is_empty());
+    let file = match (&file, &dir) {
+        (None, None) => home_file(".postgresql/root.crl"),
+        (f, _) => f.as_ref().map(PathBuf::from),
+    };
+    let read = |p: &Path| -> Result<Vec<CertificateRevocationListDer<'static>>, UpstreamError> {
+        CertificateRevocationListDer::pem_file_iter(p)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| {
+                tls_err(format!(
+                    "could not load SSL certificate revocation list file \"{}\": {e}",
+                    p.display()
+                ))
+            })
+    };
+    let mut crls = Vec::new();
+    if let Some(f) = file.filter(|f| f.is_file()) {
+        crls.extend(read(&f)?);
+    }
+    if let Some(d) = dir.map(PathBuf::from).filter(|d| d.is_dir()) {
+        let entries = std::fs::read_dir(&d).map_err(|e| {
+            tls_err(format!(
+                "could not read SSL certificate revocation list directory \"{}\": {e}",
+                d.display()
+            ))
+        })?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        paths.sort();
+        for p in paths {
+            // The directory may hold other files (OpenSSL's hash links point at CRLs).
+            if let Ok(v) = read(&p) {
+                crls.extend(v);
+            }
+        }
+    }
+    Ok(crls)
+}
+
+/// The rustls protocol versions allowed by `ssl_min/max_protocol_version`.
+fn protocol_versions(
+    ci: &ConnInfo,
+) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, UpstreamError> {
+    let (min, max) = ci.ssl_protocol_range()?;
+    if let Some(m) = max.filter(|m| *m < TlsVersion::V1_2) {
+        return Err(tls_err(format!(
+            "ssl_max_protocol_version {m:?} is not supported by walrelay: it speaks TLS 1.2 and 1.3 only"
+        )));
+    }
+    let mut v = Vec::new();
+    for (ver, p) in [
+        (TlsVersion::V1_2, &rustls::version::TLS12),
+        (TlsVersion::V1_3, &rustls::version::TLS13),
+    ] {
+        if ver >= min && max.is_none_or(|m| ver <= m) {
+            v.push(p);
+        }
+    }
+    Ok(v)
+}
+
 /// Builds the client configuration for this connection string and mode.
 /// `mode` must not be `Disable`.
 pub fn client_config(ci: &ConnInfo, mode: SslMode) -> Result<Arc<ClientConfig>, UpstreamError> {
+    client_config_tracked(ci, mode).map(|(c, _)| c)
+}
+
+/// [`client_config`] plus the tracker of client-certificate requests.
+pub fn client_config_tracked(
+    ci: &ConnInfo,
+    mode: SslMode,
+) -> Result<(Arc<ClientConfig>, Arc<ClientCertTracker>), UpstreamError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
 
     // Root certificates.
@@ -94,7 +232,9 @@ pub fn client_config(ci: &ConnInfo, mode: SslMode) -> Result<Arc<ClientConfig>, 
                 path.display()
             )));
         }
+        let crls = load_crls(ci)?;
         let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .with_crls(crls)
             .build()
             .map_err(|e| tls_err(format!("could not set up certificate verification: {e}")))?;
         if mode == SslMode::VerifyFull {
@@ -108,8 +248,9 @@ pub fn client_config(ci: &ConnInfo, mode: SslMode) -> Result<Arc<ClientConfig>, 
         })
     };
 
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+    let versions = protocol_versions(ci)?;
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
         .map_err(|e| tls_err(format!("could not create SSL context: {e}")))?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
@@ -120,7 +261,8 @@ pub fn client_config(ci: &ConnInfo, mode: SslMode) -> Result<Arc<ClientConfig>, 
         .clone()
         .map(PathBuf::from)
         .or_else(|| home_file(".postgresql/postgresql.crt"));
-    let config = match cert_path.filter(|p| p.is_file()) {
+    let certmode = ci.sslcertmode()?;
+    let key = match cert_path.filter(|p| p.is_file() && certmode != SslCertMode::Disable) {
         Some(cert_path) => {
             let key_path = ci
                 .sslkey
@@ -149,18 +291,24 @@ pub fn client_config(ci: &ConnInfo, mode: SslMode) -> Result<Arc<ClientConfig>, 
                     key_path.display()
                 ))
             })?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| tls_err(format!("could not load private key: {e}")))?
+            Some(Arc::new(
+                CertifiedKey::from_der(chain, key, &provider)
+                    .map_err(|e| tls_err(format!("could not load private key: {e}")))?,
+            ))
         }
         None => {
             if let Some(p) = explicit_cert {
-                tracing::debug!("sslcert \"{p}\" does not exist; no client certificate sent");
+                tracing::debug!("sslcert \"{p}\" not used (missing, or sslcertmode=disable)");
             }
-            builder.with_no_client_auth()
+            None
         }
     };
-    Ok(Arc::new(config))
+    let tracker = Arc::new(ClientCertTracker::default());
+    let config = builder.with_client_cert_resolver(Arc::new(TrackingResolver {
+        key,
+        tracker: tracker.clone(),
+    }));
+    Ok((Arc::new(config), tracker))
 }
 
 /// The rustls server name for a host string (DNS name or IP address).

@@ -24,7 +24,7 @@ use postgres_protocol::message::frontend;
 
 use super::{startup_error, ReplConnection, Result};
 use crate::protocol::backend::{AuthRequest, BackendMessage as Msg};
-use crate::upstream::conninfo::{ChannelBindingMode, ConnInfo, HostSpec};
+use crate::upstream::conninfo::{ChannelBindingMode, ConnInfo, HostSpec, SslCertMode};
 use crate::upstream::error::UpstreamError;
 use crate::upstream::pgpass;
 use crate::upstream::require_auth::{AuthKind, RequireAuth};
@@ -36,6 +36,9 @@ const SCRAM_PLUS: &str = "SCRAM-SHA-256-PLUS";
 struct Policy {
     channel_binding: ChannelBindingMode,
     require_auth: RequireAuth,
+    /// `sslcertmode=require`: the handshake's record of the server's certificate request
+    /// (`None` without TLS).
+    require_cert: Option<Option<std::sync::Arc<crate::upstream::tls::ClientCertTracker>>>,
 }
 
 impl Policy {
@@ -63,7 +66,13 @@ impl Policy {
                 "channel binding required, but server authenticated client without channel binding",
             ));
         }
-        Ok(())
+        match &self.require_cert {
+            None => Ok(()),
+            Some(None) => Err(UpstreamError::auth_client(
+                "server did not request an SSL certificate",
+            )),
+            Some(Some(t)) => t.check_require().map_err(UpstreamError::auth_client),
+        }
     }
 }
 
@@ -101,6 +110,8 @@ impl ReplConnection {
             channel_binding: ci.channel_binding()?,
             require_auth: RequireAuth::parse(ci.require_auth.as_deref())
                 .map_err(|e| UpstreamError::ConnInfo(crate::upstream::ConnInfoError(e)))?,
+            require_cert: (ci.sslcertmode()? == SslCertMode::Require)
+                .then(|| self.cert_tracker.clone()),
         };
         let password = || -> Result<String> {
             if let Some(p) = ci.password.as_deref().filter(|p| !p.is_empty()) {
