@@ -698,20 +698,6 @@ mod redact {
         v.as_ref().map(|_| HIDDEN)
     }
 
-    impl Debug for UpstreamConfig {
-        fn fmt(&self, f: &mut Formatter<'_>) -> Result {
-            f.debug_struct("UpstreamConfig")
-                .field("conninfo", &self.conninfo.as_deref().map(conninfo))
-                .field("slot", &self.slot)
-                .field("create_slot", &self.create_slot)
-                .field("synchronous", &self.synchronous)
-                .field("status_interval", &self.status_interval)
-                .field("reconnect_min", &self.reconnect_min)
-                .field("reconnect_max", &self.reconnect_max)
-                .finish()
-        }
-    }
-
     impl Debug for ServerConfig {
         fn fmt(&self, f: &mut Formatter<'_>) -> Result {
             let users: std::collections::BTreeMap<&str, &str> =
