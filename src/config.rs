@@ -75,13 +75,7 @@ pub struct UpstreamConfig {
 impl std::fmt::Debug for UpstreamConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamConfig")
-            .field(
-                "conninfo",
-                &self
-                    .conninfo
-                    .as_deref()
-                    .map(crate::upstream::conninfo::redacted),
-            )
+            .field("conninfo", &self.conninfo.as_deref().map(redact::conninfo))
             .field("slot", &self.slot)
             .field("create_slot", &self.create_slot)
             .field("synchronous", &self.synchronous)

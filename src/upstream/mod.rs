@@ -16,8 +16,8 @@ pub mod error;
 pub mod pgpass;
 pub mod receiver;
 pub mod require_auth;
-mod timeline;
 pub mod service;
+mod timeline;
 pub mod tls;
 
 pub use conn::{CopyEvent, IdentifySystem, QueryResult, ReplConnection, SlotInfo};
