@@ -57,7 +57,13 @@ fn barman_user() -> String {
     };
     if !exists(BARMAN_USER) {
         let out = Command::new("useradd")
-            .args(["--system", "--no-create-home", "--shell", "/bin/sh", BARMAN_USER])
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/bin/sh",
+                BARMAN_USER,
+            ])
             .output()
             .expect("run useradd");
         assert!(
@@ -353,7 +359,10 @@ fn assert_archive_identical(barman: &Barman, pg_wal: &Path) -> Vec<String> {
         return names;
     };
     for hashdir in rd.flatten().filter(|e| e.path().is_dir()) {
-        for f in std::fs::read_dir(hashdir.path()).expect("read wals subdir").flatten() {
+        for f in std::fs::read_dir(hashdir.path())
+            .expect("read wals subdir")
+            .flatten()
+        {
             let name = f.file_name().to_string_lossy().into_owned();
             if !is_segment_name(&name) {
                 continue;
@@ -473,7 +482,10 @@ fn barman_streams_through(receivewal: &Path) {
     );
     assert_archive_identical(&barman, &pg.pg_wal());
     // a streaming directory only holds what pg_receivewal writes
-    for e in std::fs::read_dir(barman.streaming_dir()).expect("streaming dir").flatten() {
+    for e in std::fs::read_dir(barman.streaming_dir())
+        .expect("streaming dir")
+        .flatten()
+    {
         let n = e.file_name().to_string_lossy().into_owned();
         let ok = is_segment_name(n.trim_end_matches(".partial"))
             || (n.len() == 16 + ".history".len() && n.ends_with(".history"));
