@@ -9,6 +9,8 @@ mod bench_quick;
 mod delay_feeds;
 mod harness;
 mod harness_selftest;
+mod pgrw_cli;
+mod pgrw_compress;
 mod receive;
 mod receive_faults;
 mod server_archive_fallback;

@@ -77,7 +77,7 @@ fn byte_identity(major: &str) {
     let conninfo = primary.conninfo();
     let d = dir.to_str().unwrap();
 
-    // --create-slot creates a slot that reserves WAL, then exits; --if-not-exists tolerates it.
+    // --create-slot creates a slot, then exits; --if-not-exists tolerates it.
     let (st, _, err) = harness::walrelay::run_to_end(&[
         "receive",
         "-d",
@@ -106,6 +106,15 @@ fn byte_identity(major: &str) {
         "--if-not-exists",
     ]);
     assert!(st.success(), "{err}");
+    // Like pg_receivewal, --create-slot does not reserve WAL: restart_lsn stays null until a
+    // client streams from the slot. Re-create it reserving WAL, so that streaming starts at a
+    // known segment.
+    assert_eq!(
+        primary.psql("select restart_lsn is null from pg_replication_slots where slot_name = 'wr'"),
+        "t"
+    );
+    primary.psql("select pg_drop_replication_slot('wr')");
+    primary.psql("select pg_create_physical_replication_slot('wr', true)");
     let restart =
         primary.psql("select restart_lsn from pg_replication_slots where slot_name = 'wr'");
     let restart: Lsn = restart.parse().expect("slot reserves WAL");
@@ -641,7 +650,13 @@ fn receive_primary_shutdown_ends_stream_cleanly() {
     let st = w
         .wait_exit(Duration::from_secs(30))
         .expect("walrelay ends when the primary shuts down");
-    assert!(st.success(), "{st:?}\n{}", w.log());
+    // Like pg_receivewal -n: the end of the stream is "disconnected", exit 1.
+    assert_eq!(st.code(), Some(1), "{st:?}\n{}", w.log());
+    assert!(
+        w.log().ends_with("walrelay: error: disconnected\n"),
+        "{}",
+        w.log()
+    );
     assert!(
         w.log().contains("the server ended streaming (shutdown)"),
         "{}",

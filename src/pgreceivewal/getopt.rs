@@ -241,7 +241,16 @@ mod tests {
 
     #[test]
     fn long_options_inline_separate_and_prefixes() {
-        let r = p(&["--directory=/x", "--slot", "a", "--dir", "/y", "--syn", "--no-l"]).unwrap();
+        let r = p(&[
+            "--directory=/x",
+            "--slot",
+            "a",
+            "--dir",
+            "/y",
+            "--syn",
+            "--no-l",
+        ])
+        .unwrap();
         assert_eq!(
             r.opts,
             vec![
@@ -287,6 +296,9 @@ mod tests {
             e(&["--no"]),
             "prog: option '--no' is ambiguous; possibilities: '--no-loop' '--no-password' '--no-sync'"
         );
-        assert_eq!(e(&["--s"]), "prog: option '--s' is ambiguous; possibilities: '--slot' '--synchronous'");
+        assert_eq!(
+            e(&["--s"]),
+            "prog: option '--s' is ambiguous; possibilities: '--slot' '--synchronous'"
+        );
     }
 }

@@ -79,7 +79,11 @@ pub fn command_failed(cmd: &str, e: &UpstreamError) -> String {
 pub fn receiver_error(e: &ReceiverError) -> String {
     match e {
         ReceiverError::Store(StoreError::Io { op, path, source }) => {
-            format!("could not {op} file \"{}\": {}", path.display(), strerror(source))
+            format!(
+                "could not {op} file \"{}\": {}",
+                path.display(),
+                strerror(source)
+            )
         }
         _ => e.to_string(),
     }

@@ -78,7 +78,12 @@ pub fn main(inv: Invocation, args: Vec<String>) -> i32 {
     let log = Log {
         prog: inv.prog.clone(),
     };
-    let hint = || log.hint(&format!("Try \"{} --help\" for more information.", inv.command));
+    let hint = || {
+        log.hint(&format!(
+            "Try \"{} --help\" for more information.",
+            inv.command
+        ))
+    };
     let opts = match options::parse(&inv.argv0, &args) {
         Ok(Action::Help) => {
             print!("{}", usage::help(&inv.command));
@@ -138,8 +143,7 @@ pub fn main(inv: Invocation, args: Vec<String>) -> i32 {
 
 /// The connection string from `-d`, `-h`, `-p`, `-U` and the environment.
 fn conninfo(o: &Options, prog: &str) -> Result<ConnInfo, String> {
-    let mut info =
-        ConnInfo::parse(o.dbname.as_deref().unwrap_or("")).map_err(|e| e.to_string())?;
+    let mut info = ConnInfo::parse(o.dbname.as_deref().unwrap_or("")).map_err(|e| e.to_string())?;
     for (key, value) in [("host", &o.host), ("port", &o.port), ("user", &o.username)] {
         if let Some(v) = value {
             info.set(key, v.clone()).map_err(|e| e.to_string())?;
@@ -408,6 +412,9 @@ mod tests {
         assert_eq!(i.prog, "pg_receivewal");
         assert_eq!(i.argv0, "/opt/bin/pg_receivewal");
         let w = Invocation::walrelay_receive("walrelay");
-        assert_eq!((w.prog.as_str(), w.command.as_str()), ("walrelay", "walrelay receive"));
+        assert_eq!(
+            (w.prog.as_str(), w.command.as_str()),
+            ("walrelay", "walrelay receive")
+        );
     }
 }

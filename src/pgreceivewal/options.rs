@@ -134,8 +134,8 @@ pub fn parse(argv0: &str, args: &[String]) -> Result<Action, UsageError> {
         Some("-V") | Some("--version") => return Ok(Action::Version),
         _ => {}
     }
-    let parsed = getopt::parse(argv0, args, SHORT, Key::Short, LONG)
-        .map_err(|e| UsageError::Getopt(e.0))?;
+    let parsed =
+        getopt::parse(argv0, args, SHORT, Key::Short, LONG).map_err(|e| UsageError::Getopt(e.0))?;
     let mut o = Options::default();
     let mut compress_alg = "none".to_string();
     let mut compress_detail: Option<String> = None;
@@ -214,9 +214,7 @@ fn parse_lsn(s: &str) -> Option<Lsn> {
             .strip_prefix("0x")
             .or_else(|| s.strip_prefix("0X"))
             .unwrap_or(s);
-        let end = s
-            .find(|c: char| !c.is_ascii_hexdigit())
-            .unwrap_or(s.len());
+        let end = s.find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(s.len());
         if end == 0 {
             return None;
         }
@@ -351,7 +349,8 @@ fn parse_detail(detail: Option<&str>, default: i64) -> Result<Detail, String> {
             ));
         }
         let integer = |v: Option<&str>| -> Result<i64, String> {
-            let v = v.ok_or_else(|| invalid(format!("compression option \"{kw}\" requires a value")))?;
+            let v =
+                v.ok_or_else(|| invalid(format!("compression option \"{kw}\" requires a value")))?;
             match bare_integer(v) {
                 Some(n) if !v.trim_start().is_empty() => Ok(n),
                 _ => Err(invalid(format!(
@@ -425,7 +424,7 @@ mod tests {
 
     fn run(args: &[&str]) -> Result<Action, UsageError> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        parse("/usr/bin/pg_receivewal", &args, )
+        parse("/usr/bin/pg_receivewal", &args)
     }
 
     fn opts(args: &[&str]) -> Options {
@@ -470,9 +469,28 @@ mod tests {
     #[test]
     fn every_option_and_last_one_wins() {
         let o = opts(&[
-            "-Dfirst", "--directory=/wal", "-d", "host=a", "-E", "1/AB", "-h", "h", "-p", "5433",
-            "-U", "u", "-nvv", "-w", "-s", "0", "-S", "s", "--no-sync", "--if-not-exists",
-            "-Z", "lz4",
+            "-Dfirst",
+            "--directory=/wal",
+            "-d",
+            "host=a",
+            "-E",
+            "1/AB",
+            "-h",
+            "h",
+            "-p",
+            "5433",
+            "-U",
+            "u",
+            "-nvv",
+            "-w",
+            "-s",
+            "0",
+            "-S",
+            "s",
+            "--no-sync",
+            "--if-not-exists",
+            "-Z",
+            "lz4",
         ]);
         assert_eq!(o.directory.as_deref(), Some("/wal"));
         assert_eq!(o.dbname.as_deref(), Some("host=a"));
@@ -485,7 +503,10 @@ mod tests {
         assert_eq!(o.password, PasswordPrompt::Never);
         assert_eq!(o.status_interval, 0);
         assert_eq!(o.compression.method, Some(Method::Lz4));
-        assert_eq!(opts(&["-D", "d", "-w", "-W"]).password, PasswordPrompt::Always);
+        assert_eq!(
+            opts(&["-D", "d", "-w", "-W"]).password,
+            PasswordPrompt::Always
+        );
         assert_eq!(opts(&["-D", "d"]).status_interval, 10);
         assert!(opts(&["--slot", "s", "--create-slot"]).create_slot);
     }
@@ -552,12 +573,48 @@ mod tests {
         assert_eq!(c("0"), Compression::none());
         assert_eq!(c("none"), Compression::none());
         assert_eq!(c("none:0"), Compression::none());
-        assert_eq!(c("5"), Compression { method: Some(Method::Gzip), level: 5 });
-        assert_eq!(c("gzip"), Compression { method: Some(Method::Gzip), level: -1 });
-        assert_eq!(c("gzip:1"), Compression { method: Some(Method::Gzip), level: 1 });
-        assert_eq!(c("gzip:level=9"), Compression { method: Some(Method::Gzip), level: 9 });
-        assert_eq!(c("lz4"), Compression { method: Some(Method::Lz4), level: 0 });
-        assert_eq!(c("lz4:level=12"), Compression { method: Some(Method::Lz4), level: 12 });
+        assert_eq!(
+            c("5"),
+            Compression {
+                method: Some(Method::Gzip),
+                level: 5
+            }
+        );
+        assert_eq!(
+            c("gzip"),
+            Compression {
+                method: Some(Method::Gzip),
+                level: -1
+            }
+        );
+        assert_eq!(
+            c("gzip:1"),
+            Compression {
+                method: Some(Method::Gzip),
+                level: 1
+            }
+        );
+        assert_eq!(
+            c("gzip:level=9"),
+            Compression {
+                method: Some(Method::Gzip),
+                level: 9
+            }
+        );
+        assert_eq!(
+            c("lz4"),
+            Compression {
+                method: Some(Method::Lz4),
+                level: 0
+            }
+        );
+        assert_eq!(
+            c("lz4:level=12"),
+            Compression {
+                method: Some(Method::Lz4),
+                level: 12
+            }
+        );
         assert_eq!(
             e("none:1"),
             "invalid compression specification: compression algorithm \"none\" does not accept a compression level"

@@ -75,10 +75,26 @@ mod tests {
                 assert!(line.len() <= 95, "too long: {line:?}");
             }
             for opt in [
-                "--directory", "--endpos", "--if-not-exists", "--no-loop", "--no-sync",
-                "--status-interval", "--slot", "--synchronous", "--verbose", "--version",
-                "--compress", "--help", "--dbname", "--host", "--port", "--username",
-                "--no-password", "--password", "--create-slot", "--drop-slot",
+                "--directory",
+                "--endpos",
+                "--if-not-exists",
+                "--no-loop",
+                "--no-sync",
+                "--status-interval",
+                "--slot",
+                "--synchronous",
+                "--verbose",
+                "--version",
+                "--compress",
+                "--help",
+                "--dbname",
+                "--host",
+                "--port",
+                "--username",
+                "--no-password",
+                "--password",
+                "--create-slot",
+                "--drop-slot",
             ] {
                 assert!(h.contains(opt), "{opt} missing");
             }

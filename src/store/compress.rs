@@ -224,7 +224,9 @@ mod tests {
     fn roundtrip(method: Method) {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("000000010000000000000001.partial");
-        let data: Vec<u8> = (0..300_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         let f = std::fs::OpenOptions::new()
             .create(true)
             .write(true)

@@ -23,13 +23,14 @@ pub mod compress;
 pub mod control;
 pub mod fsutil;
 pub mod reader;
+pub mod recover;
 pub mod retention;
 pub mod scan;
 mod tail;
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -87,6 +88,10 @@ pub enum StoreError {
     NotOpen,
     #[error("the store thread has stopped")]
     Stopped,
+    #[error("start-up recovery of the data directory failed: {0}")]
+    Recovery(String),
+    #[error("WAL received for {lsn} differs from the WAL already stored there on timeline {tli}; refusing to overwrite it")]
+    RewriteMismatch { lsn: Lsn, tli: TimelineId },
 }
 
 impl crate::error::SqlState for StoreError {
@@ -146,6 +151,7 @@ pub struct Store {
     positions: watch::Receiver<Positions>,
     tail: Arc<Tail>,
     dir: PathBuf,
+    recovered: watch::Receiver<bool>,
 }
 
 /// Tunables of the store.
@@ -163,6 +169,11 @@ pub struct StoreOptions {
     pub flush_delay: std::time::Duration,
     /// pg_receivewal `--compress`: segments written as `.gz` / `.lz4` (see [`compress`]).
     pub compression: compress::Compression,
+    /// Keep `walrelay.control` in the directory (`walrelay run`: it records the primary's
+    /// `server_version` for serving while the primary is unreachable). Off for a
+    /// pg_receivewal target directory, which holds nothing but WAL files: the identity check
+    /// reads the segments' long page headers either way.
+    pub control_file: bool,
 }
 
 impl Default for StoreOptions {
@@ -172,6 +183,7 @@ impl Default for StoreOptions {
             tail_bytes: 64 << 20,
             flush_delay: std::time::Duration::from_millis(10),
             compression: compress::Compression::none(),
+            control_file: false,
         }
     }
 }
@@ -185,16 +197,33 @@ impl Store {
         let tail = Arc::new(Tail::new(opts.tail_bytes));
         let mut writer = Writer::new(dir.to_path_buf(), pos_tx, tail.clone(), opts.flush_delay);
         writer.compression = opts.compression;
+        writer.control_enabled = opts.control_file;
+        writer.file_mode = fsutil::create_modes(dir).0;
+        let (ready_tx, recovered) = watch::channel(false);
         let rt = tokio::runtime::Handle::try_current().ok();
         std::thread::Builder::new()
             .name("walrelay-store".into())
-            .spawn(move || writer.run(rx, rt))?;
+            .spawn(move || {
+                // Start-up recovery first: positions are published from the files before
+                // any request is handled.
+                writer.recover();
+                let _ = ready_tx.send(true);
+                writer.run(rx, rt)
+            })?;
         Ok(Store {
             tx,
             positions,
             tail,
             dir: dir.to_path_buf(),
+            recovered,
         })
+    }
+
+    /// Waits until start-up recovery has read the data directory and published the end of
+    /// valid WAL found there (see [`recover`]). Call it before serving.
+    pub async fn recovered(&self) {
+        let mut rx = self.recovered.clone();
+        let _ = rx.wait_for(|done| *done).await;
     }
 
     pub fn dir(&self) -> &Path {
@@ -292,7 +321,22 @@ struct OpenSegment {
 /// State owned by the store thread.
 struct Writer {
     dir: PathBuf,
+    /// Whether `walrelay.control` is kept (see [`StoreOptions::control_file`]).
+    control_enabled: bool,
     control: Option<ControlData>,
+    /// `(system id, segment size)` once `open` accepted the server.
+    ident: Option<(u64, u64)>,
+    /// The identity read from the segment files at start-up.
+    file_identity: Option<recover::Identity>,
+    recovery_error: Option<String>,
+    /// The highest position ever published as flushed on a timeline (the start-up recovery
+    /// end, then every flush): published positions never go below it on that timeline, and
+    /// WAL re-received below it must equal what the files hold.
+    floor: Option<(TimelineId, Lsn)>,
+    /// After a failed check: the end of the bytes that were vouched for before it.
+    fail_cap: Option<Lsn>,
+    file_mode: u32,
+    scratch: Vec<u8>,
     validator: Option<PageValidator>,
     open: Option<OpenSegment>,
     pos: Positions,
@@ -319,7 +363,15 @@ impl Writer {
     ) -> Writer {
         Writer {
             dir,
+            control_enabled: false,
             control: None,
+            ident: None,
+            file_identity: None,
+            recovery_error: None,
+            floor: None,
+            fail_cap: None,
+            file_mode: fsutil::FILE_MODE_OWNER,
+            scratch: Vec::new(),
             validator: None,
             open: None,
             pos: Positions::default(),
@@ -393,8 +445,56 @@ impl Writer {
         })
     }
 
+    /// Reads the data directory (identity, end of valid WAL) and publishes what it found.
+    fn recover(&mut self) {
+        match recover::recover(&self.dir) {
+            Ok(Some(r)) => {
+                let last = r.last_record_end.map_or(String::new(), |l| {
+                    format!(", last complete record ends at {l}")
+                });
+                tracing::info!(
+                    "recovered WAL from \"{}\": timeline {}, valid WAL up to {} in {}{last}",
+                    self.dir.display(),
+                    r.timeline,
+                    r.end,
+                    r.file
+                );
+                self.file_identity = Some(r.identity);
+                self.pos.system_id = r.identity.system_id;
+                self.pos.wal_segment_size = r.identity.seg_size;
+                self.pos.timeline = r.timeline;
+                self.pos.write_lsn = r.end;
+                self.pos.flush_lsn = r.end;
+                self.floor = Some((r.timeline, r.end));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!("segment store: {e}");
+                self.recovery_error = Some(e.to_string());
+                self.pos.error = Some(e.to_string());
+            }
+        }
+        self.publish();
+    }
+
+    /// The positions as published: never below the floor on its timeline (bytes below it
+    /// are durable in the files even while a reconnect rewrites them); the floor follows.
+    fn published(&mut self) -> Positions {
+        let mut p = self.pos.clone();
+        match self.floor {
+            Some((tli, f)) if tli == p.timeline => {
+                p.write_lsn = p.write_lsn.max(f);
+                p.flush_lsn = p.flush_lsn.max(f);
+                self.floor = Some((tli, p.flush_lsn));
+            }
+            _ if p.timeline != 0 => self.floor = Some((p.timeline, p.flush_lsn)),
+            _ => {}
+        }
+        p
+    }
+
     fn publish(&mut self) {
-        let pos = self.pos.clone();
+        let pos = self.published();
         self.pos_tx.send_if_modified(|p| {
             if *p != pos {
                 *p = pos;
@@ -475,6 +575,27 @@ impl Writer {
         seg_size: u64,
         server_version: String,
     ) -> Result<Option<(Lsn, TimelineId)>, StoreError> {
+        if let Some(e) = &self.recovery_error {
+            return Err(StoreError::Recovery(e.clone()));
+        }
+        if let Some(id) = self.file_identity {
+            if id.system_id != system_id || id.seg_size != seg_size {
+                return Err(StoreError::IdentityMismatch {
+                    dir: self.dir.clone(),
+                    found: id.system_id,
+                    found_seg_size: id.seg_size,
+                    expected: system_id,
+                    expected_seg_size: seg_size,
+                });
+            }
+        }
+        self.ident = Some((system_id, seg_size));
+        self.pos.system_id = system_id;
+        self.pos.wal_segment_size = seg_size;
+        if !self.control_enabled {
+            return scan::resume_point(&self.dir, seg_size)
+                .map_err(io_err("read directory", &self.dir));
+        }
         let mut control = match control::read(&self.dir)? {
             Some(c) => {
                 if c.system_id() != Some(system_id) || c.wal_segment_size != seg_size {
@@ -502,11 +623,10 @@ impl Writer {
     }
 
     fn begin(&mut self, tli: TimelineId, start: Lsn) -> Result<(), StoreError> {
-        let control = self.control.as_ref().ok_or(StoreError::NotOpen)?;
-        let seg_size = control.wal_segment_size;
-        let sysid = control.system_id().unwrap_or(0);
+        let (sysid, seg_size) = self.ident.ok_or(StoreError::NotOpen)?;
         self.close_open()?;
         self.failed = false;
+        self.fail_cap = None;
         self.pos.error = None;
         if self.pos.timeline != tli {
             self.tail.reset(tli);
@@ -526,9 +646,13 @@ impl Writer {
     /// header that is still incomplete (not yet validated).
     fn durable_end(&self) -> Lsn {
         let written = self.pos.write_lsn;
-        match self.validator.as_ref().and_then(|v| v.validated_end()) {
+        let end = match self.validator.as_ref().and_then(|v| v.validated_end()) {
             Some(v) => written.min(v),
             None => written,
+        };
+        match self.fail_cap {
+            Some(cap) => end.min(cap),
+            None => end,
         }
     }
 
@@ -544,7 +668,14 @@ impl Writer {
                 expected: self.pos.write_lsn,
             });
         }
-        validator.check(start, &data)?;
+        // What was vouched for before this chunk: a page header split across the previous
+        // chunk and this one is checked now, and if it fails, its first bytes (already
+        // written) must never count as flushed.
+        let vouched = validator.validated_end().unwrap_or(start);
+        if let Err(e) = validator.check(start, &data) {
+            self.fail_cap = Some(vouched.min(start));
+            return Err(e.into());
+        }
         let seg_size = self.seg_size();
         let mut lsn = start;
         let mut rest: &[u8] = &data;
@@ -553,6 +684,10 @@ impl Writer {
             let offset = lsn.segment_offset(seg_size);
             let n = rest.len().min((seg_size - offset) as usize);
             self.ensure_open(segno)?;
+            if self.open.as_ref().is_some_and(|s| s.z.is_none()) {
+                // (compressed files cannot be read back; nothing is served from them)
+                self.check_rewrite(lsn, offset, &rest[..n])?;
+            }
             let seg = self.open.as_mut().ok_or(StoreError::NotOpen)?;
             match seg.z.as_mut() {
                 Some(z) => z.append(&rest[..n]),
@@ -573,6 +708,38 @@ impl Writer {
         Ok(())
     }
 
+    /// WAL re-received below the floor (after a restart or reconnect the stream restarts at
+    /// the segment start) must be the bytes already stored: the floor was served and
+    /// acknowledged. A difference means the upstream's WAL on this timeline is not what
+    /// walrelay holds; fail closed instead of mixing the two.
+    fn check_rewrite(&mut self, lsn: Lsn, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        let Some((tli, floor)) = self.floor else {
+            return Ok(());
+        };
+        if tli != self.pos.timeline || lsn >= floor {
+            return Ok(());
+        }
+        let n = usize::try_from(floor.0 - lsn.0)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let seg = self.open.as_ref().ok_or(StoreError::NotOpen)?;
+        self.scratch.resize(n, 0);
+        seg.file
+            .read_exact_at(&mut self.scratch[..n], offset)
+            .map_err(io_err("read", &seg.path))?;
+        if let Some(i) = self.scratch[..n]
+            .iter()
+            .zip(&data[..n])
+            .position(|(a, b)| a != b)
+        {
+            let at = Lsn(lsn.0 + i as u64);
+            // Serve only what matched.
+            self.floor = Some((tli, at));
+            return Err(StoreError::RewriteMismatch { lsn: at, tli });
+        }
+        Ok(())
+    }
+
     fn ensure_open(&mut self, segno: u64) -> Result<(), StoreError> {
         if self.open.as_ref().is_some_and(|s| s.segno == segno) {
             return Ok(());
@@ -589,12 +756,17 @@ impl Writer {
         let path = self.dir.join(format!("{name}.partial"));
         if let Some(m) = self.compression.method {
             // A compressed segment is a stream written from the segment start: no padding.
+            let existed = path.exists();
             let file = OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .mode(self.file_mode)
                 .open(&path)
                 .map_err(io_err("open", &path))?;
+            if !existed {
+                fsutil::set_mode(&file, self.file_mode).map_err(io_err("chmod", &path))?;
+            }
             let z = file
                 .try_clone()
                 .and_then(|f| compress::Segment::create(f, m, self.compression.level))
@@ -614,8 +786,12 @@ impl Writer {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(self.file_mode)
             .open(&path)
             .map_err(io_err("open", &path))?;
+        if !existed {
+            fsutil::set_mode(&file, self.file_mode).map_err(io_err("chmod", &path))?;
+        }
         let len = file.metadata().map_err(io_err("stat", &path))?.len();
         if len < seg_size {
             // Reserve the full size up front, so a full disk shows up here and not in the
@@ -862,7 +1038,9 @@ mod tests {
             "{:?}",
             p.error
         );
-        assert_eq!(p.flush_lsn, Lsn(0));
+        // the good page written before stays flushed: a restart of the stream never takes
+        // the published position back
+        assert_eq!(p.flush_lsn, Lsn(8192));
         let partial = std::fs::read(dir.path().join("000000010000000000000000.partial")).unwrap();
         assert_eq!(
             &partial[..8192],

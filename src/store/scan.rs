@@ -31,6 +31,11 @@ pub fn list(dir: &Path, seg_size: u64) -> io::Result<(Vec<SegmentFile>, Vec<Time
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };
+        // WAL file names are ASCII; anything else is a stray file (and must not reach the
+        // byte-offset slicing of the name parser).
+        if !name.is_ascii() {
+            continue;
+        }
         match parse_wal_file_name(&name, seg_size) {
             Some(WalFileName::Segment {
                 tli,

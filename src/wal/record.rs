@@ -231,6 +231,16 @@ impl RecordDecoder {
         self.failed
     }
 
+    /// Start of the record being assembled when the fed bytes ran out in the middle of it
+    /// (`None` between records, while skipping, or after an error). Crash recovery uses it
+    /// to find the incomplete record at the end of a `.partial` segment.
+    pub fn pending_start(&self) -> Option<Lsn> {
+        match (&self.state, self.failed) {
+            (State::Reading { lsn, .. }, false) => Some(*lsn),
+            _ => None,
+        }
+    }
+
     /// Appends a chunk; `start` must equal [`RecordDecoder::fed_end`].
     pub fn feed(&mut self, start: Lsn, data: &[u8]) -> Result<(), WalError> {
         let expected = self.fed_end();
