@@ -7,6 +7,7 @@ mod archive_store;
 mod barman_pg_receivewal;
 mod bench_quick;
 mod delay_feeds;
+mod fuzz_replay;
 mod harness;
 mod harness_selftest;
 mod pgrw_cli;
