@@ -10,7 +10,7 @@ use crate::harness::{self, pg::Pg, TestDir};
 
 /// A directory holding `pg_receivewal` -> the walrelay binary under test.
 pub struct Symlinked {
-    pub dir: TestDir,
+    _dir: TestDir,
     pub bin: PathBuf,
 }
 
@@ -19,7 +19,7 @@ impl Symlinked {
         let dir = TestDir::new("pgrw-bin");
         let bin = dir.join("pg_receivewal");
         std::os::unix::fs::symlink(harness::walrelay::bin(), &bin).expect("symlink pg_receivewal");
-        Symlinked { dir, bin }
+        Symlinked { _dir: dir, bin }
     }
 
     /// Runs `pg_receivewal ARGS` (argv[0] = the symlink's full path) with PG* variables

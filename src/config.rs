@@ -57,6 +57,10 @@ pub struct UpstreamConfig {
     /// Interval between status updates to the primary.
     #[serde(deserialize_with = "de_duration")]
     pub status_interval: Duration,
+    /// Drop the connection when the primary sent nothing for this long (like
+    /// `wal_receiver_timeout`; a reply is requested at half of it); `0s`: never.
+    #[serde(deserialize_with = "de_duration")]
+    pub receive_timeout: Duration,
     /// First delay before reconnecting; doubles up to `reconnect_max`.
     #[serde(deserialize_with = "de_duration")]
     pub reconnect_min: Duration,
@@ -72,6 +76,7 @@ impl Default for UpstreamConfig {
             create_slot: true,
             synchronous: false,
             status_interval: Duration::from_secs(10),
+            receive_timeout: crate::upstream::receiver::DEFAULT_RECEIVE_TIMEOUT,
             reconnect_min: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(30),
         }

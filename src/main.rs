@@ -189,6 +189,10 @@ struct RunArgs {
     /// Status interval, e.g. 10s (overrides upstream.status_interval).
     #[arg(long, value_parser = parse_duration)]
     status_interval: Option<Duration>,
+    /// Drop a silent upstream connection after this long, e.g. 60s; 0 = never (overrides
+    /// upstream.receive_timeout).
+    #[arg(long, value_parser = parse_duration)]
+    receive_timeout: Option<Duration>,
     /// Output verbose messages.
     #[arg(short = 'v', long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -356,6 +360,9 @@ async fn run(a: RunArgs) -> Result<(), String> {
     if let Some(v) = a.status_interval {
         cfg.upstream.status_interval = v;
     }
+    if let Some(v) = a.receive_timeout {
+        cfg.upstream.receive_timeout = v;
+    }
     let Some(conninfo) = cfg.upstream.conninfo.as_deref() else {
         return Err("no upstream server configured: use --upstream CONNINFO or upstream.conninfo in the configuration file".into());
     };
@@ -364,12 +371,21 @@ async fn run(a: RunArgs) -> Result<(), String> {
     if conninfo.application_name.is_none() {
         conninfo.application_name = Some("walrelay".into());
     }
-    let store = Store::start(&cfg.data_dir, StoreOptions::default()).map_err(|e| {
+    let store = Store::start(
+        &cfg.data_dir,
+        StoreOptions {
+            control_file: true,
+            ..StoreOptions::default()
+        },
+    )
+    .map_err(|e| {
         format!(
             "could not open data directory \"{}\": {e}",
             cfg.data_dir.display()
         )
     })?;
+    // Serve what the files hold from the start, with or without the upstream.
+    store.recovered().await;
     let shutdown = shutdown_signal();
     // The walsender stops after the receiver: standbys then get everything walrelay stored.
     let (server_stop_tx, server_stop) = watch::channel(false);
@@ -484,6 +500,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
         create_slot_if_missing: cfg.upstream.create_slot,
         synchronous: cfg.upstream.synchronous,
         status_interval: cfg.upstream.status_interval,
+        receive_timeout: cfg.upstream.receive_timeout,
         endpos: None,
         no_loop: false,
         reconnect_min: cfg.upstream.reconnect_min,

@@ -337,6 +337,18 @@ impl Pg {
         primary_conninfo: &str,
         extra: &[&str],
     ) -> Pg {
+        Pg::standby_prepared_x(primary, major, primary_conninfo, extra, "stream")
+    }
+
+    /// Like [`Pg::standby_prepared`] with pg_basebackup's `-X` method (`none`: the backup
+    /// has no WAL, so everything from its start comes from `primary_conninfo`).
+    pub fn standby_prepared_x(
+        primary: &Pg,
+        major: &str,
+        primary_conninfo: &str,
+        extra: &[&str],
+        wal_method: &str,
+    ) -> Pg {
         let install = PgInstall::get(major);
         let dir = TestDir::new(&format!("pg{major}-standby"));
         let datadir = dir.join("data");
@@ -348,7 +360,7 @@ impl Pg {
                 .args(["-h", "127.0.0.1", "-p", &primary.port.to_string()])
                 .args(["-U", "postgres", "-D"])
                 .arg(&datadir)
-                .args(["-X", "stream", "-c", "fast", "--no-sync"]),
+                .args(["-X", wal_method, "-c", "fast", "--no-sync"]),
             &format!("pg_basebackup from port {}", primary.port),
         );
         give_to_server(dir.path());

@@ -337,6 +337,7 @@ async fn run(log: &Log, o: Options) -> i32 {
         create_slot_if_missing: false,
         synchronous: o.synchronous,
         status_interval: Duration::from_secs(u64::from(o.status_interval)),
+        receive_timeout: receiver::DEFAULT_RECEIVE_TIMEOUT,
         endpos: o.endpos,
         no_loop: true,
         reconnect_min: RECONNECT_SLEEP,

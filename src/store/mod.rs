@@ -22,6 +22,7 @@
 pub mod compress;
 pub mod control;
 pub mod fsutil;
+pub mod lossy;
 pub mod reader;
 pub mod recover;
 pub mod retention;
@@ -199,6 +200,13 @@ impl Store {
         writer.compression = opts.compression;
         writer.control_enabled = opts.control_file;
         writer.file_mode = fsutil::create_modes(dir).0;
+        if lossy::enabled() {
+            tracing::warn!(
+                "{}=1: fault injection on, unsynced WAL writes are held in memory and lost on a crash (tests only)",
+                lossy::ENV
+            );
+            writer.lossy = Some(lossy::PendingRenames::default());
+        }
         let (ready_tx, recovered) = watch::channel(false);
         let rt = tokio::runtime::Handle::try_current().ok();
         std::thread::Builder::new()
@@ -316,6 +324,41 @@ struct OpenSegment {
     path: PathBuf,
     /// The compressed stream writing to (a clone of) `file`, with `--compress`.
     z: Option<compress::Segment>,
+    /// Writes not yet fsynced, with the power-loss fault injection ([`lossy`]) on.
+    pending: Option<lossy::Pending>,
+}
+
+impl OpenSegment {
+    fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
+        if let Some(z) = self.z.as_mut() {
+            return z.append(data);
+        }
+        match &mut self.pending {
+            Some(p) => {
+                p.write(offset, data);
+                Ok(())
+            }
+            None => self.file.write_all_at(data, offset),
+        }
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)?;
+        if let Some(p) = &self.pending {
+            p.overlay(offset, buf);
+        }
+        Ok(())
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        if let Some(z) = self.z.as_mut() {
+            z.flush()?;
+        }
+        if let Some(p) = &mut self.pending {
+            p.apply(&self.file)?;
+        }
+        self.file.sync_data()
+    }
 }
 
 /// State owned by the store thread.
@@ -337,6 +380,8 @@ struct Writer {
     fail_cap: Option<Lsn>,
     file_mode: u32,
     scratch: Vec<u8>,
+    /// The power-loss fault injection ([`lossy`]): renames held until the directory fsync.
+    lossy: Option<lossy::PendingRenames>,
     validator: Option<PageValidator>,
     open: Option<OpenSegment>,
     pos: Positions,
@@ -372,6 +417,7 @@ impl Writer {
             fail_cap: None,
             file_mode: fsutil::FILE_MODE_OWNER,
             scratch: Vec::new(),
+            lossy: None,
             validator: None,
             open: None,
             pos: Positions::default(),
@@ -689,11 +735,8 @@ impl Writer {
                 self.check_rewrite(lsn, offset, &rest[..n])?;
             }
             let seg = self.open.as_mut().ok_or(StoreError::NotOpen)?;
-            match seg.z.as_mut() {
-                Some(z) => z.append(&rest[..n]),
-                None => seg.file.write_all_at(&rest[..n], offset),
-            }
-            .map_err(io_err("write to", &seg.path))?;
+            seg.write_at(&rest[..n], offset)
+                .map_err(io_err("write to", &seg.path))?;
             self.dirty = true;
             self.dirty_since.get_or_insert_with(std::time::Instant::now);
             lsn = Lsn(lsn.0 + n as u64);
@@ -724,8 +767,7 @@ impl Writer {
             .min(data.len());
         let seg = self.open.as_ref().ok_or(StoreError::NotOpen)?;
         self.scratch.resize(n, 0);
-        seg.file
-            .read_exact_at(&mut self.scratch[..n], offset)
+        seg.read_at(&mut self.scratch[..n], offset)
             .map_err(io_err("read", &seg.path))?;
         if let Some(i) = self.scratch[..n]
             .iter()
@@ -777,6 +819,7 @@ impl Writer {
                 file,
                 path,
                 z: Some(z),
+                pending: None,
             });
             return Ok(());
         }
@@ -818,21 +861,20 @@ impl Writer {
         if !existed || len < seg_size {
             fsutil::fsync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
         }
+        let pending = self.lossy.as_ref().map(|_| lossy::Pending::default());
         self.open = Some(OpenSegment {
             segno,
             file,
             path,
             z: None,
+            pending,
         });
         Ok(())
     }
 
     fn fsync(&mut self) -> Result<(), StoreError> {
         if let Some(seg) = &mut self.open {
-            if let Some(z) = seg.z.as_mut() {
-                z.flush().map_err(io_err("write to", &seg.path))?;
-            }
-            seg.file.sync_data().map_err(io_err("fsync", &seg.path))?;
+            seg.sync_data().map_err(io_err("fsync", &seg.path))?;
         }
         self.dirty = false;
         self.dirty_since = None;
@@ -849,10 +891,16 @@ impl Writer {
         if let Some(z) = seg.z.take() {
             z.finish().map_err(io_err("write to", &seg.path))?;
         }
-        seg.file.sync_data().map_err(io_err("fsync", &seg.path))?;
+        seg.sync_data().map_err(io_err("fsync", &seg.path))?;
         drop(seg.file);
         let final_path = seg.path.with_extension("");
-        std::fs::rename(&seg.path, &final_path).map_err(io_err("rename", &seg.path))?;
+        match &mut self.lossy {
+            Some(held) => {
+                held.push(seg.path.clone(), final_path);
+                held.apply().map_err(io_err("rename", &seg.path))?;
+            }
+            None => std::fs::rename(&seg.path, &final_path).map_err(io_err("rename", &seg.path))?,
+        }
         fsutil::fsync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
         self.dirty = false;
         self.dirty_since = None;
@@ -875,10 +923,10 @@ impl Writer {
             // A compressed .partial is left a complete stream, as pg_receivewal leaves it.
             if let (Some(z), false) = (seg.z.take(), self.failed) {
                 z.finish().map_err(io_err("write to", &seg.path))?;
-                seg.file.sync_data().map_err(io_err("fsync", &seg.path))?;
+                seg.sync_data().map_err(io_err("fsync", &seg.path))?;
             }
             if self.dirty && !self.failed {
-                seg.file.sync_data().map_err(io_err("fsync", &seg.path))?;
+                seg.sync_data().map_err(io_err("fsync", &seg.path))?;
                 self.pos.flush_lsn = self.durable_end();
             }
         }
@@ -1081,5 +1129,191 @@ mod tests {
         let p = wait_flush(&store, Lsn(u64::MAX)).await;
         assert!(p.error.is_some());
         assert_eq!(p.flush_lsn, Lsn(2 * 8192));
+    }
+
+    /// The failure path of a split page header: the first bytes of the header arrive in one
+    /// chunk, the rest (invalid) in the next, both before any fsync. The failure's fsync must
+    /// not publish the header's first bytes as flushed (walsenders would serve them).
+    #[tokio::test]
+    async fn failed_split_page_header_is_never_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            flush_delay: std::time::Duration::from_secs(5),
+            ..StoreOptions::default()
+        };
+        let store = Store::start(dir.path(), opts).unwrap();
+        store.open(SYSID, SEG, "15.0").await.unwrap();
+        store.begin(1, Lsn(0)).await.unwrap();
+        let mut wal = pages(0, 3, SEG, SYSID, 1);
+        wal[2 * 8192 + 9] ^= 0x01; // the third page's address
+                                   // a first page, fsynced at once (quiet spell): the group-commit clock now runs
+        store
+            .write(Lsn(0), Bytes::copy_from_slice(&wal[..8192]))
+            .await
+            .unwrap();
+        assert_eq!(wait_flush(&store, Lsn(8192)).await.flush_lsn, Lsn(8192));
+        // within the delay: the second page plus 10 bytes of the third header, then the rest
+        let split = 2 * 8192 + 10;
+        store
+            .write(Lsn(8192), Bytes::copy_from_slice(&wal[8192..split]))
+            .await
+            .unwrap();
+        store
+            .write(Lsn(split as u64), Bytes::copy_from_slice(&wal[split..]))
+            .await
+            .unwrap();
+        let p = wait_flush(&store, Lsn(u64::MAX)).await;
+        assert!(
+            p.error.as_deref().unwrap_or("").contains("pageaddr"),
+            "{:?}",
+            p.error
+        );
+        assert_eq!(
+            p.flush_lsn,
+            Lsn(2 * 8192),
+            "bytes of the invalid header were published as flushed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(store.positions().borrow().flush_lsn, Lsn(2 * 8192));
+    }
+
+    /// WAL as the test writer lays it out (system id 42): `n` records of `size` bytes from
+    /// segment 1; returns the bytes and each record's end.
+    fn records(n: usize, size: usize) -> (Vec<u8>, Vec<u64>) {
+        use crate::wal::record::build::{record, Writer as WalWriter};
+        let mut w = WalWriter::new(SEG, SEG);
+        let mut ends = Vec::new();
+        for i in 0..n {
+            let main: Vec<u8> = (0..size).map(|j| (i + j) as u8 | 1).collect();
+            w.record(record(10, 0, i as u32, &main));
+            ends.push(w.pos());
+        }
+        (w.buf, ends)
+    }
+    const REC_SYSID: u64 = 42;
+
+    /// kill -9: the `.partial` holds WAL up to the middle of a record, with no control file.
+    /// The store publishes that end at once, before any upstream; a reconnect that restarts
+    /// the stream at the segment start does not take it back; re-received bytes must match.
+    #[tokio::test]
+    async fn recovers_the_end_of_wal_and_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, ends) = records(200, 700);
+        let cut = (ends[150] + ends[151]) / 2;
+        let mut file = wal[..(cut - SEG) as usize].to_vec();
+        file.resize(SEG as usize, 0);
+        std::fs::write(dir.path().join("000000010000000000000001.partial"), &file).unwrap();
+        let store = Store::start(dir.path(), StoreOptions::default()).unwrap();
+        store.recovered().await;
+        let p = store.positions().borrow().clone();
+        assert_eq!(
+            (p.system_id, p.wal_segment_size, p.timeline),
+            (REC_SYSID, SEG, 1)
+        );
+        assert_eq!((p.write_lsn, p.flush_lsn), (Lsn(cut), Lsn(cut)));
+        assert_eq!(p.error, None);
+
+        // the upstream comes back: streaming restarts at the segment start
+        assert_eq!(
+            store.open(REC_SYSID, SEG, "15.0").await.unwrap(),
+            Some((Lsn(SEG), 1))
+        );
+        store.begin(1, Lsn(SEG)).await.unwrap();
+        let p = store.positions().borrow().clone();
+        assert_eq!(p.flush_lsn, Lsn(cut), "flush went back on begin");
+        // the same bytes again, up to a bit past the old end
+        let upto = (ends[160] - SEG) as usize;
+        store
+            .write(Lsn(SEG), Bytes::copy_from_slice(&wal[..4000]))
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(store.positions().borrow().flush_lsn, Lsn(cut));
+        store
+            .write(Lsn(SEG + 4000), Bytes::copy_from_slice(&wal[4000..upto]))
+            .await
+            .unwrap();
+        let p = wait_flush(&store, Lsn(ends[160])).await;
+        assert_eq!(p.error, None);
+        assert_eq!(p.flush_lsn, Lsn(ends[160]));
+        store.close().await.unwrap();
+        assert!(!dir.path().join(control::CONTROL_FILE).exists());
+
+        // different bytes below the floor on the same timeline: refused, nothing overwritten
+        let store = Store::start(dir.path(), StoreOptions::default()).unwrap();
+        store.recovered().await;
+        assert_eq!(store.positions().borrow().flush_lsn, Lsn(ends[160]));
+        store.open(REC_SYSID, SEG, "15.0").await.unwrap();
+        store.begin(1, Lsn(SEG)).await.unwrap();
+        let mut other = wal[..8192].to_vec();
+        other[100] ^= 0xff;
+        store
+            .write(Lsn(SEG), Bytes::copy_from_slice(&other))
+            .await
+            .unwrap();
+        let p = wait_flush(&store, Lsn(u64::MAX)).await;
+        assert_eq!(
+            p.error.as_deref(),
+            Some("WAL received for 0/100064 differs from the WAL already stored there on timeline 1; refusing to overwrite it")
+        );
+        assert_eq!(p.flush_lsn, Lsn(SEG + 100));
+        let on_disk = std::fs::read(dir.path().join("000000010000000000000001.partial")).unwrap();
+        assert_eq!(&on_disk[..upto], &wal[..upto]);
+
+        // another cluster is refused from the segments alone (no control file)
+        let e = store.open(REC_SYSID + 1, SEG, "15.0").await.unwrap_err();
+        assert!(e.to_string().contains("holds WAL of system 42"), "{e}");
+    }
+
+    /// Files 0600 (0640 in a group-readable directory), as pg_receivewal and PostgreSQL.
+    #[tokio::test]
+    async fn file_modes_follow_the_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for (dir_mode, want) in [
+            (0o700, 0o600),
+            (0o750, 0o640),
+            (0o755, 0o640),
+            (0o711, 0o600),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(dir_mode))
+                .unwrap();
+            let opts = StoreOptions {
+                control_file: true,
+                ..StoreOptions::default()
+            };
+            let store = Store::start(dir.path(), opts).unwrap();
+            store.open(SYSID, SEG, "15.0").await.unwrap();
+            store
+                .write_history(
+                    2,
+                    Bytes::from_static(b"1\t0/1000000\tno recovery target specified\n"),
+                )
+                .await
+                .unwrap();
+            store.begin(1, Lsn(0)).await.unwrap();
+            let wal = pages(0, 129, SEG, SYSID, 1);
+            store.write(Lsn(0), Bytes::from(wal)).await.unwrap();
+            wait_flush(&store, Lsn(129 * 8192)).await;
+            store.close().await.unwrap();
+            for f in [
+                "000000010000000000000000",
+                "000000010000000000000001.partial",
+                "00000002.history",
+                control::CONTROL_FILE,
+            ] {
+                assert_eq!(
+                    mode(&dir.path().join(f)),
+                    want,
+                    "{f} in a {dir_mode:o} directory"
+                );
+            }
+        }
+        // a data directory walrelay creates is 0700
+        let parent = tempfile::tempdir().unwrap();
+        let d = parent.path().join("a/b");
+        let _store = Store::start(&d, StoreOptions::default()).unwrap();
+        assert_eq!(mode(&d), 0o700);
     }
 }

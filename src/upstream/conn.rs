@@ -35,9 +35,9 @@ use crate::protocol::frame::split_frame;
 use crate::protocol::replication::{encode_hs_feedback, encode_status_update, ServerCopyMessage};
 use crate::protocol::ProtocolError;
 use crate::upstream::conninfo::{
-    ChannelBindingMode, ConnInfo, HostSpec, SslMode, TargetSessionAttrs,
+    ChannelBindingMode, ConnInfo, HostSpec, SslMode, TargetSessionAttrs, TcpOptions,
 };
-use crate::upstream::error::{AuthFailure, ErrorFields, HostFailure, UpstreamError};
+use crate::upstream::error::{server_label, AuthFailure, ErrorFields, HostFailure, UpstreamError};
 use crate::upstream::{pgpass, tls};
 
 type Result<T, E = UpstreamError> = std::result::Result<T, E>;
@@ -229,6 +229,9 @@ pub struct ReplConnection {
     cb_hash: Option<Vec<u8>>,
     state: State,
     max_msg: usize,
+    /// Longest wait for each message of a command's answer (not for streaming, where the
+    /// receive loop keeps its own timeout); `None`: wait forever.
+    reply_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -280,6 +283,47 @@ async fn connect_unix(path: &str) -> std::io::Result<UnixStream> {
             s.set_nonblocking(true)?;
             UnixStream::from_std(s)
         }
+    }
+}
+
+/// Applies libpq's `keepalives*` and `tcp_user_timeout` to a connected socket.
+fn set_tcp_options(tcp: &TcpStream, o: &TcpOptions) -> Result<()> {
+    let sock = socket2::SockRef::from(tcp);
+    let fail = |what: &str, e: std::io::Error| {
+        UpstreamError::Io(std::io::Error::new(e.kind(), format!("{what} failed: {e}")))
+    };
+    if o.keepalives {
+        let mut k = socket2::TcpKeepalive::new();
+        if let Some(t) = o.keepalives_idle {
+            k = k.with_time(t);
+        }
+        if let Some(t) = o.keepalives_interval {
+            k = k.with_interval(t);
+        }
+        if let Some(n) = o.keepalives_count {
+            k = k.with_retries(n);
+        }
+        sock.set_tcp_keepalive(&k)
+            .map_err(|e| fail("setsockopt(SO_KEEPALIVE)", e))?;
+    } else {
+        sock.set_keepalive(false)
+            .map_err(|e| fail("setsockopt(SO_KEEPALIVE)", e))?;
+    }
+    if let Some(t) = o.user_timeout {
+        sock.set_tcp_user_timeout(Some(t))
+            .map_err(|e| fail("setsockopt(TCP_USER_TIMEOUT)", e))?;
+    }
+    Ok(())
+}
+
+fn tsa_name(t: TargetSessionAttrs) -> &'static str {
+    match t {
+        TargetSessionAttrs::Any => "any",
+        TargetSessionAttrs::ReadWrite => "read-write",
+        TargetSessionAttrs::ReadOnly => "read-only",
+        TargetSessionAttrs::Primary => "primary",
+        TargetSessionAttrs::Standby => "standby",
+        TargetSessionAttrs::PreferStandby => "prefer-standby",
     }
 }
 
@@ -395,23 +439,29 @@ impl ReplConnection {
                 let res = match timeout {
                     Some(t) => match tokio::time::timeout(t, attempt).await {
                         Ok(r) => r,
-                        Err(_) => Err(UpstreamError::Io(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "timeout expired",
-                        ))),
+                        Err(_) => Err(UpstreamError::Timeout("timeout expired".into())),
                     },
                     None => attempt.await,
                 };
+                let failure = |error| HostFailure {
+                    host: h.host.clone(),
+                    port: h.port,
+                    socket: h.socket_path(),
+                    error,
+                };
                 match res {
-                    Ok(c) => return Ok(c),
+                    Ok(c) => {
+                        tracing::info!(
+                            "connected to {} (target_session_attrs={})",
+                            server_label(&h.host, h.port, h.socket_path().as_deref()),
+                            tsa_name(*want)
+                        );
+                        return Ok(c);
+                    }
                     Err(error) => {
-                        tracing::debug!(host = %h.host, port = h.port, "connection attempt failed: {error}");
-                        failures.push(HostFailure {
-                            host: h.host.clone(),
-                            port: h.port,
-                            socket: h.socket_path(),
-                            error,
-                        })
+                        let f = failure(error);
+                        tracing::warn!("{f}");
+                        failures.push(f)
                     }
                 }
             }
@@ -476,9 +526,9 @@ impl ReplConnection {
             }
             Stream::Unix(s)
         } else if tls_want == TlsWant::No {
-            Stream::Plain(Self::connect_tcp(h).await?)
+            Stream::Plain(Self::connect_tcp(ci, h).await?)
         } else {
-            let mut tcp = Self::connect_tcp(h).await?;
+            let mut tcp = Self::connect_tcp(ci, h).await?;
             let mode = ci.sslmode()?;
             let config = tls::client_config(ci, mode)?;
             let mut b = BytesMut::new();
@@ -533,6 +583,7 @@ impl ReplConnection {
             cb_hash,
             state: State::Broken,
             max_msg: MAX_STARTUP_MESSAGE,
+            reply_timeout: None,
         };
         conn.startup(ci, h).await?;
         conn.max_msg = MAX_MESSAGE;
@@ -544,10 +595,11 @@ impl ReplConnection {
         Ok(conn)
     }
 
-    async fn connect_tcp(h: &HostSpec) -> Result<TcpStream> {
+    async fn connect_tcp(ci: &ConnInfo, h: &HostSpec) -> Result<TcpStream> {
         let addr = h.addr.as_deref().unwrap_or(&h.host);
         let tcp = TcpStream::connect((addr, h.port)).await.map_err(io_text)?;
         let _ = tcp.set_nodelay(true);
+        set_tcp_options(&tcp, &ci.tcp_options()?)?;
         Ok(tcp)
     }
 
@@ -802,12 +854,36 @@ impl ReplConnection {
         }
     }
 
+    /// Reads one message of a command's answer, within the reply timeout.
+    async fn read_reply(&mut self) -> Result<Msg> {
+        let Some(t) = self.reply_timeout else {
+            return self.read_msg().await;
+        };
+        match tokio::time::timeout(t, self.read_msg()).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.state = State::Broken;
+                Err(UpstreamError::Timeout(format!(
+                    "terminating connection: no answer from the server for {} s",
+                    t.as_secs_f64()
+                )))
+            }
+        }
+    }
+
+    /// Sets the longest wait for each message answering a command (IDENTIFY_SYSTEM, SHOW,
+    /// START_REPLICATION, the end of COPY...), so that a server that went silent between
+    /// commands is noticed like one that went silent while streaming. `None`: forever.
+    pub fn set_reply_timeout(&mut self, t: Option<std::time::Duration>) {
+        self.reply_timeout = t.filter(|t| !t.is_zero());
+    }
+
     async fn ensure_idle(&mut self) -> Result<()> {
         match self.state {
             State::Idle => Ok(()),
             State::StaleReadyForQuery => {
                 loop {
-                    match self.read_msg().await? {
+                    match self.read_reply().await? {
                         Msg::ReadyForQuery(_) => break,
                         Msg::ParameterStatus { name: k, value: v } => {
                             self.params.insert(k, v);
@@ -834,7 +910,7 @@ impl ReplConnection {
         let mut seen_desc = false;
         let mut err = None;
         loop {
-            match self.read_msg().await? {
+            match self.read_reply().await? {
                 Msg::RowDescription(c) => {
                     if !seen_desc {
                         res.columns = c.into_iter().map(|f| f.name).collect();
@@ -1085,7 +1161,7 @@ impl ReplConnection {
         let mut next = None;
         let mut err = None;
         loop {
-            match self.read_msg().await? {
+            match self.read_reply().await? {
                 Msg::CopyBothResponse if err.is_none() => {
                     self.state = State::Copy;
                     return Ok(());
@@ -1243,7 +1319,7 @@ impl ReplConnection {
                 frontend::copy_done(&mut self.wbuf);
                 self.flush().await?;
                 loop {
-                    match self.read_msg().await? {
+                    match self.read_reply().await? {
                         Msg::CopyData(_) => {}
                         Msg::CopyDone => break,
                         Msg::NoticeResponse(n) => tracing::info!("upstream: {n}"),
@@ -1275,7 +1351,7 @@ impl ReplConnection {
         let mut next = None;
         let mut err = None;
         loop {
-            match self.read_msg().await? {
+            match self.read_reply().await? {
                 Msg::RowDescription(_) | Msg::CommandComplete(_) => {}
                 Msg::DataRow(r) => next = Self::next_tli_row(&r)?,
                 Msg::ErrorResponse(e) => err = Some(e),
@@ -1319,6 +1395,57 @@ mod tests {
     use crate::protocol::frame::Frame;
     use crate::protocol::replication::{encode_keepalive, encode_xlogdata_header};
     use bytes::BufMut;
+
+    #[tokio::test]
+    async fn tcp_liveness_options_are_set() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let h = HostSpec {
+            host: "127.0.0.1".into(),
+            addr: None,
+            port,
+        };
+        let sock_opts = |t: &TcpStream| {
+            let s = socket2::SockRef::from(t);
+            (
+                s.keepalive().unwrap(),
+                s.tcp_keepalive_time().unwrap(),
+                s.tcp_keepalive_interval().unwrap(),
+                s.tcp_keepalive_retries().unwrap(),
+                s.tcp_user_timeout().unwrap(),
+            )
+        };
+        let ci = ConnInfo::parse("").unwrap();
+        let t = ReplConnection::connect_tcp(&ci, &h).await.unwrap();
+        assert_eq!(
+            sock_opts(&t),
+            (
+                true,
+                std::time::Duration::from_secs(10),
+                std::time::Duration::from_secs(5),
+                3,
+                Some(std::time::Duration::from_secs(30))
+            )
+        );
+        let ci = ConnInfo::parse(
+            "keepalives_idle=20 keepalives_interval=2 keepalives_count=9 tcp_user_timeout=2500",
+        )
+        .unwrap();
+        let t = ReplConnection::connect_tcp(&ci, &h).await.unwrap();
+        assert_eq!(
+            sock_opts(&t),
+            (
+                true,
+                std::time::Duration::from_secs(20),
+                std::time::Duration::from_secs(2),
+                9,
+                Some(std::time::Duration::from_millis(2500))
+            )
+        );
+        let ci = ConnInfo::parse("keepalives=0").unwrap();
+        let t = ReplConnection::connect_tcp(&ci, &h).await.unwrap();
+        assert!(!sock_opts(&t).0);
+    }
 
     #[test]
     fn segment_size() {

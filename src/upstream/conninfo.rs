@@ -91,17 +91,43 @@ pub struct ConnInfo {
     pub options: Option<String>,
     /// libpq's `requirepeer`: the server's operating-system user on a Unix-domain socket.
     pub requirepeer: Option<String>,
+    pub keepalives: Option<String>,
+    pub keepalives_idle: Option<String>,
+    pub keepalives_interval: Option<String>,
+    pub keepalives_count: Option<String>,
+    pub tcp_user_timeout: Option<String>,
+}
+
+/// walrelay's default `connect_timeout` (per host) when none is given: libpq waits forever,
+/// which turns a silent first host of a multi-host list into a hang. `connect_timeout=0`
+/// still means "wait forever".
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// walrelay's TCP keepalive defaults (libpq leaves them to the system: 2 hours idle on
+/// Linux): probes after 10 s idle, every 5 s, 3 unanswered probes drop the connection, so a
+/// dead host or a broken network path is noticed within about 25 s. `0` in the connection
+/// string means the system default, as in libpq.
+pub const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(10);
+pub const DEFAULT_KEEPALIVES_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_KEEPALIVES_COUNT: u32 = 3;
+/// walrelay's default `tcp_user_timeout` (libpq: the system's, about 15 minutes of
+/// retransmissions on Linux): sent data unacknowledged for 30 s drops the connection.
+pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The TCP socket options of a connection (libpq's `keepalives*` and `tcp_user_timeout`).
+/// `None` leaves the system default in place. Not used for Unix-domain sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpOptions {
+    pub keepalives: bool,
+    pub keepalives_idle: Option<Duration>,
+    pub keepalives_interval: Option<Duration>,
+    pub keepalives_count: Option<u32>,
+    pub user_timeout: Option<Duration>,
 }
 
 /// Keywords libpq knows that walrelay accepts and ignores (they do not change what a
 /// physical replication connection does, or they concern features walrelay lacks).
 const IGNORED: &[&str] = &[
     "client_encoding",
-    "keepalives",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_count",
-    "tcp_user_timeout",
     "sslcompression",
     "sslsni",
     "sslcrl",
@@ -159,6 +185,11 @@ impl ConnInfo {
             "connect_timeout" => &mut self.connect_timeout,
             "options" => &mut self.options,
             "requirepeer" => &mut self.requirepeer,
+            "keepalives" => &mut self.keepalives,
+            "keepalives_idle" => &mut self.keepalives_idle,
+            "keepalives_interval" => &mut self.keepalives_interval,
+            "keepalives_count" => &mut self.keepalives_count,
+            "tcp_user_timeout" => &mut self.tcp_user_timeout,
             k if IGNORED.contains(&k) => return Ok(()),
             k => return err(format!("invalid connection option \"{k}\"")),
         };
@@ -215,6 +246,7 @@ impl ConnInfo {
         self.channel_binding()?;
         self.target_session_attrs()?;
         self.connect_timeout()?;
+        self.tcp_options()?;
         self.hosts()?;
         Ok(())
     }
@@ -304,11 +336,11 @@ impl ConnInfo {
         })
     }
 
-    /// `connect_timeout` per host; `None` (wait forever) when unset or 0. Values 1 and 2 are
-    /// raised to 2 seconds like libpq.
+    /// `connect_timeout` per host: [`DEFAULT_CONNECT_TIMEOUT`] when unset, `None` (wait
+    /// forever) for 0 or less. Value 1 is raised to 2 seconds like libpq.
     pub fn connect_timeout(&self) -> Result<Option<Duration>, ConnInfoError> {
         match self.connect_timeout.as_deref().map(str::trim) {
-            None | Some("") => Ok(None),
+            None | Some("") => Ok(Some(DEFAULT_CONNECT_TIMEOUT)),
             Some(s) => match s.parse::<i64>() {
                 Ok(n) if n <= 0 => Ok(None),
                 Ok(n) => Ok(Some(Duration::from_secs(n.max(2) as u64))),
@@ -317,6 +349,51 @@ impl ConnInfo {
                 )),
             },
         }
+    }
+
+    /// The TCP options: libpq's keywords, walrelay's defaults where unset (see the
+    /// `DEFAULT_*` constants). Integers as libpq parses them; negative values count as 0
+    /// (the system default).
+    pub fn tcp_options(&self) -> Result<TcpOptions, ConnInfoError> {
+        let int = |v: &Option<String>, name: &str| -> Result<Option<i64>, ConnInfoError> {
+            match v.as_deref().map(str::trim) {
+                None | Some("") => Ok(None),
+                Some(s) => s.parse::<i64>().map(Some).map_err(|_| {
+                    ConnInfoError(format!(
+                        "invalid integer value \"{s}\" for connection option \"{name}\""
+                    ))
+                }),
+            }
+        };
+        let secs = |v: Option<i64>, default: Duration| match v {
+            None => Some(default),
+            Some(n) if n <= 0 => None,
+            Some(n) => Some(Duration::from_secs(n.unsigned_abs())),
+        };
+        let keepalives = int(&self.keepalives, "keepalives")?.is_none_or(|n| n != 0);
+        let count = match int(&self.keepalives_count, "keepalives_count")? {
+            None => Some(DEFAULT_KEEPALIVES_COUNT),
+            Some(n) if n <= 0 => None,
+            Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+        };
+        let user_timeout = match int(&self.tcp_user_timeout, "tcp_user_timeout")? {
+            None => Some(DEFAULT_TCP_USER_TIMEOUT),
+            Some(n) if n <= 0 => None,
+            Some(n) => Some(Duration::from_millis(n.unsigned_abs())),
+        };
+        Ok(TcpOptions {
+            keepalives,
+            keepalives_idle: secs(
+                int(&self.keepalives_idle, "keepalives_idle")?,
+                DEFAULT_KEEPALIVES_IDLE,
+            ),
+            keepalives_interval: secs(
+                int(&self.keepalives_interval, "keepalives_interval")?,
+                DEFAULT_KEEPALIVES_INTERVAL,
+            ),
+            keepalives_count: count,
+            user_timeout,
+        })
     }
 
     /// The user name: `user`, else the operating-system user (like libpq).
@@ -667,8 +744,12 @@ mod tests {
         assert!(ConnInfo::parse("host=/tmp").is_ok());
         assert!(ConnInfo::parse("host=a,b,c port=1,2").is_err());
         assert!(ConnInfo::parse("connect_timeout=x").is_err());
+        assert_eq!(
+            ConnInfo::parse("keepalives_idle=soon").unwrap_err().0,
+            "invalid integer value \"soon\" for connection option \"keepalives_idle\""
+        );
         // Ignored libpq keywords are accepted.
-        assert!(ConnInfo::parse("keepalives=1 sslsni=1").is_ok());
+        assert!(ConnInfo::parse("sslsni=1").is_ok());
     }
 
     #[test]
@@ -759,6 +840,37 @@ mod tests {
         assert!(ConnInfo::parse("postgres://h%zz/").is_err());
         assert!(ConnInfo::parse("postgres://[::1/").is_err());
         assert!(ConnInfo::parse("postgres://h/%00").is_err());
+    }
+
+    #[test]
+    fn liveness_defaults() {
+        let ci = ConnInfo::parse("host=a").unwrap();
+        assert_eq!(ci.connect_timeout().unwrap(), Some(DEFAULT_CONNECT_TIMEOUT));
+        assert_eq!(
+            ci.tcp_options().unwrap(),
+            TcpOptions {
+                keepalives: true,
+                keepalives_idle: Some(Duration::from_secs(10)),
+                keepalives_interval: Some(Duration::from_secs(5)),
+                keepalives_count: Some(3),
+                user_timeout: Some(Duration::from_secs(30)),
+            }
+        );
+        let ci = ConnInfo::parse(
+            "connect_timeout=0 keepalives=0 keepalives_idle=0 keepalives_interval=7 keepalives_count=-1 tcp_user_timeout=1500",
+        )
+        .unwrap();
+        assert_eq!(ci.connect_timeout().unwrap(), None);
+        assert_eq!(
+            ci.tcp_options().unwrap(),
+            TcpOptions {
+                keepalives: false,
+                keepalives_idle: None,
+                keepalives_interval: Some(Duration::from_secs(7)),
+                keepalives_count: None,
+                user_timeout: Some(Duration::from_millis(1500)),
+            }
+        );
     }
 
     #[test]

@@ -21,20 +21,25 @@ pub struct HostFailure {
     pub error: UpstreamError,
 }
 
+impl HostFailure {
+    /// The server as libpq names it: `server on socket "/dir/.s.PGSQL.5432"` or
+    /// `server at "host", port 5432`.
+    pub fn server(&self) -> String {
+        server_label(&self.host, self.port, self.socket.as_deref())
+    }
+}
+
+/// `server on socket "/dir/.s.PGSQL.5432"` or `server at "host", port 5432` (libpq's words).
+pub fn server_label(host: &str, port: u16, socket: Option<&str>) -> String {
+    match socket {
+        Some(path) => format!("server on socket \"{path}\""),
+        None => format!("server at \"{host}\", port {port}"),
+    }
+}
+
 impl fmt::Display for HostFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(path) = &self.socket {
-            return write!(
-                f,
-                "connection to server on socket \"{path}\" failed: {}",
-                self.error
-            );
-        }
-        write!(
-            f,
-            "connection to server at \"{}\", port {} failed: {}",
-            self.host, self.port, self.error
-        )
+        write!(f, "connection to {} failed: {}", self.server(), self.error)
     }
 }
 
@@ -64,6 +69,10 @@ pub enum UpstreamError {
     /// The server refused a session that does not match `target_session_attrs`.
     #[error("{0}")]
     SessionAttrs(String),
+    /// The server went silent: nothing received within the receive timeout (or the
+    /// connect timeout). The connection is dropped.
+    #[error("{0}")]
+    Timeout(String),
     /// Every host failed; one line per attempt, like libpq.
     #[error("{}", join_lines(.0))]
     AllHostsFailed(Vec<HostFailure>),

@@ -44,6 +44,9 @@ pub struct HsFeedback {
     pub catalog_xmin_epoch: u32,
 }
 
+/// The default receive timeout: `wal_receiver_timeout`'s default.
+pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How the receive loop behaves.
 #[derive(Debug, Clone)]
 pub struct ReceiverOptions {
@@ -54,6 +57,10 @@ pub struct ReceiverOptions {
     /// Ask for an fsync after every message, and report right after it.
     pub synchronous: bool,
     pub status_interval: Duration,
+    /// Like `wal_receiver_timeout`: the connection is dropped when nothing arrived from the
+    /// server for this long (a status asking for a reply goes out at half of it); also the
+    /// longest wait for each message answering a command. Zero: never.
+    pub receive_timeout: Duration,
     pub endpos: Option<Lsn>,
     /// Stop instead of reconnecting when the connection ends or fails.
     pub no_loop: bool,
@@ -219,6 +226,7 @@ async fn stream_once(
     shutdown: watch::Receiver<bool>,
 ) -> Result<ReceiverExit, ReceiverError> {
     let mut conn = ReplConnection::connect(&opts.conninfo).await?;
+    conn.set_reply_timeout(Some(opts.receive_timeout));
     metrics::counter!(m::UPSTREAM_CONNECTS).increment(1);
     let ident = conn.identify_system().await?;
     let seg_size = conn.wal_segment_size().await?;
@@ -229,6 +237,10 @@ async fn stream_once(
     let resume = store.open(ident.systemid, seg_size, &version).await?;
     if let Some(info) = &opts.info {
         let (host, port) = conn.host_port();
+        let before = info.borrow().server.clone();
+        if !before.is_empty() && before != format!("{host}:{port}") {
+            tracing::warn!("upstream server changed from {before} to {host}:{port}");
+        }
         info.send_replace(UpstreamInfo {
             connected: true,
             server_version: version.clone(),
@@ -393,7 +405,9 @@ async fn copy_loop(
     status.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut endpos_reached: Option<Lsn> = None;
     let mut received_end = store.positions().borrow().write_lsn;
+    let mut liveness = Liveness::new(opts.receive_timeout);
     loop {
+        let liveness_deadline = liveness.deadline();
         tokio::select! {
             biased;
             _ = wait_true(&mut shutdown) => {
@@ -428,7 +442,9 @@ async fn copy_loop(
                 conn.send_hs_feedback(fb.xmin, fb.xmin_epoch, fb.catalog_xmin, fb.catalog_xmin_epoch).await?;
             }
             ev = conn.recv_copy(), if endpos_reached.is_none() => {
-                match ev? {
+                let ev = ev?;
+                liveness.received();
+                match ev {
                     CopyEvent::XLogData { data_start, wal_end, data, .. } => {
                         let end = data_start.checked_add(data.len() as u64).ok_or_else(|| {
                             ReceiverError::Stream(format!("XLogData at {data_start} overflows the WAL address space"))
@@ -469,6 +485,88 @@ async fn copy_loop(
                 let p = positions.borrow().clone();
                 reporter.send(conn, &p, false).await?;
             }
+            _ = sleep_until_opt(liveness_deadline) => {
+                match liveness.check(Instant::now()) {
+                    LivenessAction::None => {}
+                    LivenessAction::Ping => {
+                        tracing::debug!("nothing received for half the receive timeout; requesting a reply");
+                        let p = positions.borrow().clone();
+                        reporter.send(conn, &p, true).await?;
+                    }
+                    LivenessAction::Terminate => {
+                        return Err(UpstreamError::Timeout(
+                            "terminating walreceiver due to timeout".into(),
+                        )
+                        .into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The receive timeout, as PostgreSQL's walreceiver keeps it (`WalReceiverMain`): the time
+/// of the last message received; at half the timeout one status asking for a reply
+/// (`ping_sent`), at the full timeout the connection is given up.
+struct Liveness {
+    timeout: Duration,
+    last_recv: Instant,
+    ping_sent: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum LivenessAction {
+    None,
+    Ping,
+    Terminate,
+}
+
+impl Liveness {
+    fn new(timeout: Duration) -> Liveness {
+        Liveness {
+            timeout,
+            last_recv: Instant::now(),
+            ping_sent: false,
+        }
+    }
+
+    fn received(&mut self) {
+        self.last_recv = Instant::now();
+        self.ping_sent = false;
+    }
+
+    /// When to look again: the ping time until the ping went out, then the timeout.
+    fn deadline(&self) -> Option<Instant> {
+        if self.timeout.is_zero() {
+            return None;
+        }
+        let wait = if self.ping_sent {
+            self.timeout
+        } else {
+            self.timeout / 2
+        };
+        Some(self.last_recv + wait)
+    }
+
+    fn check(&mut self, now: Instant) -> LivenessAction {
+        if self.timeout.is_zero() {
+            return LivenessAction::None;
+        }
+        let silent = now.saturating_duration_since(self.last_recv);
+        if silent >= self.timeout {
+            LivenessAction::Terminate
+        } else if !self.ping_sent && silent >= self.timeout / 2 {
+            self.ping_sent = true;
+            LivenessAction::Ping
+        } else {
+            LivenessAction::None
         }
     }
 }
@@ -479,4 +577,38 @@ async fn write(store: &Store, start: Lsn, data: Bytes) -> Result<(), ReceiverErr
     }
     store.write(start, data).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_pings_at_half_and_terminates_at_the_timeout() {
+        let mut l = Liveness::new(Duration::from_secs(60));
+        let t0 = l.last_recv;
+        assert_eq!(l.deadline(), Some(t0 + Duration::from_secs(30)));
+        assert_eq!(l.check(t0 + Duration::from_secs(29)), LivenessAction::None);
+        assert_eq!(l.check(t0 + Duration::from_secs(30)), LivenessAction::Ping);
+        // One ping per silence, then the full timeout.
+        assert_eq!(l.check(t0 + Duration::from_secs(31)), LivenessAction::None);
+        assert_eq!(l.deadline(), Some(t0 + Duration::from_secs(60)));
+        assert_eq!(
+            l.check(t0 + Duration::from_secs(60)),
+            LivenessAction::Terminate
+        );
+        // Anything received starts over.
+        l.received();
+        assert!(!l.ping_sent);
+        assert!(l
+            .deadline()
+            .is_some_and(|d| d > t0 + Duration::from_secs(30)));
+        // Zero: off.
+        let mut off = Liveness::new(Duration::ZERO);
+        assert_eq!(off.deadline(), None);
+        assert_eq!(
+            off.check(t0 + Duration::from_secs(3600)),
+            LivenessAction::None
+        );
+    }
 }
