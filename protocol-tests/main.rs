@@ -27,6 +27,7 @@ mod store_crash;
 mod store_crash_common;
 mod store_powerloss;
 mod tap_pg_receivewal;
+mod upstream_auth;
 mod upstream_conn;
 mod upstream_liveness;
 mod upstream_unix;

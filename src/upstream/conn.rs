@@ -23,22 +23,20 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::lsn::{pg_now, valid_segment_size, Lsn, TimelineId};
-use crate::protocol::backend::{AuthRequest, BackendMessage as Msg};
+use crate::protocol::backend::BackendMessage as Msg;
 use crate::protocol::frame::split_frame;
 use crate::protocol::replication::{encode_hs_feedback, encode_status_update, ServerCopyMessage};
 use crate::protocol::ProtocolError;
-use crate::upstream::conninfo::{
-    ChannelBindingMode, ConnInfo, HostSpec, SslMode, TargetSessionAttrs, TcpOptions,
-};
+use crate::upstream::conninfo::{ConnInfo, HostSpec, SslMode, TargetSessionAttrs, TcpOptions};
 use crate::upstream::error::{server_label, AuthFailure, ErrorFields, HostFailure, UpstreamError};
-use crate::upstream::{pgpass, tls};
+use crate::upstream::tls;
+
+mod auth;
 
 type Result<T, E = UpstreamError> = std::result::Result<T, E>;
 
@@ -619,130 +617,7 @@ impl ReplConnection {
         frontend::startup_message(params, &mut self.wbuf)?;
         self.flush().await?;
 
-        let cb_mode = ci.channel_binding()?;
-        let mut scram: Option<ScramSha256> = None;
-        let mut used_cb = false;
-        let password = || -> Result<String> {
-            if let Some(p) = ci.password.as_deref().filter(|p| !p.is_empty()) {
-                return Ok(p.to_string());
-            }
-            let file = ci
-                .passfile
-                .as_deref()
-                .filter(|p| !p.is_empty())
-                .map(std::path::PathBuf::from)
-                .or_else(pgpass::default_path);
-            file.and_then(|f| pgpass::lookup(&f, h.pgpass_host(), h.port, &db, &user))
-                .filter(|p| !p.is_empty())
-                .ok_or_else(|| UpstreamError::auth_client("fe_sendauth: no password supplied"))
-        };
-        loop {
-            match self.read_msg().await? {
-                Msg::Authentication(AuthRequest::Ok) => {
-                    if cb_mode == ChannelBindingMode::Require && !used_cb {
-                        return Err(UpstreamError::auth_client(
-                            "channel binding required, but server authenticated client without channel binding",
-                        ));
-                    }
-                    break;
-                }
-                Msg::Authentication(AuthRequest::Cleartext) => {
-                    if cb_mode == ChannelBindingMode::Require {
-                        return Err(UpstreamError::auth_client(
-                            "channel binding required but not supported by server's authentication request",
-                        ));
-                    }
-                    let pw = password()?;
-                    frontend::password_message(pw.as_bytes(), &mut self.wbuf)?;
-                    self.flush().await?;
-                }
-                Msg::Authentication(AuthRequest::Md5 { salt }) => {
-                    if cb_mode == ChannelBindingMode::Require {
-                        return Err(UpstreamError::auth_client(
-                            "channel binding required but not supported by server's authentication request",
-                        ));
-                    }
-                    let pw = password()?;
-                    let h = md5_hash(user.as_bytes(), pw.as_bytes(), salt);
-                    frontend::password_message(h.as_bytes(), &mut self.wbuf)?;
-                    self.flush().await?;
-                }
-                Msg::Authentication(AuthRequest::Sasl { mechanisms: mechs }) => {
-                    let plus = mechs.iter().any(|m| m == "SCRAM-SHA-256-PLUS");
-                    let plain = mechs.iter().any(|m| m == "SCRAM-SHA-256");
-                    let (mech, binding) = if self.tls
-                        && plus
-                        && cb_mode != ChannelBindingMode::Disable
-                    {
-                        let hash = self.cb_hash.clone().ok_or_else(|| {
-                            UpstreamError::auth_client(
-                                "could not compute the channel binding hash of the server certificate (unsupported signature algorithm)",
-                            )
-                        })?;
-                        used_cb = true;
-                        (
-                            "SCRAM-SHA-256-PLUS",
-                            ChannelBinding::tls_server_end_point(hash),
-                        )
-                    } else if cb_mode == ChannelBindingMode::Require {
-                        return Err(UpstreamError::auth_client(
-                            "channel binding is required, but server did not offer an authentication method that supports channel binding",
-                        ));
-                    } else if plain {
-                        let b = if self.tls && cb_mode != ChannelBindingMode::Disable {
-                            ChannelBinding::unsupported()
-                        } else {
-                            ChannelBinding::unrequested()
-                        };
-                        ("SCRAM-SHA-256", b)
-                    } else {
-                        return Err(UpstreamError::auth_client(
-                            "none of the server's SASL authentication mechanisms are supported",
-                        ));
-                    };
-                    let pw = password()?;
-                    let s = ScramSha256::new(pw.as_bytes(), binding);
-                    frontend::sasl_initial_response(mech, s.message(), &mut self.wbuf)?;
-                    scram = Some(s);
-                    self.flush().await?;
-                }
-                Msg::Authentication(AuthRequest::SaslContinue(data)) => {
-                    let s = scram
-                        .as_mut()
-                        .ok_or_else(|| UpstreamError::protocol("unexpected SASL continue"))?;
-                    s.update(&data).map_err(|e| {
-                        UpstreamError::auth_client(format!("malformed SCRAM message: {e}"))
-                    })?;
-                    frontend::sasl_response(s.message(), &mut self.wbuf)?;
-                    self.flush().await?;
-                }
-                Msg::Authentication(AuthRequest::SaslFinal(data)) => {
-                    let s = scram
-                        .as_mut()
-                        .ok_or_else(|| UpstreamError::protocol("unexpected SASL final"))?;
-                    s.finish(&data).map_err(|e| {
-                        UpstreamError::auth_client(format!(
-                            "incorrect server signature or malformed SCRAM final message: {e}"
-                        ))
-                    })?;
-                }
-                Msg::Authentication(AuthRequest::Other(n)) => {
-                    return Err(UpstreamError::auth_client(format!(
-                        "authentication method {n} not supported"
-                    )))
-                }
-                Msg::ErrorResponse(e) => return Err(startup_error(e)),
-                Msg::NoticeResponse(n) => tracing::info!("upstream: {n}"),
-                Msg::NegotiateProtocolVersion { .. } => {
-                    tracing::debug!("server sent NegotiateProtocolVersion; staying on 3.0")
-                }
-                other => {
-                    return Err(UpstreamError::protocol(format!(
-                        "expected authentication request from server, but received {other:?}"
-                    )))
-                }
-            }
-        }
+        self.authenticate(ci, h, &user, &db).await?;
         loop {
             match self.read_msg().await? {
                 Msg::ParameterStatus { name: k, value: v } => {

@@ -91,6 +91,8 @@ pub struct ConnInfo {
     pub options: Option<String>,
     /// libpq's `requirepeer`: the server's operating-system user on a Unix-domain socket.
     pub requirepeer: Option<String>,
+    /// libpq's `require_auth` (see [`crate::upstream::require_auth`]).
+    pub require_auth: Option<String>,
     pub keepalives: Option<String>,
     pub keepalives_idle: Option<String>,
     pub keepalives_interval: Option<String>,
@@ -142,7 +144,6 @@ const IGNORED: &[&str] = &[
     "service",
     "replication",
     "load_balance_hosts",
-    "require_auth",
     "sslnegotiation",
     "sslcertmode",
     "min_protocol_version",
@@ -185,6 +186,7 @@ impl ConnInfo {
             "connect_timeout" => &mut self.connect_timeout,
             "options" => &mut self.options,
             "requirepeer" => &mut self.requirepeer,
+            "require_auth" => &mut self.require_auth,
             "keepalives" => &mut self.keepalives,
             "keepalives_idle" => &mut self.keepalives_idle,
             "keepalives_interval" => &mut self.keepalives_interval,
@@ -200,7 +202,8 @@ impl ConnInfo {
     /// Fills unset fields from the environment (`env("PGHOST")` etc.), like libpq does:
     /// settings given in the connection string always win.
     pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) {
-        let pairs: [(&str, &mut Option<String>); 14] = [
+        let pairs: [(&str, &mut Option<String>); 15] = [
+            ("PGREQUIREAUTH", &mut self.require_auth),
             ("PGREQUIREPEER", &mut self.requirepeer),
             ("PGHOST", &mut self.host),
             ("PGPORT", &mut self.port),
@@ -247,6 +250,8 @@ impl ConnInfo {
         self.target_session_attrs()?;
         self.connect_timeout()?;
         self.tcp_options()?;
+        crate::upstream::require_auth::RequireAuth::parse(self.require_auth.as_deref())
+            .map_err(ConnInfoError)?;
         self.hosts()?;
         Ok(())
     }

@@ -14,6 +14,7 @@ pub mod conninfo;
 pub mod error;
 pub mod pgpass;
 pub mod receiver;
+pub mod require_auth;
 pub mod tls;
 
 pub use conn::{CopyEvent, IdentifySystem, QueryResult, ReplConnection, SlotInfo};
