@@ -127,4 +127,13 @@ for i, a in enumerate([["-D", "/tmp/x", "--slot=s", "-v", "-n"],
     put("corpus", "pg_receivewal_args", "a%02d" % i, b"\0".join(s.encode() for s in a))
 
 # ---- commit index: a few entries in the on-disk encoding (version byte first)
-put("corpus", "commit_index", "zeros", b"\0" * 64)
+# bodies (the target frames them with len + crc32c): lsn end time xid kind name_len ndropped
+# dropped(spc db rel)* name first
+def entry(lsn, end, time, xid, kind, name=b"", dropped=(), first=None):
+    b = struct.pack("<QQqIBBH", lsn, end, time, xid, kind, len(name), len(dropped))
+    for r in dropped:
+        b += struct.pack("<III", *r)
+    return b + name + struct.pack("<Q", lsn if first is None else first)
+put("corpus", "commit_index", "commit_drop", entry(0x3000028, 0x3000100, 817000000000000, 740, 1, dropped=[(1663, 5, 16384)], first=0x2FFF000))
+put("corpus", "commit_index", "restore_point", entry(0x3000200, 0x3000260, 817000000000001, 0, 6, name=b"before_drop"))
+put("corpus", "commit_index", "abort", entry(0x3000300, 0x3000340, 817000000000002, 741, 3))

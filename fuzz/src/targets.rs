@@ -200,8 +200,18 @@ pub fn pg_receivewal_args(data: &[u8]) {
     let _ = options::parse("pg_receivewal", &args);
 }
 
-/// The delayed feeds' commit index file (a sequence of encoded entries).
+/// The delayed feeds' commit index file (a sequence of `len | crc32c | body` entries). The
+/// input is decoded as it is, and also as one entry body framed with a correct length and
+/// checksum (a fuzzer cannot forge CRCs, and a torn or foreign file can hold any body).
 pub fn commit_index(data: &[u8]) {
+    let mut framed = Vec::with_capacity(data.len() + 8);
+    framed.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    framed.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+    framed.extend_from_slice(data);
+    if let Some((e, _)) = delay::IndexEntry::decode(&framed) {
+        let _ = e.to_json();
+        let _ = e.dropped_paths();
+    }
     let mut rest = data;
     for _ in 0..4096 {
         match delay::IndexEntry::decode(rest) {
