@@ -89,6 +89,12 @@ put("corpus", "wal_names", "manifest_json", '{"name":"000000010000000000000001",
 put("regressions", "wal_names", "non_ascii_24_bytes", "0000000100000000000000\u00e9")
 put("regressions", "wal_names", "non_ascii_24_bytes_2", "\u00e90000000100000000000000")
 put("regressions", "wal_names", "non_ascii_partial", "0000000100000000000000\u00e9.partial")
+# a character across byte 8 or 16 (where the name is sliced): these are the ones that panic
+put("regressions", "wal_names", "non_ascii_at_8", "0000000\u00e9000000000000000")
+put("regressions", "wal_names", "non_ascii_at_16", "000000010000000\u00e90000000")
+put("regressions", "wal_names", "non_ascii_at_8_partial", "0000000\u00e9000000000000000.partial")
+# found by fuzz/run.sh --quick (2026-12-01): 0xff bytes become U+FFFD (3 bytes) across byte 8
+put("regressions", "wal_names", "fuzz_crash_793471", bytes.fromhex("303030ffffffff3637383973746f7279"))
 
 # ---- conninfo
 for i, c in enumerate(["host=/tmp port=5432 user=postgres dbname=replication",
@@ -111,6 +117,8 @@ for i, t in enumerate(["10s", "500ms", "1h30m", "5min", "2d", "8h", "3600", "16M
 put("regressions", "times", "now_minus_huge_days", "now-99999999999999999999d")
 put("regressions", "times", "huge_days", "99999999999999999999d")
 put("regressions", "times", "huge_seconds_unix", "@99999999999999999")
+# found by fuzz/run.sh --quick (2026-12-01)
+put("regressions", "times", "fuzz_crash_98ad98", "9999999999999999998h")
 
 # ---- TOML config
 shutil.rmtree(os.path.join(HERE, "corpus", "config_toml"), ignore_errors=True)
