@@ -45,6 +45,59 @@ pub fn run_bin(bin: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs `command` under script(1), so that it has a terminal; types `input` once the
+/// terminal shows "Password: ". Returns (exit code, everything the terminal showed).
+fn with_terminal(command: &str, input: &str) -> (i32, String) {
+    use std::io::{Read, Write};
+    let mut child = Command::new("script")
+        .args(["-qec", command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script(1) (util-linux) must be installed");
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut stdin = child.stdin.take();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(b) => seen.extend(b),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(_) => {}
+        }
+        if let Some(mut i) = stdin.take() {
+            if String::from_utf8_lossy(&seen).contains("Password: ") {
+                // the prompt is out and echo is off
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                i.write_all(input.as_bytes()).unwrap();
+                i.flush().unwrap();
+            } else {
+                stdin = Some(i);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no end: {}",
+            String::from_utf8_lossy(&seen)
+        );
+    }
+    let st = child.wait().unwrap();
+    (
+        st.code().unwrap_or(-1),
+        String::from_utf8_lossy(&seen).into_owned(),
+    )
+}
+
 const HINT: &str = "pg_receivewal: hint: Try \"pg_receivewal --help\" for more information.\n";
 
 #[test]
@@ -192,6 +245,23 @@ fn server_failures(major: &str) {
     assert_eq!(
         err,
         format!("pg_receivewal: error: connection to server at \"127.0.0.1\", port {p} failed: FATAL:  password authentication failed for user \"pw\"\n")
+    );
+
+    // -W: "Password: " on the terminal (a pty from script(1)), then the connection works.
+    let ci_pw = format!("host=127.0.0.1 port={p} user=pw");
+    let (code, out) = with_terminal(
+        &format!(
+            "{} -W -d '{ci_pw}' --slot pwslot --create-slot",
+            s.bin.display()
+        ),
+        "secret\n",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("Password: "), "{out:?}");
+    assert!(!out.contains("secret"), "the password was echoed: {out:?}");
+    assert_eq!(
+        primary.psql("select count(*) from pg_replication_slots where slot_name = 'pwslot'"),
+        "1"
     );
 
     let ci = primary.conninfo();

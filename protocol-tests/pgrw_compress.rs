@@ -129,9 +129,23 @@ fn method_round_trip(pg: &Pg, s: &Symlinked, t: &TestDir, method: &str, suffix: 
         "-n",
         "--endpos",
         &endpos2.to_string(),
+        "-v",
     ]);
     assert_eq!(code, 0, "{err}");
     let plain = &p[..24];
+    // pg_receivewal's -v lines: where it starts (the compressed partial's segment), each
+    // segment it finished, where it stopped.
+    let log_id = u64::from_str_radix(&plain[8..16], 16).unwrap();
+    let seg_id = u64::from_str_radix(&plain[16..24], 16).unwrap();
+    let seg_start = Lsn((log_id << 32) + seg_id * SEG);
+    let seg_end = Lsn(seg_start.0 + SEG);
+    for want in [
+        format!("pg_receivewal: starting log streaming at {seg_start} (timeline 1)\n"),
+        format!("pg_receivewal: finished segment at {seg_end} (timeline 1)\n"),
+        "pg_receivewal: stopped log streaming at ".to_string(),
+    ] {
+        assert!(err.contains(&want), "{want:?} not in:\n{err}");
+    }
     let ours = std::fs::read(dir.join(plain)).expect("the partial's segment completed");
     let theirs = std::fs::read(pg.pg_wal().join(plain)).unwrap();
     assert!(ours == theirs, "{plain} differs from pg_wal");

@@ -153,6 +153,16 @@ fn powerloss(crashes: usize) {
             },
         );
         let served = served.unwrap_or(Lsn::INVALID);
+        if served < acked {
+            // keep the evidence for pg_waldump
+            let keep = std::env::temp_dir().join(format!("walrelay-powerloss-failed-{seed}"));
+            let _ = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(&data)
+                .arg(&keep)
+                .status();
+            eprintln!("powerloss: data directory kept in {}", keep.display());
+        }
         assert!(
             served >= acked,
             "crash {crash} (seed {seed}): walrelay acknowledged {acked} but serves only up to {served} after the crash"

@@ -33,7 +33,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Stream WAL from a primary into a directory, like pg_receivewal.
+    /// Stream WAL from a primary into a directory: pg_receivewal, same options (see
+    /// `walrelay receive --help`; installed under the name pg_receivewal it is pg_receivewal).
     Receive(ReceiveArgs),
     /// Run the long-running server (receive, store; serve, archive as configured).
     Run(RunArgs),

@@ -143,12 +143,14 @@ where
 }
 
 /// Routes walrelay's log events to standard error in pg_receivewal's format: warnings and
-/// errors always, progress (`info`) with `-v`, debugging with `-vv` (or as `WALRELAY_LOG`
-/// says).
+/// errors always, progress (`info`) with `-v`, debugging (and the connection's per-host
+/// attempts) with `-vv`, or as `WALRELAY_LOG` says.
 pub fn init_tracing(prog: &str, verbose: u32) {
+    // The connection's per-host log lines would repeat the error pg_receivewal prints once
+    // (libpq logs nothing per host); they show from -vv on.
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,walrelay::upstream::conn=error",
+        1 => "info,walrelay::upstream::conn=error",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("WALRELAY_LOG")

@@ -346,7 +346,9 @@ async fn run(log: &Log, o: Options) -> i32 {
         info: None,
         hs_feedback: None,
     };
+    let finished = report_finished_segments(&store);
     let code = stream_loop(log, &o, &store, ropts, shutdown).await;
+    finished.abort();
     if let Err(e) = store.close().await {
         if code == 0 {
             log.error(&e.to_string());
@@ -354,6 +356,28 @@ async fn run(log: &Log, o: Options) -> i32 {
         }
     }
     code
+}
+
+/// pg_receivewal's `-v` line for every completed segment: `finished segment at X/Y (timeline
+/// N)`, X/Y being the segment's end.
+fn report_finished_segments(store: &Store) -> tokio::task::JoinHandle<()> {
+    let mut rx = store.positions();
+    tokio::spawn(async move {
+        let mut seen = rx.borrow_and_update().completed_segments;
+        while rx.changed().await.is_ok() {
+            let p = rx.borrow_and_update().clone();
+            let seg = p.wal_segment_size;
+            if p.completed_segments > seen && seg > 0 {
+                // The last segment completed ends at the segment boundary at or below write_lsn.
+                let last_end = p.write_lsn.0 / seg * seg;
+                for i in (0..p.completed_segments - seen).rev() {
+                    let end = crate::lsn::Lsn(last_end.saturating_sub(i.saturating_mul(seg)));
+                    tracing::info!("finished segment at {end} (timeline {})", p.timeline);
+                }
+            }
+            seen = p.completed_segments;
+        }
+    })
 }
 
 /// `while (true) StreamLog()`: each attempt streams until the end position, a signal, or an

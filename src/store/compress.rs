@@ -267,6 +267,36 @@ mod tests {
         roundtrip(Method::Lz4);
     }
 
+    /// After `flush`, the file holds everything appended (what an fsync then makes durable),
+    /// readable before the stream is finished.
+    #[test]
+    fn flush_writes_out_everything_appended() {
+        for method in [Method::Gzip, Method::Lz4] {
+            let d = tempfile::tempdir().unwrap();
+            let path = d.path().join("seg");
+            let f = File::create(&path).unwrap();
+            let mut s = Segment::create(f, method, 1).unwrap();
+            let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 256) as u8).collect();
+            s.append(&data).unwrap();
+            s.flush().unwrap();
+            let raw = std::fs::read(&path).unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            let mut r: Box<dyn Read> = match method {
+                Method::Gzip => Box::new(flate2::read::GzDecoder::new(&raw[..])),
+                Method::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(&raw[..])),
+            };
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(got, data, "{method:?}");
+            drop(s);
+        }
+    }
+
     #[test]
     fn names() {
         assert_eq!(

@@ -206,8 +206,14 @@ pub fn recover(dir: &Path) -> Result<Option<Recovered>, RecoverError> {
     }
     let path = dir.join(&newest.name);
     let mut buf = Vec::new();
-    File::open(&path)
-        .and_then(|f| f.take(seg_size).read_to_end(&mut buf))
+    let file = File::open(&path).map_err(io_err(&path))?;
+    // After a kill -9 the file may hold written but never fsynced WAL (still in the page
+    // cache): make it durable before serving or acknowledging any of it. The directory too,
+    // for a rename whose directory fsync did not happen.
+    file.sync_all().map_err(io_err(&path))?;
+    super::fsutil::fsync_dir(dir).map_err(io_err(dir))?;
+    file.take(seg_size)
+        .read_to_end(&mut buf)
         .map_err(io_err(&path))?;
     let scan = valid_end(&buf, seg_start, id.system_id, seg_size, newest.tli);
     Ok(Some(Recovered {
@@ -277,7 +283,11 @@ pub fn valid_end(
             }
         }
     }
-    let records_end = last_record_end.unwrap_or(seg_start);
+    // The primary's flush positions are MAXALIGNed record starts: the padding after the last
+    // record (zeros, on a page whose header is valid) is the primary's too.
+    let records_end = last_record_end.map_or(seg_start, |e| {
+        Lsn(crate::wal::maxalign(e.0).min(pages_end.0).max(e.0))
+    });
 
     // 3. The incomplete record after the last valid one.
     let off = |l: Lsn| usize::try_from(l.0.saturating_sub(seg_start.0)).unwrap_or(usize::MAX);
@@ -369,7 +379,8 @@ mod tests {
         let s = scan(&reserved(&wal));
         let last = recs.last().unwrap().1;
         assert_eq!(s.last_record_end, Some(Lsn(last)));
-        assert_eq!(s.end, Lsn(last));
+        // up to the MAXALIGNed start of the next record (the primary flushes to there)
+        assert_eq!(s.end, Lsn((last + 7) & !7));
     }
 
     /// kill -9 in the middle of a record: the bytes that reached the file are served, the
@@ -406,7 +417,7 @@ mod tests {
         wal[at] ^= 0x40;
         let s = scan(&reserved(&wal));
         assert_eq!(s.last_record_end, Some(Lsn(recs[19].1)));
-        assert_eq!(s.end, Lsn(recs[19].1));
+        assert_eq!(s.end, Lsn((recs[19].1 + 7) & !7));
     }
 
     #[test]

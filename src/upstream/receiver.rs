@@ -464,7 +464,7 @@ async fn copy_loop(
                         }
                         if let Some(stop) = opts.endpos {
                             if end >= stop {
-                                tracing::info!("stopped log streaming at {end} (endpos {stop})");
+                                tracing::info!("stopped log streaming at {end} (timeline {})", store.positions().borrow().timeline);
                                 store.flush().await?;
                                 endpos_reached = Some(end);
                             }
