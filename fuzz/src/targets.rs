@@ -24,8 +24,11 @@ use walrelay::upstream::conninfo::ConnInfo;
 use walrelay::upstream::pgpass;
 use walrelay::wal::{self, PageHeader, PageValidator, RecordDecoder};
 
+/// One fuzz target: its name and its body.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// Every target by name (the directory names under `fuzz/corpus/` and `fuzz/regressions/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[Target] = &[
     ("frames", frames),
     ("startup", startup),
     ("replication_command", replication_command),
