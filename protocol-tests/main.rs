@@ -9,6 +9,7 @@ mod barman_pg_receivewal;
 mod bench_quick;
 mod delay_feeds;
 mod failover_diverge;
+mod fuzz_replay;
 mod harness;
 mod harness_selftest;
 mod pgrw_cli;

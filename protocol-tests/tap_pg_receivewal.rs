@@ -47,6 +47,8 @@ pub struct TapRun {
     /// prove's stdout and stderr, interleaved.
     pub output: String,
     pub log_dir: PathBuf,
+    /// What the `pg_receivewal` first in PATH answered to `--version` (proves which one ran).
+    pub version: String,
 }
 
 impl TapRun {
@@ -61,8 +63,9 @@ impl TapRun {
     /// Everything a reader needs to see why it failed.
     pub fn explain(&self) -> String {
         let mut s = format!(
-            "PG {}: prove {}; plan {:?}; {} of {} subtests run passed\n",
+            "PG {} ({}): prove {}; plan {:?}; {} of {} subtests run passed\n",
             self.major,
+            self.version,
             self.exit,
             self.plan,
             self.passed(),
@@ -175,6 +178,15 @@ pub fn run_020(major: &str, receivewal: &Path, dir: &TestDir) -> TapRun {
     let datadir = dir.subdir("testdir/tmp_check");
     let logdir = dir.subdir("testdir/tmp_check/log");
     give_to_server(dir.path());
+    let mut version_cmd = Command::new(&link);
+    version_cmd.arg("--version");
+    if let Some(lib) = install.lib_dir() {
+        version_cmd.env("LD_LIBRARY_PATH", lib);
+    }
+    let version = version_cmd
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|e| format!("cannot run {}: {e}", link.display()));
 
     let pg_bin = install.root.join("bin");
     let path = format!(
@@ -273,6 +285,7 @@ pub fn run_020(major: &str, receivewal: &Path, dir: &TestDir) -> TapRun {
         subtests,
         output,
         log_dir: logdir,
+        version,
     }
 }
 
@@ -288,6 +301,11 @@ fn assert_all_pass(run: &TapRun) {
 fn walrelay_as_pg_receivewal(major: &str) {
     let dir = TestDir::new(&format!("tap-{major}"));
     let run = run_020(major, &harness::walrelay::bin(), &dir);
+    assert!(
+        run.version.contains("walrelay"),
+        "the pg_receivewal in PATH is not walrelay: {}",
+        run.version
+    );
     assert_all_pass(&run);
 }
 
@@ -295,6 +313,11 @@ fn real_pg_receivewal(major: &str) {
     let dir = TestDir::new(&format!("tap-real-{major}"));
     let real = PgInstall::get(major).bin("pg_receivewal");
     let run = run_020(major, &real, &dir);
+    assert!(
+        run.version.starts_with("pg_receivewal (PostgreSQL) "),
+        "{}",
+        run.version
+    );
     assert_all_pass(&run);
 }
 
