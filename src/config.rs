@@ -214,6 +214,13 @@ pub struct ArchiveConfig {
     /// `0`: no cap.
     #[serde(deserialize_with = "de_size")]
     pub local_disk_cap: u64,
+    /// `wal-fetch`: how long to retry an archive that does not answer (unreachable, an
+    /// unmounted share, refused) before exiting with a status PostgreSQL treats as fatal.
+    #[serde(deserialize_with = "de_duration")]
+    pub fetch_retry_timeout: Duration,
+    /// `wal-fetch`: deliver the newest partial snapshot (zero-padded to a whole segment)
+    /// when the archive has no complete segment, for recovery to the end of archived WAL.
+    pub fetch_partial: bool,
     /// S3 (and S3-compatible) options; unset ones come from the `AWS_*` environment.
     pub s3: S3Options,
     /// Azure options; unset ones come from the `AZURE_*` environment.
@@ -242,6 +249,8 @@ impl Default for ArchiveConfig {
             keep_local_size: 1 << 30,
             keep_local_age: Duration::from_secs(3600),
             local_disk_cap: 0,
+            fetch_retry_timeout: Duration::from_secs(60),
+            fetch_partial: false,
             s3: S3Options::default(),
             azure: AzureOptions::default(),
             options: Default::default(),

@@ -481,6 +481,13 @@ async fn run(a: RunArgs) -> Result<(), String> {
     if conninfo.application_name.is_none() {
         conninfo.application_name = Some("walrelay".into());
     }
+    // fail fast: a missing bucket, missing credentials or a refused write stop start-up
+    walrelay::archive::probe::open_checked(
+        &walrelay::archive::ArchiveSettings::new(cfg.archive.clone(), &cfg.data_dir),
+        walrelay::archive::probe::Access::ReadWrite,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let store = Store::start(&cfg.data_dir, StoreOptions::default()).map_err(|e| {
         format!(
             "could not open data directory \"{}\": {e}",

@@ -1618,6 +1618,7 @@ mod tests {
         let opts = WalFetchOptions {
             spool: None,
             prefetch: 2,
+            partial: false,
         };
         let o = wal_fetch(&reader, &segment_file_name(1, 1, SEG), &dest, &opts)
             .await

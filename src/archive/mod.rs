@@ -5,7 +5,7 @@
 //! object layout and per-object manifests ([`layout`]), create-if-absent uploads with retries
 //! ([`upload`]), the background uploader that publishes `archived_lsn` ([`archiver`]), the
 //! reader with read-ahead that walsenders and `wal-fetch` use ([`reader`], [`fetch`]), the
-//! archive checker ([`verify`]) and the upload benchmark `walrelay bench-archive` ([`bench`]).
+//! start-up probe ([`probe`]), the archive checker ([`verify`]) and the upload benchmark `walrelay bench-archive` ([`bench`]).
 //! The layout and the guarantees are described in `docs/archive.md`.
 //!
 //! Must not: write, rename or delete local WAL files (the segment store is their only writer;
@@ -20,6 +20,7 @@ pub mod cli;
 pub mod durable_fs;
 pub mod fetch;
 pub mod layout;
+pub mod probe;
 pub mod reader;
 pub mod upload;
 pub mod verify;
@@ -118,6 +119,9 @@ pub enum ArchiveError {
     },
     #[error("{0}")]
     NoSystem(String),
+    /// The start-up probe failed: no such bucket, credentials, refused write, unreachable.
+    #[error("archive {url} is not usable: {reason}")]
+    Unusable { url: String, reason: String },
     #[error("shutting down")]
     Shutdown,
 }

@@ -479,6 +479,7 @@ mod tests {
             prefix: ObjPath::default(),
             url: "memory:///".into(),
             scheme: "memory",
+            credentials_note: None,
         };
         let reader = ArchiveReader::open_backend(backend, Some(SYSID), 2, Compression::Zstd)
             .await
