@@ -167,8 +167,11 @@ fn env_only_s3_recovery_stops_on_unreachable_archive() {
     wait_for(
         Duration::from_secs(90),
         "recovery to stop on the unreachable archive",
-        || !rec.postmaster_alive(),
+        || rec.log().contains("database system is shut down"),
     );
+    wait_for(Duration::from_secs(30), "the postmaster to exit", || {
+        !rec.postmaster_alive()
+    });
     let log = rec.log();
     assert!(
         log.contains("FATAL:  could not restore file"),
