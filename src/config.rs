@@ -221,6 +221,8 @@ pub struct ArchiveConfig {
     /// `wal-fetch`: deliver the newest partial snapshot (zero-padded to a whole segment)
     /// when the archive has no complete segment, for recovery to the end of archived WAL.
     pub fetch_partial: bool,
+    /// Expiry of archived WAL (`walrelay archive expire`, and on a timer in `run`).
+    pub retention: ArchiveRetention,
     /// S3 (and S3-compatible) options; unset ones come from the `AWS_*` environment.
     pub s3: S3Options,
     /// Azure options; unset ones come from the `AZURE_*` environment.
@@ -251,9 +253,36 @@ impl Default for ArchiveConfig {
             local_disk_cap: 0,
             fetch_retry_timeout: Duration::from_secs(60),
             fetch_partial: false,
+            retention: ArchiveRetention::default(),
             s3: S3Options::default(),
             azure: AzureOptions::default(),
             options: Default::default(),
+        }
+    }
+}
+
+/// `[archive.retention]`: archived segments older than `keep_age` **and** outside the newest
+/// `keep_size` bytes are deleted (with their manifests), oldest first, never at or past what a
+/// proxy slot, a delayed feed or local WAL still needs. `0` leaves a rule out; both `0` (the
+/// default): nothing is ever deleted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveRetention {
+    #[serde(deserialize_with = "de_duration")]
+    pub keep_age: Duration,
+    #[serde(deserialize_with = "de_size")]
+    pub keep_size: u64,
+    /// How often `run` expires (when a rule is set).
+    #[serde(deserialize_with = "de_duration")]
+    pub interval: Duration,
+}
+
+impl Default for ArchiveRetention {
+    fn default() -> Self {
+        ArchiveRetention {
+            keep_age: Duration::ZERO,
+            keep_size: 0,
+            interval: Duration::from_secs(3600),
         }
     }
 }

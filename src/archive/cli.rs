@@ -394,3 +394,120 @@ pub async fn bench_archive_main(
         }
     }
 }
+
+/// `walrelay archive …`: archive maintenance.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ArchiveArgs {
+    #[command(subcommand)]
+    pub cmd: ArchiveCmd,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ArchiveCmd {
+    /// Delete archived segments (and their manifests) by `[archive.retention]`, never what
+    /// proxy slots, delayed feeds or local WAL still need.
+    Expire(ExpireArgs),
+}
+
+/// `walrelay archive expire`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExpireArgs {
+    /// TOML configuration file (its `[archive]` section and `data_dir` are used).
+    #[arg(short = 'c', long)]
+    pub config: Option<PathBuf>,
+    /// Data directory: its oldest WAL segment and `slots.json` set the floor.
+    #[arg(short = 'D', long)]
+    pub data_dir: Option<PathBuf>,
+    /// Archive URL (overrides `archive.url`).
+    #[arg(long)]
+    pub archive: Option<String>,
+    #[arg(long)]
+    pub system_id: Option<u64>,
+    /// Keep segments younger than this (overrides `archive.retention.keep_age`).
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    pub keep_age: Option<std::time::Duration>,
+    /// Keep the newest this many bytes (overrides `archive.retention.keep_size`).
+    #[arg(long, value_parser = parse_size)]
+    pub keep_size: Option<u64>,
+    /// Never delete at or past this LSN either (needed when the data directory has no WAL).
+    #[arg(long)]
+    pub floor: Option<Lsn>,
+    /// Print what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `walrelay archive …` from its arguments alone; the exit status.
+pub async fn archive_main(args: ArchiveArgs) -> i32 {
+    match args.cmd {
+        ArchiveCmd::Expire(a) => match load(&a.config, &a.data_dir) {
+            Ok((cfg, dir)) => match expire(&a, &cfg, &dir).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("walrelay archive expire: {e}");
+                    1
+                }
+            },
+            Err(e) => {
+                eprintln!("walrelay archive expire: {e}");
+                1
+            }
+        },
+    }
+}
+
+async fn expire(
+    args: &ExpireArgs,
+    cfg: &ArchiveConfig,
+    data_dir: &std::path::Path,
+) -> Result<(), String> {
+    use super::expire;
+    let s = settings(cfg, data_dir, &args.archive, args.system_id);
+    let mut policy = s.config.retention.clone();
+    if let Some(v) = args.keep_age {
+        policy.keep_age = v;
+    }
+    if let Some(v) = args.keep_size {
+        policy.keep_size = v;
+    }
+    if !expire::enabled(&policy) {
+        return Err(
+            "no retention rule: set archive.retention.keep_age and/or keep_size (or --keep-age, --keep-size)"
+                .into(),
+        );
+    }
+    super::probe::open_checked(&s, super::probe::Access::ReadWrite)
+        .await
+        .map_err(|e| e.to_string())?;
+    let reader = ArchiveReader::open(&s).await.map_err(|e| e.to_string())?;
+    let seg = reader.wal_segment_size();
+    let dir = data_dir.to_path_buf();
+    let local = tokio::task::spawn_blocking(move || expire::oldest_local(&dir, seg))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (slots, slot_min) = crate::server::slots::Slots::load(data_dir, usize::MAX, None)
+        .map_err(|e| e.to_string())?;
+    let slot_floor = *slot_min.borrow();
+    drop(slots);
+    let known = [local, slot_floor, args.floor];
+    let Some(floor) = known.iter().flatten().min().copied() else {
+        return Err(format!(
+            "the data directory \"{}\" holds no WAL, so what proxy slots and delayed feeds still need is unknown; use -D with walrelay's data directory, or --floor LSN",
+            data_dir.display()
+        ));
+    };
+    let r = expire::expire(&reader, &policy, floor, std::time::SystemTime::now(), args.dry_run)
+        .await
+        .map_err(|e| e.to_string())?;
+    let verb = if args.dry_run { "would delete" } else { "deleted" };
+    for n in &r.deleted {
+        println!("{verb} {n}");
+    }
+    println!(
+        "{verb} {} segments ({} bytes), {} kept; floor {floor}",
+        r.deleted.len(),
+        r.deleted_bytes,
+        r.kept
+    );
+    Ok(())
+}

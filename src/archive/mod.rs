@@ -18,6 +18,7 @@ pub mod bench;
 pub mod buffers;
 pub mod cli;
 pub mod durable_fs;
+pub mod expire;
 pub mod fetch;
 pub mod layout;
 pub mod probe;
