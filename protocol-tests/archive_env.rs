@@ -117,13 +117,17 @@ fn env_only_s3_recovery_stops_on_unreachable_archive() {
     let last_full = segment_file_name(1, target.segno(SEG) - 1, SEG);
     let probe_dest = dir.join("fetched");
     let probe_s = probe_dest.display().to_string();
-    wait_for(Duration::from_secs(90), "segments archived via AWS_* only", || {
-        walrelay_env(
-            &["wal-fetch", "--archive", &url, &last_full, &probe_s],
-            &env,
-        )
-        .0 == Some(0)
-    });
+    wait_for(
+        Duration::from_secs(90),
+        "segments archived via AWS_* only",
+        || {
+            walrelay_env(
+                &["wal-fetch", "--archive", &url, &last_full, &probe_s],
+                &env,
+            )
+            .0 == Some(0)
+        },
+    );
     assert!(
         !w.log().contains("builder error"),
         "env-only S3 hit the client-options reset:\n{}",
@@ -140,19 +144,30 @@ fn env_only_s3_recovery_stops_on_unreachable_archive() {
     let (code, err) = walrelay_env(&["wal-fetch", "--archive", &url, &open_seg, &probe_s], &env);
     assert_eq!(code, Some(1), "no complete segment: absent. stderr: {err}");
     assert!(err.is_empty(), "absent is silent: {err}");
-    wait_for(Duration::from_secs(60), "a snapshot covering the last row", || {
-        let (code, err) = walrelay_env(
-            &["wal-fetch", "--partial", "--archive", &url, &open_seg, &probe_s],
-            &env,
-        );
-        code == Some(0)
-            && err
-                .split("partial snapshot (")
-                .nth(1)
-                .and_then(|r| r.split(' ').next())
-                .and_then(|n| n.parse::<u64>().ok())
-                .is_some_and(|n| n >= end.segment_offset(SEG))
-    });
+    wait_for(
+        Duration::from_secs(60),
+        "a snapshot covering the last row",
+        || {
+            let (code, err) = walrelay_env(
+                &[
+                    "wal-fetch",
+                    "--partial",
+                    "--archive",
+                    &url,
+                    &open_seg,
+                    &probe_s,
+                ],
+                &env,
+            );
+            code == Some(0)
+                && err
+                    .split("partial snapshot (")
+                    .nth(1)
+                    .and_then(|r| r.split(' ').next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|n| n >= end.segment_offset(SEG))
+        },
+    );
     assert_eq!(std::fs::metadata(&probe_dest).unwrap().len(), SEG);
 
     // the archive goes away: recovery must stop, not end early and promote
@@ -223,7 +238,10 @@ fn env_only_azure_run_archives() {
     let primary = Pg::primary("15", &[]);
     primary.psql("create table t(x int, pad text)");
     let env: Vec<(String, String)> = vec![
-        ("AZURE_STORAGE_ACCOUNT_NAME".into(), "devstoreaccount1".into()),
+        (
+            "AZURE_STORAGE_ACCOUNT_NAME".into(),
+            "devstoreaccount1".into(),
+        ),
         (
             "AZURE_STORAGE_ACCOUNT_KEY".into(),
             crate::harness::azurite::ACCOUNT_KEY.into(),
@@ -254,12 +272,17 @@ fn env_only_azure_run_archives() {
     let last_full = segment_file_name(1, target.segno(SEG) - 1, SEG);
     let dest = dir.join("fetched");
     let dest_s = dest.display().to_string();
-    wait_for(Duration::from_secs(90), "a segment archived via AZURE_* only", || {
-        walrelay_env(&["wal-fetch", "--archive", &url, &last_full, &dest_s], &env).0 == Some(0)
-    });
+    wait_for(
+        Duration::from_secs(90),
+        "a segment archived via AZURE_* only",
+        || walrelay_env(&["wal-fetch", "--archive", &url, &last_full, &dest_s], &env).0 == Some(0),
+    );
     // byte-identical to the primary's segment
     let orig = std::fs::read(primary.pg_wal().join(&last_full)).unwrap();
-    assert!(std::fs::read(&dest).unwrap() == orig, "restored segment differs");
+    assert!(
+        std::fs::read(&dest).unwrap() == orig,
+        "restored segment differs"
+    );
     w.stop();
     drop(az);
 }
@@ -276,10 +299,18 @@ fn run_refuses_missing_bucket_and_credentials() {
     let data = dir.join("data").display().to_string();
     // the probe runs before any connection upstream: a dead upstream is never reached
     let args = |url: &str| -> Vec<String> {
-        ["run", "-D", &data, "--upstream", "host=127.0.0.1 port=1", "--archive", url]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "run",
+            "-D",
+            &data,
+            "--upstream",
+            "host=127.0.0.1 port=1",
+            "--archive",
+            url,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
     let run = |url: &str, env: &[(String, String)]| {
         let a = args(url);
@@ -290,7 +321,9 @@ fn run_refuses_missing_bucket_and_credentials() {
     let (code, err) = run("s3://no-such-bucket/p", &all);
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains("walrelay: error: archive s3://no-such-bucket/p is not usable: could not list \"p\""),
+        err.contains(
+            "walrelay: error: archive s3://no-such-bucket/p is not usable: could not list \"p\""
+        ),
         "{err}"
     );
 
@@ -307,7 +340,9 @@ fn run_refuses_missing_bucket_and_credentials() {
         "{err}"
     );
     assert!(
-        err.contains("no S3 credentials are configured (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+        err.contains(
+            "no S3 credentials are configured (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        ),
         "{err}"
     );
 
@@ -321,7 +356,9 @@ fn run_refuses_missing_bucket_and_credentials() {
     let (code, err) = run(&url, &bad);
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains(&format!("walrelay: error: archive {url} is not usable: could not")),
+        err.contains(&format!(
+            "walrelay: error: archive {url} is not usable: could not"
+        )),
         "{err}"
     );
 
@@ -347,7 +384,8 @@ fn run_refuses_missing_bucket_and_credentials() {
     );
     assert_eq!(code, Some(255), "{err}");
     assert!(
-        err.contains("does not exist (an unmounted share?)") && err.contains("exiting with status 255"),
+        err.contains("does not exist (an unmounted share?)")
+            && err.contains("exiting with status 255"),
         "{err}"
     );
 }

@@ -67,7 +67,11 @@ fn expire_keeps_what_slots_need() {
     generate(&primary, 4);
     let end = primary.current_lsn();
     let sysid = primary.system_identifier();
-    let wal = relay.data.join("archive").join(sysid.to_string()).join("wal");
+    let wal = relay
+        .data
+        .join("archive")
+        .join(sysid.to_string())
+        .join("wal");
     let manifests = relay
         .data
         .join("archive")
@@ -90,7 +94,8 @@ fn expire_keeps_what_slots_need() {
     std::thread::sleep(Duration::from_millis(1500));
 
     let data = relay.data.display().to_string();
-    let (st, out, err) = run_to_end(&["archive", "expire", "-c", &conf_s, "-D", &data, "--dry-run"]);
+    let (st, out, err) =
+        run_to_end(&["archive", "expire", "-c", &conf_s, "-D", &data, "--dry-run"]);
     assert!(st.success(), "{out}{err}");
     let expected: Vec<String> = (first..keep_seg)
         .map(|s| segment_file_name(1, s, SEG))

@@ -485,8 +485,8 @@ async fn expire(
     let local = tokio::task::spawn_blocking(move || expire::oldest_local(&dir, seg))
         .await
         .map_err(|e| e.to_string())?;
-    let (slots, slot_min) = crate::server::slots::Slots::load(data_dir, usize::MAX, None)
-        .map_err(|e| e.to_string())?;
+    let (slots, slot_min) =
+        crate::server::slots::Slots::load(data_dir, usize::MAX, None).map_err(|e| e.to_string())?;
     let slot_floor = *slot_min.borrow();
     drop(slots);
     let known = [local, slot_floor, args.floor];
@@ -496,10 +496,20 @@ async fn expire(
             data_dir.display()
         ));
     };
-    let r = expire::expire(&reader, &policy, floor, std::time::SystemTime::now(), args.dry_run)
-        .await
-        .map_err(|e| e.to_string())?;
-    let verb = if args.dry_run { "would delete" } else { "deleted" };
+    let r = expire::expire(
+        &reader,
+        &policy,
+        floor,
+        std::time::SystemTime::now(),
+        args.dry_run,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let verb = if args.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
     for n in &r.deleted {
         println!("{verb} {n}");
     }

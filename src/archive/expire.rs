@@ -251,7 +251,10 @@ mod tests {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let l = Layout::new(&ObjPath::default(), SYSID);
         store
-            .put(&l.identity(), PutPayload::from(Identity::new(SYSID, SEG).encode()))
+            .put(
+                &l.identity(),
+                PutPayload::from(Identity::new(SYSID, SEG).encode()),
+            )
             .await
             .unwrap();
         for segno in 1..=n {
@@ -316,7 +319,11 @@ mod tests {
         let floor = Lsn(4 * SEG + 100);
         let dry = expire(&r, &policy, floor, later, true).await.unwrap();
         assert_eq!(dry.deleted, vec![seg(1), seg(2), seg(3)]);
-        assert_eq!(names(&store, "7/wal").await.len(), 9, "dry run deletes nothing");
+        assert_eq!(
+            names(&store, "7/wal").await.len(),
+            9,
+            "dry run deletes nothing"
+        );
         let rep = expire(&r, &policy, floor, later, false).await.unwrap();
         assert_eq!(rep.deleted, vec![seg(1), seg(2), seg(3)]);
         assert_eq!(rep.deleted_bytes, 300);
@@ -343,14 +350,22 @@ mod tests {
             keep_size: 250,
             interval: Duration::from_secs(60),
         };
-        let rep = expire(&r, &policy, Lsn(100 * SEG), later, false).await.unwrap();
+        let rep = expire(&r, &policy, Lsn(100 * SEG), later, false)
+            .await
+            .unwrap();
         assert_eq!(rep.deleted, vec![seg(4), seg(5)]);
         assert_eq!(rep.kept, 3);
 
         // no rule: nothing, ever
-        let rep = expire(&r, &ArchiveRetention::default(), Lsn(100 * SEG), later, false)
-            .await
-            .unwrap();
+        let rep = expire(
+            &r,
+            &ArchiveRetention::default(),
+            Lsn(100 * SEG),
+            later,
+            false,
+        )
+        .await
+        .unwrap();
         assert!(rep.deleted.is_empty());
         assert_eq!(rep.kept, 3);
     }

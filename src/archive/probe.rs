@@ -83,10 +83,7 @@ pub async fn open_checked(
 pub async fn probe(b: &Backend, access: Access, timeout: Duration) -> Result<(), ArchiveError> {
     match tokio::time::timeout(timeout, probe_inner(b, access)).await {
         Ok(r) => r,
-        Err(_) => Err(unusable(
-            b,
-            format!("no answer within {timeout:?}"),
-        )),
+        Err(_) => Err(unusable(b, format!("no answer within {timeout:?}"))),
     }
 }
 
@@ -147,7 +144,9 @@ mod tests {
         // run creates it, and the probe leaves nothing behind
         assert!(open_checked(&s, Access::ReadWrite).await.unwrap().is_some());
         let probe_dir = d.path().join("missing").join(PROBE_DIR);
-        let left = std::fs::read_dir(&probe_dir).map(|r| r.count()).unwrap_or(0);
+        let left = std::fs::read_dir(&probe_dir)
+            .map(|r| r.count())
+            .unwrap_or(0);
         assert_eq!(left, 0);
         assert!(open_checked(&s, Access::ReadOnly).await.unwrap().is_some());
     }
@@ -169,7 +168,10 @@ mod tests {
             .await
             .unwrap_err()
             .to_string();
-        assert_eq!(e, "archive s3://bucket/p is not usable: no answer within 300ms");
+        assert_eq!(
+            e,
+            "archive s3://bucket/p is not usable: no answer within 300ms"
+        );
 
         if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
             let b = backend::open("s3://bucket/p", &cfg).unwrap();
@@ -177,7 +179,10 @@ mod tests {
                 .await
                 .unwrap_err()
                 .to_string();
-            assert!(e.starts_with("archive s3://bucket/p is not usable: "), "{e}");
+            assert!(
+                e.starts_with("archive s3://bucket/p is not usable: "),
+                "{e}"
+            );
             assert!(
                 e.ends_with("; no S3 credentials are configured (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or archive.s3.access_key_id and secret_access_key), so they were asked from the EC2 instance metadata service (169.254.169.254)"),
                 "{e}"
