@@ -221,6 +221,12 @@ pub struct ArchiveConfig {
     /// `wal-fetch`: deliver the newest partial snapshot (zero-padded to a whole segment)
     /// when the archive has no complete segment, for recovery to the end of archived WAL.
     pub fetch_partial: bool,
+    /// Client-side encryption of archived objects: a file of 32 random bytes or 64 hex
+    /// digits, mode 0600 (see docs/archive.md). Unset: objects are stored as they are.
+    pub encryption_key_file: Option<PathBuf>,
+    /// The key of `encryption_key_file`, loaded by [`Config::parse`]/[`Config::load`].
+    #[serde(skip)]
+    pub encryption_key: Option<crate::archive::crypt::Key>,
     /// Expiry of archived WAL (`walrelay archive expire`, and on a timer in `run`).
     pub retention: ArchiveRetention,
     /// S3 (and S3-compatible) options; unset ones come from the `AWS_*` environment.
@@ -230,6 +236,17 @@ pub struct ArchiveConfig {
     /// Further object_store options by their documented names (`aws_…`, `azure_…`,
     /// `google_…`), for anything not covered above (e.g. `google_service_account`).
     pub options: std::collections::BTreeMap<String, String>,
+}
+
+impl ArchiveConfig {
+    /// Loads `encryption_key_file` into `encryption_key` (a bad key file is an error).
+    pub fn load_key(&mut self) -> Result<(), crate::archive::ArchiveError> {
+        self.encryption_key = match &self.encryption_key_file {
+            Some(p) => Some(crate::archive::crypt::Key::load(p)?),
+            None => None,
+        };
+        Ok(())
+    }
 }
 
 impl Default for ArchiveConfig {
@@ -254,6 +271,8 @@ impl Default for ArchiveConfig {
             fetch_retry_timeout: Duration::from_secs(60),
             fetch_partial: false,
             retention: ArchiveRetention::default(),
+            encryption_key_file: None,
+            encryption_key: None,
             s3: S3Options::default(),
             azure: AzureOptions::default(),
             options: Default::default(),
@@ -417,8 +436,9 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
-        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         c.check_feeds()?;
+        c.archive.load_key().map_err(|e| e.to_string())?;
         Ok(c)
     }
 

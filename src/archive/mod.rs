@@ -17,6 +17,7 @@ pub mod backend;
 pub mod bench;
 pub mod buffers;
 pub mod cli;
+pub mod crypt;
 pub mod durable_fs;
 pub mod expire;
 pub mod fetch;
@@ -120,6 +121,9 @@ pub enum ArchiveError {
     },
     #[error("{0}")]
     NoSystem(String),
+    /// A missing or different encryption key.
+    #[error("{0}")]
+    Encryption(String),
     /// The start-up probe failed: no such bucket, credentials, refused write, unreachable.
     #[error("archive {url} is not usable: {reason}")]
     Unusable { url: String, reason: String },
