@@ -1,6 +1,7 @@
 //! walrelay's integration tests against real PostgreSQL servers (and a real S3 server).
 //! One test target (`protocol`): the harness plus one module per test file.
 
+mod archive_crypt;
 mod archive_env;
 mod archive_expire;
 mod archive_kill9;
