@@ -2,6 +2,9 @@
 //! One test target (`protocol`): the harness plus one module per test file.
 
 mod admin_control;
+mod archive_crypt;
+mod archive_env;
+mod archive_expire;
 mod archive_kill9;
 mod archive_run;
 mod archive_store;

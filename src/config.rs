@@ -253,6 +253,21 @@ pub struct ArchiveConfig {
     /// `0`: no cap.
     #[serde(deserialize_with = "de_size")]
     pub local_disk_cap: u64,
+    /// `wal-fetch`: how long to retry an archive that does not answer (unreachable, an
+    /// unmounted share, refused) before exiting with a status PostgreSQL treats as fatal.
+    #[serde(deserialize_with = "de_duration")]
+    pub fetch_retry_timeout: Duration,
+    /// `wal-fetch`: deliver the newest partial snapshot (zero-padded to a whole segment)
+    /// when the archive has no complete segment, for recovery to the end of archived WAL.
+    pub fetch_partial: bool,
+    /// Client-side encryption of archived objects: a file of 32 random bytes or 64 hex
+    /// digits, mode 0600 (see docs/archive.md). Unset: objects are stored as they are.
+    pub encryption_key_file: Option<PathBuf>,
+    /// The key of `encryption_key_file`, loaded by [`Config::parse`]/[`Config::load`].
+    #[serde(skip)]
+    pub encryption_key: Option<crate::archive::crypt::Key>,
+    /// Expiry of archived WAL (`walrelay archive expire`, and on a timer in `run`).
+    pub retention: ArchiveRetention,
     /// S3 (and S3-compatible) options; unset ones come from the `AWS_*` environment.
     pub s3: S3Options,
     /// Azure options; unset ones come from the `AZURE_*` environment.
@@ -260,6 +275,17 @@ pub struct ArchiveConfig {
     /// Further object_store options by their documented names (`aws_…`, `azure_…`,
     /// `google_…`), for anything not covered above (e.g. `google_service_account`).
     pub options: std::collections::BTreeMap<String, String>,
+}
+
+impl ArchiveConfig {
+    /// Loads `encryption_key_file` into `encryption_key` (a bad key file is an error).
+    pub fn load_key(&mut self) -> Result<(), crate::archive::ArchiveError> {
+        self.encryption_key = match &self.encryption_key_file {
+            Some(p) => Some(crate::archive::crypt::Key::load(p)?),
+            None => None,
+        };
+        Ok(())
+    }
 }
 
 impl Default for ArchiveConfig {
@@ -281,9 +307,40 @@ impl Default for ArchiveConfig {
             keep_local_size: 1 << 30,
             keep_local_age: Duration::from_secs(3600),
             local_disk_cap: 0,
+            fetch_retry_timeout: Duration::from_secs(60),
+            fetch_partial: false,
+            retention: ArchiveRetention::default(),
+            encryption_key_file: None,
+            encryption_key: None,
             s3: S3Options::default(),
             azure: AzureOptions::default(),
             options: Default::default(),
+        }
+    }
+}
+
+/// `[archive.retention]`: archived segments older than `keep_age` **and** outside the newest
+/// `keep_size` bytes are deleted (with their manifests), oldest first, never at or past what a
+/// proxy slot, a delayed feed or local WAL still needs. `0` leaves a rule out; both `0` (the
+/// default): nothing is ever deleted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveRetention {
+    #[serde(deserialize_with = "de_duration")]
+    pub keep_age: Duration,
+    #[serde(deserialize_with = "de_size")]
+    pub keep_size: u64,
+    /// How often `run` expires (when a rule is set).
+    #[serde(deserialize_with = "de_duration")]
+    pub interval: Duration,
+}
+
+impl Default for ArchiveRetention {
+    fn default() -> Self {
+        ArchiveRetention {
+            keep_age: Duration::ZERO,
+            keep_size: 0,
+            interval: Duration::from_secs(3600),
         }
     }
 }
@@ -472,9 +529,10 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
-        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         c.check_feeds()?;
         c.control.check()?;
+        c.archive.load_key().map_err(|e| e.to_string())?;
         Ok(c)
     }
 

@@ -46,6 +46,8 @@ enum Command {
     /// Measure upload throughput to an archive by concurrency (uploads throwaway
     /// segment-sized objects under a prefix of their own, then deletes them).
     BenchArchive(walrelay::archive::cli::BenchArchiveArgs),
+    /// Archive maintenance: `archive expire [--dry-run]` deletes old archived WAL.
+    Archive(walrelay::archive::cli::ArchiveArgs),
     /// Control delayed feeds of a running walrelay: list, pause, resume, advance.
     Feed(FeedArgs),
     /// List decoded transactions (commit time, xid, LSN, dropped relations) to find the bad
@@ -248,6 +250,7 @@ fn main() -> ExitCode {
                 Command::Passwd(a) => passwd(a),
                 Command::WalFetch(a) => exit_with(walrelay::archive::cli::wal_fetch_main(a).await),
                 Command::Verify(a) => exit_with(walrelay::archive::cli::verify_main(a).await),
+                Command::Archive(a) => exit_with(walrelay::archive::cli::archive_main(a).await),
                 Command::BenchArchive(a) => {
                     init_logging("warn");
                     exit_with(
@@ -371,6 +374,13 @@ async fn run(a: RunArgs) -> Result<(), String> {
     }
     // a bad control token file or certificate fails before the data directory is touched
     walrelay::endpoints::load_control_secrets(&cfg)?;
+    // fail fast: a missing bucket, missing credentials or a refused write stop start-up
+    walrelay::archive::probe::open_checked(
+        &walrelay::archive::ArchiveSettings::new(cfg.archive.clone(), &cfg.data_dir),
+        walrelay::archive::probe::Access::ReadWrite,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let store = Store::start(
         &cfg.data_dir,
         StoreOptions {
@@ -449,8 +459,16 @@ async fn run(a: RunArgs) -> Result<(), String> {
         server.as_ref().map(|s| s.slots_min_restart.clone()),
         feeds.as_ref().map(|f| f.min_needed_lsn()),
     );
+    let expire_settings = archive_settings.clone();
     let archiver = walrelay::archive::Archiver::start(archive_settings, &store, shutdown.clone())
         .map_err(|e| e.to_string())?;
+    let expiry = archiver.as_ref().and_then(|h| {
+        walrelay::archive::expire::spawn_timer(
+            expire_settings,
+            h.archived_lsn.clone(),
+            shutdown.clone(),
+        )
+    });
     let metrics = match &cfg.metrics.listen {
         Some(_) => {
             let handle = walrelay::metrics::install_recorder()?;
@@ -497,6 +515,10 @@ async fn run(a: RunArgs) -> Result<(), String> {
     }
     if let Some(h) = archiver {
         h.abort();
+    }
+    if let Some(t) = expiry {
+        t.abort();
+        let _ = t.await;
     }
     result?;
     store.close().await.map_err(|e| e.to_string())?;

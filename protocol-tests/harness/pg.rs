@@ -503,6 +503,40 @@ impl Pg {
         self.running = true;
     }
 
+    /// `pg_ctl -W start` (no wait), for a server that may stop by itself (a recovery that
+    /// ends in FATAL); see [`Pg::postmaster_alive`].
+    pub fn start_nowait(&mut self) {
+        let out = self
+            .pg_ctl()
+            .args(["-W", "-l"])
+            .arg(&self.logfile)
+            .arg("start")
+            .output()
+            .expect("run pg_ctl start");
+        assert!(
+            out.status.success(),
+            "pg_ctl -W start failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.running = true;
+    }
+
+    /// Whether the postmaster is running (`pg_ctl status`); forgets a server that stopped
+    /// by itself.
+    pub fn postmaster_alive(&mut self) -> bool {
+        let alive = self
+            .pg_ctl()
+            .arg("status")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !alive {
+            self.running = false;
+        }
+        alive
+    }
+
     fn stop_mode(&mut self, mode: &str) -> Result<(), String> {
         let out = self
             .pg_ctl()

@@ -176,6 +176,7 @@ pub(crate) fn policy_of(cfg: &ArchiveConfig) -> UploadPolicy {
         part_size: cfg.part_size,
         retry_min: cfg.retry_min,
         retry_max: cfg.retry_max.max(cfg.retry_min),
+        key: cfg.encryption_key.clone(),
     }
 }
 
@@ -937,6 +938,7 @@ async fn prepare_file(
 ) -> Result<Prepared, ArchiveError> {
     let pool = ctx.buffers.clone();
     let (compression, level) = (ctx.compression, ctx.level);
+    let key = ctx.policy.key.clone();
     blocking(move || {
         use sha2::{Digest, Sha256};
         use std::io::Read;
@@ -987,6 +989,7 @@ async fn prepare_file(
                 r?
             }
         };
+        let stored = seal(key.as_ref(), stored)?;
         Ok(Prepared {
             raw_len: len,
             sha256,
@@ -994,6 +997,19 @@ async fn prepare_file(
         })
     })
     .await
+}
+
+/// `stored` encrypted with `key`, if any.
+fn seal(key: Option<&super::crypt::Key>, stored: Bytes) -> Result<Bytes, ArchiveError> {
+    match key {
+        Some(k) => super::crypt::encrypt(k, &stored).map(Bytes::from),
+        None => Ok(stored),
+    }
+}
+
+/// The manifest's `encryption` for objects written with `key`.
+fn encryption_of(key: Option<&super::crypt::Key>) -> Option<String> {
+    key.map(|k| format!("{}:{}", super::crypt::ALGORITHM, k.id_hex()))
 }
 
 /// `data` compressed into one of `pool`'s buffers.
@@ -1018,12 +1034,14 @@ fn compress_pooled(
 pub(crate) async fn prepare_bytes(ctx: &Arc<Ctx>, raw: Bytes) -> Result<Prepared, ArchiveError> {
     let pool = ctx.buffers.clone();
     let (compression, level) = (ctx.compression, ctx.level);
+    let key = ctx.policy.key.clone();
     blocking(move || {
         let sha256 = sha256_hex(&raw);
         let stored = match compression {
             Compression::None => raw.clone(),
             c => compress_pooled(&pool, &raw, c, level)?,
         };
+        let stored = seal(key.as_ref(), stored)?;
         Ok(Prepared {
             raw_len: raw.len() as u64,
             sha256,
@@ -1083,6 +1101,7 @@ pub(crate) async fn store_segment(
         sha256,
         compression: compression_name(ctx.compression).into(),
         stored_size,
+        encryption: encryption_of(ctx.policy.key.as_ref()),
     };
     put_manifest(ctx, &manifest, shutdown).await?;
     Ok(outcome)
@@ -1095,10 +1114,12 @@ async fn upload_history(
 ) -> Result<PutOutcome, ArchiveError> {
     let name = history_file_name(tli);
     let file = ctx.dir.join(&name);
-    let (stored, sha) = blocking(move || {
+    let key = ctx.policy.key.clone();
+    let (stored, sha, raw_len) = blocking(move || {
         let raw = std::fs::read(&file).map_err(ArchiveError::io("read", &file))?;
         let sha = sha256_hex(&raw);
-        Ok((Bytes::from(raw), sha))
+        let len = raw.len() as u64;
+        Ok((seal(key.as_ref(), Bytes::from(raw))?, sha, len))
     })
     .await?;
     let path = ctx.layout.history(tli);
@@ -1118,10 +1139,11 @@ async fn upload_history(
         timeline: tli,
         start_lsn: Lsn::INVALID.to_string(),
         end_lsn: Lsn::INVALID.to_string(),
-        size: stored.len() as u64,
+        size: raw_len,
         sha256: sha,
         compression: "none".into(),
         stored_size: stored.len() as u64,
+        encryption: encryption_of(ctx.policy.key.as_ref()),
     };
     put_manifest(ctx, &manifest, shutdown).await?;
     Ok(outcome)
@@ -1618,6 +1640,7 @@ mod tests {
         let opts = WalFetchOptions {
             spool: None,
             prefetch: 2,
+            partial: false,
         };
         let o = wal_fetch(&reader, &segment_file_name(1, 1, SEG), &dest, &opts)
             .await

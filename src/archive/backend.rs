@@ -1,7 +1,10 @@
 //! Opening an object store from an archive URL.
 //!
-//! (`allow_http` lives in object_store's client options: those are set first so that the
-//! per-backend settings applied after them are not reset.)
+//! Settings are merged, never replaced: the builder starts `from_env()` (`AWS_*`, `AZURE_*`,
+//! `GOOGLE_*`), walrelay's HTTP client defaults (timeouts) are added only for the keys the
+//! environment did not set, then `[archive]` options override single keys. (object_store's
+//! `with_client_options` would replace every client option `from_env` read, such as
+//! `AWS_ALLOW_HTTP`, so it is never called.)
 //!
 //! Owns: URL parsing (`file:///path`, `memory:///`, `s3://bucket/prefix`,
 //! `az://container/prefix`, `gs://bucket/prefix`), the per-backend options of `[archive]`
@@ -14,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::path::Path as ObjPath;
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
 
 use super::ArchiveError;
 use crate::config::ArchiveConfig;
@@ -28,13 +31,40 @@ pub struct Backend {
     pub url: String,
     /// `file`, `memory`, `s3`, `az` or `gs`.
     pub scheme: &'static str,
+    /// Set when no credentials were configured and object_store falls back to a cloud
+    /// metadata service: said with a failed start-up probe.
+    pub credentials_note: Option<String>,
 }
 
-fn client_options() -> ClientOptions {
-    ClientOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(Duration::from_secs(120))
+/// walrelay's HTTP client defaults, applied to the keys the environment left unset.
+const CLIENT_DEFAULTS: [(ClientConfigKey, &str); 2] = [
+    (ClientConfigKey::ConnectTimeout, "5s"),
+    (ClientConfigKey::Timeout, "120s"),
+];
+
+/// Adds [`CLIENT_DEFAULTS`] to a builder through its `get`/`set` of client keys, keeping
+/// what is already set (from the environment).
+fn merge_client_defaults<B>(
+    mut b: B,
+    get: impl Fn(&B, ClientConfigKey) -> Option<String>,
+    set: impl Fn(B, ClientConfigKey, &str) -> B,
+) -> B {
+    for (key, value) in CLIENT_DEFAULTS {
+        if get(&b, key).is_none() {
+            b = set(b, key, value);
+        }
+    }
+    b
 }
+
+/// The environment variables through which object_store finds S3 credentials other than
+/// the instance metadata service.
+const AWS_CREDENTIAL_ENV: [&str; 4] = [
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+];
 
 fn retry_config() -> RetryConfig {
     // A couple of quick retries inside the client; the uploader retries for as long as it
@@ -113,6 +143,7 @@ pub fn open(url: &str, cfg: &ArchiveConfig) -> Result<Backend, ArchiveError> {
                 prefix: ObjPath::default(),
                 url: url.to_string(),
                 scheme: "file",
+                credentials_note: None,
             })
         }
         "memory" => Ok(Backend {
@@ -121,13 +152,17 @@ pub fn open(url: &str, cfg: &ArchiveConfig) -> Result<Backend, ArchiveError> {
                 .map_err(|e| ArchiveError::Config(e.to_string()))?,
             url: url.to_string(),
             scheme: "memory",
+            credentials_note: None,
         }),
         "s3" | "s3a" => {
             use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
             let (bucket, prefix) = split_bucket(rest, url)?;
-            let mut b = AmazonS3Builder::from_env()
-                .with_client_options(client_options())
-                .with_bucket_name(bucket);
+            let b = merge_client_defaults(
+                AmazonS3Builder::from_env(),
+                |b, k| b.get_config_value(&AmazonS3ConfigKey::Client(k)),
+                |b, k, v| b.with_config(AmazonS3ConfigKey::Client(k), v),
+            );
+            let mut b = b.with_bucket_name(bucket);
             for (k, v) in &cfg.options {
                 let key = AmazonS3ConfigKey::from_str(k).map_err(|_| bad_option(k, "S3"))?;
                 b = b.with_config(key, v);
@@ -158,6 +193,18 @@ pub fn open(url: &str, cfg: &ArchiveConfig) -> Result<Backend, ArchiveError> {
             if path_style {
                 b = b.with_virtual_hosted_style_request(false);
             }
+            let has = |k: AmazonS3ConfigKey| b.get_config_value(&k).is_some_and(|v| !v.is_empty());
+            let credentials_note = (!has(AmazonS3ConfigKey::AccessKeyId)
+                && b.get_config_value(&AmazonS3ConfigKey::SkipSignature).as_deref() != Some("true")
+                && !AWS_CREDENTIAL_ENV
+                    .iter()
+                    .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty())))
+            .then(|| {
+                "no S3 credentials are configured (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+                 or archive.s3.access_key_id and secret_access_key), so they were asked from \
+                 the EC2 instance metadata service (169.254.169.254)"
+                    .to_string()
+            });
             let s3 = b
                 .with_conditional_put(S3ConditionalPut::ETagMatch)
                 .with_retry(retry_config())
@@ -168,14 +215,18 @@ pub fn open(url: &str, cfg: &ArchiveConfig) -> Result<Backend, ArchiveError> {
                 prefix,
                 url: url.to_string(),
                 scheme: "s3",
+                credentials_note,
             })
         }
         "az" | "azure" => {
             use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
             let (container, prefix) = split_bucket(rest, url)?;
-            let mut b = MicrosoftAzureBuilder::from_env()
-                .with_client_options(client_options())
-                .with_container_name(container);
+            let b = merge_client_defaults(
+                MicrosoftAzureBuilder::from_env(),
+                |b, k| b.get_config_value(&AzureConfigKey::Client(k)),
+                |b, k, v| b.with_config(AzureConfigKey::Client(k), v),
+            );
+            let mut b = b.with_container_name(container);
             for (k, v) in &cfg.options {
                 let key = AzureConfigKey::from_str(k).map_err(|_| bad_option(k, "Azure"))?;
                 b = b.with_config(key, v);
@@ -224,14 +275,18 @@ pub fn open(url: &str, cfg: &ArchiveConfig) -> Result<Backend, ArchiveError> {
                 prefix,
                 url: url.to_string(),
                 scheme: "az",
+                credentials_note: None,
             })
         }
         "gs" => {
             use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
             let (bucket, prefix) = split_bucket(rest, url)?;
-            let mut b = GoogleCloudStorageBuilder::from_env()
-                .with_client_options(client_options())
-                .with_bucket_name(bucket);
+            let b = merge_client_defaults(
+                GoogleCloudStorageBuilder::from_env(),
+                |b, k| b.get_config_value(&GoogleConfigKey::Client(k)),
+                |b, k, v| b.with_config(GoogleConfigKey::Client(k), v),
+            );
+            let mut b = b.with_bucket_name(bucket);
             for (k, v) in &cfg.options {
                 let key = GoogleConfigKey::from_str(k).map_err(|_| bad_option(k, "GCS"))?;
                 b = b.with_config(key, v);
@@ -245,6 +300,7 @@ pub fn open(url: &str, cfg: &ArchiveConfig) -> Result<Backend, ArchiveError> {
                 prefix,
                 url: url.to_string(),
                 scheme: "gs",
+                credentials_note: None,
             })
         }
         other => Err(ArchiveError::Config(format!(

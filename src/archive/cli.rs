@@ -39,7 +39,22 @@ pub struct WalFetchArgs {
     /// Segments to prefetch (default `archive.prefetch`).
     #[arg(long)]
     pub prefetch: Option<usize>,
+    /// When the archive has no complete segment, deliver its newest partial snapshot
+    /// (zero-padded): recovery to the end of the archived WAL (`archive.fetch_partial`).
+    #[arg(long)]
+    pub partial: bool,
+    /// How long to retry an archive that fails (unreachable, missing directory, refused)
+    /// before exiting with status 255, which PostgreSQL treats as fatal
+    /// (default `archive.fetch_retry_timeout`, 60s).
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    pub retry_timeout: Option<std::time::Duration>,
 }
+
+/// `wal-fetch`'s exit status when the archive could not be asked: above 125, so
+/// PostgreSQL's restore_command caller (`wait_result_is_any_signal(rc, true)`) stops with
+/// FATAL instead of taking it for "file not found" and ending recovery early; not
+/// 128 + SIGTERM (143), which PostgreSQL reads as a requested shutdown.
+pub const WAL_FETCH_FATAL: i32 = 255;
 
 /// `walrelay verify`.
 #[derive(Debug, Clone, clap::Args)]
@@ -137,8 +152,9 @@ pub async fn wal_fetch_main(args: WalFetchArgs) -> i32 {
     match load(&args.config, &args.data_dir) {
         Ok((cfg, dir)) => wal_fetch(&args, &cfg, &dir).await,
         Err(e) => {
+            // an unreadable configuration is not "file absent"
             eprintln!("walrelay wal-fetch: {e}");
-            1
+            WAL_FETCH_FATAL
         }
     }
 }
@@ -154,38 +170,102 @@ pub async fn verify_main(args: VerifyArgs) -> i32 {
     }
 }
 
-/// Runs `wal-fetch`; returns the exit status (0 restored, 1 not found — silently — or error).
+/// What one `wal-fetch` attempt found.
+enum Attempt {
+    Restored,
+    /// The archive answered that it does not have the file (or any WAL of this system).
+    Absent,
+}
+
+async fn wal_fetch_once(
+    args: &WalFetchArgs,
+    s: &ArchiveSettings,
+    opts: &WalFetchOptions,
+) -> Result<Attempt, super::ArchiveError> {
+    if let Some(url) = s.url() {
+        super::probe::check_file_url_exists(&url)?;
+    }
+    let reader = match ArchiveReader::open(s).await {
+        Ok(r) => r,
+        // the archive answered: it holds nothing of this system
+        Err(super::ArchiveError::NoSystem(_)) => return Ok(Attempt::Absent),
+        Err(e) => return Err(e),
+    };
+    match super::fetch::wal_fetch(&reader, &args.file, &args.dest, opts).await? {
+        FetchOutcome::Restored { .. } => Ok(Attempt::Restored),
+        FetchOutcome::RestoredPartial { bytes } => {
+            eprintln!(
+                "walrelay wal-fetch: {}: restored from a partial snapshot ({bytes} bytes of WAL, zero-padded)",
+                args.file
+            );
+            Ok(Attempt::Restored)
+        }
+        FetchOutcome::NotFound => Ok(Attempt::Absent),
+    }
+}
+
+/// Runs `wal-fetch`; returns the exit status: 0 restored; 1 (silently) when the archive
+/// answered that the file is absent; [`WAL_FETCH_FATAL`] after retrying any other failure
+/// for `archive.fetch_retry_timeout` (at once for a configuration error or a corrupt
+/// object, which waiting does not mend).
 pub async fn wal_fetch(
     args: &WalFetchArgs,
     cfg: &ArchiveConfig,
     data_dir: &std::path::Path,
 ) -> i32 {
+    use std::time::{Duration, Instant};
     let s = settings(cfg, data_dir, &args.archive, args.system_id);
-    let reader = match ArchiveReader::open(&s).await {
-        Ok(r) => r,
-        Err(super::ArchiveError::NoSystem(_)) => return 1,
-        Err(e) => {
-            eprintln!("walrelay wal-fetch: {e}");
-            return 1;
-        }
-    };
     let opts = WalFetchOptions {
         spool: args.spool.clone(),
         prefetch: args.prefetch.unwrap_or(s.config.prefetch),
+        partial: args.partial || s.config.fetch_partial,
     };
-    match super::fetch::wal_fetch(&reader, &args.file, &args.dest, &opts).await {
-        Ok(FetchOutcome::Restored { .. }) => 0,
-        Ok(FetchOutcome::NotFound) => 1,
-        Err(e) => {
-            eprintln!("walrelay wal-fetch: {}: {e}", args.file);
-            1
+    let timeout = args.retry_timeout.unwrap_or(s.config.fetch_retry_timeout);
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(250);
+    let mut attempts = 0u32;
+    loop {
+        attempts = attempts.saturating_add(1);
+        let e = match wal_fetch_once(args, &s, &opts).await {
+            Ok(Attempt::Restored) => return 0,
+            Ok(Attempt::Absent) => return 1,
+            Err(e) => e,
+        };
+        let retryable = e.is_transient() || matches!(e, super::ArchiveError::Unusable { .. });
+        let elapsed = start.elapsed();
+        if !retryable || elapsed.saturating_add(delay) > timeout {
+            let why = if retryable {
+                format!(
+                    "giving up after {attempts} attempts in {} s",
+                    elapsed.as_secs()
+                )
+            } else {
+                "not retried".to_string()
+            };
+            eprintln!(
+                "walrelay wal-fetch: {}: {e}; {why}: exiting with status {WAL_FETCH_FATAL} so that PostgreSQL stops instead of taking the file for absent",
+                args.file
+            );
+            return WAL_FETCH_FATAL;
         }
+        if attempts == 1 {
+            eprintln!(
+                "walrelay wal-fetch: {}: {e}; retrying for up to {timeout:?}",
+                args.file
+            );
+        }
+        tokio::time::sleep(delay).await;
+        delay = delay.saturating_mul(2).min(Duration::from_secs(5));
     }
 }
 
 /// Runs `verify`, printing the report on stdout; 0 when everything checks out, 1 otherwise.
 pub async fn verify(args: &VerifyArgs, cfg: &ArchiveConfig, data_dir: &std::path::Path) -> i32 {
     let s = settings(cfg, data_dir, &args.archive, args.system_id);
+    if let Err(e) = super::probe::open_checked(&s, super::probe::Access::ReadOnly).await {
+        eprintln!("walrelay verify: {e}");
+        return 1;
+    }
     let reader = match ArchiveReader::open(&s).await {
         Ok(r) => r,
         Err(e) => {
@@ -252,6 +332,15 @@ pub async fn bench_archive_main(
             return 1;
         }
     };
+    let probe = super::probe::probe(
+        &backend,
+        super::probe::Access::ReadWrite,
+        super::probe::PROBE_TIMEOUT,
+    );
+    if let Err(e) = probe.await {
+        eprintln!("walrelay bench-archive: {e}");
+        return 1;
+    }
     let opts = BenchOptions {
         concurrency: args.concurrency.clone(),
         segments: args.segments,
@@ -304,4 +393,131 @@ pub async fn bench_archive_main(
             1
         }
     }
+}
+
+/// `walrelay archive …`: archive maintenance.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ArchiveArgs {
+    #[command(subcommand)]
+    pub cmd: ArchiveCmd,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ArchiveCmd {
+    /// Delete archived segments (and their manifests) by `[archive.retention]`, never what
+    /// proxy slots, delayed feeds or local WAL still need.
+    Expire(ExpireArgs),
+}
+
+/// `walrelay archive expire`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExpireArgs {
+    /// TOML configuration file (its `[archive]` section and `data_dir` are used).
+    #[arg(short = 'c', long)]
+    pub config: Option<PathBuf>,
+    /// Data directory: its oldest WAL segment and `slots.json` set the floor.
+    #[arg(short = 'D', long)]
+    pub data_dir: Option<PathBuf>,
+    /// Archive URL (overrides `archive.url`).
+    #[arg(long)]
+    pub archive: Option<String>,
+    #[arg(long)]
+    pub system_id: Option<u64>,
+    /// Keep segments younger than this (overrides `archive.retention.keep_age`).
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    pub keep_age: Option<std::time::Duration>,
+    /// Keep the newest this many bytes (overrides `archive.retention.keep_size`).
+    #[arg(long, value_parser = parse_size)]
+    pub keep_size: Option<u64>,
+    /// Never delete at or past this LSN either (needed when the data directory has no WAL).
+    #[arg(long)]
+    pub floor: Option<Lsn>,
+    /// Print what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `walrelay archive …` from its arguments alone; the exit status.
+pub async fn archive_main(args: ArchiveArgs) -> i32 {
+    match args.cmd {
+        ArchiveCmd::Expire(a) => match load(&a.config, &a.data_dir) {
+            Ok((cfg, dir)) => match expire(&a, &cfg, &dir).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("walrelay archive expire: {e}");
+                    1
+                }
+            },
+            Err(e) => {
+                eprintln!("walrelay archive expire: {e}");
+                1
+            }
+        },
+    }
+}
+
+async fn expire(
+    args: &ExpireArgs,
+    cfg: &ArchiveConfig,
+    data_dir: &std::path::Path,
+) -> Result<(), String> {
+    use super::expire;
+    let s = settings(cfg, data_dir, &args.archive, args.system_id);
+    let mut policy = s.config.retention.clone();
+    if let Some(v) = args.keep_age {
+        policy.keep_age = v;
+    }
+    if let Some(v) = args.keep_size {
+        policy.keep_size = v;
+    }
+    if !expire::enabled(&policy) {
+        return Err(
+            "no retention rule: set archive.retention.keep_age and/or keep_size (or --keep-age, --keep-size)"
+                .into(),
+        );
+    }
+    super::probe::open_checked(&s, super::probe::Access::ReadWrite)
+        .await
+        .map_err(|e| e.to_string())?;
+    let reader = ArchiveReader::open(&s).await.map_err(|e| e.to_string())?;
+    let seg = reader.wal_segment_size();
+    let dir = data_dir.to_path_buf();
+    let local = tokio::task::spawn_blocking(move || expire::oldest_local(&dir, seg))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (slots, slot_min) =
+        crate::server::slots::Slots::load(data_dir, usize::MAX, None).map_err(|e| e.to_string())?;
+    let slot_floor = *slot_min.borrow();
+    drop(slots);
+    let known = [local, slot_floor, args.floor];
+    let Some(floor) = known.iter().flatten().min().copied() else {
+        return Err(format!(
+            "the data directory \"{}\" holds no WAL, so what proxy slots and delayed feeds still need is unknown; use -D with walrelay's data directory, or --floor LSN",
+            data_dir.display()
+        ));
+    };
+    let r = expire::expire(
+        &reader,
+        &policy,
+        floor,
+        std::time::SystemTime::now(),
+        args.dry_run,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let verb = if args.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    for n in &r.deleted {
+        println!("{verb} {n}");
+    }
+    println!(
+        "{verb} {} segments ({} bytes), {} kept; floor {floor}",
+        r.deleted.len(),
+        r.deleted_bytes,
+        r.kept
+    );
+    Ok(())
 }

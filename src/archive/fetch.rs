@@ -6,9 +6,13 @@
 //! parallel into the spool (temp file + rename, so a spool file is always whole), and the
 //! next calls take them from there. Spooled segments behind the requested one are removed.
 //!
-//! The exit-status contract (applied by the CLI): 0 when the file was restored; 1 and no
-//! output when the archive does not have it (PostgreSQL asks for files that may not exist,
-//! such as the next timeline's history file); 1 with a message on stderr for errors.
+//! With `partial`, a segment the archive has no complete copy of is delivered from its
+//! newest partial snapshot, zero-padded to the segment size (PostgreSQL replays to the end
+//! of the valid WAL in it and ends recovery there, as with Barman's `get-wal --partial`).
+//!
+//! The exit-status contract is applied by the CLI ([`super::cli`]): 0 restored; 1 only
+//! when the archive answered that the file is absent; retries and then a status above 125
+//! (PostgreSQL: fatal) for every other failure.
 //! Must not: write anywhere but `%p` and the spool.
 
 use std::path::{Path, PathBuf};
@@ -25,6 +29,8 @@ pub struct WalFetchOptions {
     pub spool: Option<PathBuf>,
     /// Segments to prefetch after the requested one.
     pub prefetch: usize,
+    /// Deliver the newest partial snapshot when there is no complete segment.
+    pub partial: bool,
 }
 
 /// What `wal-fetch` did.
@@ -32,6 +38,8 @@ pub struct WalFetchOptions {
 pub enum FetchOutcome {
     /// Restored; `from_spool` when a previous call had prefetched it.
     Restored { from_spool: bool },
+    /// Restored from a partial snapshot holding this many bytes of WAL (the rest zeros).
+    RestoredPartial { bytes: u64 },
     /// The archive does not have this file.
     NotFound,
 }
@@ -98,6 +106,18 @@ pub async fn wal_fetch(
                     Some(b) => {
                         write_file(dest.to_path_buf(), b).await?;
                         outcome = FetchOutcome::Restored { from_spool: false };
+                    }
+                    None if opts.partial => {
+                        return match reader.latest_snapshot(tli, segno).await? {
+                            Some((bytes, raw)) => {
+                                let mut full = Vec::with_capacity(seg_size as usize);
+                                full.extend_from_slice(&raw);
+                                full.resize(seg_size as usize, 0);
+                                write_file(dest.to_path_buf(), Bytes::from(full)).await?;
+                                Ok(FetchOutcome::RestoredPartial { bytes })
+                            }
+                            None => Ok(FetchOutcome::NotFound),
+                        };
                     }
                     None => return Ok(FetchOutcome::NotFound),
                 }

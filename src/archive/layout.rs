@@ -143,6 +143,9 @@ pub struct Manifest {
     pub compression: String,
     /// Size of the object as stored.
     pub stored_size: u64,
+    /// `chacha20poly1305-stream-64k:<key id>` when the object is encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<String>,
 }
 
 impl Manifest {

@@ -5,7 +5,7 @@
 //! object layout and per-object manifests ([`layout`]), create-if-absent uploads with retries
 //! ([`upload`]), the background uploader that publishes `archived_lsn` ([`archiver`]), the
 //! reader with read-ahead that walsenders and `wal-fetch` use ([`reader`], [`fetch`]), the
-//! archive checker ([`verify`]) and the upload benchmark `walrelay bench-archive` ([`bench`]).
+//! start-up probe ([`probe`]), the archive checker ([`verify`]) and the upload benchmark `walrelay bench-archive` ([`bench`]).
 //! The layout and the guarantees are described in `docs/archive.md`.
 //!
 //! Must not: write, rename or delete local WAL files (the segment store is their only writer;
@@ -17,9 +17,12 @@ pub mod backend;
 pub mod bench;
 pub mod buffers;
 pub mod cli;
+pub mod crypt;
 pub mod durable_fs;
+pub mod expire;
 pub mod fetch;
 pub mod layout;
+pub mod probe;
 pub mod reader;
 pub mod upload;
 pub mod verify;
@@ -118,6 +121,12 @@ pub enum ArchiveError {
     },
     #[error("{0}")]
     NoSystem(String),
+    /// A missing or different encryption key.
+    #[error("{0}")]
+    Encryption(String),
+    /// The start-up probe failed: no such bucket, credentials, refused write, unreachable.
+    #[error("archive {url} is not usable: {reason}")]
+    Unusable { url: String, reason: String },
     #[error("shutting down")]
     Shutdown,
 }

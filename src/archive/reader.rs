@@ -59,6 +59,8 @@ struct Inner {
     prefetch: usize,
     prefer: Compression,
     cache: Mutex<BTreeMap<(TimelineId, u64), Ahead>>,
+    /// `archive.encryption_key_file`'s key: encrypted objects are opened with it.
+    key: Option<crate::archive::crypt::Key>,
 }
 
 impl ArchiveReader {
@@ -69,13 +71,22 @@ impl ArchiveReader {
             ArchiveError::Config("archiving is disabled (archive.url = \"none\")".into())
         })?;
         let backend = backend::open(&url, &settings.config)?;
-        ArchiveReader::open_backend(
+        let mut r = ArchiveReader::open_backend(
             backend,
             settings.config.system_id,
             settings.config.prefetch,
             settings.config.compression,
         )
-        .await
+        .await?;
+        if let Some(inner) = Arc::get_mut(&mut r.inner) {
+            inner.key = settings.config.encryption_key.clone();
+        }
+        Ok(r)
+    }
+
+    /// The encryption key the reader opens objects with.
+    pub fn key(&self) -> Option<&crate::archive::crypt::Key> {
+        self.inner.key.as_ref()
     }
 
     /// Opens the archive of `system_id` (or the only system under the prefix) in `backend`.
@@ -123,6 +134,7 @@ impl ArchiveReader {
                 prefetch,
                 prefer,
                 cache: Mutex::new(BTreeMap::new()),
+                key: None,
             }),
         })
     }
@@ -211,7 +223,10 @@ impl ArchiveReader {
     /// Timeline history file `tli`, or `None`.
     pub async fn fetch_history(&self, tli: TimelineId) -> Result<Option<Bytes>, ArchiveError> {
         let path = self.inner.layout.history(tli);
-        get_opt(&self.inner.store, &path).await
+        match get_opt(&self.inner.store, &path).await? {
+            Some(b) => crate::archive::crypt::open_stored(self.key(), b, path.as_ref()).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The newest snapshot of open segment `segno`: (bytes covered, the bytes).
@@ -242,6 +257,7 @@ impl ArchiveReader {
         let Some(stored) = get_opt(&self.inner.store, &path).await? else {
             return Ok(None);
         };
+        let stored = crate::archive::crypt::open_stored(self.key(), stored, path.as_ref())?;
         let raw = layout::decompress(stored, c, self.inner.seg_size as usize, &path)?;
         if raw.len() as u64 != off {
             return Err(ArchiveError::Corrupt {
@@ -328,6 +344,8 @@ impl Inner {
         for c in order {
             let path = self.layout.segment(tli, segno, self.seg_size, c);
             if let Some(stored) = get_opt(&self.store, &path).await? {
+                let stored =
+                    crate::archive::crypt::open_stored(self.key.as_ref(), stored, path.as_ref())?;
                 let raw = layout::decompress(stored, c, self.seg_size as usize, &path)?;
                 if raw.len() as u64 != self.seg_size {
                     return Err(ArchiveError::Corrupt {
@@ -479,6 +497,7 @@ mod tests {
             prefix: ObjPath::default(),
             url: "memory:///".into(),
             scheme: "memory",
+            credentials_note: None,
         };
         let reader = ArchiveReader::open_backend(backend, Some(SYSID), 2, Compression::Zstd)
             .await

@@ -27,6 +27,8 @@ pub struct UploadPolicy {
     pub part_size: u64,
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// Encryption key of the archive (existing objects are opened with it when compared).
+    pub key: Option<super::crypt::Key>,
 }
 
 impl Default for UploadPolicy {
@@ -34,6 +36,7 @@ impl Default for UploadPolicy {
         UploadPolicy {
             multipart_threshold: 64 << 20,
             part_size: 16 << 20,
+            key: None,
             retry_min: Duration::from_millis(500),
             retry_max: Duration::from_secs(30),
         }
@@ -120,7 +123,16 @@ pub async fn put_create(
         metrics::counter!(super::UPLOADED_BYTES).increment(size);
         return Ok(PutOutcome::Created);
     }
-    if same_content(store, path, &stored, raw_sha256, max_raw).await? {
+    if same_content(
+        store,
+        path,
+        &stored,
+        raw_sha256,
+        max_raw,
+        policy.key.as_ref(),
+    )
+    .await?
+    {
         Ok(PutOutcome::AlreadyPresent)
     } else {
         metrics::counter!(super::CONFLICTS).increment(1);
@@ -189,11 +201,17 @@ pub async fn same_content(
     stored: &Bytes,
     raw_sha256: &str,
     max_raw: usize,
+    key: Option<&super::crypt::Key>,
 ) -> Result<bool, ArchiveError> {
     let existing = read_object(store, path).await?;
     if existing == *stored {
         return Ok(true);
     }
+    // an encrypted object is compared by its content (each sealing uses a fresh nonce)
+    let existing = match super::crypt::open_stored(key, existing, path.as_ref()) {
+        Ok(b) => b,
+        Err(_) => return Ok(false),
+    };
     let (_, c) = strip_compression(path.filename().unwrap_or(""));
     match decompress(existing, c, max_raw, path) {
         Ok(raw) => Ok(sha256_hex(&raw) == raw_sha256),

@@ -121,6 +121,7 @@ pub async fn verify(
     let layout = reader.layout().clone();
     let seg_size = reader.wal_segment_size();
     let sysid = reader.system_id();
+    let key = reader.key().cloned();
     let wal_dir = layout.wal_dir();
     let objects: Vec<object_store::ObjectMeta> = store
         .list(Some(&wal_dir))
@@ -238,13 +239,23 @@ pub async fn verify(
         let entry = segs.get(&(segno, tli)).cloned();
         let store = store.clone();
         let layout = layout.clone();
+        let key = key.clone();
         async move {
             let name = segment_file_name(tli, segno, seg_size);
             let status = match entry {
                 None => SegmentStatus::Missing,
                 Some((path, c)) => {
                     check_segment(
-                        &store, &layout, &path, c, &name, sysid, seg_size, tli, segno,
+                        &store,
+                        &layout,
+                        &path,
+                        c,
+                        &name,
+                        sysid,
+                        seg_size,
+                        tli,
+                        segno,
+                        key.as_ref(),
                     )
                     .await
                 }
@@ -291,6 +302,7 @@ async fn check_segment(
     seg_size: u64,
     tli: TimelineId,
     segno: u64,
+    key: Option<&crate::archive::crypt::Key>,
 ) -> SegmentStatus {
     let stored = match get_opt(store, path).await {
         Ok(Some(b)) => b,
@@ -298,6 +310,10 @@ async fn check_segment(
         Err(e) => return SegmentStatus::Corrupt(format!("could not read: {e}")),
     };
     let stored_len = stored.len() as u64;
+    let stored = match crate::archive::crypt::open_stored(key, stored, path.as_ref()) {
+        Ok(b) => b,
+        Err(e) => return SegmentStatus::Corrupt(e.to_string()),
+    };
     let raw = match layout::decompress(stored, c, seg_size as usize, path) {
         Ok(r) => r,
         Err(e) => return SegmentStatus::Corrupt(e.to_string()),

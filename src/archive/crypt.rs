@@ -1,0 +1,250 @@
+//! Client-side encryption of archived objects (optional; off unless
+//! `archive.encryption_key_file` is set).
+//!
+//! Owns: the key file (32 random bytes, or 64 hex digits; readable by its owner only) and the
+//! object format: `WRLCRYP1` | key id (the first 8 bytes of SHA-256 of the key) | 7-byte random
+//! nonce prefix | the stored bytes (after compression) in 64 KiB chunks, each sealed with
+//! ChaCha20-Poly1305 in the STREAM construction (RustCrypto `aead::stream`, big-endian 32-bit
+//! counter and last-chunk flag), so a truncated, reordered or altered object fails to open.
+//! Must not: choose what is encrypted (the archiver does) or ever return unauthenticated bytes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chacha20poly1305::aead::stream::{DecryptorBE32, EncryptorBE32};
+use chacha20poly1305::aead::{KeyInit, OsRng};
+use chacha20poly1305::ChaCha20Poly1305;
+
+use super::ArchiveError;
+
+/// First bytes of an encrypted object.
+pub const MAGIC: &[u8; 8] = b"WRLCRYP1";
+/// Plaintext bytes per sealed chunk.
+pub const CHUNK: usize = 64 * 1024;
+const TAG: usize = 16;
+const NONCE_PREFIX: usize = 7;
+const HEADER: usize = MAGIC.len() + 8 + NONCE_PREFIX;
+/// What manifests record for an encrypted object.
+pub const ALGORITHM: &str = "chacha20poly1305-stream-64k";
+
+/// An archive encryption key (its bytes never printed).
+#[derive(Clone)]
+pub struct Key {
+    bytes: Arc<[u8; 32]>,
+    id: [u8; 8],
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key {{ id: {}, path: {:?} }}", self.id_hex(), self.path)
+    }
+}
+
+fn key_error(path: &Path, why: impl std::fmt::Display) -> ArchiveError {
+    ArchiveError::Config(format!(
+        "archive.encryption_key_file \"{}\": {why}",
+        path.display()
+    ))
+}
+
+impl Key {
+    /// Reads a key file: exactly 32 bytes, or 64 hex digits (a trailing newline allowed);
+    /// refused when group or others may read it.
+    pub fn load(path: &Path) -> Result<Key, ArchiveError> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|e| key_error(path, e))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(key_error(
+                path,
+                format!("mode {mode:04o} lets group or others read it; chmod 600 it"),
+            ));
+        }
+        let raw = std::fs::read(path).map_err(|e| key_error(path, e))?;
+        let bytes: [u8; 32] = match raw.len() {
+            32 => raw
+                .as_slice()
+                .try_into()
+                .map_err(|_| key_error(path, "unreadable"))?,
+            _ => {
+                let text = std::str::from_utf8(&raw).unwrap_or("").trim();
+                parse_hex32(text).ok_or_else(|| {
+                    key_error(
+                        path,
+                        format!(
+                            "{} bytes; a key is 32 random bytes or 64 hex digits (e.g. `openssl rand -hex 32`)",
+                            raw.len()
+                        ),
+                    )
+                })?
+            }
+        };
+        Ok(Key::from_bytes(bytes, path))
+    }
+
+    pub fn from_bytes(bytes: [u8; 32], path: &Path) -> Key {
+        use sha2::{Digest, Sha256};
+        let d = Sha256::digest(bytes);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(d.get(..8).unwrap_or(&[0u8; 8]));
+        Key {
+            bytes: Arc::new(bytes),
+            id,
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// The key id recorded in objects and manifests (hex).
+    pub fn id_hex(&self) -> String {
+        super::layout::hex(&self.id)
+    }
+}
+
+fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Whether stored bytes are an encrypted object.
+pub fn is_encrypted(data: &[u8]) -> bool {
+    data.starts_with(MAGIC)
+}
+
+/// Seals `plain` with `key`.
+pub fn encrypt(key: &Key, plain: &[u8]) -> Result<Vec<u8>, ArchiveError> {
+    use chacha20poly1305::aead::rand_core::RngCore;
+    let mut prefix = [0u8; NONCE_PREFIX];
+    OsRng.fill_bytes(&mut prefix);
+    let aead = ChaCha20Poly1305::new(key.bytes.as_ref().into());
+    let mut enc = EncryptorBE32::from_aead(aead, prefix.as_ref().into());
+    let chunks = plain.len().div_ceil(CHUNK).max(1);
+    let mut out = Vec::with_capacity(HEADER + plain.len() + chunks * TAG);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&key.id);
+    out.extend_from_slice(&prefix);
+    let sealed =
+        |e: chacha20poly1305::aead::Error| ArchiveError::Config(format!("encryption failed: {e}"));
+    let mut rest = plain;
+    while rest.len() > CHUNK {
+        let (head, tail) = rest.split_at(CHUNK);
+        out.extend_from_slice(&enc.encrypt_next(head).map_err(sealed)?);
+        rest = tail;
+    }
+    out.extend_from_slice(&enc.encrypt_last(rest).map_err(sealed)?);
+    Ok(out)
+}
+
+/// Opens an encrypted object read from `path`; a missing or different key, or any altered
+/// byte, is an error that says which.
+pub fn decrypt(key: Option<&Key>, data: &[u8], path: &str) -> Result<Vec<u8>, ArchiveError> {
+    let corrupt = |reason: String| ArchiveError::Corrupt {
+        path: path.to_string(),
+        reason,
+    };
+    let (Some(id), Some(prefix), Some(body)) = (
+        data.get(MAGIC.len()..MAGIC.len() + 8),
+        data.get(MAGIC.len() + 8..HEADER),
+        data.get(HEADER..),
+    ) else {
+        return Err(corrupt("encrypted object shorter than its header".into()));
+    };
+    let id_hex = super::layout::hex(id);
+    let Some(key) = key else {
+        return Err(ArchiveError::Encryption(format!(
+            "archive object \"{path}\" is encrypted (key id {id_hex}); set archive.encryption_key_file to that key"
+        )));
+    };
+    if key.id != id {
+        return Err(ArchiveError::Encryption(format!(
+            "archive object \"{path}\" is encrypted with key id {id_hex}, but archive.encryption_key_file \"{}\" holds key id {}",
+            key.path.display(),
+            key.id_hex()
+        )));
+    }
+    let aead = ChaCha20Poly1305::new(key.bytes.as_ref().into());
+    let mut dec = DecryptorBE32::from_aead(aead, prefix.into());
+    let mut out = Vec::with_capacity(body.len());
+    let auth = |_| corrupt("authentication failed (altered or truncated)".into());
+    let pieces: Vec<&[u8]> = body.chunks(CHUNK + TAG).collect();
+    let Some((last, init)) = pieces.split_last() else {
+        return Err(corrupt("encrypted object has no data".into()));
+    };
+    for p in init {
+        out.extend_from_slice(&dec.decrypt_next(*p).map_err(auth)?);
+    }
+    out.extend_from_slice(&dec.decrypt_last(*last).map_err(auth)?);
+    Ok(out)
+}
+
+/// Opens stored bytes for reading: decrypted when encrypted, else as they are.
+pub fn open_stored(
+    key: Option<&Key>,
+    stored: bytes::Bytes,
+    path: &str,
+) -> Result<bytes::Bytes, ArchiveError> {
+    if is_encrypted(&stored) {
+        decrypt(key, &stored, path).map(bytes::Bytes::from)
+    } else {
+        Ok(stored)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(b: u8) -> Key {
+        Key::from_bytes([b; 32], Path::new("/k"))
+    }
+
+    #[test]
+    fn round_trip_and_refusals() {
+        let k = key(1);
+        for len in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 16 << 20] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let c = encrypt(&k, &plain).unwrap();
+            assert!(is_encrypted(&c));
+            assert_ne!(c.get(HEADER..HEADER + 16), plain.get(..16));
+            assert_eq!(decrypt(Some(&k), &c, "o").unwrap(), plain, "len {len}");
+        }
+        let plain = vec![5u8; 3 * CHUNK + 10];
+        let c = encrypt(&k, &plain).unwrap();
+        let e = decrypt(Some(&key(2)), &c, "o").unwrap_err().to_string();
+        assert!(e.contains("is encrypted with key id"), "{e}");
+        let e = decrypt(None, &c, "o").unwrap_err().to_string();
+        assert!(e.contains("set archive.encryption_key_file"), "{e}");
+        // altered byte, truncated at a chunk boundary, truncated inside a chunk
+        let mut bad = c.clone();
+        bad[HEADER + 100] ^= 1;
+        assert!(decrypt(Some(&k), &bad, "o").is_err());
+        let cut = &c[..HEADER + 3 * (CHUNK + TAG)];
+        assert!(decrypt(Some(&k), cut, "o").is_err());
+        assert!(decrypt(Some(&k), &c[..c.len() - 1], "o").is_err());
+    }
+
+    #[test]
+    fn key_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k");
+        std::fs::write(&p, [9u8; 32]).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Key::load(&p).unwrap_err().to_string();
+        assert!(e.contains("mode 0644 lets group or others read it"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let a = Key::load(&p).unwrap();
+        std::fs::write(&p, format!("{}\n", "09".repeat(32))).unwrap();
+        let b = Key::load(&p).unwrap();
+        assert_eq!(a.id_hex(), b.id_hex());
+        std::fs::write(&p, "short").unwrap();
+        assert!(Key::load(&p).unwrap_err().to_string().contains("5 bytes"));
+        assert!(!format!("{a:?}").contains("9, 9"));
+    }
+}
