@@ -5,8 +5,9 @@
 //! at most [`Limits::max_waiting`] connections that have not yet sent a complete request
 //! head (the oldest is dropped when a new one arrives, so silent connections cannot starve
 //! a Prometheus scrape) and at most [`Limits::max_waiting_per_address`] of them per client
-//! address (beyond that a new one is closed at once, so one host cannot evict everyone
-//! else's — the walsender listener's `max_startup_connections_per_address`), a header-read timeout, a body size limit and timeout, one request
+//! address (beyond that the oldest *from that address* is dropped, so one host cannot fill
+//! the queue and evict everyone else's, yet a scrape from a flooding host still gets in; the
+//! walsender listener's `max_startup_connections_per_address` is the same idea), a header-read timeout, a body size limit and timeout, one request
 //! per connection, a total per-connection timeout, and accept errors logged at most every
 //! 10 s (with a short back-off so `EMFILE` does not spin). Every request passes
 //! [`Policy::check`] before routing; handlers run on a blocking thread.
@@ -39,7 +40,8 @@ pub struct Limits {
     /// Connections that have not sent a complete request head yet; the oldest is dropped
     /// beyond this.
     pub max_waiting: usize,
-    /// Of those, from one client IP address; a new connection beyond this is closed at once.
+    /// Of those, from one client IP address; beyond this a new connection from that address
+    /// drops its oldest one (never another address's).
     pub max_waiting_per_address: usize,
     /// Time to send the request head (and complete TLS).
     pub header_timeout: Duration,
@@ -222,13 +224,18 @@ struct Waiting {
 }
 
 impl Waiting {
-    /// Registers a new connection from `ip` (`None` for a Unix socket), dropping the oldest
-    /// beyond `limits.max_waiting`; `None` if `ip` already has `max_waiting_per_address`.
-    fn add(&mut self, limits: &Limits, ip: Option<IpAddr>) -> Option<(u64, oneshot::Receiver<()>)> {
+    /// Registers a new connection from `ip` (`None` for a Unix socket): if `ip` already has
+    /// `max_waiting_per_address`, its oldest is dropped; then the oldest of all beyond
+    /// `max_waiting`.
+    fn add(&mut self, limits: &Limits, ip: Option<IpAddr>) -> (u64, oneshot::Receiver<()>) {
         if let Some(ip) = ip {
             let n = self.per_address.get(&ip).copied().unwrap_or(0);
             if n >= limits.max_waiting_per_address.max(1) {
-                return None;
+                let oldest = self.queue.iter().position(|(_, a, _)| *a == Some(ip));
+                if let Some((_, old_ip, evict)) = oldest.and_then(|p| self.queue.remove(p)) {
+                    self.forget(old_ip);
+                    let _ = evict.send(());
+                }
             }
         }
         while self.queue.len() >= limits.max_waiting.max(1) {
@@ -244,7 +251,7 @@ impl Waiting {
             let n = self.per_address.entry(ip).or_insert(0);
             *n = n.saturating_add(1);
         }
-        Some((self.next_id, rx))
+        (self.next_id, rx)
     }
 
     /// The connection sent its request head, or ended (called more than once: harmless).
@@ -291,12 +298,7 @@ async fn accept_loop(acceptor: Acceptor, ep: Arc<Endpoint>, mut shutdown: watch:
                 };
                 match r {
                     Ok((sock, peer)) => {
-                        let Some((id, evicted)) = lock(&waiting).add(&ep2.limits, Some(peer.ip()))
-                        else {
-                            // this address already has its share of silent connections
-                            drop(sock);
-                            continue;
-                        };
+                        let (id, evicted) = lock(&waiting).add(&ep2.limits, Some(peer.ip()));
                         let _ = sock.set_nodelay(true);
                         let tls = tls.clone();
                         conns.spawn(async move {
@@ -330,9 +332,7 @@ async fn accept_loop(acceptor: Acceptor, ep: Arc<Endpoint>, mut shutdown: watch:
                 };
                 match r {
                     Ok((sock, _)) => {
-                        let Some((id, evicted)) = lock(&waiting).add(&ep2.limits, None) else {
-                            continue; // cannot happen: no per-address limit without an address
-                        };
+                        let (id, evicted) = lock(&waiting).add(&ep2.limits, None);
                         conns.spawn(async move {
                             let _permit = permit;
                             connection(sock, ep2, waiting, id, evicted).await;
@@ -553,30 +553,33 @@ mod tests {
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         let mut w = Waiting::default();
-        let (a1, _ra1) = w.add(&limits, Some(a)).unwrap();
-        let (_a2, mut ra2) = w.add(&limits, Some(a)).unwrap();
-        assert!(w.add(&limits, Some(a)).is_none(), "third silent one from a");
-        let (_b1, mut rb1) = w.add(&limits, Some(b)).unwrap();
-        // a's request head arrived: a has room again; done twice counts once
-        w.done(a1);
-        w.done(a1);
-        let (_a3, _ra3) = w.add(&limits, Some(a)).unwrap();
-        assert!(w.add(&limits, Some(a)).is_none());
-        let (_b2, _rb2) = w.add(&limits, Some(b)).unwrap();
-        assert!(w.add(&limits, Some(b)).is_none(), "third silent one from b");
-        // the queue is full (a2, b1, a3, b2): a new one evicts the oldest (a2), not b1
-        assert_eq!(w.queue.len(), 4);
-        assert!(
-            w.add(&limits, None).is_some(),
-            "Unix sockets have no per-address limit"
-        );
-        assert_eq!(w.queue.len(), 4);
-        assert!(ra2.try_recv().is_ok(), "a2 evicted");
-        assert!(rb1.try_recv().is_err(), "b1 not evicted");
+        let (_a1, mut ra1) = w.add(&limits, Some(a));
+        let (_a2, mut ra2) = w.add(&limits, Some(a));
+        assert!(ra1.try_recv().is_err());
+        // a third from a drops a's oldest
+        let (a3, _ra3) = w.add(&limits, Some(a));
+        assert!(ra1.try_recv().is_ok(), "a1 dropped");
+        assert_eq!(w.per_address.get(&a), Some(&2));
+        let (_b1, mut rb1) = w.add(&limits, Some(b));
+        // more from a drop a's own (a2), never b's
+        let (_a4, _ra4) = w.add(&limits, Some(a));
+        assert!(ra2.try_recv().is_ok(), "a2 dropped");
+        assert!(rb1.try_recv().is_err(), "b1 kept");
+        assert_eq!(w.queue.len(), 3);
+        // a3's request head arrived; done twice counts once
+        w.done(a3);
+        w.done(a3);
         assert_eq!(w.per_address.get(&a), Some(&1));
-        assert_eq!(w.per_address.get(&b), Some(&2));
-        // a2's eviction freed a place for a
-        assert!(w.add(&limits, Some(a)).is_some());
+        let (_a5, _ra5) = w.add(&limits, Some(a));
+        let (_b2, _rb2) = w.add(&limits, Some(b));
+        assert_eq!(w.queue.len(), 4);
+        assert!(rb1.try_recv().is_err(), "b1 kept");
+        // the queue is full (b1, a4, a5, b2): a Unix connection (no address) drops the oldest
+        let _u = w.add(&limits, None);
+        assert!(rb1.try_recv().is_ok(), "b1 dropped by the overall limit");
+        assert_eq!(w.queue.len(), 4);
+        assert_eq!(w.per_address.get(&a), Some(&2));
+        assert_eq!(w.per_address.get(&b), Some(&1));
     }
 
     #[tokio::test]
@@ -602,33 +605,30 @@ mod tests {
             sock.bind(format!("{ip}:0").parse().unwrap()).unwrap();
             sock.connect(addr)
         };
-        let mut a1 = from("127.0.0.1").await.unwrap();
-        let _a2 = from("127.0.0.1").await.unwrap();
-        let mut b1 = from("127.0.0.2").await.unwrap();
         let req = b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
-        b1.write_all(req).await.unwrap();
-        let mut out = Vec::new();
-        b1.read_to_end(&mut out).await.unwrap();
-        assert!(out.starts_with(b"HTTP/1.1 200"));
-        // a third silent connection from 127.0.0.1 is closed at once
-        let mut a3 = from("127.0.0.1").await.unwrap();
+        async fn reply(c: &mut tokio::net::TcpStream, req: &[u8]) -> Vec<u8> {
+            c.write_all(req).await.unwrap();
+            let mut out = Vec::new();
+            let _ = c.read_to_end(&mut out).await;
+            out
+        }
+        let mut a1 = from("127.0.0.1").await.unwrap();
+        let mut a2 = from("127.0.0.1").await.unwrap();
+        let mut b1 = from("127.0.0.2").await.unwrap();
+        // a third silent connection from 127.0.0.1 drops 127.0.0.1's oldest
+        let _a3 = from("127.0.0.1").await.unwrap();
         let mut buf = [0u8; 16];
-        let n = tokio::time::timeout(Duration::from_secs(30), a3.read(&mut buf))
+        let n = tokio::time::timeout(Duration::from_secs(30), a1.read(&mut buf))
             .await
-            .expect("the connection beyond the per-address limit was not closed")
+            .expect("the oldest connection beyond the per-address limit was not closed")
             .unwrap_or(0);
         assert_eq!(n, 0);
-        // the first two were not dropped: a1 is still served
-        a1.write_all(req).await.unwrap();
-        let mut out = Vec::new();
-        a1.read_to_end(&mut out).await.unwrap();
-        assert!(out.starts_with(b"HTTP/1.1 200"), "{out:?}");
-        // another address is not limited by 127.0.0.1's connections
-        let mut b2 = from("127.0.0.2").await.unwrap();
-        b2.write_all(req).await.unwrap();
-        let mut out = Vec::new();
-        b2.read_to_end(&mut out).await.unwrap();
-        assert!(out.starts_with(b"HTTP/1.1 200"));
+        // the other address's silent connection was not touched, nor 127.0.0.1's newer ones
+        assert!(reply(&mut b1, req).await.starts_with(b"HTTP/1.1 200"));
+        assert!(reply(&mut a2, req).await.starts_with(b"HTTP/1.1 200"));
+        // a request from the flooding address still gets through
+        let mut a4 = from("127.0.0.1").await.unwrap();
+        assert!(reply(&mut a4, req).await.starts_with(b"HTTP/1.1 200"));
     }
 
     #[tokio::test]
