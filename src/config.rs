@@ -7,6 +7,16 @@
 //!
 //! Every key, with its default, is listed in `docs/configuration.md`.
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -581,10 +591,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let num: u64 = s[..digits]
-        .parse()
-        .map_err(|_| format!("invalid size \"{s}\""))?;
-    let mult: u64 = match s[digits..].trim() {
+    // `digits` is a char boundary (found by `find`).
+    let (num, unit) = (s.get(..digits).unwrap_or(""), s.get(digits..).unwrap_or(""));
+    let num: u64 = num.parse().map_err(|_| format!("invalid size \"{s}\""))?;
+    let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "kB" | "KB" => 1 << 10,
         "MB" => 1 << 20,
@@ -643,7 +653,7 @@ mod redact {
     pub fn conninfo(s: &str) -> String {
         let lower = s.to_ascii_lowercase();
         if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-            let Some(scheme_end) = s.find("://").map(|p| p + 3) else {
+            let Some(scheme_end) = s.find("://").and_then(|p| p.checked_add(3)) else {
                 return HIDDEN.into();
             };
             let rest = s.get(scheme_end..).unwrap_or("");

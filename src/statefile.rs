@@ -17,6 +17,16 @@
 //!
 //! Must not: know what the files mean (callers encode and validate their own content).
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -212,7 +222,7 @@ impl StateFile {
     pub fn submit(&self, contents: Vec<u8>) -> Ticket {
         let gen = {
             let mut p = lock(&self.shared.pending);
-            p.next_gen += 1;
+            p.next_gen = p.next_gen.saturating_add(1);
             let gen = p.next_gen;
             p.latest = Some((gen, contents));
             gen

@@ -10,6 +10,16 @@
 //!
 //! The threat model is in `docs/security.md`.
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::net::IpAddr;
 use std::path::Path;
 

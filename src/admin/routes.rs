@@ -6,6 +6,16 @@
 //! (404 for an unknown path, 405 for a known path with another method). Must not: do IO or
 //! decide who may call what (that is [`super::guard`]).
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::sync::Arc;
 
 /// A request as routes see it.

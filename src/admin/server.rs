@@ -4,15 +4,18 @@
 //! [`Limits::max_connections`] connections at once, the rest wait in the kernel's backlog),
 //! at most [`Limits::max_waiting`] connections that have not yet sent a complete request
 //! head (the oldest is dropped when a new one arrives, so silent connections cannot starve
-//! a Prometheus scrape), a header-read timeout, a body size limit and timeout, one request
+//! a Prometheus scrape) and at most [`Limits::max_waiting_per_address`] of them per client
+//! address (beyond that the oldest *from that address* is dropped, so one host cannot fill
+//! the queue and evict everyone else's, yet a scrape from a flooding host still gets in; the
+//! walsender listener's `max_startup_connections_per_address` is the same idea), a header-read timeout, a body size limit and timeout, one request
 //! per connection, a total per-connection timeout, and accept errors logged at most every
 //! 10 s (with a short back-off so `EMFILE` does not spin). Every request passes
 //! [`Policy::check`] before routing; handlers run on a blocking thread.
 //! Must not: know routes or decide access rules (that is [`super::guard`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,6 +40,9 @@ pub struct Limits {
     /// Connections that have not sent a complete request head yet; the oldest is dropped
     /// beyond this.
     pub max_waiting: usize,
+    /// Of those, from one client IP address; beyond this a new connection from that address
+    /// drops its oldest one (never another address's).
+    pub max_waiting_per_address: usize,
     /// Time to send the request head (and complete TLS).
     pub header_timeout: Duration,
     /// Time to send the body.
@@ -54,6 +60,7 @@ impl Default for Limits {
         Limits {
             max_connections: 128,
             max_waiting: 32,
+            max_waiting_per_address: 8,
             header_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(5),
             connection_timeout: Duration::from_secs(30),
@@ -207,27 +214,63 @@ impl ErrorLog {
     }
 }
 
-/// Connections still waiting for their request head, oldest first.
+/// Connections still waiting for their request head, oldest first, and how many of them
+/// each client address has.
 #[derive(Default)]
 struct Waiting {
     next_id: u64,
-    queue: VecDeque<(u64, oneshot::Sender<()>)>,
+    queue: VecDeque<(u64, Option<IpAddr>, oneshot::Sender<()>)>,
+    per_address: HashMap<IpAddr, usize>,
 }
 
 impl Waiting {
-    fn add(&mut self, max: usize) -> (u64, oneshot::Receiver<()>) {
-        while self.queue.len() >= max.max(1) {
-            if let Some((_, evict)) = self.queue.pop_front() {
+    /// Registers a new connection from `ip` (`None` for a Unix socket): if `ip` already has
+    /// `max_waiting_per_address`, its oldest is dropped; then the oldest of all beyond
+    /// `max_waiting`.
+    fn add(&mut self, limits: &Limits, ip: Option<IpAddr>) -> (u64, oneshot::Receiver<()>) {
+        if let Some(ip) = ip {
+            let n = self.per_address.get(&ip).copied().unwrap_or(0);
+            if n >= limits.max_waiting_per_address.max(1) {
+                let oldest = self.queue.iter().position(|(_, a, _)| *a == Some(ip));
+                if let Some((_, old_ip, evict)) = oldest.and_then(|p| self.queue.remove(p)) {
+                    self.forget(old_ip);
+                    let _ = evict.send(());
+                }
+            }
+        }
+        while self.queue.len() >= limits.max_waiting.max(1) {
+            if let Some((_, old_ip, evict)) = self.queue.pop_front() {
+                self.forget(old_ip);
                 let _ = evict.send(());
             }
         }
         let (tx, rx) = oneshot::channel();
         self.next_id = self.next_id.wrapping_add(1);
-        self.queue.push_back((self.next_id, tx));
+        self.queue.push_back((self.next_id, ip, tx));
+        if let Some(ip) = ip {
+            let n = self.per_address.entry(ip).or_insert(0);
+            *n = n.saturating_add(1);
+        }
         (self.next_id, rx)
     }
+
+    /// The connection sent its request head, or ended (called more than once: harmless).
     fn done(&mut self, id: u64) {
-        self.queue.retain(|(i, _)| *i != id);
+        if let Some(pos) = self.queue.iter().position(|(i, _, _)| *i == id) {
+            if let Some((_, ip, _)) = self.queue.remove(pos) {
+                self.forget(ip);
+            }
+        }
+    }
+
+    fn forget(&mut self, ip: Option<IpAddr>) {
+        let Some(ip) = ip else { return };
+        if let Some(n) = self.per_address.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_address.remove(&ip);
+            }
+        }
     }
 }
 
@@ -254,12 +297,12 @@ async fn accept_loop(acceptor: Acceptor, ep: Arc<Endpoint>, mut shutdown: watch:
                     _ = stopped(&mut shutdown) => break,
                 };
                 match r {
-                    Ok((sock, _)) => {
+                    Ok((sock, peer)) => {
+                        let (id, evicted) = lock(&waiting).add(&ep2.limits, Some(peer.ip()));
                         let _ = sock.set_nodelay(true);
                         let tls = tls.clone();
                         conns.spawn(async move {
                             let _permit = permit;
-                            let (id, evicted) = lock(&waiting).add(ep2.limits.max_waiting);
                             match tls {
                                 None => connection(sock, ep2, waiting, id, evicted).await,
                                 Some(acc) => {
@@ -289,9 +332,9 @@ async fn accept_loop(acceptor: Acceptor, ep: Arc<Endpoint>, mut shutdown: watch:
                 };
                 match r {
                     Ok((sock, _)) => {
+                        let (id, evicted) = lock(&waiting).add(&ep2.limits, None);
                         conns.spawn(async move {
                             let _permit = permit;
-                            let (id, evicted) = lock(&waiting).add(ep2.limits.max_waiting);
                             connection(sock, ep2, waiting, id, evicted).await;
                         });
                     }
@@ -498,6 +541,94 @@ mod tests {
             "{reply}"
         );
         drop(silent);
+    }
+
+    #[test]
+    fn waiting_is_limited_per_address() {
+        let limits = Limits {
+            max_waiting: 4,
+            max_waiting_per_address: 2,
+            ..Limits::default()
+        };
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let mut w = Waiting::default();
+        let (_a1, mut ra1) = w.add(&limits, Some(a));
+        let (_a2, mut ra2) = w.add(&limits, Some(a));
+        assert!(ra1.try_recv().is_err());
+        // a third from a drops a's oldest
+        let (a3, _ra3) = w.add(&limits, Some(a));
+        assert!(ra1.try_recv().is_ok(), "a1 dropped");
+        assert_eq!(w.per_address.get(&a), Some(&2));
+        let (_b1, mut rb1) = w.add(&limits, Some(b));
+        // more from a drop a's own (a2), never b's
+        let (_a4, _ra4) = w.add(&limits, Some(a));
+        assert!(ra2.try_recv().is_ok(), "a2 dropped");
+        assert!(rb1.try_recv().is_err(), "b1 kept");
+        assert_eq!(w.queue.len(), 3);
+        // a3's request head arrived; done twice counts once
+        w.done(a3);
+        w.done(a3);
+        assert_eq!(w.per_address.get(&a), Some(&1));
+        let (_a5, _ra5) = w.add(&limits, Some(a));
+        let (_b2, _rb2) = w.add(&limits, Some(b));
+        assert_eq!(w.queue.len(), 4);
+        assert!(rb1.try_recv().is_err(), "b1 kept");
+        // the queue is full (b1, a4, a5, b2): a Unix connection (no address) drops the oldest
+        let _u = w.add(&limits, None);
+        assert!(rb1.try_recv().is_ok(), "b1 dropped by the overall limit");
+        assert_eq!(w.queue.len(), 4);
+        assert_eq!(w.per_address.get(&a), Some(&2));
+        assert_eq!(w.per_address.get(&b), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn silent_connections_are_limited_per_address() {
+        use tokio::io::AsyncReadExt;
+        let (_tx, rx) = watch::channel(false);
+        let mut ep = Endpoint::new(
+            "test",
+            routes(),
+            Policy::new(Transport::Tcp { tls: false }, None, &[]),
+        );
+        ep.limits.max_waiting = 32;
+        ep.limits.max_waiting_per_address = 2;
+        // long enough that only the per-address limit can close a silent connection here
+        ep.limits.header_timeout = Duration::from_secs(120);
+        ep.limits.connection_timeout = Duration::from_secs(120);
+        let s = serve_tcp("127.0.0.1:0".parse().unwrap(), ep, rx)
+            .await
+            .unwrap();
+        let addr = s.local_addr.unwrap();
+        let from = |ip: &str| {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+            sock.connect(addr)
+        };
+        let req = b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+        async fn reply(c: &mut tokio::net::TcpStream, req: &[u8]) -> Vec<u8> {
+            c.write_all(req).await.unwrap();
+            let mut out = Vec::new();
+            let _ = c.read_to_end(&mut out).await;
+            out
+        }
+        let mut a1 = from("127.0.0.1").await.unwrap();
+        let mut a2 = from("127.0.0.1").await.unwrap();
+        let mut b1 = from("127.0.0.2").await.unwrap();
+        // a third silent connection from 127.0.0.1 drops 127.0.0.1's oldest
+        let _a3 = from("127.0.0.1").await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(30), a1.read(&mut buf))
+            .await
+            .expect("the oldest connection beyond the per-address limit was not closed")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        // the other address's silent connection was not touched, nor 127.0.0.1's newer ones
+        assert!(reply(&mut b1, req).await.starts_with(b"HTTP/1.1 200"));
+        assert!(reply(&mut a2, req).await.starts_with(b"HTTP/1.1 200"));
+        // a request from the flooding address still gets through
+        let mut a4 = from("127.0.0.1").await.unwrap();
+        assert!(reply(&mut a4, req).await.starts_with(b"HTTP/1.1 200"));
     }
 
     #[tokio::test]

@@ -15,6 +15,16 @@
 //! (PostgreSQL: fatal) for every other failure.
 //! Must not: write anywhere but `%p` and the spool.
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;

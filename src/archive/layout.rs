@@ -14,6 +14,16 @@
 //! Owns: object names and the (de)serialisation of identity and manifests, compression and
 //! decompression. Pure: no IO. Decoders never panic on bad input.
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use object_store::path::Path as ObjPath;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -183,7 +193,7 @@ pub fn sha256_hex(data: &[u8]) -> String {
 
 /// Lower-case hex of `bytes` (a digest).
 pub fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
+    let mut s = String::with_capacity(bytes.len().saturating_mul(2));
     for b in bytes {
         s.push_str(&format!("{b:02x}"));
     }

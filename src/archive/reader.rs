@@ -14,6 +14,16 @@
 //! before anything (even the archive's identity) is archived.
 //! Must not: write anything.
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 #[cfg(test)]

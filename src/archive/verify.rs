@@ -8,6 +8,16 @@
 //! its manifest, and every page header (magic, address, timeline, system id, segment size).
 //! Must not: modify the archive.
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
 
@@ -91,7 +101,10 @@ impl VerifyReport {
         out.push_str(&format!(
             "{} segments: {} found, {} missing, {} corrupt; {} other problems\n",
             self.segments.len(),
-            self.segments.len() - self.missing() - self.corrupt(),
+            self.segments
+                .len()
+                .saturating_sub(self.missing())
+                .saturating_sub(self.corrupt()),
             self.missing(),
             self.corrupt(),
             self.problems.len()
@@ -272,15 +285,18 @@ pub async fn verify(
     futures::pin_mut!(checks);
     let mut done = 0usize;
     while let Some(r) = checks.next().await {
-        done += 1;
+        done = done.saturating_add(1);
         if show {
             let width = 40usize;
-            let filled = done * width / total.max(1);
+            let filled = done
+                .saturating_mul(width)
+                .checked_div(total.max(1))
+                .unwrap_or(0);
             let _ = write!(
                 std::io::stderr(),
                 "\rverify [{}{}] {done}/{total}",
                 "#".repeat(filled),
-                ".".repeat(width - filled)
+                ".".repeat(width.saturating_sub(filled))
             );
         }
         report.segments.push(r);

@@ -7,6 +7,16 @@
 //! commands print, and `walrelay xacts -D DIR` (decoding segment files without a server).
 //! Must not: hold feed state (that is [`super::feeds`]).
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -199,7 +209,7 @@ pub async fn feed_command(
         } else {
             let mut t = format!(
                 "xid {} at {} committed {}",
-                w["xid"],
+                w.get("xid").unwrap_or(&Value::Null),
                 s(&w, "lsn"),
                 s(&w, "commit_time")
             );

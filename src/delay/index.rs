@@ -13,6 +13,16 @@
 //! Must not: read WAL (that is [`super::indexer`]) or decide what a feed may send
 //! ([`super::policy`]).
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -168,7 +178,12 @@ impl IndexEntry {
         let name = self.name.as_deref().unwrap_or("").as_bytes();
         let name = name.get(..name.len().min(255)).unwrap_or(&[]);
         let ndropped = self.dropped.len().min(u16::MAX as usize);
-        let mut body = Vec::with_capacity(32 + 12 * ndropped + name.len());
+        let mut body = Vec::with_capacity(
+            ndropped
+                .saturating_mul(12)
+                .saturating_add(32)
+                .saturating_add(name.len()),
+        );
         body.extend_from_slice(&self.lsn.0.to_le_bytes());
         body.extend_from_slice(&self.end.0.to_le_bytes());
         body.extend_from_slice(&self.time.to_le_bytes());
@@ -217,14 +232,15 @@ impl IndexEntry {
         for _ in 0..nd {
             dropped.push(RelFileLocator {
                 spc: u32_at(body, at)?,
-                db: u32_at(body, at + 4)?,
-                rel: u32_at(body, at + 8)?,
+                db: u32_at(body, at.checked_add(4)?)?,
+                rel: u32_at(body, at.checked_add(8)?)?,
             });
-            at += 12;
+            at = at.checked_add(12)?;
         }
         let name = body.get(at..at.checked_add(name_len)?)?;
-        let first = Lsn(u64_at(body, at + name_len)?);
-        if at + name_len + 8 != body.len() || first > lsn {
+        let first_at = at.checked_add(name_len)?;
+        let first = Lsn(u64_at(body, first_at)?);
+        if first_at.checked_add(8)? != body.len() || first > lsn {
             return None;
         }
         let name =
@@ -240,7 +256,7 @@ impl IndexEntry {
                 dropped,
                 name,
             },
-            8 + len,
+            8usize.checked_add(len)?,
         ))
     }
 }
@@ -312,7 +328,7 @@ impl CommitIndex {
             if c.upto != upto || c.from != from {
                 c.upto = upto;
                 c.from = from;
-                c.version += 1;
+                c.version = c.version.wrapping_add(1);
                 true
             } else {
                 false
@@ -321,14 +337,15 @@ impl CommitIndex {
     }
 
     fn bump(&self) {
-        self.coverage_tx.send_modify(|c| c.version += 1);
+        self.coverage_tx
+            .send_modify(|c| c.version = c.version.wrapping_add(1));
     }
 
     /// Appends entries in LSN order; entries at or before the last one are ignored (a
     /// re-scan after a restart sees them again).
     pub fn push(&self, new: impl IntoIterator<Item = IndexEntry>) -> usize {
         let mut g = self.write();
-        let mut n = 0;
+        let mut n = 0usize;
         for e in new {
             if g.entries.back().is_some_and(|l| l.lsn >= e.lsn) {
                 continue;
@@ -337,7 +354,7 @@ impl CommitIndex {
                 g.drops.push(e.clone());
             }
             g.entries.push_back(e);
-            n += 1;
+            n = n.saturating_add(1);
         }
         drop(g);
         if n > 0 {
@@ -350,14 +367,14 @@ impl CommitIndex {
     pub fn truncate_from(&self, lsn: Lsn) -> usize {
         let mut g = self.write();
         let keep = g.entries.partition_point(|e| e.lsn < lsn);
-        let n = g.entries.len() - keep;
+        let n = g.entries.len().saturating_sub(keep);
         g.entries.truncate(keep);
         g.drops.retain(|e| e.lsn < lsn);
         drop(g);
         if n > 0 {
             self.coverage_tx.send_modify(|c| {
-                c.version += 1;
-                c.truncations += 1;
+                c.version = c.version.wrapping_add(1);
+                c.truncations = c.truncations.saturating_add(1);
             });
         }
         n
@@ -450,7 +467,7 @@ pub fn load(path: &Path) -> io::Result<(Vec<IndexEntry>, u64)> {
     let mut out: Vec<IndexEntry> = Vec::new();
     let mut at = 0usize;
     while let Some((e, n)) = buf.get(at..).and_then(IndexEntry::decode) {
-        at += n;
+        at = at.saturating_add(n);
         if out.last().is_some_and(|l| l.lsn >= e.lsn) {
             continue;
         }
@@ -493,12 +510,12 @@ impl IndexFile {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut buf = Vec::with_capacity(entries.len() * 48);
+        let mut buf = Vec::with_capacity(entries.len().saturating_mul(48));
         for e in entries {
             e.encode(&mut buf);
         }
         self.file.write_all(&buf)?;
-        self.entries_in_file += entries.len();
+        self.entries_in_file = self.entries_in_file.saturating_add(entries.len());
         Ok(())
     }
 
@@ -513,7 +530,7 @@ impl IndexFile {
 
     /// Replaces the file with exactly `entries` ([`crate::statefile::write_atomic`]).
     pub fn rewrite(&mut self, entries: &[IndexEntry]) -> io::Result<()> {
-        let mut buf = Vec::with_capacity(entries.len() * 48);
+        let mut buf = Vec::with_capacity(entries.len().saturating_mul(48));
         for e in entries {
             e.encode(&mut buf);
         }

@@ -15,6 +15,16 @@
 //!
 //! Must not: write WAL or decide what feeds send.
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -155,7 +165,10 @@ pub async fn run(
             }
         }
     }
-    let mut last_prune = Instant::now() - PRUNE_EVERY;
+    // Due at once (`Instant` cannot go before the clock's origin, e.g. just after boot).
+    let mut last_prune = Instant::now()
+        .checked_sub(PRUNE_EVERY)
+        .unwrap_or_else(Instant::now);
     loop {
         if *shutdown.borrow() {
             break;
@@ -233,7 +246,10 @@ impl Run {
                     Ok(_) => return Err(format!("no WAL at {at} in the segment files")),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         // Gone before it was indexed: a gap up to the next segment.
-                        let next = Lsn(at.segment_start(self.seg_size).0 + self.seg_size);
+                        let next = Lsn(at
+                            .segment_start(self.seg_size)
+                            .0
+                            .saturating_add(self.seg_size));
                         tracing::error!("commit index: {e}");
                         return self.gap(self.last_end.min(at), next).await;
                     }
@@ -255,8 +271,12 @@ impl Run {
                     self.last_end = rec.end;
                 }
                 Err(e) => {
-                    let next =
-                        Lsn(self.dec.position().segment_start(self.seg_size).0 + self.seg_size);
+                    let next = Lsn(self
+                        .dec
+                        .position()
+                        .segment_start(self.seg_size)
+                        .0
+                        .saturating_add(self.seg_size));
                     tracing::error!(
                         "commit index: {e}; the WAL from {} to {next} cannot be indexed",
                         self.last_end
@@ -387,7 +407,7 @@ impl Run {
             self.index.set_coverage(self.from, self.last_end);
         }
         let in_file = self.file.as_ref().map_or(0, |f| f.entries_in_file);
-        if in_file > 2 * self.index.len() + 10_000 {
+        if in_file > self.index.len().saturating_mul(2).saturating_add(10_000) {
             self.rewrite().await;
         }
         metrics::gauge!(super::INDEX_ENTRIES).set(self.index.len() as f64);

@@ -6,6 +6,16 @@
 //! offline scan behind `walrelay xacts -D DIR`: every segment decoded in order with
 //! [`RecordDecoder`], a new decoder started after a gap or a decoding error. Must not: write.
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -45,16 +55,19 @@ pub fn read_at(
         )
     })?;
     let off = lsn.segment_offset(seg_size);
-    let n = (max as u64).min(seg_size - off) as usize;
+    let n = (max as u64).min(seg_size.saturating_sub(off)) as usize;
     let mut buf = vec![0u8; n];
     let file = File::open(dir.join(&f.name))?;
-    let mut done = 0;
+    let mut done = 0usize;
     while done < n {
-        let k = file.read_at(&mut buf[done..], off + done as u64)?;
+        let Some(dst) = buf.get_mut(done..) else {
+            break;
+        };
+        let k = file.read_at(dst, off.saturating_add(done as u64))?;
         if k == 0 {
             break;
         }
-        done += k;
+        done = done.saturating_add(k);
     }
     buf.truncate(done);
     Ok(buf)
@@ -63,7 +76,10 @@ pub fn read_at(
 /// The oldest segment start present in `dir`, if any.
 pub fn oldest_segment(dir: &Path, seg_size: u64) -> io::Result<Option<Lsn>> {
     let (segs, _) = scan::list(dir, seg_size)?;
-    Ok(segs.iter().map(|s| Lsn(s.segno * seg_size)).min())
+    Ok(segs
+        .iter()
+        .map(|s| Lsn(s.segno.saturating_mul(seg_size)))
+        .min())
 }
 
 /// The segment size written in the long header of any segment file in `dir`.
@@ -149,8 +165,8 @@ pub fn scan_dir(dir: &Path) -> io::Result<(Vec<IndexEntry>, Vec<String>)> {
         let Some(f) = pick(&segs, segno, tli, seg_size) else {
             continue;
         };
-        let start = Lsn(segno * seg_size);
-        if prev_segno.is_some_and(|p| p + 1 != segno) {
+        let start = Lsn(segno.saturating_mul(seg_size));
+        if prev_segno.is_some_and(|p| p.checked_add(1) != Some(segno)) {
             warnings.push(format!("gap in WAL before segment {}", f.name));
             dec = None;
         }

@@ -6,6 +6,16 @@
 //! would drop every hold). Writing goes through [`crate::statefile::StateFile`] in
 //! [`super::feeds`]. Must not: decide what a feed may send.
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::collections::BTreeMap;
 use std::path::Path;
 

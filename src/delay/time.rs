@@ -7,6 +7,16 @@
 //! `now-10m`, `-10m` (relative to now; durations as in [`crate::config::parse_duration`]).
 //! Must not: do IO (the current time is passed in).
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime};
 
 use crate::config::parse_duration;
@@ -75,7 +85,7 @@ fn split_zone(s: &str) -> Option<(&str, i64)> {
     if zone.eq_ignore_ascii_case("z") {
         return Some((local, 0));
     }
-    let sign = if zone.starts_with('-') { -1 } else { 1 };
+    let sign: i64 = if zone.starts_with('-') { -1 } else { 1 };
     let z = zone.get(1..)?;
     let (zh, zm) = match z.split_once(':') {
         Some((a, b)) => (num::<i64>(a)?, num::<i64>(b)?),
@@ -85,7 +95,8 @@ fn split_zone(s: &str) -> Option<(&str, i64)> {
     if zh > 15 || zm > 59 {
         return None;
     }
-    Some((local, sign * (zh * 3600 + zm * 60)))
+    let secs = zh.checked_mul(3600)?.checked_add(zm.checked_mul(60)?)?;
+    Some((local, sign.checked_mul(secs)?))
 }
 
 fn parse_absolute(s: &str) -> Option<i64> {

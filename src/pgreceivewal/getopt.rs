@@ -8,6 +8,16 @@
 //!
 //! Must not: interpret option values or print anything (the caller prints the diagnostic).
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 /// One long option: its name, whether it takes an argument, and the key it yields.
 #[derive(Debug, Clone, Copy)]
 pub struct LongOpt<K> {
@@ -61,12 +71,11 @@ pub fn parse<K: Copy + PartialEq>(
     };
     let mut opts = Vec::new();
     let mut operands = Vec::new();
-    let mut i = 0;
-    while i < args.len() {
-        let a = &args[i];
-        i += 1;
+    let mut i = 0usize;
+    while let Some(a) = args.get(i) {
+        i = i.saturating_add(1);
         if a == "--" {
-            operands.extend(args[i..].iter().cloned());
+            operands.extend(args.get(i..).unwrap_or_default().iter().cloned());
             break;
         }
         if let Some(body) = a.strip_prefix("--") {
@@ -79,8 +88,9 @@ pub fn parse<K: Copy + PartialEq>(
                 match inline {
                     Some(v) => Some(v),
                     None if i < args.len() => {
-                        i += 1;
-                        Some(args[i - 1].clone())
+                        let v = args.get(i).cloned();
+                        i = i.saturating_add(1);
+                        v
                     }
                     None => {
                         return Err(GetoptError(format!(
@@ -104,11 +114,11 @@ pub fn parse<K: Copy + PartialEq>(
             operands.push(a.clone());
             continue;
         }
-        let cluster: Vec<char> = a[1..].chars().collect();
-        let mut j = 0;
-        while j < cluster.len() {
-            let c = cluster[j];
-            j += 1;
+        // `a` starts with the one-byte '-'.
+        let cluster: Vec<char> = a.get(1..).unwrap_or("").chars().collect();
+        let mut j = 0usize;
+        while let Some(&c) = cluster.get(j) {
+            j = j.saturating_add(1);
             match takes_arg(c) {
                 None => return Err(GetoptError(format!("{argv0}: invalid option -- '{c}'"))),
                 Some(false) => opts.push(Opt {
@@ -117,10 +127,10 @@ pub fn parse<K: Copy + PartialEq>(
                 }),
                 Some(true) => {
                     let arg = if j < cluster.len() {
-                        cluster[j..].iter().collect()
-                    } else if i < args.len() {
-                        i += 1;
-                        args[i - 1].clone()
+                        cluster.get(j..).unwrap_or_default().iter().collect()
+                    } else if let Some(v) = args.get(i) {
+                        i = i.saturating_add(1);
+                        v.clone()
                     } else {
                         return Err(GetoptError(format!(
                             "{argv0}: option requires an argument -- '{c}'"

@@ -3,6 +3,16 @@
 //!
 //! Owns: turning argv into [`Options`] or a [`UsageError`]. Must not: connect or touch files.
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use super::getopt::{self, LongOpt};
 use crate::lsn::Lsn;
 use crate::store::compress::{Compression, Method};
@@ -160,7 +170,7 @@ pub fn parse(argv0: &str, args: &[String]) -> Result<Action, UsageError> {
             }
             Key::Short('S') => o.slot = Some(arg),
             Key::Short('U') => o.username = Some(arg),
-            Key::Short('v') => o.verbose += 1,
+            Key::Short('v') => o.verbose = o.verbose.saturating_add(1),
             Key::Short('w') => o.password = PasswordPrompt::Never,
             Key::Short('W') => o.password = PasswordPrompt::Always,
             Key::Short('Z') => (compress_alg, compress_detail) = split_compress_option(&arg),
@@ -218,7 +228,7 @@ fn parse_lsn(s: &str) -> Option<Lsn> {
         if end == 0 {
             return None;
         }
-        Some((u32::from_str_radix(&s[..end], 16).ok()?, &s[end..]))
+        Some((u32::from_str_radix(s.get(..end)?, 16).ok()?, s.get(end..)?))
     }
     let (hi, rest) = hex(s)?;
     let rest = rest.strip_prefix('/')?;

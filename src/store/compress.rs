@@ -15,6 +15,16 @@
 //! Must not: touch sockets, or decide what is durable (the store fsyncs the file after
 //! [`Segment::flush`]).
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -157,7 +167,7 @@ pub fn uncompressed_size(path: &Path, method: Method, limit: u64) -> io::Result<
                 if n == 0 || total > limit {
                     return Ok(total);
                 }
-                total += n as u64;
+                total = total.saturating_add(n as u64);
             }
         }
     }

@@ -6,6 +6,16 @@
 //! directory is never mixed with WAL of another cluster, and records the last durable
 //! position and timeline for status and restarts. Must not: hold WAL.
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};

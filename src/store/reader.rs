@@ -10,6 +10,16 @@
 //! Must not: write, rename or delete anything; decide how far a client may read (the caller
 //! bounds reads by the flush position).
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -124,11 +134,11 @@ impl WalReader {
         if *t != tli || start < *from || len == 0 {
             return None;
         }
-        let off = usize::try_from(start.0 - from.0).ok()?;
+        let off = usize::try_from(start.0.checked_sub(from.0)?).ok()?;
         if off >= b.len() {
             return None;
         }
-        Some(b.slice(off..b.len().min(off + len)))
+        Some(b.slice(off..b.len().min(off.saturating_add(len))))
     }
 
     /// As [`WalReader::read`], but one IO may read up to `readable` bytes (at least `len`;
@@ -146,7 +156,7 @@ impl WalReader {
         }
         let seg_size = self.seg_size;
         let offset = start.segment_offset(seg_size);
-        let in_segment = (seg_size - offset) as usize;
+        let in_segment = seg_size.saturating_sub(offset) as usize;
         let len = len.min(in_segment);
         let n = readable.max(len).min(in_segment);
         let f = self.open(tli, start.segno(seg_size))?;

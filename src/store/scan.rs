@@ -2,6 +2,16 @@
 //!
 //! Owns: the directory listing rules (`pg_receivewal`'s `FindStreamingStart`). Read-only.
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::io;
 use std::path::Path;
 
@@ -74,8 +84,12 @@ pub fn resume_point(dir: &Path, seg_size: u64) -> io::Result<Option<(Lsn, Timeli
         .filter(|s| s.partial || s.size == seg_size)
         .max_by_key(|s| (s.segno, s.tli, !s.partial));
     Ok(best.map(|s| {
-        let segno = if s.partial { s.segno } else { s.segno + 1 };
-        (Lsn(segno * seg_size), s.tli)
+        let segno = if s.partial {
+            s.segno
+        } else {
+            s.segno.saturating_add(1)
+        };
+        (Lsn(segno.saturating_mul(seg_size)), s.tli)
     }))
 }
 

@@ -4,6 +4,16 @@
 //! store wrote them. Readers get `Bytes` slices (reference-counted, no copy per standby).
 //! Only the store thread pushes; readers must still bound what they send by `flush_lsn`.
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::collections::VecDeque;
 use std::sync::RwLock;
 
@@ -49,7 +59,7 @@ impl Tail {
         let contiguous = g
             .chunks
             .back()
-            .is_some_and(|(s, b)| s.0 + b.len() as u64 == start.0);
+            .is_some_and(|(s, b)| s.0.checked_add(b.len() as u64) == Some(start.0));
         if !contiguous {
             g.chunks.clear();
             g.bytes = 0;
@@ -62,16 +72,16 @@ impl Tail {
         }
         let mut g = self.write();
         if let Some((s, b)) = g.chunks.back() {
-            if s.0 + b.len() as u64 != start.0 {
+            if s.0.checked_add(b.len() as u64) != Some(start.0) {
                 g.chunks.clear();
                 g.bytes = 0;
             }
         }
-        g.bytes += data.len();
+        g.bytes = g.bytes.saturating_add(data.len());
         g.chunks.push_back((start, data));
         while g.bytes > self.cap && g.chunks.len() > 1 {
             if let Some((_, b)) = g.chunks.pop_front() {
-                g.bytes -= b.len();
+                g.bytes = g.bytes.saturating_sub(b.len());
             }
         }
     }
@@ -93,12 +103,18 @@ impl Tail {
             .partition_point(|(s, _)| *s <= from)
             .checked_sub(1)?;
         let (s, b) = g.chunks.get(idx)?;
-        let off = (from.0 - s.0) as usize;
+        // `s <= from` (partition_point above).
+        let off = usize::try_from(from.0.checked_sub(s.0)?).ok()?;
         if off >= b.len() {
             return None;
         }
-        let avail = (b.len() - off).min(max).min((upto.0 - from.0) as usize);
-        Some(b.slice(off..off + avail))
+        // `off < b.len()` and `from < upto` (checked above).
+        let avail = b
+            .len()
+            .saturating_sub(off)
+            .min(max)
+            .min(usize::try_from(upto.0.saturating_sub(from.0)).unwrap_or(usize::MAX));
+        Some(b.slice(off..off.saturating_add(avail)))
     }
 
     /// The oldest position held, if any.

@@ -26,6 +26,16 @@
 //! arrived, `split_frame` reserves room for the rest (so up to the limit), and the frame is
 //! handed on as `Bytes` split off the read buffer: XLogData is never copied.
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -597,7 +607,7 @@ impl ReplConnection {
             // `split_frame` has reserved room for the rest of a pending frame (XLogData is up
             // to 128 kB), so a frame is never moved more than once while it arrives; keep
             // some room for the next reads in any case.
-            if self.rbuf.capacity() - self.rbuf.len() < 8192 {
+            if self.rbuf.capacity().saturating_sub(self.rbuf.len()) < 8192 {
                 self.rbuf.reserve(64 * 1024);
             }
             let n = match self.stream.read_buf(&mut self.rbuf).await {

@@ -7,6 +7,16 @@
 //!
 //! Must not: write files (the store does), or serve clients.
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -180,16 +190,17 @@ pub async fn run(
         if started.elapsed() > Duration::from_secs(60) {
             backoff = opts.reconnect_min;
         } else {
-            backoff = (backoff * 2).min(opts.reconnect_max);
+            backoff = backoff.saturating_mul(2).min(opts.reconnect_max);
         }
+        let jitter_max = (wait.as_millis() as u64 / 4).saturating_add(1);
         let jitter =
-            Duration::from_millis(rand::random::<u64>() % (wait.as_millis() as u64 / 4 + 1));
+            Duration::from_millis(rand::random::<u64>().checked_rem(jitter_max).unwrap_or(0));
         tracing::info!(
             "disconnected; waiting {:.1} seconds to try again",
-            (wait + jitter).as_secs_f64()
+            wait.saturating_add(jitter).as_secs_f64()
         );
         tokio::select! {
-            _ = tokio::time::sleep(wait + jitter) => {}
+            _ = tokio::time::sleep(wait.saturating_add(jitter)) => {}
             _ = wait_true(&mut shutdown) => return Ok(ReceiverExit::Shutdown),
         }
     }
@@ -532,6 +543,11 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
+/// Half of `d` (a `Duration` divided by a non-zero constant cannot fail).
+fn half(d: Duration) -> Duration {
+    d.checked_div(2).unwrap_or(d)
+}
+
 /// The receive timeout, as PostgreSQL's walreceiver keeps it (`WalReceiverMain`): the time
 /// of the last message received; at half the timeout one status asking for a reply
 /// (`ping_sent`), at the full timeout the connection is given up.
@@ -570,9 +586,9 @@ impl Liveness {
         let wait = if self.ping_sent {
             self.timeout
         } else {
-            self.timeout / 2
+            half(self.timeout)
         };
-        Some(self.last_recv + wait)
+        self.last_recv.checked_add(wait)
     }
 
     fn check(&mut self, now: Instant) -> LivenessAction {
@@ -582,7 +598,7 @@ impl Liveness {
         let silent = now.saturating_duration_since(self.last_recv);
         if silent >= self.timeout {
             LivenessAction::Terminate
-        } else if !self.ping_sent && silent >= self.timeout / 2 {
+        } else if !self.ping_sent && silent >= half(self.timeout) {
             self.ping_sent = true;
             LivenessAction::Ping
         } else {

@@ -12,6 +12,16 @@
 //!
 //! Must not: write files itself (the store does), or stream.
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use crate::lsn::{history_file_name, Lsn, TimelineId};
 use crate::store::Store;
 use crate::wal::history::{self, HistoryEntry};

@@ -13,6 +13,16 @@
 //! | [`record`] | the incremental [`record::RecordDecoder`] (page walk, continuations, CRC) |
 //! | [`xact`] | commit/abort/prepare and restore-point bodies |
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 pub mod history;
 pub mod page;
 pub mod record;
@@ -37,7 +47,9 @@ pub(crate) fn maxalign(n: u64) -> u64 {
 /// Little-endian readers that return `None` instead of panicking.
 pub(crate) fn le_u16(b: &[u8], at: usize) -> Option<u16> {
     let s = b.get(at..at.checked_add(2)?)?;
-    Some(u16::from_le_bytes([s[0], s[1]]))
+    let mut a = [0u8; 2];
+    a.copy_from_slice(s);
+    Some(u16::from_le_bytes(a))
 }
 
 pub(crate) fn le_u32(b: &[u8], at: usize) -> Option<u32> {

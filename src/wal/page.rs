@@ -205,7 +205,8 @@ impl PageValidator {
     }
 
     fn header_len_for(&self, page: Lsn) -> usize {
-        if page.0 % self.seg_size == 0 {
+        // seg_size >= WAL_PAGE_SIZE (see `new`), so the remainder always exists.
+        if page.0.checked_rem(self.seg_size) == Some(0) {
             LONG_HEADER_LEN
         } else {
             SHORT_HEADER_LEN
@@ -248,22 +249,22 @@ impl PageValidator {
         if self.pending_len > 0 {
             let page = self.pending_page;
             let need = self.header_len_for(page);
-            let take = (need - self.pending_len).min(data.len());
+            let take = need.saturating_sub(self.pending_len).min(data.len());
             let (dst, src) = (
                 self.pending
-                    .get_mut(self.pending_len..self.pending_len + take),
+                    .get_mut(self.pending_len..self.pending_len.saturating_add(take)),
                 data.get(..take),
             );
             if let (Some(dst), Some(src)) = (dst, src) {
                 dst.copy_from_slice(src);
             }
-            self.pending_len += take;
+            self.pending_len = self.pending_len.saturating_add(take);
             consumed = take;
             if self.pending_len == need {
                 self.pending_len = 0;
                 let hdr = self.pending;
                 self.next = None;
-                self.validate(page, &hdr[..need])?;
+                self.validate(page, hdr.get(..need).unwrap_or(&hdr))?;
             }
         }
 
@@ -271,20 +272,27 @@ impl PageValidator {
         let first = if start.0 % WAL_PAGE_SIZE == 0 {
             start.0
         } else {
-            start.0 - start.0 % WAL_PAGE_SIZE + WAL_PAGE_SIZE
+            // The next page boundary; saturates at the top of the LSN range (then no loop).
+            (start.0 / WAL_PAGE_SIZE)
+                .checked_add(1)
+                .and_then(|p| p.checked_mul(WAL_PAGE_SIZE))
+                .unwrap_or(u64::MAX)
         };
         let mut page = first;
         while page < end.0 {
-            let off = (page - start.0) as usize;
+            let off = usize::try_from(page.saturating_sub(start.0)).unwrap_or(usize::MAX);
             let need = self.header_len_for(Lsn(page));
-            let avail = data.len() - off;
+            let avail = data.len().saturating_sub(off);
             if off < consumed {
                 // Cannot happen (a pending header belongs to an earlier page), but stay safe.
-                page += WAL_PAGE_SIZE;
+                page = match page.checked_add(WAL_PAGE_SIZE) {
+                    Some(p) => p,
+                    None => break,
+                };
                 continue;
             }
             if avail >= need {
-                if let Some(h) = data.get(off..off + need) {
+                if let Some(h) = off.checked_add(need).and_then(|e| data.get(off..e)) {
                     self.next = None;
                     self.validate(Lsn(page), h)?;
                 }
@@ -305,8 +313,9 @@ impl PageValidator {
     }
 
     fn validate(&mut self, page: Lsn, h: &[u8]) -> Result<(), WalError> {
-        let segno = page.0 / self.seg_size;
-        let first = page.0 % self.seg_size == 0;
+        // seg_size >= WAL_PAGE_SIZE (see `new`): neither operation can fail.
+        let segno = page.0.checked_div(self.seg_size).unwrap_or(0);
+        let first = page.0.checked_rem(self.seg_size) == Some(0);
         let (tli, seg_size) = (self.tli, self.seg_size);
         let segment = || segment_file_name(tli, segno, seg_size);
         let short = h.get(..SHORT_HEADER_LEN).unwrap_or(h);

@@ -97,41 +97,41 @@ fn main_data_len(rec: &[u8], compressed_mask: u8) -> Option<usize> {
     let u8_at = |at: usize| rec.get(at).copied();
     while tot.checked_sub(at)? > datatotal {
         let block_id = u8_at(at)?;
-        at += 1;
+        at = at.checked_add(1)?;
         match block_id {
             255 => {
                 main_len = usize::from(u8_at(at)?);
-                at += 1;
+                at = at.checked_add(1)?;
                 datatotal = datatotal.checked_add(main_len)?;
                 break;
             }
             254 => {
                 main_len = le_u32(rec, at)? as usize;
-                at += 4;
+                at = at.checked_add(4)?;
                 datatotal = datatotal.checked_add(main_len)?;
                 break;
             }
-            253 => at += 2, // replication origin
-            252 => at += 4, // top-level xid
+            253 => at = at.checked_add(2)?, // replication origin
+            252 => at = at.checked_add(4)?, // top-level xid
             0..=32 => {
                 let fork_flags = u8_at(at)?;
-                let data_len = le_u16(rec, at + 1)?;
-                at += 3;
+                let data_len = le_u16(rec, at.checked_add(1)?)?;
+                at = at.checked_add(3)?;
                 datatotal = datatotal.checked_add(usize::from(data_len))?;
                 if fork_flags & 0x10 != 0 {
                     // BKPBLOCK_HAS_IMAGE: XLogRecordBlockImageHeader
                     let bimg_len = le_u16(rec, at)?;
-                    let bimg_info = u8_at(at + 4)?;
-                    at += 5;
+                    let bimg_info = u8_at(at.checked_add(4)?)?;
+                    at = at.checked_add(5)?;
                     if bimg_info & 0x01 != 0 && bimg_info & compressed_mask != 0 {
-                        at += 2; // XLogRecordBlockCompressHeader.hole_length
+                        at = at.checked_add(2)?; // XLogRecordBlockCompressHeader.hole_length
                     }
                     datatotal = datatotal.checked_add(usize::from(bimg_len))?;
                 }
                 if fork_flags & 0x80 == 0 {
-                    at += 12; // RelFileLocator unless BKPBLOCK_SAME_REL
+                    at = at.checked_add(12)?; // RelFileLocator unless BKPBLOCK_SAME_REL
                 }
-                at += 4; // BlockNumber
+                at = at.checked_add(4)?; // BlockNumber
             }
             _ => return None,
         }
@@ -218,7 +218,8 @@ impl RecordDecoder {
 
     /// The position up to which bytes have been fed (where the next `feed` must start).
     pub fn fed_end(&self) -> Lsn {
-        Lsn(self.pos.0 + (self.raw.len() - self.raw_off) as u64)
+        // `feed` refuses chunks that would overflow the LSN range.
+        Lsn(self.pos.0.saturating_add(self.avail_len() as u64))
     }
 
     /// The position up to which bytes have been consumed.
@@ -262,12 +263,13 @@ impl RecordDecoder {
     }
 
     fn avail_len(&self) -> usize {
-        self.raw.len() - self.raw_off
+        self.raw.len().saturating_sub(self.raw_off)
     }
 
     fn advance(&mut self, n: usize) {
-        self.raw_off += n;
-        self.pos = Lsn(self.pos.0 + n as u64);
+        // n <= avail_len(), and `feed` bounds pos + avail_len() by the LSN range.
+        self.raw_off = self.raw_off.saturating_add(n);
+        self.pos = Lsn(self.pos.0.saturating_add(n as u64));
     }
 
     /// Skips towards `until`; true when reached.
@@ -328,7 +330,9 @@ impl RecordDecoder {
                 }
                 continue;
             }
-            let page_end = self.pos.0 - self.pos.0 % WAL_PAGE_SIZE + WAL_PAGE_SIZE;
+            let page_end = (self.pos.0 / WAL_PAGE_SIZE)
+                .saturating_add(1)
+                .saturating_mul(WAL_PAGE_SIZE);
             let avail = self.avail_len();
             match &mut self.state {
                 State::SkipRaw { .. } | State::Skip { .. } | State::SkipContinuation => {
@@ -358,17 +362,23 @@ impl RecordDecoder {
                     } else {
                         *total
                     };
-                    let n = (want - buf.len())
-                        .min((page_end - self.pos.0) as usize)
+                    let n = want
+                        .saturating_sub(buf.len())
+                        .min(
+                            usize::try_from(page_end.saturating_sub(self.pos.0))
+                                .unwrap_or(usize::MAX),
+                        )
                         .min(avail);
                     if n == 0 {
                         return Ok(None);
                     }
-                    if let Some(src) = self.raw.get(self.raw_off..self.raw_off + n) {
+                    let raw_end = self.raw_off.saturating_add(n);
+                    if let Some(src) = self.raw.get(self.raw_off..raw_end) {
                         buf.extend_from_slice(src);
                     }
-                    self.raw_off += n;
-                    self.pos = Lsn(self.pos.0 + n as u64);
+                    // As `advance` (which cannot be called while `buf` borrows the state).
+                    self.raw_off = raw_end;
+                    self.pos = Lsn(self.pos.0.saturating_add(n as u64));
                     if *total == 0 && buf.len() >= 4 {
                         let len = le_u32(buf, 0).unwrap_or(0);
                         if len == 0 {
@@ -421,9 +431,10 @@ impl RecordDecoder {
         let rmid = buf.get(17).copied().unwrap_or(0);
         let mut end = self.pos;
         if rmid == RM_XLOG_ID && info & !XLR_INFO_MASK == XLOG_SWITCH {
-            let off = end.0 % self.seg_size;
+            // seg_size >= WAL_PAGE_SIZE; the segment end saturates at the top of the range.
+            let off = end.0.checked_rem(self.seg_size).unwrap_or(0);
             if off != 0 {
-                end = Lsn(end.0 - off + self.seg_size);
+                end = Lsn(end.0.saturating_sub(off).saturating_add(self.seg_size));
                 self.state = State::SkipRaw { until: end };
             }
         }
@@ -460,7 +471,7 @@ impl RecordDecoder {
                 pageaddr: hdr.pageaddr,
                 segment: crate::lsn::segment_file_name(
                     hdr.tli,
-                    page.0 / self.seg_size,
+                    page.0.checked_div(self.seg_size).unwrap_or(0),
                     self.seg_size,
                 ),
                 lsn: page,
@@ -468,7 +479,7 @@ impl RecordDecoder {
         }
         self.advance(hdr_len);
         let after = self.pos;
-        let room = WAL_PAGE_SIZE - hdr_len as u64;
+        let room = WAL_PAGE_SIZE.saturating_sub(hdr_len as u64);
         match &self.state {
             State::Reading { buf, total, .. } => {
                 if hdr.is_overwrite_contrecord() {
@@ -520,12 +531,12 @@ impl RecordDecoder {
         let skip = maxalign(u64::from(rem_len));
         self.state = if skip >= room {
             State::Skip {
-                until: Lsn(after.0 + room),
+                until: Lsn(after.0.saturating_add(room)),
                 then_continuation: true,
             }
         } else {
             State::Skip {
-                until: Lsn(after.0 + skip),
+                until: Lsn(after.0.saturating_add(skip)),
                 then_continuation: false,
             }
         };

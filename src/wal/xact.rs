@@ -101,7 +101,7 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     fn u32(&mut self) -> Option<u32> {
         let v = le_u32(self.b, self.at)?;
-        self.at += 4;
+        self.at = self.at.checked_add(4)?;
         Some(v)
     }
     /// A non-negative `int` count.
@@ -124,7 +124,7 @@ impl<'a> Cursor<'a> {
     fn skip_cstr(&mut self) -> Option<()> {
         let rest = self.b.get(self.at..)?;
         let nul = rest.iter().position(|&c| c == 0)?;
-        self.skip(nul + 1)
+        self.skip(nul.checked_add(1)?)
     }
 }
 

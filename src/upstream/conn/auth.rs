@@ -18,6 +18,16 @@
 //! offered no `-PLUS` mechanism, `n` otherwise. (postgres-protocol names these the other way
 //! round: its `ChannelBinding::unrequested()` writes `y`, `unsupported()` writes `n`.)
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;

@@ -4,6 +4,16 @@
 //! `CREATE_REPLICATION_SLOT` / `DROP_REPLICATION_SLOT`, `TIMELINE_HISTORY`, identifier
 //! quoting and the `wal_segment_size` parser. Must not: enter COPY (see `copy`).
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use bytes::Bytes;
 use postgres_protocol::message::frontend;
 
@@ -158,16 +168,20 @@ impl ReplConnection {
             }
         };
         let bad = |what: &str| UpstreamError::protocol(format!("IDENTIFY_SYSTEM: invalid {what}"));
-        let systemid = row[0]
+        // Three fields were checked above; the `else` cannot be taken.
+        let [c0, c1, c2, ..] = row.as_slice() else {
+            return Err(bad("row"));
+        };
+        let systemid = c0
             .as_deref()
             .and_then(|s| s.parse::<u64>().ok())
             .ok_or_else(|| bad("systemid"))?;
-        let timeline = row[1]
+        let timeline = c1
             .as_deref()
             .and_then(|s| s.parse::<u32>().ok())
             .filter(|t| *t != 0)
             .ok_or_else(|| bad("timeline"))?;
-        let xlogpos = row[2]
+        let xlogpos = c2
             .as_deref()
             .and_then(|s| s.parse::<Lsn>().ok())
             .ok_or_else(|| bad("xlogpos"))?;
@@ -219,10 +233,16 @@ impl ReplConnection {
                 )))
             }
         };
-        let Some(slot_type) = row[0].clone() else {
+        // Three fields were checked above; the `else` cannot be taken.
+        let [c0, c1, c2, ..] = row.as_slice() else {
+            return Err(UpstreamError::protocol(format!(
+                "could not read replication slot \"{slot}\": too few fields"
+            )));
+        };
+        let Some(slot_type) = c0.clone() else {
             return Ok(None);
         };
-        let restart_lsn = match row[1].as_deref() {
+        let restart_lsn = match c1.as_deref() {
             None => None,
             Some(s) => Some(s.parse::<Lsn>().map_err(|_| {
                 UpstreamError::protocol(format!(
@@ -230,7 +250,7 @@ impl ReplConnection {
                 ))
             })?),
         };
-        let restart_tli = match row[2].as_deref() {
+        let restart_tli = match c2.as_deref() {
             None => None,
             Some(s) => Some(s.parse::<u32>().map_err(|_| {
                 UpstreamError::protocol(format!(

@@ -4,6 +4,16 @@
 //! updates and hot-standby feedback, ending a timeline (CopyDone, the next-timeline row)
 //! and the server's shutdown inside COPY. Must not: decide what to do with the WAL.
 
+// Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use bytes::Bytes;
 use postgres_protocol::message::frontend;
 
