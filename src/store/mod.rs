@@ -404,6 +404,7 @@ impl Writer {
             self.pos.flush_lsn = self.pos.flush_lsn.min(self.pos.write_lsn);
         }
         tracing::error!("segment store: {e}; stopped accepting WAL until the stream restarts");
+        crate::ops::record_error("store", e.to_string());
         metrics::counter!(crate::metrics::ERRORS, "kind" => "store").increment(1);
         self.failed = true;
         self.dirty = false;
@@ -638,6 +639,9 @@ impl Writer {
         self.pos.flush_lsn = self.durable_end();
         self.pos.completed_segments += 1;
         metrics::counter!(crate::metrics::SEGMENTS_COMPLETED).increment(1);
+        if let Some(name) = final_path.file_name().and_then(|n| n.to_str()) {
+            crate::ops::segment_completed(name);
+        }
         if let Some(c) = self.control.as_mut() {
             c.timeline = self.pos.timeline;
             c.flush_lsn = self.pos.flush_lsn.to_string();
