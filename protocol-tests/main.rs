@@ -9,6 +9,7 @@ mod bench_quick;
 mod delay_feeds;
 mod harness;
 mod harness_selftest;
+mod ops_check;
 mod receive;
 mod receive_faults;
 mod server_archive_fallback;
