@@ -217,7 +217,8 @@ impl SegLog {
             newest: String::new(),
         }
     }
-    fn event(&mut self, name: &str, now: Instant) {
+    /// Counts a segment; returns the line to log now, if any.
+    fn event(&mut self, name: &str, now: Instant) -> Option<String> {
         self.pending += 1;
         if name >= self.newest.as_str() {
             self.newest = name.to_string();
@@ -226,48 +227,65 @@ impl SegLog {
             .last_line
             .is_none_or(|t| now.duration_since(t) >= LOG_INTERVAL)
         {
-            self.flush(now);
+            self.flush(now)
+        } else {
+            None
         }
     }
-    fn flush(&mut self, now: Instant) {
-        match self.pending {
-            0 => return,
-            1 => tracing::info!("{} segment {}", self.what, self.newest),
-            n => tracing::info!("{} {n} segments up to {}", self.what, self.newest),
-        }
+    /// The aggregated line for what is pending.
+    fn flush(&mut self, now: Instant) -> Option<String> {
+        let line = match self.pending {
+            0 => return None,
+            1 => format!("{} segment {}", self.what, self.newest),
+            n => format!("{} {n} segments up to {}", self.what, self.newest),
+        };
         self.pending = 0;
         self.last_line = Some(now);
+        Some(line)
     }
 }
 
 static COMPLETED: Mutex<SegLog> = Mutex::new(SegLog::new("completed"));
 static ARCHIVED: Mutex<SegLog> = Mutex::new(SegLog::new("archived"));
 
+fn log(line: Option<String>) {
+    if let Some(l) = line {
+        tracing::info!("{l}");
+    }
+}
+
 /// One INFO line per completed segment (aggregated when many per second).
 pub fn segment_completed(name: &str) {
-    COMPLETED
+    let line = COMPLETED
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .event(name, Instant::now());
+    log(line);
 }
 
 fn segment_archived(name: &str) {
-    ARCHIVED
+    let line = ARCHIVED
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .event(name, Instant::now());
+    log(line);
 }
 
-/// Writes the aggregated lines still pending (called periodically).
+/// Writes the aggregated lines still pending (called every second).
 pub fn flush_segment_logs() {
     let now = Instant::now();
     for l in [&COMPLETED, &ARCHIVED] {
-        let mut l = l.lock().unwrap_or_else(|e| e.into_inner());
-        if l.last_line
-            .is_none_or(|t| now.duration_since(t) >= LOG_INTERVAL)
-        {
-            l.flush(now);
-        }
+        let line = {
+            let mut l = l.lock().unwrap_or_else(|e| e.into_inner());
+            if l.last_line
+                .is_none_or(|t| now.duration_since(t) >= LOG_INTERVAL)
+            {
+                l.flush(now)
+            } else {
+                None
+            }
+        };
+        log(line);
     }
 }
 
@@ -294,6 +312,31 @@ mod tests {
         let newest_store = last_error_of("store").unwrap();
         assert_eq!(newest_store.message, format!("e{}", ERROR_RING + 4));
         assert!(newest_store.time.ends_with('Z'));
+    }
+
+    #[test]
+    fn segment_lines_aggregate_within_a_second() {
+        let mut l = SegLog::new("archived");
+        let t0 = Instant::now();
+        assert_eq!(
+            l.event("000000010000000000000001", t0).as_deref(),
+            Some("archived segment 000000010000000000000001")
+        );
+        assert_eq!(l.event("000000010000000000000002", t0), None);
+        assert_eq!(
+            l.event("000000010000000000000003", t0 + Duration::from_millis(10)),
+            None
+        );
+        assert_eq!(
+            l.flush(t0 + LOG_INTERVAL).as_deref(),
+            Some("archived 2 segments up to 000000010000000000000003")
+        );
+        assert_eq!(l.flush(t0 + LOG_INTERVAL * 3), None);
+        assert_eq!(
+            l.event("000000010000000000000004", t0 + LOG_INTERVAL * 3)
+                .as_deref(),
+            Some("archived segment 000000010000000000000004")
+        );
     }
 
     #[test]
