@@ -10,6 +10,7 @@ mod delay_feeds;
 mod harness;
 mod harness_selftest;
 mod ops_check;
+mod ops_packaging;
 mod receive;
 mod receive_faults;
 mod server_archive_fallback;

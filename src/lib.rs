@@ -19,6 +19,7 @@
 //! | [`ops`] | last errors, upstream liveness, last archived segment, segment log lines | decide anything |
 //! | [`check`] | `walrelay check`: one health verdict (Nagios codes) | change anything but a throwaway archive object |
 //! | [`statusview`] | `walrelay status` text, the HTML status page, the lag history ring | serve data the metrics listener must not show |
+//! | [`sdnotify`] | systemd notifications (READY, STOPPING, WATCHDOG) | decide readiness |
 //! | [`logging`] | log formats (text, JSON) and level control | hold business logic |
 //! | [`delay`] | commit index, delayed/controlled feeds, tripwire | write WAL or touch sockets |
 //!
@@ -36,6 +37,7 @@ pub mod lsn;
 pub mod metrics;
 pub mod ops;
 pub mod protocol;
+pub mod sdnotify;
 pub mod server;
 pub mod statusview;
 pub mod store;

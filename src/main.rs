@@ -613,9 +613,13 @@ async fn run(a: RunArgs) -> Result<(), String> {
         "walrelay starting: data directory \"{}\"",
         cfg.data_dir.display()
     );
+    // systemd (Type=notify): ready once the listeners are up; watchdog while running
+    walrelay::sdnotify::spawn_watchdog(shutdown.clone());
+    walrelay::sdnotify::notify_logged("READY=1");
     let result = receiver::run(store.clone(), opts, shutdown)
         .await
         .map_err(|e| e.to_string());
+    walrelay::sdnotify::notify_logged("STOPPING=1");
     // The walsender stops after the receiver; standbys get what is flushed before the store
     // closes (ordered walsender shutdown).
     let _ = server_stop_tx.send(true);
