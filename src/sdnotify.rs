@@ -46,7 +46,7 @@ pub fn notify_logged(state: &str) {
 /// The watchdog interval systemd asks for (`$WATCHDOG_USEC`, for this pid if
 /// `$WATCHDOG_PID` is set).
 pub fn watchdog_interval() -> Option<Duration> {
-    if let Some(pid) = std::env::var("WATCHDOG_PID").ok() {
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
         if pid.trim() != std::process::id().to_string() {
             return None;
         }
