@@ -93,3 +93,52 @@ fn run_notifies_systemd() {
         .expect("walrelay to exit");
     assert!(st.success(), "{}", w.log());
 }
+
+/// Man pages and completions come from the CLI definition: every subcommand is in them.
+#[test]
+fn man_pages_and_completions() {
+    use crate::harness::walrelay::run_to_end;
+    let (st, page, err) = run_to_end(&["man"]);
+    assert!(st.success(), "{err}");
+    assert!(page.contains(".TH walrelay 1"), "{page}");
+    assert!(
+        page.contains("walrelay\\-check(1)") || page.contains("check"),
+        "{page}"
+    );
+    let t = TestDir::new("man");
+    let dir = t.join("man1");
+    let (st, _, err) = run_to_end(&["man", "--dir", dir.to_str().unwrap()]);
+    assert!(st.success(), "{err}");
+    let check = std::fs::read_to_string(dir.join("walrelay-check.1")).unwrap();
+    assert!(check.contains("\\-\\-nagios"), "{check}");
+    assert!(dir.join("walrelay-run.1").exists() && dir.join("walrelay-feed-pause.1").exists());
+
+    let (st, bash, err) = run_to_end(&["completions", "bash"]);
+    assert!(st.success(), "{err}");
+    assert!(
+        bash.contains("_walrelay()") && bash.contains("--nagios"),
+        "{bash}"
+    );
+    let script = t.join("walrelay.bash");
+    std::fs::write(&script, &bash).unwrap();
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        syntax.status.success(),
+        "{}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+    let (st, zsh, _) = run_to_end(&["completions", "zsh"]);
+    assert!(
+        st.success() && zsh.starts_with("#compdef walrelay"),
+        "{zsh}"
+    );
+    let (st, _, err) = run_to_end(&["completions", "tcsh"]);
+    assert!(
+        !st.success() && err.contains("invalid value 'tcsh'"),
+        "{err}"
+    );
+}

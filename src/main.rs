@@ -56,6 +56,13 @@ enum Command {
     /// What a running walrelay receives, stores, archives and serves, with lags and the
     /// last errors.
     Status(StatusArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the walrelay(1) man page, or with --dir write one page per subcommand there.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -289,6 +296,13 @@ fn main() -> ExitCode {
                 Command::Feed(a) => feed(a).await,
                 Command::Xacts(a) => xacts(a).await,
                 Command::Check(a) => exit_with(walrelay::check::main(a).await),
+                Command::Completions { shell } => {
+                    use clap::CommandFactory;
+                    let mut cmd = Cli::command();
+                    clap_complete::generate(shell, &mut cmd, "walrelay", &mut std::io::stdout());
+                    Ok(())
+                }
+                Command::Man { dir } => man(dir),
                 Command::Status(a) => {
                     let doc = walrelay::statusview::fetch(&a.control.target()?).await?;
                     if a.control.json {
@@ -309,6 +323,23 @@ fn main() -> ExitCode {
             eprintln!("walrelay: error: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `walrelay man`: the main page on stdout, or every page (walrelay-run.1, ...) into `dir`.
+fn man(dir: Option<PathBuf>) -> Result<(), String> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    match dir {
+        Some(d) => {
+            std::fs::create_dir_all(&d)
+                .map_err(|e| format!("could not create directory \"{}\": {e}", d.display()))?;
+            clap_mangen::generate_to(cmd, &d)
+                .map_err(|e| format!("could not write man pages to \"{}\": {e}", d.display()))
+        }
+        None => clap_mangen::Man::new(cmd)
+            .render(&mut std::io::stdout())
+            .map_err(|e| format!("could not write the man page: {e}")),
     }
 }
 
