@@ -59,6 +59,7 @@ fn ops_check_status_and_logs_pg15() {
         let d = status(&maddr);
         d["archive"]["last_archived_segment"].is_string()
             && d["upstream"]["last_message_at"].is_string()
+            && d["archive"]["listing"]["newest_segment"] == d["archive"]["last_archived_segment"]
     });
 
     // /status: the figures an operator needs, and no bogus lag from 0/0
@@ -133,6 +134,7 @@ fn ops_check_status_and_logs_pg15() {
     );
     assert!(out.contains("standby:    lag"), "{out}");
     assert!(out.contains("feed:       lag"), "{out}");
+    assert!(out.contains("the archive holds "), "{out}");
 
     // the slot is missing: CRITICAL
     let (code, line) = check(&cfg, &primary, &data, &["--nagios", "--slot", "nope"]);

@@ -642,27 +642,16 @@ async fn check_archive(
         }
     }
     // newest and oldest segment, newest upload time
-    let mut min: Option<String> = None;
-    let mut max: Option<(String, chrono::DateTime<chrono::Utc>)> = None;
-    let mut count = 0u64;
-    let mut list = b.store.list(Some(&lay.wal_dir()));
-    while let Some(m) = list.next().await {
-        let Ok(m) = m else { continue };
-        let Some(file) = m.location.filename() else {
-            continue;
-        };
-        let (name, _) = layout::strip_compression(file);
-        if name.len() != 24 || !name.bytes().all(|c| c.is_ascii_hexdigit()) {
-            continue;
+    let listing = match list_archive(&b, sysid).await {
+        Ok(l) => l,
+        Err(e) => {
+            r.add("archive", Level::Critical, e);
+            return;
         }
-        count += 1;
-        if min.as_deref().is_none_or(|x| name < x) {
-            min = Some(name.to_string());
-        }
-        if max.as_ref().is_none_or(|(x, _)| name > x.as_str()) {
-            max = Some((name.to_string(), m.last_modified));
-        }
-    }
+    };
+    let count = listing.segments;
+    let min = listing.oldest.clone();
+    let max = listing.newest.clone().zip(listing.newest_at);
     let lag = status.and_then(|s| s["archive"]["lag_bytes"].as_u64());
     let seg = status
         .and_then(|s| s["store"]["wal_segment_size"].as_u64())
@@ -726,6 +715,42 @@ async fn check_archive(
             th.crit_archive_lag_bytes,
         );
     }
+}
+
+/// What the archive holds of one system.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ArchiveListing {
+    pub segments: u64,
+    pub oldest: Option<String>,
+    pub newest: Option<String>,
+    /// When the newest segment was uploaded.
+    pub newest_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Lists the segments of system `sysid` in the archive `b`.
+pub async fn list_archive(b: &backend::Backend, sysid: u64) -> Result<ArchiveListing, String> {
+    let lay = Layout::new(&b.prefix, sysid);
+    let mut out = ArchiveListing::default();
+    let mut list = b.store.list(Some(&lay.wal_dir()));
+    while let Some(m) = list.next().await {
+        let m = m.map_err(|e| format!("could not list {}: {e}", b.url))?;
+        let Some(file) = m.location.filename() else {
+            continue;
+        };
+        let (name, _) = layout::strip_compression(file);
+        if name.len() != 24 || !name.bytes().all(|c| c.is_ascii_hexdigit()) {
+            continue;
+        }
+        out.segments += 1;
+        if out.oldest.as_deref().is_none_or(|x| name < x) {
+            out.oldest = Some(name.to_string());
+        }
+        if out.newest.as_deref().is_none_or(|x| name > x) {
+            out.newest = Some(name.to_string());
+            out.newest_at = Some(m.last_modified);
+        }
+    }
+    Ok(out)
 }
 
 /// Lag behind the upstream: bytes from the upstream's current WAL position (the check's

@@ -102,6 +102,8 @@ pub fn status_json(s: &Sources) -> serde_json::Value {
             "last_archived_at": ev.last_time.map(ops::rfc3339),
             "last_archived_age_seconds": ev.last_time.map(|t| round1((now - t).max(0.0))),
             "last_error": ops::last_error_of("archive"),
+            // the whole archive of this system, listed every few minutes
+            "listing": ops::archive_listing(),
         },
         "errors": ops::last_errors(),
     });
@@ -288,6 +290,56 @@ fn spawn_sampler(s: &Sources, history: History, mut shutdown: watch::Receiver<bo
     });
 }
 
+/// How often the archive is listed for `/status` (`archive.listing`).
+const LIST_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Lists the archive's segments of this system now and then (first a few seconds after
+/// start) for the oldest/newest segment in `/status`.
+fn spawn_archive_lister(cfg: &Config, s: &Sources, mut shutdown: watch::Receiver<bool>) {
+    let Some(url) = crate::archive::resolve_url(cfg.archive.url.as_deref(), &cfg.data_dir) else {
+        return;
+    };
+    let Ok(b) = crate::archive::backend::open(&url, &cfg.archive) else {
+        return;
+    };
+    let positions = s.positions.clone();
+    tokio::spawn(async move {
+        let mut last: Option<(std::time::Instant, Option<String>)> = None;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                _ = shutdown.wait_for(|v| *v) => break,
+            }
+            let sysid = positions.borrow().system_id;
+            // again every LIST_EVERY, or sooner when this process archived past the listing
+            let archived = ops::archive_events().last_segment;
+            let due = match &last {
+                None => true,
+                Some((at, newest)) => at.elapsed() >= LIST_EVERY || archived > *newest,
+            };
+            if sysid == 0 || !due {
+                continue;
+            }
+            match crate::check::list_archive(&b, sysid).await {
+                Ok(l) => {
+                    ops::set_archive_listing(serde_json::json!({
+                        "segments": l.segments,
+                        "oldest_segment": l.oldest,
+                        "newest_segment": l.newest,
+                        "newest_uploaded_at": l.newest_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                        "listed_at": ops::rfc3339(now_unix()),
+                    }));
+                    last = Some((std::time::Instant::now(), l.newest));
+                }
+                Err(e) => {
+                    tracing::warn!("archive: {e}");
+                    last = Some((std::time::Instant::now(), archived));
+                }
+            }
+        }
+    });
+}
+
 /// Routes of the control endpoint: `/status`, and with feeds `/feeds…` and `/xacts`.
 pub fn control_routes(s: &Sources) -> Routes {
     let mut routes = Routes::default();
@@ -333,6 +385,7 @@ pub async fn start(
 ) -> Result<(), String> {
     let history = History::default();
     spawn_sampler(s, history.clone(), shutdown.clone());
+    spawn_archive_lister(cfg, s, shutdown.clone());
     if let (Some(addr), Some(handle)) = (&cfg.metrics.listen, metrics) {
         let addr: std::net::SocketAddr = addr
             .parse()

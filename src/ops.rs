@@ -192,6 +192,20 @@ pub fn note_archived(name: &str) {
     segment_archived(name);
 }
 
+/// The last listing of the archive (segments of this system, oldest, newest), as JSON.
+static ARCHIVE_LISTING: Mutex<Option<serde_json::Value>> = Mutex::new(None);
+
+pub fn set_archive_listing(v: serde_json::Value) {
+    *ARCHIVE_LISTING.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+}
+
+pub fn archive_listing() -> Option<serde_json::Value> {
+    ARCHIVE_LISTING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
 pub fn archive_events() -> ArchiveEvents {
     ARCHIVE.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }

@@ -139,6 +139,16 @@ pub fn text(doc: &serde_json::Value) -> String {
             s(&a["last_archived_at"]),
             s(&a["last_archived_age_seconds"])
         ));
+        let l = &a["listing"];
+        if l.is_object() {
+            o.push_str(&format!(
+                "            the archive holds {} segments {}..{} (listed {})\n",
+                s(&l["segments"]),
+                s(&l["oldest_segment"]),
+                s(&l["newest_segment"]),
+                s(&l["listed_at"])
+            ));
+        }
     } else {
         o.push_str("archive:    disabled\n");
     }
