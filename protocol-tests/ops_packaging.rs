@@ -86,6 +86,14 @@ fn run_notifies_systemd() {
     );
     recv_until(&sock, "READY=1", Duration::from_secs(60));
     recv_until(&sock, "WATCHDOG=1", Duration::from_secs(10));
+    // SIGHUP does not stop it (and says that a restart applies changes)
+    harness::signal(w.pid(), "HUP");
+    harness::wait_for(Duration::from_secs(30), "the SIGHUP warning", || {
+        w.log()
+            .contains("SIGHUP: walrelay does not reload its configuration")
+    });
+    recv_until(&sock, "WATCHDOG=1", Duration::from_secs(10));
+    assert!(w.is_running(), "{}", w.log());
     harness::signal(w.pid(), "TERM");
     recv_until(&sock, "STOPPING=1", Duration::from_secs(60));
     let st = w

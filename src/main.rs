@@ -352,6 +352,31 @@ fn exit_with(code: i32) -> Result<(), String> {
     }
 }
 
+/// SIGHUP does not stop walrelay (PostgreSQL tools reload on it). Reloading is not
+/// implemented: the file is re-read only to say whether it parses, and that a restart
+/// applies it.
+fn on_sighup(config: Option<PathBuf>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    // installed before READY=1 is sent, so no SIGHUP after readiness can kill the process
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let check = match &config {
+                Some(p) => match Config::load(p) {
+                    Ok(_) => format!("\"{}\" parses", p.display()),
+                    Err(e) => format!("it does not load: {e}"),
+                },
+                None => "no configuration file".into(),
+            };
+            tracing::warn!(
+                "SIGHUP: walrelay does not reload its configuration; restart it to apply changes ({check})"
+            );
+        }
+    });
+}
+
 /// SIGINT/SIGTERM flip the returned watch to true.
 fn shutdown_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
@@ -646,6 +671,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
     );
     // systemd (Type=notify): ready once the listeners are up; watchdog while running
     walrelay::sdnotify::spawn_watchdog(shutdown.clone());
+    on_sighup(a.config.clone());
     walrelay::sdnotify::notify_logged("READY=1");
     let result = receiver::run(store.clone(), opts, shutdown)
         .await
