@@ -174,6 +174,39 @@ fn ops_check_status_and_logs_pg15() {
         "{line}"
     );
 
+    // little free disk and an archive lag over their thresholds: WARNING, both named
+    let cfg_warn = t.join("warn.toml");
+    std::fs::write(
+        &cfg_warn,
+        base_cfg.replace(
+            "warn_free_percent = 0.1\n",
+            "warn_free_percent = 100\nwarn_archive_lag_bytes = 0\n",
+        ),
+    )
+    .unwrap();
+    let (code, line) = check(&cfg_warn, &primary, &data, &["--nagios"]);
+    assert_eq!(code, 1, "{line}");
+    assert!(
+        line.contains("disk: ") && line.contains("% free") && line.contains("archive_lag: "),
+        "{line}"
+    );
+
+    // another cluster as the upstream: its system identifier differs from the data
+    // directory's: CRITICAL
+    let other = Pg::primary("15", &[]);
+    assert_ne!(other.system_identifier(), primary.system_identifier());
+    let (code, line) = check(&cfg, &other, &data, &["--nagios"]);
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.contains(&format!(
+            "system_id: the upstream is system {} but the data directory holds WAL of system {}",
+            other.system_identifier(),
+            primary.system_identifier()
+        )),
+        "{line}"
+    );
+    drop(other);
+
     // a tripwire hold: WARNING, in /status and on the page
     primary.psql("drop table a");
     primary.psql("insert into b values (3)");
@@ -208,6 +241,13 @@ fn ops_check_status_and_logs_pg15() {
 
     // JSON logs: every line parses, with level, message and timestamp
     relay.proc.stop();
+    // and walrelay not running at all: CRITICAL
+    let (code, line) = check(&cfg, &primary, &data, &["--nagios"]);
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.contains("walrelay: walrelay is not running: no answer on control socket"),
+        "{line}"
+    );
     let log = relay.log();
     let mut messages = Vec::new();
     for l in log.lines().filter(|l| !l.trim().is_empty()) {
