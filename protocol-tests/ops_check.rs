@@ -213,6 +213,10 @@ fn ops_check_status_and_logs_pg15() {
     harness::wait_for(Duration::from_secs(60), "the tripwire to hold", || {
         status(&maddr)["feeds"][0]["tripwire_hold"] == true
     });
+    // the feed's standby misses the DROP's commit: its lag in seconds is that commit's age
+    let f = &status(&maddr)["feeds"][0];
+    assert!(f["lag_seconds"].as_f64().is_some_and(|s| s >= 0.0), "{f}");
+    assert!(f["lag_bytes"].as_u64().is_some_and(|b| b > 0), "{f}");
     let (code, line) = check(&cfg, &primary, &data, &["--nagios"]);
     assert_eq!(code, 1, "{line}");
     assert!(

@@ -131,6 +131,9 @@ pub fn status_json(s: &Sources) -> serde_json::Value {
     doc
 }
 
+/// Microseconds from 1970-01-01 to 2000-01-01 (PostgreSQL's epoch).
+const PG_EPOCH_UNIX_USECS: i64 = 946_684_800_000_000;
+
 /// Feeds as the read-only views show them: position, state, lag, hold — not the
 /// transactions (those stay on the control endpoint).
 fn feeds_summary(list: &serde_json::Value, flush: Lsn) -> serde_json::Value {
@@ -143,6 +146,18 @@ fn feeds_summary(list: &serde_json::Value, flush: Lsn) -> serde_json::Value {
                 let waiting_since = f["waiting_commit"]["commit_time"]
                     .as_str()
                     .map(str::to_string);
+                // how far behind the primary the feed's standby is: 0 when it has
+                // everything, else the age of the first commit it does not have yet
+                let lag_seconds = if f["state"] == "caught_up" {
+                    Some(0.0)
+                } else {
+                    waiting_since.as_deref().and_then(|t| {
+                        let now_pg = (now_unix() * 1e6) as i64 - PG_EPOCH_UNIX_USECS;
+                        crate::delay::time::parse_pg_time(t, now_pg)
+                            .ok()
+                            .map(|c| round1(now_pg.saturating_sub(c) as f64 / 1e6).max(0.0))
+                    })
+                };
                 serde_json::json!({
                     "name": f["name"],
                     "application_name": f["application_name"],
@@ -153,6 +168,7 @@ fn feeds_summary(list: &serde_json::Value, flush: Lsn) -> serde_json::Value {
                     "sessions": f["sessions"],
                     "tripwire_hold": f["state"] == "tripwire",
                     "lag_bytes": pos.map(|l| flush.0.saturating_sub(l.0)),
+                    "lag_seconds": lag_seconds,
                     "waiting_commit_time": waiting_since,
                 })
             })

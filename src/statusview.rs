@@ -167,12 +167,13 @@ pub fn text(doc: &serde_json::Value) -> String {
     }
     for f in doc["feeds"].as_array().into_iter().flatten() {
         o.push_str(&format!(
-            "feed:       {} {} at {}, delay {} s, lag {} bytes{}\n",
+            "feed:       {} {} at {}, delay {} s, lag {} bytes / {} s{}\n",
             s(&f["name"]),
             s(&f["state"]),
             s(&f["position"]),
             s(&f["delay_seconds"]),
             s(&f["lag_bytes"]),
+            s(&f["lag_seconds"]),
             if f["tripwire_hold"] == true {
                 format!(" — HELD BY TRIPWIRE at {}", s(&f["held_at"]))
             } else {
