@@ -169,7 +169,6 @@ fn feeds_summary(list: &serde_json::Value, flush: Lsn) -> serde_json::Value {
                     "tripwire_hold": f["state"] == "tripwire",
                     "lag_bytes": pos.map(|l| flush.0.saturating_sub(l.0)),
                     "lag_seconds": lag_seconds,
-                    "waiting_commit_time": waiting_since,
                 })
             })
             .collect(),
