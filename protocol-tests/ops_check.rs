@@ -371,3 +371,63 @@ fn status_page(t: &TestDir, maddr: &str, primary: &Pg) {
     std::fs::copy(&shot, &kept).unwrap();
     eprintln!("status page screenshot: {}", kept.display());
 }
+
+/// pg_receivewal without a slot and without --synchronous reports flush 0/0: `/status`
+/// shows no flush position for it (PostgreSQL shows NULL) and counts its lag from its
+/// write position, and its flush series is its write position, not 0.
+#[test]
+fn ops_status_pg_receivewal_lag_pg15() {
+    use crate::server_common::{write_rows, ReceiveWal};
+    let t = TestDir::new("ops-rw");
+    let primary = Pg::primary("15", &[]);
+    let maddr = format!("127.0.0.1:{}", harness::free_port());
+    let relay = Relay::start(&t, &primary, &["--metrics-listen", &maddr]);
+    let rw = ReceiveWal::start(&primary, relay.port, &t.join("rw"), &[]);
+    let lsn = write_rows(&primary, "r", 2000);
+    relay.wait_flush(&primary, lsn);
+    let mut row = serde_json::Value::Null;
+    harness::wait_for(
+        Duration::from_secs(60),
+        "pg_receivewal's write position in /status",
+        || {
+            let d = status(&maddr);
+            row = d["walsenders"]
+                .as_array()
+                .and_then(|a| {
+                    a.iter()
+                        .find(|w| w["application_name"] == "pg_receivewal")
+                        .cloned()
+                })
+                .unwrap_or_default();
+            row["write_lsn"]
+                .as_str()
+                .and_then(|s| s.parse::<Lsn>().ok())
+                .is_some_and(|w| w >= lsn)
+        },
+    );
+    assert!(
+        row["flush_lsn"].is_null(),
+        "flush 0/0 shown as a position: {row} ({})",
+        rw.log()
+    );
+    let d = status(&maddr);
+    let flush: Lsn = d["store"]["flush_lsn"].as_str().unwrap().parse().unwrap();
+    let write: Lsn = row["write_lsn"].as_str().unwrap().parse().unwrap();
+    let lag = row["lag_bytes"].as_u64().unwrap();
+    assert!(
+        lag <= flush.0.saturating_sub(write.0) + 1_000_000 && lag < flush.0 / 2,
+        "lag {lag} counts from 0/0: {row}"
+    );
+    let (_, metrics) = walrelay::admin::request(&maddr, "GET", "/metrics").unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("walrelay_walsender_flush_lsn_bytes{application_name=\"pg_receivewal\"")
+        })
+        .unwrap_or_else(|| panic!("no flush series: {metrics}"));
+    let v: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(
+        v >= lsn.0 as f64,
+        "flush series {v} below the write position {lsn}: {line}"
+    );
+}
