@@ -430,4 +430,16 @@ fn ops_status_pg_receivewal_lag_pg15() {
         v >= lsn.0 as f64,
         "flush series {v} below the write position {lsn}: {line}"
     );
+    // caught up with an idle primary: the upstream lag is 0 when scraped, not the value
+    // of the last WAL message before the flush
+    let gauge = |m: &str, name: &str| -> Option<f64> {
+        m.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    harness::wait_for(Duration::from_secs(30), "upstream lag 0", || {
+        let (_, m) = walrelay::admin::request(&maddr, "GET", "/metrics").unwrap();
+        gauge(&m, "walrelay_upstream_lag_bytes") == Some(0.0)
+            && gauge(&m, "walrelay_upstream_lag_seconds") == Some(0.0)
+    });
 }
