@@ -15,6 +15,7 @@ mod failover_diverge;
 mod fuzz_replay;
 mod harness;
 mod harness_selftest;
+mod ops_check;
 mod pgrw_cli;
 mod pgrw_compress;
 mod receive;

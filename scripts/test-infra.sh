@@ -32,6 +32,8 @@ if ! dpkg -s postgresql-15 postgresql-client-15 >/dev/null 2>&1; then
     postgresql-15 postgresql-client-15
 fi
 command -v openssl >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl; }
+# headless browser for the status page test (protocol-tests/ops_status_page.rs)
+command -v chromium >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 ln -sfn /usr/lib/postgresql/15 "$INFRA/pg/15"
 
 # The wheels say Requires-Python>=3.12 but are pure data (py3-none): download them for 3.12

@@ -38,6 +38,10 @@ pub struct Config {
     pub feed: Vec<FeedConfig>,
     /// Settings shared by all feeds (`[feeds]`).
     pub feeds: FeedsConfig,
+    /// Thresholds of `walrelay check` (`[check]`).
+    pub check: CheckConfig,
+    /// Logging (`[log]`).
+    pub log: LogConfig,
 }
 
 impl Default for Config {
@@ -50,6 +54,8 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             control: ControlConfig::default(),
             feed: Vec::new(),
+            check: CheckConfig::default(),
+            log: LogConfig::default(),
             feeds: FeedsConfig::default(),
         }
     }
@@ -414,6 +420,64 @@ pub struct MetricsConfig {
     /// Host names accepted in the Host header besides IP literals and `localhost` (DNS
     /// rebinding protection), e.g. the name Prometheus scrapes.
     pub allowed_hosts: Vec<String>,
+}
+
+/// `[check]`: thresholds of `walrelay check` (warning / critical).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckConfig {
+    /// Bytes walrelay's flush position may trail the primary's WAL end.
+    #[serde(deserialize_with = "de_size")]
+    pub warn_lag_bytes: u64,
+    #[serde(deserialize_with = "de_size")]
+    pub crit_lag_bytes: u64,
+    /// Seconds walrelay may have been behind the primary (0 while it has all WAL).
+    #[serde(deserialize_with = "de_duration")]
+    pub warn_lag_seconds: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub crit_lag_seconds: Duration,
+    /// Bytes of stored WAL not yet archived.
+    #[serde(deserialize_with = "de_size")]
+    pub warn_archive_lag_bytes: u64,
+    #[serde(deserialize_with = "de_size")]
+    pub crit_archive_lag_bytes: u64,
+    /// Age of the newest archived segment, checked only while completed segments wait
+    /// for the archive (an idle primary completes none).
+    #[serde(deserialize_with = "de_duration")]
+    pub warn_archive_age: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub crit_archive_age: Duration,
+    /// Free space on the data directory's file system, percent.
+    pub warn_free_percent: f64,
+    pub crit_free_percent: f64,
+}
+
+impl Default for CheckConfig {
+    fn default() -> Self {
+        CheckConfig {
+            warn_lag_bytes: 64 << 20,
+            crit_lag_bytes: 1 << 30,
+            warn_lag_seconds: Duration::from_secs(60),
+            crit_lag_seconds: Duration::from_secs(600),
+            warn_archive_lag_bytes: 1 << 30,
+            crit_archive_lag_bytes: 16 << 30,
+            warn_archive_age: Duration::from_secs(900),
+            crit_archive_age: Duration::from_secs(3600),
+            warn_free_percent: 10.0,
+            crit_free_percent: 5.0,
+        }
+    }
+}
+
+/// `[log]`: log output.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (default) or `json` (one JSON object per line). `--log-format` overrides.
+    pub format: Option<String>,
+    /// Level filter in `RUST_LOG` syntax, e.g. `info` or `info,walrelay::archive=debug`;
+    /// `$WALRELAY_LOG` overrides it.
+    pub level: Option<String>,
 }
 
 /// `[control]`: where `walrelay feed` / `walrelay xacts` reach a running walrelay.

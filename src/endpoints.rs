@@ -11,11 +11,14 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::admin::{self, Endpoint, Policy, Response, Routes, Target, Token, Transport};
+use crate::archive::archiver::ArchiverStatus;
 use crate::config::Config;
 use crate::delay::FeedController;
 use crate::lsn::Lsn;
 use crate::metrics::{PrometheusHandle, StandbySample};
+use crate::ops;
 use crate::server::StatusSource;
+use crate::statusview::{self, History};
 use crate::store::Positions;
 use crate::upstream::receiver::UpstreamInfo;
 
@@ -27,20 +30,57 @@ pub struct Sources {
     pub walsenders: Option<StatusSource>,
     pub archived: Option<watch::Receiver<Lsn>>,
     pub feeds: Option<Arc<FeedController>>,
+    /// The archiver's counters (pending segments, last error).
+    pub archiver: Option<watch::Receiver<ArchiverStatus>>,
 }
 
-/// The `/status` document: what walrelay receives, stores, archives and serves.
+fn now_unix() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+/// A standby's flushed position as `pg_stat_replication` shows it: a client that reports
+/// flush 0/0 (pg_receivewal without --synchronous) has none.
+pub fn valid_lsn(l: Option<Lsn>) -> Option<Lsn> {
+    l.filter(|l| l.is_valid())
+}
+
+/// The `/status` document: what walrelay receives, stores, archives and serves, the lag
+/// of everything downstream, and the last errors.
 pub fn status_json(s: &Sources) -> serde_json::Value {
     let p = s.positions.borrow().clone();
     let i = s.upstream.borrow().clone();
     let archived = s.archived.as_ref().map(|a| *a.borrow());
+    let now = now_unix();
+    let live = ops::liveness();
+    let ev = ops::archive_events();
+    let astat = s.archiver.as_ref().map(|a| a.borrow().clone());
+    let host = i
+        .server
+        .rsplit_once(':')
+        .map(|(h, _)| h.to_string())
+        .unwrap_or_default();
     let mut doc = serde_json::json!({
         "upstream": {
             "connected": i.connected,
+            "state": if i.connected { "streaming" } else { "disconnected" },
             "server": i.server,
+            "host": host,
             "server_version": i.server_version,
             "system_identifier": i.system_id.to_string(),
             "timeline": i.timeline,
+            "last_message_at": live.last_message.map(ops::rfc3339),
+            "last_message_age_seconds": live.last_message.map(|t| round1((now - t).max(0.0))),
+            "wal_end": live.wal_end.map(|l| l.to_string()),
+            "lag_bytes": live.lag_bytes(p.flush_lsn),
+            "lag_seconds": live.lag_seconds(p.flush_lsn, now).map(round1),
+            "last_error": ops::last_error_of("upstream"),
         },
         "store": {
             "timeline": p.timeline,
@@ -49,16 +89,90 @@ pub fn status_json(s: &Sources) -> serde_json::Value {
             "wal_segment_size": p.wal_segment_size,
             "completed_segments": p.completed_segments,
             "error": p.error,
+            "last_error": ops::last_error_of("store"),
         },
         "archive": {
-            "archived_lsn": archived.map(|l| l.to_string()),
+            "enabled": archived.is_some(),
+            "archived_lsn": archived.filter(|l| l.is_valid()).map(|l| l.to_string()),
+            "lag_bytes": archived.filter(|l| l.is_valid()).map(|a| p.flush_lsn.0.saturating_sub(a.0)),
+            "pending_segments": astat.as_ref().map(|a| a.pending),
+            "uploaded_segments": astat.as_ref().map(|a| a.uploaded_segments),
+            "first_archived_segment": ev.first_segment,
+            "last_archived_segment": ev.last_segment,
+            "last_archived_at": ev.last_time.map(ops::rfc3339),
+            "last_archived_age_seconds": ev.last_time.map(|t| round1((now - t).max(0.0))),
+            "last_error": ops::last_error_of("archive"),
+            // the whole archive of this system, listed every few minutes
+            "listing": ops::archive_listing(),
         },
+        "errors": ops::last_errors(),
     });
     if let Some(w) = &s.walsenders {
-        doc["walsenders"] = serde_json::to_value(w.status()).unwrap_or_default();
+        let rows: Vec<serde_json::Value> = w
+            .status()
+            .into_iter()
+            .map(|mut r| {
+                r.flush_lsn = valid_lsn(r.flush_lsn);
+                let reached = r.flush_lsn.or(valid_lsn(r.write_lsn));
+                let lag_bytes = reached.map(|l| p.flush_lsn.0.saturating_sub(l.0));
+                let lag_seconds = r.replay_lag.or(r.flush_lag).or(r.write_lag);
+                let mut v = serde_json::to_value(&r).unwrap_or_default();
+                v["lag_bytes"] = serde_json::json!(lag_bytes);
+                v["lag_seconds"] = serde_json::json!(lag_seconds);
+                v
+            })
+            .collect();
+        doc["walsenders"] = serde_json::Value::Array(rows);
         doc["slots"] = serde_json::to_value(w.slots()).unwrap_or_default();
     }
+    if let Some(f) = &s.feeds {
+        doc["feeds"] = feeds_summary(&f.list(), p.flush_lsn);
+    }
     doc
+}
+
+/// Microseconds from 1970-01-01 to 2000-01-01 (PostgreSQL's epoch).
+const PG_EPOCH_UNIX_USECS: i64 = 946_684_800_000_000;
+
+/// Feeds as the read-only views show them: position, state, lag, hold — not the
+/// transactions (those stay on the control endpoint).
+fn feeds_summary(list: &serde_json::Value, flush: Lsn) -> serde_json::Value {
+    let feeds = list["feeds"].as_array().cloned().unwrap_or_default();
+    serde_json::Value::Array(
+        feeds
+            .iter()
+            .map(|f| {
+                let pos = f["position"].as_str().and_then(|s| s.parse::<Lsn>().ok());
+                let waiting_since = f["waiting_commit"]["commit_time"]
+                    .as_str()
+                    .map(str::to_string);
+                // how far behind the primary the feed's standby is: 0 when it has
+                // everything, else the age of the first commit it does not have yet
+                let lag_seconds = if f["state"] == "caught_up" {
+                    Some(0.0)
+                } else {
+                    waiting_since.as_deref().and_then(|t| {
+                        let now_pg = (now_unix() * 1e6) as i64 - PG_EPOCH_UNIX_USECS;
+                        crate::delay::time::parse_pg_time(t, now_pg)
+                            .ok()
+                            .map(|c| round1(now_pg.saturating_sub(c) as f64 / 1e6).max(0.0))
+                    })
+                };
+                serde_json::json!({
+                    "name": f["name"],
+                    "application_name": f["application_name"],
+                    "state": f["state"],
+                    "position": f["position"],
+                    "held_at": f["held_at"],
+                    "delay_seconds": f["delay_seconds"],
+                    "sessions": f["sessions"],
+                    "tripwire_hold": f["state"] == "tripwire",
+                    "lag_bytes": pos.map(|l| flush.0.saturating_sub(l.0)),
+                    "lag_seconds": lag_seconds,
+                })
+            })
+            .collect(),
+    )
 }
 
 fn add_status(routes: &mut Routes, s: &Sources) {
@@ -70,14 +184,30 @@ fn add_status(routes: &mut Routes, s: &Sources) {
     );
 }
 
-/// Routes of the metrics listener: `/metrics`, `/health`, `/status` — read-only.
-pub fn metrics_routes(handle: PrometheusHandle, s: &Sources) -> Routes {
+/// Routes of the metrics listener: `/metrics`, `/health`, `/status`, `/history` and the
+/// status page `/` — read-only.
+pub fn metrics_routes(handle: PrometheusHandle, s: &Sources, history: &History) -> Routes {
     let mut routes = Routes::default();
     let walsenders = s.walsenders.clone();
+    let pos = s.positions.clone();
     routes.add(
         "GET",
         "/metrics",
         Arc::new(move |_| {
+            // the upstream lag from the current flush position and the last message, not
+            // the value of the last XLogData (which goes stale when WAL stops arriving)
+            let flush = pos.borrow().flush_lsn;
+            let live = ops::liveness();
+            let now = now_unix();
+            if let Some(b) = live.lag_bytes(flush) {
+                metrics::gauge!(crate::metrics::UPSTREAM_LAG).set(b as f64);
+            }
+            if let Some(sec) = live.lag_seconds(flush, now) {
+                metrics::gauge!(crate::metrics::UPSTREAM_LAG_SECONDS).set(sec);
+            }
+            if let Some(t) = live.last_message {
+                metrics::gauge!(crate::metrics::UPSTREAM_MESSAGE_AGE).set((now - t).max(0.0));
+            }
             let mut text = handle.render();
             if let Some(w) = &walsenders {
                 let samples: Vec<StandbySample> = w
@@ -86,7 +216,10 @@ pub fn metrics_routes(handle: PrometheusHandle, s: &Sources) -> Routes {
                     .map(|r| StandbySample {
                         application_name: r.application_name,
                         sent: r.sent_lsn.map(|l| l.0),
-                        flush: r.flush_lsn.map(|l| l.0),
+                        // pg_receivewal reports flush 0/0: its write position is what it has
+                        flush: valid_lsn(r.flush_lsn)
+                            .or(valid_lsn(r.write_lsn))
+                            .map(|l| l.0),
                         replay: r.replay_lsn.map(|l| l.0),
                         replay_lag_seconds: r.replay_lag,
                     })
@@ -110,7 +243,116 @@ pub fn metrics_routes(handle: PrometheusHandle, s: &Sources) -> Routes {
         }),
     );
     add_status(&mut routes, s);
+    add_history(&mut routes, history);
+    // last: "/" is a prefix of every path, so it answers only the root itself
+    routes.add(
+        "GET",
+        "/",
+        Arc::new(|req| {
+            if req.segments.is_empty() {
+                Response {
+                    status: 200,
+                    content_type: "text/html; charset=utf-8",
+                    body: statusview::PAGE.as_bytes().to_vec(),
+                }
+            } else {
+                Response::error(404, format!("no such endpoint: {}", req.path))
+            }
+        }),
+    );
     routes
+}
+
+fn add_history(routes: &mut Routes, history: &History) {
+    let h = history.clone();
+    routes.add(
+        "GET",
+        "/history",
+        Arc::new(move |_| {
+            Response::json(
+                200,
+                &serde_json::json!({
+                    "interval_seconds": statusview::SAMPLE_EVERY.as_secs(),
+                    "samples": h.samples(),
+                }),
+            )
+        }),
+    );
+}
+
+/// Samples the lags into `history` every [`statusview::SAMPLE_EVERY`] and writes the
+/// aggregated segment log lines every second, until shutdown.
+fn spawn_sampler(s: &Sources, history: History, mut shutdown: watch::Receiver<bool>) {
+    let s = s.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n: u64 = 0;
+        let every = statusview::SAMPLE_EVERY.as_secs().max(1);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|v| *v) => break,
+            }
+            ops::flush_segment_logs();
+            if n % every == 0 {
+                let doc = status_json(&s);
+                history.push(statusview::Sample::from_status(now_unix(), &doc));
+            }
+            n = n.wrapping_add(1);
+        }
+        ops::flush_segment_logs();
+    });
+}
+
+/// How often the archive is listed for `/status` (`archive.listing`).
+const LIST_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Lists the archive's segments of this system now and then (first a few seconds after
+/// start) for the oldest/newest segment in `/status`.
+fn spawn_archive_lister(cfg: &Config, s: &Sources, mut shutdown: watch::Receiver<bool>) {
+    let Some(url) = crate::archive::resolve_url(cfg.archive.url.as_deref(), &cfg.data_dir) else {
+        return;
+    };
+    let Ok(b) = crate::archive::backend::open(&url, &cfg.archive) else {
+        return;
+    };
+    let positions = s.positions.clone();
+    tokio::spawn(async move {
+        let mut last: Option<(std::time::Instant, Option<String>)> = None;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                _ = shutdown.wait_for(|v| *v) => break,
+            }
+            let sysid = positions.borrow().system_id;
+            // again every LIST_EVERY, or sooner when this process archived past the listing
+            let archived = ops::archive_events().last_segment;
+            let due = match &last {
+                None => true,
+                Some((at, newest)) => at.elapsed() >= LIST_EVERY || archived > *newest,
+            };
+            if sysid == 0 || !due {
+                continue;
+            }
+            match crate::check::list_archive(&b, sysid).await {
+                Ok(l) => {
+                    ops::set_archive_listing(serde_json::json!({
+                        "segments": l.segments,
+                        "oldest_segment": l.oldest,
+                        "newest_segment": l.newest,
+                        "newest_uploaded_at": l.newest_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                        "listed_at": ops::rfc3339(now_unix()),
+                    }));
+                    last = Some((std::time::Instant::now(), l.newest));
+                }
+                Err(e) => {
+                    tracing::warn!("archive: {e}");
+                    last = Some((std::time::Instant::now(), archived));
+                }
+            }
+        }
+    });
 }
 
 /// Routes of the control endpoint: `/status`, and with feeds `/feeds…` and `/xacts`.
@@ -156,13 +398,16 @@ pub async fn start(
     s: &Sources,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
+    let history = History::default();
+    spawn_sampler(s, history.clone(), shutdown.clone());
+    spawn_archive_lister(cfg, s, shutdown.clone());
     if let (Some(addr), Some(handle)) = (&cfg.metrics.listen, metrics) {
         let addr: std::net::SocketAddr = addr
             .parse()
             .map_err(|e| format!("invalid metrics.listen \"{addr}\": {e}"))?;
         let ep = Endpoint::new(
             "metrics.listen",
-            metrics_routes(handle, s),
+            metrics_routes(handle, s, &history),
             Policy::new(
                 Transport::Tcp { tls: false },
                 None,
@@ -173,9 +418,7 @@ pub async fn start(
             .await
             .map_err(|e| e.to_string())?;
         if let Some(local) = serving.local_addr {
-            tracing::info!(
-                "metrics, health and status on http://{local}/metrics, /health and /status"
-            );
+            tracing::info!("status page on http://{local}/ (and /metrics, /health, /status)");
         }
     }
     let routes = control_routes(s);

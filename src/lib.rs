@@ -17,6 +17,10 @@
 //! | [`endpoints`] | which routes go on the metrics listener and the control endpoint | hold state |
 //! | [`config`] | TOML config and defaults | hold business logic |
 //! | [`pgreceivewal`] | the pg_receivewal command line (options, messages, exit codes) | write files itself |
+//! | [`ops`] | last errors, upstream liveness, last archived segment, segment log lines | decide anything |
+//! | [`check`] | `walrelay check`: one health verdict (Nagios codes) | change anything but a throwaway archive object |
+//! | [`statusview`] | `walrelay status` text, the HTML status page, the lag history ring | serve data the metrics listener must not show |
+//! | [`logging`] | log formats (text, JSON) and level control | hold business logic |
 //! | [`delay`] | commit index, delayed/controlled feeds, tripwire | write WAL or touch sockets |
 //! | [`statefile`] | durable atomic state files, the coalescing state writer | know what the files mean |
 //!
@@ -24,16 +28,20 @@
 
 pub mod admin;
 pub mod archive;
+pub mod check;
 pub mod config;
 pub mod delay;
 pub mod endpoints;
 pub mod error;
+pub mod logging;
 pub mod lsn;
 pub mod metrics;
+pub mod ops;
 pub mod pgreceivewal;
 pub mod protocol;
 pub mod server;
 pub mod statefile;
+pub mod statusview;
 pub mod store;
 pub mod upstream;
 pub mod wal;

@@ -53,6 +53,18 @@ enum Command {
     /// List decoded transactions (commit time, xid, LSN, dropped relations) to find the bad
     /// one: from a running walrelay's commit index, or with -D from segment files.
     Xacts(XactsArgs),
+    /// Check upstream, slot, system identifier, archive, lag, disk, feeds and recent errors;
+    /// exit status 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios).
+    Check(walrelay::check::CheckArgs),
+    /// What a running walrelay receives, stores, archives and serves, with lags and the
+    /// last errors.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    control: ControlArgs,
 }
 
 /// Where the control endpoint of a running walrelay is (see `docs/security.md`).
@@ -196,17 +208,13 @@ struct RunArgs {
     /// Output verbose messages.
     #[arg(short = 'v', long, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Log format (overrides log.format).
+    #[arg(long, value_enum)]
+    log_format: Option<walrelay::logging::LogFormat>,
 }
 
 fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WALRELAY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+    walrelay::logging::init(walrelay::logging::LogFormat::Text, None, default);
 }
 
 fn main() -> ExitCode {
@@ -259,6 +267,16 @@ fn main() -> ExitCode {
                 }
                 Command::Feed(a) => feed(a).await,
                 Command::Xacts(a) => xacts(a).await,
+                Command::Check(a) => exit_with(walrelay::check::main(a).await),
+                Command::Status(a) => {
+                    let doc = walrelay::statusview::fetch(&a.control.target()?).await?;
+                    if a.control.json {
+                        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+                    } else {
+                        print!("{}", walrelay::statusview::text(&doc));
+                    }
+                    Ok(())
+                }
             }
         });
         work.await
@@ -332,11 +350,20 @@ fn passwd(a: PasswdArgs) -> Result<(), String> {
 }
 
 async fn run(a: RunArgs) -> Result<(), String> {
-    init_logging(if a.verbose > 0 { "debug" } else { "info" });
     let mut cfg = match &a.config {
         Some(p) => Config::load(p).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
+    let log_format = match (a.log_format, cfg.log.format.as_deref()) {
+        (Some(f), _) => f,
+        (None, Some(f)) => walrelay::logging::LogFormat::parse(f)?,
+        (None, None) => walrelay::logging::LogFormat::Text,
+    };
+    walrelay::logging::init(
+        log_format,
+        cfg.log.level.as_deref(),
+        if a.verbose > 0 { "debug" } else { "info" },
+    );
     if let Some(v) = a.upstream {
         cfg.upstream.conninfo = Some(v);
     }
@@ -483,6 +510,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
         walsenders: server.as_ref().map(|s| s.status_source()),
         archived: archiver.as_ref().map(|h| h.archived_lsn.clone()),
         feeds: feeds.clone(),
+        archiver: archiver.as_ref().map(|h| h.status.clone()),
     };
     walrelay::endpoints::start(&cfg, metrics, &sources, shutdown.clone()).await?;
     let opts = ReceiverOptions {

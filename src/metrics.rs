@@ -28,6 +28,10 @@ pub const FLUSH_LSN: &str = "walrelay_flush_lsn_bytes";
 pub const UPSTREAM_WAL_END: &str = "walrelay_upstream_wal_end_bytes";
 /// How far `flush_lsn` trails the primary's reported WAL end.
 pub const UPSTREAM_LAG: &str = "walrelay_upstream_lag_bytes";
+/// Seconds walrelay has been behind the primary's WAL end (0 while it has all of it).
+pub const UPSTREAM_LAG_SECONDS: &str = "walrelay_upstream_lag_seconds";
+/// Seconds since the last message from the primary.
+pub const UPSTREAM_MESSAGE_AGE: &str = "walrelay_upstream_last_message_age_seconds";
 /// Timeline being received.
 pub const TIMELINE: &str = "walrelay_timeline";
 /// Connections to the primary (re)established.
@@ -73,6 +77,16 @@ pub fn describe() {
         UPSTREAM_LAG,
         Unit::Bytes,
         "bytes between the primary's WAL end and flush_lsn"
+    );
+    describe_gauge!(
+        UPSTREAM_LAG_SECONDS,
+        Unit::Seconds,
+        "seconds walrelay has been behind the primary's WAL end (0 when caught up)"
+    );
+    describe_gauge!(
+        UPSTREAM_MESSAGE_AGE,
+        Unit::Seconds,
+        "seconds since the last message from the primary"
     );
     describe_gauge!(TIMELINE, "timeline being received");
     describe_counter!(UPSTREAM_CONNECTS, "connections to the primary established");

@@ -356,6 +356,7 @@ impl Run {
         if let Err(e) = self.prepare(&ctx, sysid, &mut shutdown).await {
             if !matches!(e, ArchiveError::Shutdown) {
                 tracing::error!("archive: {e}; archiving stopped");
+                crate::ops::record_error("archive", format!("{e}; archiving stopped"));
                 self.status.last_error = Some(e.to_string());
                 self.publish_status();
             }
@@ -602,6 +603,12 @@ impl Run {
                 match job {
                     Job::Segment { tli, segno } => {
                         self.archived.insert((segno, tli));
+                        let seg_size = self.store.positions().borrow().wal_segment_size;
+                        if crate::lsn::valid_segment_size(seg_size) {
+                            crate::ops::note_archived(&crate::lsn::segment_file_name(
+                                tli, segno, seg_size,
+                            ));
+                        }
                         self.status.uploaded_segments += 1;
                         metrics::counter!(super::UPLOADED_SEGMENTS).increment(1);
                         if outcome == PutOutcome::AlreadyPresent {
@@ -624,6 +631,7 @@ impl Run {
                     self.status.conflicts += 1;
                 }
                 tracing::error!("archive: {e}");
+                crate::ops::record_error("archive", e.to_string());
                 self.status.last_error = Some(e.to_string());
                 let wait = if matches!(e, ArchiveError::Conflict { .. }) {
                     Duration::from_secs(60)
@@ -781,9 +789,15 @@ impl Run {
     }
 
     /// Sets `walrelay_archive_lag_bytes` from the store's `flush_lsn` and `archived_lsn`.
+    /// Until the archiver knows where the local WAL starts (`prefix_end`) nothing is
+    /// published: a lag from 0/0 would be the whole LSN.
     fn publish_lag(&self) {
         let flush = self.store.positions().borrow().flush_lsn;
-        let lag = archive_lag(flush, *self.lsn_tx.borrow());
+        let base = (*self.lsn_tx.borrow()).max(self.prefix_end);
+        if !base.is_valid() {
+            return;
+        }
+        let lag = archive_lag(flush, base);
         metrics::gauge!(super::ARCHIVE_LAG).set(lag as f64);
     }
 

@@ -90,6 +90,7 @@ where
                 metrics::counter!(super::UPLOAD_ERRORS).increment(1);
                 let d = backoff(policy, attempt);
                 tracing::warn!("archive: {what} failed: {e}; retrying in {d:.1?}");
+                crate::ops::record_error("archive", format!("{what} failed: {e}"));
                 attempt = attempt.saturating_add(1);
                 tokio::select! {
                     _ = tokio::time::sleep(d) => {}

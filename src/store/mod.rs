@@ -578,6 +578,7 @@ impl Writer {
             self.pos.flush_lsn = self.pos.flush_lsn.min(self.pos.write_lsn);
         }
         tracing::error!("segment store: {e}; stopped accepting WAL until the stream restarts");
+        crate::ops::record_error("store", e.to_string());
         metrics::counter!(crate::metrics::ERRORS, "kind" => "store").increment(1);
         self.failed = true;
         self.dirty = false;
@@ -920,7 +921,7 @@ impl Writer {
         let final_path = seg.path.with_extension("");
         match &mut self.lossy {
             Some(held) => {
-                held.push(seg.path.clone(), final_path);
+                held.push(seg.path.clone(), final_path.clone());
                 held.apply().map_err(io_err("rename", &seg.path))?;
             }
             None => std::fs::rename(&seg.path, &final_path).map_err(io_err("rename", &seg.path))?,
@@ -932,6 +933,9 @@ impl Writer {
         self.pos.flush_lsn = self.durable_end();
         self.pos.completed_segments += 1;
         metrics::counter!(crate::metrics::SEGMENTS_COMPLETED).increment(1);
+        if let Some(name) = final_path.file_name().and_then(|n| n.to_str()) {
+            crate::ops::segment_completed(name);
+        }
         if let Some(c) = self.control.as_mut() {
             c.timeline = self.pos.timeline;
             c.flush_lsn = self.pos.flush_lsn.to_string();

@@ -167,7 +167,7 @@ pub async fn run(
                 return Err(err.unwrap_or_else(|| ReceiverError::Stream("stopped".into())))
             }
             Some(e) => {
-                tracing::error!("{e}");
+                crate::ops::upstream_error(&e.to_string());
                 let kind = match e {
                     ReceiverError::Upstream(u) if u.is_auth_failure() => "auth",
                     ReceiverError::Upstream(_) => "upstream",
@@ -261,6 +261,14 @@ async fn stream_once(
         .unwrap_or_default()
         .to_string();
     let resume = store.open(ident.systemid, seg_size, &version).await?;
+    {
+        let (host, port) = conn.host_port();
+        tracing::info!(
+            "connected to upstream {host}:{port} (PostgreSQL {version}, system identifier {}, timeline {})",
+            ident.systemid,
+            ident.timeline
+        );
+    }
     if let Some(info) = &opts.info {
         let (host, port) = conn.host_port();
         let before = info.borrow().server.clone();
@@ -483,6 +491,7 @@ async fn copy_loop(
                         received_end = received_end.max(end);
                         metrics::counter!(m::RECEIVED_BYTES).increment(data.len() as u64);
                         metrics::gauge!(m::UPSTREAM_WAL_END).set(wal_end.0 as f64);
+                        crate::ops::note_upstream(wal_end, received_end);
                         metrics::gauge!(m::UPSTREAM_LAG).set(wal_end.0.saturating_sub(reporter.last_flush.0) as f64);
                         write(store, data_start, data).await?;
                         // Caught up with what the primary has flushed (its walEnd): nothing more
@@ -503,6 +512,7 @@ async fn copy_loop(
                     }
                     CopyEvent::Keepalive { wal_end, reply_requested, .. } => {
                         metrics::gauge!(m::UPSTREAM_WAL_END).set(wal_end.0 as f64);
+                        crate::ops::note_upstream(wal_end, received_end);
                         if reply_requested {
                             let p = positions.borrow().clone();
                             reporter.send(conn, &p, false).await?;
