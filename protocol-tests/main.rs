@@ -9,6 +9,7 @@ mod bench_quick;
 mod delay_feeds;
 mod harness;
 mod harness_selftest;
+mod ops_packaging;
 mod ops_quickstart;
 mod pgrw_cli;
 mod pgrw_compress;

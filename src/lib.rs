@@ -17,6 +17,8 @@
 //! | [`config`] | TOML config and defaults | hold business logic |
 //! | [`pgreceivewal`] | the pg_receivewal command line (options, messages, exit codes) | write files itself |
 //! | [`delay`] | commit index, delayed/controlled feeds, tripwire | write WAL or touch sockets |
+//! | [`generate`] | man pages and shell completions from the CLI | know options itself |
+//! | [`sdnotify`] | systemd notifications (READY, RELOADING, STOPPING, WATCHDOG) | decide readiness |
 //!
 //! See `docs/architecture.md` for the data flow as built.
 
@@ -25,10 +27,12 @@ pub mod archive;
 pub mod config;
 pub mod delay;
 pub mod error;
+pub mod generate;
 pub mod lsn;
 pub mod metrics;
 pub mod pgreceivewal;
 pub mod protocol;
+pub mod sdnotify;
 pub mod server;
 pub mod store;
 pub mod upstream;

@@ -53,6 +53,10 @@ enum Command {
     /// List decoded transactions (commit time, xid, LSN, dropped relations) to find the bad
     /// one: from a running walrelay's commit index, or with -D from segment files.
     Xacts(XactsArgs),
+    /// Man pages and shell completions (for packagers): `generate man DIR`,
+    /// `generate completions SHELL`.
+    #[command(hide = true)]
+    Generate(walrelay::generate::GenerateArgs),
 }
 
 /// Where the admin endpoint of a running walrelay is.
@@ -230,6 +234,16 @@ fn main() -> ExitCode {
         let inv = pgreceivewal::Invocation::walrelay_receive(&argv0);
         return exit_code(pgreceivewal::main(inv, a.args.clone()));
     }
+    if let Command::Generate(a) = &cli.command {
+        let cmd = <Cli as clap::CommandFactory>::command();
+        return match walrelay::generate::main(a, cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(msg) => {
+                eprintln!("walrelay: error: {msg}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -259,6 +273,7 @@ fn main() -> ExitCode {
                 }
                 Command::Feed(a) => feed(a),
                 Command::Xacts(a) => xacts(a),
+                Command::Generate(_) => Ok(()), // handled before the runtime starts
             }
         });
         work.await
@@ -514,6 +529,8 @@ async fn run(a: RunArgs) -> Result<(), String> {
         "walrelay starting: data directory \"{}\"",
         cfg.data_dir.display()
     );
+    // systemd (Type=notify): the store has recovered and every listener is up.
+    walrelay::sdnotify::ready("streaming from the upstream", shutdown.clone());
     let result = receiver::run(store.clone(), opts, shutdown)
         .await
         .map_err(|e| e.to_string());
