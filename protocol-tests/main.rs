@@ -11,6 +11,7 @@ mod harness;
 mod harness_selftest;
 mod ops_packaging;
 mod ops_quickstart;
+mod ops_reload;
 mod pgrw_cli;
 mod pgrw_compress;
 mod receive;

@@ -108,7 +108,10 @@ fn quickstart_runs_twice_and_serves_metrics() {
 
     let (code, out) = quickstart(dir.path(), &ports, "2");
     assert_eq!(code, 0, "second run:\n{out}");
-    assert!(out.contains("reusing the throwaway primary"), "second run:\n{out}");
+    assert!(
+        out.contains("reusing the throwaway primary"),
+        "second run:\n{out}"
+    );
     assert!(out.contains(&ready), "second run:\n{out}");
     assert!(out.contains("walrelay stopped"), "second run:\n{out}");
     assert!(

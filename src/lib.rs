@@ -18,6 +18,7 @@
 //! | [`pgreceivewal`] | the pg_receivewal command line (options, messages, exit codes) | write files itself |
 //! | [`delay`] | commit index, delayed/controlled feeds, tripwire | write WAL or touch sockets |
 //! | [`generate`] | man pages and shell completions from the CLI | know options itself |
+//! | [`reload`] | SIGHUP: re-read the config, apply TLS/hba/users/feeds live, report the rest | restart anything |
 //! | [`sdnotify`] | systemd notifications (READY, RELOADING, STOPPING, WATCHDOG) | decide readiness |
 //!
 //! See `docs/architecture.md` for the data flow as built.
@@ -32,6 +33,7 @@ pub mod lsn;
 pub mod metrics;
 pub mod pgreceivewal;
 pub mod protocol;
+pub mod reload;
 pub mod sdnotify;
 pub mod server;
 pub mod store;

@@ -352,6 +352,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
         Some(p) => Config::load(p).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
+    let file_cfg = cfg.clone(); // what a SIGHUP reload compares with
     if let Some(v) = a.upstream {
         cfg.upstream.conninfo = Some(v);
     }
@@ -529,6 +530,16 @@ async fn run(a: RunArgs) -> Result<(), String> {
         "walrelay starting: data directory \"{}\"",
         cfg.data_dir.display()
     );
+    walrelay::reload::spawn(
+        walrelay::reload::ReloadTargets {
+            path: a.config.clone(),
+            loaded: file_cfg,
+            server: server.as_ref().map(|s| s.access_reloader()),
+            listen: cfg.server.listen.clone(),
+            feeds: feeds.clone(),
+        },
+        shutdown.clone(),
+    )?;
     // systemd (Type=notify): the store has recovered and every listener is up.
     walrelay::sdnotify::ready("streaming from the upstream", shutdown.clone());
     let result = receiver::run(store.clone(), opts, shutdown)

@@ -131,9 +131,29 @@ struct Runtime {
 
 struct Feed {
     cfg: FeedConfig,
-    rule: FeedRule,
+    /// Changed live by a reload ([`FeedController::reconfigure`]).
+    rule: Mutex<(FeedRule, Duration)>,
     rt: Mutex<Runtime>,
 }
+
+impl Feed {
+    fn rule(&self) -> FeedRule {
+        lock(&self.rule).0
+    }
+    fn delay(&self) -> Duration {
+        lock(&self.rule).1
+    }
+}
+
+/// A feed's policy settings from its configuration.
+fn rule_of(c: &FeedConfig, settings: &FeedsConfig) -> FeedRule {
+    FeedRule {
+        delay_us: i64::try_from(c.delay.as_micros()).unwrap_or(i64::MAX),
+        tripwire: c.tripwire.unwrap_or(settings.tripwire),
+    }
+}
+
+pub mod reconfigure;
 
 /// All feeds. Shared (`Arc`) by the walsender sessions, the indexer and the admin routes.
 pub struct FeedController {
@@ -192,10 +212,7 @@ impl FeedController {
             .iter()
             .map(|c| Feed {
                 cfg: c.clone(),
-                rule: FeedRule {
-                    delay_us: i64::try_from(c.delay.as_micros()).unwrap_or(i64::MAX),
-                    tripwire: c.tripwire.unwrap_or(settings.tripwire),
-                },
+                rule: Mutex::new((rule_of(c, settings), c.delay)),
                 rt: Mutex::new(Runtime::default()),
             })
             .collect();
@@ -264,7 +281,7 @@ impl FeedController {
         tracing::info!(
             "session of \"{application_name}\" streams under feed \"{}\" (delay {:?})",
             f.cfg.name,
-            f.cfg.delay
+            f.delay()
         );
         Some(FeedSession {
             ctl: self.clone(),
@@ -284,7 +301,7 @@ impl FeedController {
         let d = decide(
             &self.index,
             cov,
-            f.rule,
+            f.rule(),
             FeedView {
                 hold: st.hold.as_ref(),
                 tripwire_acked: st.tripwire_acked,
@@ -345,7 +362,9 @@ impl FeedController {
         let min = self
             .feeds
             .iter()
-            .filter(|f| f.rule.delay_us > 0 || g.get(&f.cfg.name).is_some_and(|s| s.hold.is_some()))
+            .filter(|f| {
+                f.rule().delay_us > 0 || g.get(&f.cfg.name).is_some_and(|s| s.hold.is_some())
+            })
             .filter_map(|f| g.get(&f.cfg.name).map(|s| s.position))
             .filter(|p| p.is_valid())
             .min();
@@ -490,7 +509,7 @@ impl FeedController {
             for f in self
                 .feeds
                 .iter()
-                .filter(|f| f.rule.delay_us > 0 && f.rule.tripwire)
+                .filter(|f| f.rule().delay_us > 0 && f.rule().tripwire)
             {
                 let st = self.state_of(&f.cfg.name);
                 if e.lsn <= st.tripwire_acked || e.lsn < st.position {
@@ -540,9 +559,9 @@ impl FeedController {
             "application_name": f.cfg.app_name(),
             "slot": f.cfg.slot,
             "user": f.cfg.user,
-            "delay": humantime(f.cfg.delay),
-            "delay_seconds": f.cfg.delay.as_secs_f64(),
-            "tripwire": f.rule.delay_us > 0 && f.rule.tripwire,
+            "delay": humantime(f.delay()),
+            "delay_seconds": f.delay().as_secs_f64(),
+            "tripwire": f.rule().delay_us > 0 && f.rule().tripwire,
             "sessions": sessions,
             "position": st.position.to_string(),
             "send_limit": d.cap.to_string(),

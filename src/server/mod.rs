@@ -15,6 +15,7 @@
 //! | `session.rs` | startup packets, TLS, auth exchange, command loop, command answers |
 //! | `walsender.rs` | START_REPLICATION and the CopyBoth streaming loop |
 //! | `auth.rs` | hba rules, SCRAM/md5 server side |
+//! | `access.rs` | the live (SIGHUP-reloadable) TLS, hba rules and users |
 //! | `tls.rs` | rustls setup, channel binding hash, client certificate CN |
 //! | `slots.rs` | proxy-side slots (`slots.json`) |
 //! | `feedback.rs` | hot-standby feedback minimum |
@@ -22,6 +23,7 @@
 //!
 //! See `docs/walsender.md`.
 
+pub mod access;
 pub mod auth;
 pub mod feedback;
 mod session;
@@ -175,6 +177,8 @@ pub(crate) struct ServeView {
 
 pub(crate) struct Shared {
     pub settings: ServerSettings,
+    /// TLS, hba and users in force (replaced by a reload; `settings` keeps the start-up ones).
+    pub access: access::LiveAccess,
     pub store: Store,
     pub upstream: watch::Receiver<UpstreamInfo>,
     pub data_dir: PathBuf,
@@ -314,6 +318,7 @@ impl Server {
         )?;
         let (feedback, hs_feedback) = feedback::FeedbackAggregator::new();
         let shared = Arc::new(Shared {
+            access: access::LiveAccess::new(&settings),
             settings,
             store: ctx.store,
             upstream: ctx.upstream,

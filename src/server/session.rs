@@ -285,7 +285,8 @@ async fn startup(
         }
         // Direct TLS (PG 17+ sslnegotiation=direct): a TLS ClientHello instead of a packet.
         if !on_tls && buf.first() == Some(&0x16) {
-            let Some(tls) = &shared.settings.tls else {
+            let access = shared.access();
+            let Some(tls) = &access.tls else {
                 return Err(refuse(
                     io,
                     fatal(
@@ -317,7 +318,8 @@ async fn startup(
                         "protocol",
                     ));
                 }
-                match (&shared.settings.tls, on_tls) {
+                let access = shared.access();
+                match (&access.tls, on_tls) {
                     (Some(tls), false) => {
                         if io.write_all(b"S").await.is_err() {
                             return Ok(None);
@@ -467,10 +469,11 @@ async fn startup(
     } else {
         "no encryption"
     };
-    let rule = if shared.settings.require_tls && !on_tls {
+    let access = shared.access();
+    let rule = if access.require_tls && !on_tls {
         None
     } else {
-        auth::find_rule(&shared.settings.hba, on_tls, &user, ip)
+        auth::find_rule(&access.hba, on_tls, &user, ip)
     };
     let Some(rule) = rule else {
         tracing::info!("connection from {peer} refused: no hba entry for user \"{user}\", {enc}");
@@ -509,9 +512,9 @@ async fn startup(
             }
         },
         Method::Md5 | Method::ScramSha256 => {
-            let cred = shared.settings.users.get(&user).cloned();
+            let cred = access.users.get(&user).cloned();
             let cbind = if on_tls {
-                shared.settings.tls.as_ref().map(|t| t.endpoint_hash.clone())
+                access.tls.as_ref().map(|t| t.endpoint_hash.clone())
             } else {
                 None
             };

@@ -1,0 +1,177 @@
+//! SIGHUP reload of `walrelay run` (issue 13), against a real PostgreSQL 15 primary and
+//! standby: a user added to `[server.users]` (with an hba rule requiring SCRAM) can connect
+//! after `kill -HUP` — a real standby streams through walrelay as that user and replays rows —
+//! while a file with a syntax error is refused with an ERROR line and the old users and rules
+//! stay in force; a change that needs a restart is reported and not applied.
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::{self, pg::Pg, walrelay::Walrelay, TestDir};
+
+fn verifier(user: &str, password: &str) -> String {
+    let mut child = Command::new(harness::walrelay::bin())
+        .args(["passwd", user])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn walrelay passwd");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn config(listen: &str, users: &[(&str, &str)], upstream_slot: &str) -> String {
+    let mut s = format!(
+        "[upstream]\nslot = \"{upstream_slot}\"\n\n[server]\nlisten = \"{listen}\"\n\n\
+         [[server.hba]]\ntype = \"host\"\ndatabase = \"replication\"\nuser = \"all\"\n\
+         address = \"127.0.0.1/32\"\nmethod = \"scram-sha-256\"\n\n[server.users]\n"
+    );
+    for (u, v) in users {
+        s.push_str(&format!("{u} = \"{v}\"\n"));
+    }
+    s
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.matches(needle).count()
+}
+
+#[test]
+fn sighup_reload_users_hba_and_refuses_a_broken_file() {
+    let t = TestDir::new("reload");
+    let primary = Pg::primary("15", &[]);
+    let port = harness::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let alice = verifier("alice", "alice-secret");
+    let bob = verifier("bob", "bob-secret");
+    let cfg_path = t.join("walrelay.toml");
+    std::fs::write(&cfg_path, config(&listen, &[("alice", &alice)], "walrelay")).unwrap();
+    let data = t.subdir("data");
+    let mut w = Walrelay::spawn_with(
+        &t.join("walrelay.log"),
+        &[
+            "run",
+            "-c",
+            cfg_path.to_str().unwrap(),
+            "--upstream",
+            &primary.conninfo(),
+            "-D",
+            data.to_str().unwrap(),
+            "--status-interval",
+            "1s",
+        ],
+        &[("WALRELAY_LOG", "info")],
+    );
+    let ident = |user: &str, pw: &str| {
+        primary.install().psql_conninfo(
+            &format!("host=127.0.0.1 port={port} user={user} password={pw} replication=true"),
+            "IDENTIFY_SYSTEM",
+        )
+    };
+    let sysid = primary.system_identifier().to_string();
+    harness::wait_for(Duration::from_secs(30), "alice served by walrelay", || {
+        ident("alice", "alice-secret").is_ok_and(|o| o.starts_with(&sysid))
+    });
+    let e = ident("bob", "bob-secret").unwrap_err();
+    assert!(
+        e.contains("FATAL:  password authentication failed for user \"bob\""),
+        "{e}"
+    );
+
+    // Add bob, reload.
+    std::fs::write(
+        &cfg_path,
+        config(&listen, &[("alice", &alice), ("bob", &bob)], "walrelay"),
+    )
+    .unwrap();
+    harness::signal(w.pid(), "HUP");
+    harness::wait_for(Duration::from_secs(30), "the reload to be logged", || {
+        w.log().contains("reload: server.users: user \"bob\" added")
+    });
+    assert!(w.is_running(), "SIGHUP ended walrelay:\n{}", w.log());
+    assert!(w.log().contains(&format!(
+        "received SIGHUP, reloading configuration file \"{}\"",
+        cfg_path.display()
+    )));
+    let o = ident("bob", "bob-secret").expect("bob after the reload");
+    assert!(o.starts_with(&sysid), "{o}");
+    assert!(ident("alice", "alice-secret").is_ok());
+
+    // A real standby streams through walrelay as bob.
+    let standby = Pg::standby_of(
+        &primary,
+        "15",
+        &format!("host=127.0.0.1 port={port} user=bob password=bob-secret application_name=bobs"),
+        &[],
+    );
+    primary.psql("create table reloaded as select generate_series(1, 500) x");
+    let lsn = primary.current_lsn();
+    standby.wait_replayed(lsn, Duration::from_secs(60));
+    assert_eq!(standby.psql("select count(*) from reloaded"), "500");
+
+    // A syntax error: refused, bob and alice still get in; alice is not dropped.
+    let errors_before = count(&w.log(), "contains errors; no changes were applied");
+    std::fs::write(&cfg_path, "[server\nlisten = \n").unwrap();
+    harness::signal(w.pid(), "HUP");
+    harness::wait_for(Duration::from_secs(30), "the refusal to be logged", || {
+        count(&w.log(), "contains errors; no changes were applied") > errors_before
+    });
+    let log = w.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("contains errors; no changes were applied"))
+        .unwrap();
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(
+        line.contains(&format!("configuration file \"{}\"", cfg_path.display())),
+        "{line}"
+    );
+    assert!(w.is_running());
+    assert!(ident("bob", "bob-secret").is_ok_and(|o| o.starts_with(&sysid)));
+    assert!(ident("alice", "alice-secret").is_ok());
+
+    // Valid again, bob removed, and a slot change that needs a restart.
+    std::fs::write(&cfg_path, config(&listen, &[("alice", &alice)], "other")).unwrap();
+    harness::signal(w.pid(), "HUP");
+    harness::wait_for(
+        Duration::from_secs(30),
+        "bob's removal to be logged",
+        || {
+            w.log()
+                .contains("reload: server.users: user \"bob\" removed")
+        },
+    );
+    let log = w.log();
+    assert!(
+        log.contains(
+            "reload: [upstream] cannot be changed without restarting walrelay; the running value is kept"
+        ),
+        "{log}"
+    );
+    let e = ident("bob", "bob-secret").unwrap_err();
+    assert!(
+        e.contains("password authentication failed for user \"bob\""),
+        "{e}"
+    );
+    // The running slot is still "walrelay" on the primary (active), no "other" slot.
+    let slots = primary.psql("select slot_name from pg_replication_slots order by 1");
+    assert_eq!(slots, "walrelay", "{slots}");
+    // Streaming never stopped: the standby (authenticated before) still replays.
+    primary.psql("insert into reloaded select generate_series(501, 600)");
+    standby.wait_replayed(primary.current_lsn(), Duration::from_secs(60));
+    assert_eq!(standby.psql("select count(*) from reloaded"), "600");
+    let st = w.stop();
+    assert!(st.success(), "{}", w.log());
+}
