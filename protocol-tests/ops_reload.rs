@@ -175,3 +175,44 @@ fn sighup_reload_users_hba_and_refuses_a_broken_file() {
     let st = w.stop();
     assert!(st.success(), "{}", w.log());
 }
+
+/// A feed's delay changed in the file applies on SIGHUP to the standby already streaming
+/// under it: held back by a 1 h delay, it catches up once the delay is 0.
+#[test]
+fn sighup_reload_changes_a_feed_delay_live() {
+    use crate::server_common::Relay;
+    let t = TestDir::new("reload-feed");
+    let primary = Pg::primary("15", &[]);
+    let cfg = t.join("walrelay.toml");
+    let feed = |delay: &str| format!("[[feed]]\nname = \"late\"\ndelay = \"{delay}\"\n");
+    std::fs::write(&cfg, feed("1h")).unwrap();
+    let relay = Relay::start(&t, &primary, &["--config", cfg.to_str().unwrap()]);
+    let standby = Pg::standby_of(&primary, "15", &relay.conninfo("late"), &[]);
+    harness::wait_for(
+        Duration::from_secs(60),
+        "the standby to accept connections",
+        || standby.try_psql("select 1").is_ok(),
+    );
+    primary.psql("create table held as select generate_series(1, 300) x");
+    let lsn = primary.current_lsn();
+    relay.wait_flush(&primary, lsn);
+    // walrelay has it, the 1 h feed does not send it.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        standby.try_psql("select count(*) from held").is_err(),
+        "a 1 h feed sent a new commit"
+    );
+    std::fs::write(&cfg, feed("0s")).unwrap();
+    harness::signal(relay.proc.pid(), "HUP");
+    harness::wait_for(
+        Duration::from_secs(30),
+        "the feed change to be logged",
+        || {
+            relay
+                .log()
+                .contains("reload: feed \"late\": delay 1h -> 0, tripwire on -> on")
+        },
+    );
+    standby.wait_replayed(lsn, Duration::from_secs(60));
+    assert_eq!(standby.psql("select count(*) from held"), "300");
+}
