@@ -216,3 +216,66 @@ fn sighup_reload_changes_a_feed_delay_live() {
     standby.wait_replayed(lsn, Duration::from_secs(60));
     assert_eq!(standby.psql("select count(*) from held"), "300");
 }
+
+/// A certificate renewed in place (same paths, new files) is served after SIGHUP; a broken
+/// certificate file is refused and the one in force stays.
+#[test]
+fn sighup_reload_picks_up_a_renewed_certificate() {
+    use crate::harness::certs;
+    use crate::server_common::Relay;
+    let t = TestDir::new("reload-tls");
+    let c = certs::generate(&t.subdir("certs"), &[]);
+    let primary = Pg::primary("15", &[]);
+    let live_cert = t.join("live.crt");
+    let live_key = t.join("live.key");
+    std::fs::copy(&c.server_cert, &live_cert).unwrap();
+    std::fs::copy(&c.server_key, &live_key).unwrap();
+    let cfg = t.join("walrelay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            live_cert.display(),
+            live_key.display()
+        ),
+    )
+    .unwrap();
+    let relay = Relay::start(&t, &primary, &["--config", cfg.to_str().unwrap()]);
+    let sysid = primary.system_identifier().to_string();
+    let ident = |root: &std::path::Path| {
+        primary.install().psql_conninfo(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres replication=true sslmode=verify-ca sslrootcert={}",
+                relay.port,
+                root.display()
+            ),
+            "IDENTIFY_SYSTEM",
+        )
+    };
+    assert!(ident(&c.ca_cert).is_ok_and(|o| o.starts_with(&sysid)));
+    let e = ident(&c.other_ca_cert).unwrap_err();
+    assert!(e.contains("certificate verify failed"), "{e}");
+
+    // Renewed in place: the other CA's certificate at the same paths.
+    std::fs::copy(&c.other_server_cert, &live_cert).unwrap();
+    std::fs::copy(&c.other_server_key, &live_key).unwrap();
+    harness::signal(relay.proc.pid(), "HUP");
+    harness::wait_for(Duration::from_secs(30), "the new certificate", || {
+        relay
+            .log()
+            .contains("reload: TLS certificate changed (new connections use it)")
+    });
+    assert!(ident(&c.other_ca_cert).is_ok_and(|o| o.starts_with(&sysid)));
+    let e = ident(&c.ca_cert).unwrap_err();
+    assert!(e.contains("certificate verify failed"), "{e}");
+
+    // A broken certificate file: refused, the certificate in force stays.
+    std::fs::write(&live_cert, "not a certificate\n").unwrap();
+    harness::signal(relay.proc.pid(), "HUP");
+    harness::wait_for(Duration::from_secs(30), "the refusal", || {
+        relay
+            .log()
+            .contains("contains errors; no changes were applied")
+    });
+    assert!(ident(&c.other_ca_cert).is_ok_and(|o| o.starts_with(&sysid)));
+}
