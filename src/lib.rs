@@ -19,6 +19,9 @@
 //! | [`pgreceivewal`] | the pg_receivewal command line (options, messages, exit codes) | write files itself |
 //! | [`delay`] | commit index, delayed/controlled feeds, tripwire | write WAL or touch sockets |
 //! | [`statefile`] | durable atomic state files, the coalescing state writer | know what the files mean |
+//! | [`generate`] | man pages and shell completions from the CLI | know options itself |
+//! | [`reload`] | SIGHUP: re-read the config, apply TLS/hba/users/feeds live, report the rest | restart anything |
+//! | [`sdnotify`] | systemd notifications (READY, RELOADING, STOPPING, WATCHDOG) | decide readiness |
 //!
 //! See `docs/architecture.md` for the data flow as built.
 
@@ -28,10 +31,13 @@ pub mod config;
 pub mod delay;
 pub mod endpoints;
 pub mod error;
+pub mod generate;
 pub mod lsn;
 pub mod metrics;
 pub mod pgreceivewal;
 pub mod protocol;
+pub mod reload;
+pub mod sdnotify;
 pub mod server;
 pub mod statefile;
 pub mod store;

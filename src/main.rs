@@ -51,6 +51,10 @@ enum Command {
     /// List decoded transactions (commit time, xid, LSN, dropped relations) to find the bad
     /// one: from a running walrelay's commit index, or with -D from segment files.
     Xacts(XactsArgs),
+    /// Man pages and shell completions (for packagers): `generate man DIR`,
+    /// `generate completions SHELL`.
+    #[command(hide = true)]
+    Generate(walrelay::generate::GenerateArgs),
 }
 
 /// Where the control endpoint of a running walrelay is (see `docs/security.md`).
@@ -227,6 +231,16 @@ fn main() -> ExitCode {
         let inv = pgreceivewal::Invocation::walrelay_receive(&argv0);
         return exit_code(pgreceivewal::main(inv, a.args.clone()));
     }
+    if let Command::Generate(a) = &cli.command {
+        let cmd = <Cli as clap::CommandFactory>::command();
+        return match walrelay::generate::main(a, cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(msg) => {
+                eprintln!("walrelay: error: {msg}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -256,6 +270,7 @@ fn main() -> ExitCode {
                 }
                 Command::Feed(a) => feed(a).await,
                 Command::Xacts(a) => xacts(a).await,
+                Command::Generate(_) => Ok(()), // handled before the runtime starts
             }
         });
         work.await
@@ -334,6 +349,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
         Some(p) => Config::load(p).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
+    let file_cfg = cfg.clone(); // what a SIGHUP reload compares with
     if let Some(v) = a.upstream {
         cfg.upstream.conninfo = Some(v);
     }
@@ -486,6 +502,18 @@ async fn run(a: RunArgs) -> Result<(), String> {
         "walrelay starting: data directory \"{}\"",
         cfg.data_dir.display()
     );
+    walrelay::reload::spawn(
+        walrelay::reload::ReloadTargets {
+            path: a.config.clone(),
+            loaded: file_cfg,
+            server: server.as_ref().map(|s| s.access_reloader()),
+            listen: cfg.server.listen.clone(),
+            feeds: feeds.clone(),
+        },
+        shutdown.clone(),
+    )?;
+    // systemd (Type=notify): the store has recovered and every listener is up.
+    walrelay::sdnotify::ready("streaming from the upstream", shutdown.clone());
     let result = receiver::run(store.clone(), opts, shutdown)
         .await
         .map_err(|e| e.to_string());
