@@ -279,3 +279,84 @@ fn sighup_reload_picks_up_a_renewed_certificate() {
     });
     assert!(ident(&c.other_ca_cert).is_ok_and(|o| o.starts_with(&sysid)));
 }
+
+/// `local` rules and `peer` authentication are reloaded like the others: a Unix-socket
+/// connection refused by a `local … reject` rule is accepted by `peer` after SIGHUP (as
+/// this OS user; another user name fails with PostgreSQL's text), while TCP keeps its rule.
+#[test]
+fn sighup_reload_local_peer_rules() {
+    let t = TestDir::new("reload-local");
+    let primary = Pg::primary("15", &[]);
+    let port = harness::free_port();
+    let sock = t.subdir("sock");
+    harness::set_mode(&sock, 0o777);
+    let me = {
+        let out = Command::new("id").arg("-un").output().expect("run id -un");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let conf = |local_method: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port},{}\"\n\n\
+             [[server.hba]]\ntype = \"local\"\nmethod = \"{local_method}\"\n\n\
+             [[server.hba]]\ntype = \"host\"\naddress = \"127.0.0.1/32\"\nmethod = \"trust\"\n",
+            sock.display()
+        )
+    };
+    let cfg_path = t.join("walrelay.toml");
+    std::fs::write(&cfg_path, conf("reject")).unwrap();
+    let data = t.subdir("data");
+    let mut w = Walrelay::spawn_with(
+        &t.join("walrelay.log"),
+        &[
+            "run",
+            "-c",
+            cfg_path.to_str().unwrap(),
+            "--upstream",
+            &primary.conninfo(),
+            "-D",
+            data.to_str().unwrap(),
+        ],
+        &[("WALRELAY_LOG", "info")],
+    );
+    let sysid = primary.system_identifier().to_string();
+    let ident = |conn: &str| {
+        primary
+            .install()
+            .psql_conninfo(&format!("{conn} replication=true"), "IDENTIFY_SYSTEM")
+    };
+    let tcp = format!("host=127.0.0.1 port={port} user={me}");
+    let local = |user: &str| format!("host={} port={port} user={user}", sock.display());
+    harness::wait_for(Duration::from_secs(30), "walrelay serving TCP", || {
+        ident(&tcp).is_ok_and(|o| o.starts_with(&sysid))
+    });
+    let e = ident(&local(&me)).unwrap_err();
+    assert!(
+        e.contains(&format!(
+            "pg_hba.conf rejects replication connection for host \"[local]\", user \"{me}\""
+        )),
+        "{e}"
+    );
+
+    std::fs::write(&cfg_path, conf("peer")).unwrap();
+    harness::signal(w.pid(), "HUP");
+    harness::wait_for(Duration::from_secs(30), "the reload to be logged", || {
+        w.log()
+            .contains("reload: server.hba: 2 rule(s) in force (were 2)")
+    });
+    assert!(w.is_running(), "SIGHUP ended walrelay:\n{}", w.log());
+    assert!(
+        !w.log().contains("cannot be changed without restarting"),
+        "{}",
+        w.log()
+    );
+    let o = ident(&local(&me)).expect("peer over the socket after the reload");
+    assert!(o.starts_with(&sysid), "{o}");
+    let e = ident(&local(&format!("not_{me}"))).unwrap_err();
+    assert!(
+        e.contains(&format!("Peer authentication failed for user \"not_{me}\"")),
+        "{e}"
+    );
+    assert!(ident(&tcp).is_ok_and(|o| o.starts_with(&sysid)));
+    w.stop();
+    assert!(!w.log().contains("panicked"), "{}", w.log());
+}

@@ -225,6 +225,11 @@ fn needs_restart(old: &Config, new: &Config, have_server: bool, have_feeds: bool
         format!("{:?}", old.metrics),
         format!("{:?}", new.metrics),
     );
+    differs(
+        "[control]",
+        format!("{:?}", old.control),
+        format!("{:?}", new.control),
+    );
     let mut server = new.server.clone();
     if have_server {
         copy_live_server(&mut server, &old.server);
@@ -270,6 +275,7 @@ fn restore_restart_only(kept: &mut Config, running: &Config) {
     kept.upstream = running.upstream.clone();
     kept.archive = running.archive.clone();
     kept.metrics = running.metrics.clone();
+    kept.control = running.control.clone();
     let live = kept.server.clone();
     kept.server = running.server.clone();
     copy_live_server(&mut kept.server, &live);
