@@ -517,6 +517,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
     let result = receiver::run(store.clone(), opts, shutdown)
         .await
         .map_err(|e| e.to_string());
+    walrelay::sdnotify::stopping();
     // The walsender stops after the receiver; standbys get what is flushed before the store
     // closes (ordered walsender shutdown).
     let _ = server_stop_tx.send(true);

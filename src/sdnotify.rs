@@ -103,8 +103,18 @@ pub fn ready(status: &str, mut shutdown: watch::Receiver<bool>) {
                 } => notify_logged("WATCHDOG=1"),
             }
         }
-        notify_logged("STOPPING=1\nSTATUS=shutting down");
+        stopping();
     });
+}
+
+/// Sends `STOPPING=1` once (from the task of [`ready`] or from `run` when its receiver has
+/// returned, whichever comes first: the process may end before that task runs again).
+pub fn stopping() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static SENT: AtomicBool = AtomicBool::new(false);
+    if !SENT.swap(true, Ordering::SeqCst) {
+        notify_logged("STOPPING=1\nSTATUS=shutting down");
+    }
 }
 
 #[cfg(test)]
