@@ -34,6 +34,16 @@ fi
 command -v openssl >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl; }
 # headless browser for the status page test (protocol-tests/ops_status_page.rs)
 command -v chromium >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+# Packaging tests (protocol-tests/ops_packaging.rs): systemd-analyze verify on the unit, groff and
+# man on the generated man pages. Best effort: without them those checks skip with a message.
+pkgs=
+command -v systemd-analyze >/dev/null || pkgs="$pkgs systemd"
+command -v groff >/dev/null || pkgs="$pkgs groff-base"
+command -v man >/dev/null || pkgs="$pkgs man-db"
+if [ -n "$pkgs" ]; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $pkgs; } ||
+    echo "test-infra: could not install$pkgs (packaging checks will skip)" >&2
+fi
 ln -sfn /usr/lib/postgresql/15 "$INFRA/pg/15"
 
 # The wheels say Requires-Python>=3.12 but are pure data (py3-none): download them for 3.12

@@ -23,6 +23,9 @@
 //! | [`logging`] | log formats (text, JSON) and level control | hold business logic |
 //! | [`delay`] | commit index, delayed/controlled feeds, tripwire | write WAL or touch sockets |
 //! | [`statefile`] | durable atomic state files, the coalescing state writer | know what the files mean |
+//! | [`generate`] | man pages and shell completions from the CLI | know options itself |
+//! | [`reload`] | SIGHUP: re-read the config, apply TLS/hba/users/feeds live, report the rest | restart anything |
+//! | [`sdnotify`] | systemd notifications (READY, RELOADING, STOPPING, WATCHDOG) | decide readiness |
 //!
 //! See `docs/architecture.md` for the data flow as built.
 
@@ -34,11 +37,14 @@ pub mod delay;
 pub mod endpoints;
 pub mod error;
 pub mod logging;
+pub mod generate;
 pub mod lsn;
 pub mod metrics;
 pub mod ops;
 pub mod pgreceivewal;
 pub mod protocol;
+pub mod reload;
+pub mod sdnotify;
 pub mod server;
 pub mod statefile;
 pub mod statusview;

@@ -59,6 +59,10 @@ enum Command {
     /// What a running walrelay receives, stores, archives and serves, with lags and the
     /// last errors.
     Status(StatusArgs),
+    /// Man pages and shell completions (for packagers): `generate man DIR`,
+    /// `generate completions SHELL`.
+    #[command(hide = true)]
+    Generate(walrelay::generate::GenerateArgs),
 }
 
 #[derive(Args)]
@@ -237,6 +241,16 @@ fn main() -> ExitCode {
         let inv = pgreceivewal::Invocation::walrelay_receive(&argv0);
         return exit_code(pgreceivewal::main(inv, a.args.clone()));
     }
+    if let Command::Generate(a) = &cli.command {
+        let cmd = <Cli as clap::CommandFactory>::command();
+        return match walrelay::generate::main(a, cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(msg) => {
+                eprintln!("walrelay: error: {msg}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -277,6 +291,7 @@ fn main() -> ExitCode {
                     }
                     Ok(())
                 }
+                Command::Generate(_) => Ok(()), // handled before the runtime starts
             }
         });
         work.await
@@ -364,6 +379,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
         cfg.log.level.as_deref(),
         if a.verbose > 0 { "debug" } else { "info" },
     );
+    let file_cfg = cfg.clone(); // what a SIGHUP reload compares with
     if let Some(v) = a.upstream {
         cfg.upstream.conninfo = Some(v);
     }
@@ -532,9 +548,22 @@ async fn run(a: RunArgs) -> Result<(), String> {
         "walrelay starting: data directory \"{}\"",
         cfg.data_dir.display()
     );
+    walrelay::reload::spawn(
+        walrelay::reload::ReloadTargets {
+            path: a.config.clone(),
+            loaded: file_cfg,
+            server: server.as_ref().map(|s| s.access_reloader()),
+            listen: cfg.server.listen.clone(),
+            feeds: feeds.clone(),
+        },
+        shutdown.clone(),
+    )?;
+    // systemd (Type=notify): the store has recovered and every listener is up.
+    walrelay::sdnotify::ready("streaming from the upstream", shutdown.clone());
     let result = receiver::run(store.clone(), opts, shutdown)
         .await
         .map_err(|e| e.to_string());
+    walrelay::sdnotify::stopping();
     // The walsender stops after the receiver; standbys get what is flushed before the store
     // closes (ordered walsender shutdown).
     let _ = server_stop_tx.send(true);

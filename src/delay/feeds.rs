@@ -89,9 +89,29 @@ struct Runtime {
 
 struct Feed {
     cfg: FeedConfig,
-    rule: FeedRule,
+    /// Changed live by a reload ([`FeedController::reconfigure`]).
+    rule: Mutex<(FeedRule, Duration)>,
     rt: Mutex<Runtime>,
 }
+
+impl Feed {
+    fn rule(&self) -> FeedRule {
+        lock(&self.rule).0
+    }
+    fn delay(&self) -> Duration {
+        lock(&self.rule).1
+    }
+}
+
+/// A feed's policy settings from its configuration.
+fn rule_of(c: &FeedConfig, settings: &FeedsConfig) -> FeedRule {
+    FeedRule {
+        delay_us: i64::try_from(c.delay.as_micros()).unwrap_or(i64::MAX),
+        tripwire: c.tripwire.unwrap_or(settings.tripwire),
+    }
+}
+
+pub mod reconfigure;
 
 /// All feeds. Shared (`Arc`) by the walsender sessions, the indexer and the admin routes.
 pub struct FeedController {
@@ -132,10 +152,7 @@ impl FeedController {
             .iter()
             .map(|c| Feed {
                 cfg: c.clone(),
-                rule: FeedRule {
-                    delay_us: i64::try_from(c.delay.as_micros()).unwrap_or(i64::MAX),
-                    tripwire: c.tripwire.unwrap_or(settings.tripwire),
-                },
+                rule: Mutex::new((rule_of(c, settings), c.delay)),
                 rt: Mutex::new(Runtime::default()),
             })
             .collect();
@@ -213,7 +230,7 @@ impl FeedController {
         tracing::info!(
             "session of \"{application_name}\" streams under feed \"{}\" (delay {:?})",
             f.cfg.name,
-            f.cfg.delay
+            f.delay()
         );
         Some(FeedSession {
             ctl: self.clone(),
@@ -233,7 +250,7 @@ impl FeedController {
         let d = decide(
             &self.index,
             cov,
-            f.rule,
+            f.rule(),
             FeedView {
                 hold: st.hold.as_ref(),
                 tripwire_acked: st.tripwire_acked,
@@ -303,7 +320,7 @@ impl FeedController {
             .feeds
             .iter()
             .filter(|f| {
-                f.rule.delay_us > 0
+                f.rule().delay_us > 0
                     || g.get(&f.cfg.name)
                         .is_some_and(|s| s.hold.is_some() || s.gap.is_some())
             })
@@ -462,7 +479,7 @@ impl FeedController {
         let mut held = Vec::new();
         {
             let mut g = lock(&self.state);
-            for f in self.feeds.iter().filter(|f| f.rule.delay_us > 0) {
+            for f in self.feeds.iter().filter(|f| f.rule().delay_us > 0) {
                 let st = g.entry(f.cfg.name.clone()).or_default();
                 if st.position >= to {
                     continue;
@@ -491,7 +508,7 @@ impl FeedController {
             for f in self
                 .feeds
                 .iter()
-                .filter(|f| f.rule.delay_us > 0 && f.rule.tripwire)
+                .filter(|f| f.rule().delay_us > 0 && f.rule().tripwire)
             {
                 let st = self.state_of(&f.cfg.name);
                 if e.lsn <= st.tripwire_acked || e.lsn < st.position {
@@ -549,9 +566,9 @@ impl FeedController {
             "application_name": f.cfg.app_name(),
             "slot": f.cfg.slot,
             "user": f.cfg.user,
-            "delay": humantime(f.cfg.delay),
-            "delay_seconds": f.cfg.delay.as_secs_f64(),
-            "tripwire": f.rule.delay_us > 0 && f.rule.tripwire,
+            "delay": humantime(f.delay()),
+            "delay_seconds": f.delay().as_secs_f64(),
+            "tripwire": f.rule().delay_us > 0 && f.rule().tripwire,
             "sessions": sessions,
             "position": st.position.to_string(),
             "send_limit": d.cap.to_string(),

@@ -19,6 +19,7 @@
 //! | `cmd/*.rs` | one file per replication command (dispatch in `cmd/mod.rs`) |
 //! | `walsender.rs` | the CopyBoth streaming loop of START_REPLICATION |
 //! | `auth.rs` | hba rules, SCRAM/md5 server side |
+//! | `access.rs` | the live (SIGHUP-reloadable) TLS, hba rules and users |
 //! | `tls.rs` | rustls setup, channel binding hash, client certificate CN |
 //! | `slots.rs` | proxy-side slots (`slots.json`) |
 //! | `feedback.rs` | hot-standby feedback minimum |
@@ -34,6 +35,7 @@
         clippy::arithmetic_side_effects
     )
 )]
+pub mod access;
 pub mod auth;
 mod cmd;
 pub mod feedback;
@@ -209,6 +211,8 @@ pub(crate) struct ServeView {
 
 pub(crate) struct Shared {
     pub settings: ServerSettings,
+    /// TLS, hba and users in force (replaced by a reload; `settings` keeps the start-up ones).
+    pub access: access::LiveAccess,
     pub store: Store,
     pub upstream: watch::Receiver<UpstreamInfo>,
     pub data_dir: PathBuf,
@@ -352,6 +356,7 @@ impl Server {
         )?;
         let (feedback, hs_feedback) = feedback::FeedbackAggregator::new();
         let shared = Arc::new(Shared {
+            access: access::LiveAccess::new(&settings),
             settings,
             store: ctx.store,
             upstream: ctx.upstream,

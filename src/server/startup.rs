@@ -87,6 +87,9 @@ pub(crate) async fn startup(
     let mut buf = BytesMut::with_capacity(1024);
     let mut tls_peer_cert: Option<Vec<u8>> = None;
     let mut on_tls = false;
+    // tls-server-end-point of the certificate this connection's handshake used (a reload
+    // may replace the certificate afterwards; channel binding must match the one sent).
+    let mut tls_cbind: Option<Vec<u8>> = None;
     let packet = loop {
         while buf.is_empty() {
             if !read_more(&mut io, &mut buf).await {
@@ -95,7 +98,8 @@ pub(crate) async fn startup(
         }
         // Direct TLS (PG 17+ sslnegotiation=direct): a TLS ClientHello instead of a packet.
         if !on_tls && buf.first() == Some(&0x16) {
-            let Some(tls) = &shared.settings.tls else {
+            let access = shared.access();
+            let Some(tls) = &access.tls else {
                 return Err(refuse(
                     io,
                     fatal(
@@ -112,6 +116,7 @@ pub(crate) async fn startup(
             };
             io = tls_io;
             tls_peer_cert = cert;
+            tls_cbind = Some(tls.endpoint_hash.clone());
             on_tls = true;
             continue;
         }
@@ -127,7 +132,8 @@ pub(crate) async fn startup(
                         "protocol",
                     ));
                 }
-                match (&shared.settings.tls, on_tls) {
+                let access = shared.access();
+                match (&access.tls, on_tls) {
                     (Some(tls), false) => {
                         if io.write_all(b"S").await.is_err() {
                             return Ok(None);
@@ -138,6 +144,7 @@ pub(crate) async fn startup(
                         };
                         io = tls_io;
                         tls_peer_cert = cert;
+                        tls_cbind = Some(tls.endpoint_hash.clone());
                         on_tls = true;
                     }
                     (_, true) => return Err(refuse(
@@ -270,10 +277,13 @@ pub(crate) async fn startup(
     };
     // require_tls guards the network: Unix-domain sockets never carry TLS (libpq does not try
     // it there) and are governed by `local` rules and the socket's permissions.
-    let rule = if shared.settings.require_tls && !on_tls && ip.is_some() {
+    // One snapshot for the hba decision and the password exchange (a reload in between
+    // never mixes old rules with new users).
+    let access = shared.access();
+    let rule = if access.require_tls && !on_tls && ip.is_some() {
         None
     } else {
-        auth::find_rule(&shared.settings.hba, on_tls, &user, ip)
+        auth::find_rule(&access.hba, on_tls, &user, ip)
     };
     let Some(rule) = rule else {
         tracing::info!("connection from {peer} refused: no hba entry for user \"{user}\", {enc}");
@@ -316,12 +326,8 @@ pub(crate) async fn startup(
             }
         },
         Method::Md5 | Method::ScramSha256 => {
-            let cred = shared.settings.users.get(&user).cloned();
-            let cbind = if on_tls {
-                shared.settings.tls.as_ref().map(|t| t.endpoint_hash.clone())
-            } else {
-                None
-            };
+            let cred = access.users.get(&user).cloned();
+            let cbind = tls_cbind.clone();
             match (rule.method, cred) {
                 (Method::Md5, Some(Credential::Md5(hash))) => {
                     md5_exchange(&mut io, &mut buf, &user, &hash).await
