@@ -310,7 +310,8 @@ fn status_page(t: &TestDir, maddr: &str, primary: &Pg) {
         "--virtual-time-budget=5000",
     ];
     let udd = format!("--user-data-dir={}", profile.display());
-    let out = Command::new(chromium)
+    let out = Command::new("timeout") // a hung headless browser fails the test, never the suite
+        .args(["120", chromium])
         .args(common)
         .arg(&udd)
         .arg("--dump-dom")
@@ -347,7 +348,8 @@ fn status_page(t: &TestDir, maddr: &str, primary: &Pg) {
         dom.contains("<polyline") || dom.contains("<circle"),
         "no chart: {dom}"
     );
-    let out = Command::new(chromium)
+    let out = Command::new("timeout") // a hung headless browser fails the test, never the suite
+        .args(["120", chromium])
         .args(common)
         .arg(&udd)
         .arg("--window-size=1280,1100")

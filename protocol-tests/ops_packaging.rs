@@ -30,8 +30,8 @@ fn generate_man(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn systemd_unit_verifies() {
-    if !have("systemd-analyze") {
-        eprintln!("SKIP systemd_unit_verifies: systemd-analyze is not installed (apt-get install systemd)");
+    if !have("systemd-analyze") || !have("man") {
+        eprintln!("SKIP systemd_unit_verifies: systemd-analyze or man is not installed (apt-get install systemd man-db)");
         return;
     }
     let t = TestDir::new("unit");

@@ -120,8 +120,23 @@ if ! [ -x "$PGBIN/postgres" ]; then
   say "installing Debian's PostgreSQL 15"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 postgresql-client-15
 fi
-as_pg() {  # PostgreSQL refuses to run as root: use a user namespace then
-  if [ "$(id -u)" = 0 ]; then unshare --user --map-user=65534 --map-group=65534 -- "$@"; else "$@"; fi
+# PostgreSQL refuses to run as root: as root, run it in a user namespace, or, where user
+# namespaces are not allowed (some containers), as a dedicated system user owning $QS.
+PG_RUNAS=direct
+if [ "$(id -u)" = 0 ]; then
+  if unshare --user --map-user=65534 --map-group=65534 -- true 2>/dev/null; then
+    PG_RUNAS=userns
+  else
+    PG_RUNAS=walrelaypg
+    id -u walrelaypg >/dev/null 2>&1 || useradd --system --no-create-home --shell /bin/sh walrelaypg
+  fi
+fi
+as_pg() {
+  case $PG_RUNAS in
+    direct) "$@" ;;
+    userns) unshare --user --map-user=65534 --map-group=65534 -- "$@" ;;
+    *) mkdir -p "$QS"; chown -R "$PG_RUNAS:" "$QS"; runuser -u "$PG_RUNAS" -- "$@" ;;
+  esac
 }
 PRIMARY=$QS/primary
 DATA=$QS/data

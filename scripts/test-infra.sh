@@ -32,7 +32,7 @@ if ! dpkg -s postgresql-15 postgresql-client-15 >/dev/null 2>&1; then
     postgresql-15 postgresql-client-15
 fi
 command -v openssl >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl; }
-# headless browser for the status page test (protocol-tests/ops_status_page.rs)
+# headless browser for the status page test (protocol-tests/ops_check.rs)
 command -v chromium >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 # Packaging tests (protocol-tests/ops_packaging.rs): systemd-analyze verify on the unit, groff and
 # man on the generated man pages. Best effort: without them those checks skip with a message.
@@ -110,30 +110,46 @@ for spec in $TAP_SOURCES; do
   major=${spec%%:*}; rest=${spec#*:}; pkgver=${rest%:*}; suite=${rest##*:}
   dest="$INFRA/tap/$major"
   [ -f "$dest/.complete" ] && [ "$(cat "$dest/.complete")" = "$pkgver" ] && continue
-  tmp=$(mktemp -d)
   # A private apt configuration (its own deb-src list and lists dir) so the machine's apt
   # sources and indexes are left untouched: the temporary deb-src entry lives only in $tmp.
-  mkdir -p "$tmp/parts" "$tmp/lists/partial"
-  cat >"$tmp/parts/tap-src.sources" <<SRC
+  # Tried in turn: the pinned version from Debian's archive; the same version from
+  # snapshot.debian.org (once the archive has moved on to a newer upload); the newest upload
+  # of the package (its TAP files change rarely within a major; the test reports the version).
+  fetched=
+  for attempt in "http://deb.debian.org/debian|$pkgver" \
+                 "http://snapshot.debian.org/archive/debian/20261201T000000Z|$pkgver" \
+                 "http://deb.debian.org/debian|${pkgver%%=*}"; do
+    uri=${attempt%%|*}; want=${attempt#*|}
+    tmp=$(mktemp -d)
+    mkdir -p "$tmp/parts" "$tmp/lists/partial"
+    suites=$suite
+    [ "$suite" = bookworm ] && [ "$uri" = http://deb.debian.org/debian ] && suites="bookworm bookworm-updates"
+    cat >"$tmp/parts/tap-src.sources" <<SRC
 Types: deb-src
-URIs: http://deb.debian.org/debian
-Suites: $suite
+URIs: $uri
+Suites: $suites
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
-  aptopt=(-o Dir::Etc::sourcelist=/dev/null -o "Dir::Etc::sourceparts=$tmp/parts"
-          -o "Dir::State::Lists=$tmp/lists" -o APT::Get::List-Cleanup=0 -o APT::Sandbox::User=root)
-  if apt-get -qq "${aptopt[@]}" update &&
-     (cd "$tmp" && apt-get -qq "${aptopt[@]}" source --download-only "$pkgver" >/dev/null); then
-    rm -rf "$dest"; mkdir -p "$dest"
-    tar -xf "$tmp"/*.orig.tar.* -C "$dest" --strip-components=1 --wildcards \
-      '*/src/test/perl/*' '*/src/bin/pg_basebackup/t/*'
-    chmod -R a+rX "$dest"
-    echo "$pkgver" >"$dest/.complete"
-  else
+    aptopt=(-o Dir::Etc::sourcelist=/dev/null -o "Dir::Etc::sourceparts=$tmp/parts"
+            -o "Dir::State::Lists=$tmp/lists" -o APT::Get::List-Cleanup=0 -o APT::Sandbox::User=root
+            -o Acquire::Check-Valid-Until=false)
+    if timeout 600 apt-get -qq "${aptopt[@]}" update &&
+       (cd "$tmp" && timeout 600 apt-get -qq "${aptopt[@]}" source --download-only "$want" >/dev/null) &&
+       mkdir -p "$tmp/x" &&
+       tar -xf "$tmp"/*.orig.tar.* -C "$tmp/x" --strip-components=1 --wildcards \
+         '*/src/test/perl/*' '*/src/bin/pg_basebackup/t/*'; then
+      rm -rf "$dest"; mkdir -p "$(dirname "$dest")"; mv "$tmp/x" "$dest"
+      chmod -R a+rX "$dest"
+      echo "$pkgver" >"$dest/.complete"
+      [ "$want" = "$pkgver" ] || echo "test-infra: TAP sources for PG $major are the newest $want, not $pkgver" >&2
+      fetched=1
+    fi
+    rm -rf "$tmp"
+    [ -n "$fetched" ] && break
+  done
+  [ -n "$fetched" ] ||
     echo "test-infra: could not fetch the Debian source of $pkgver: the TAP judge for PG $major will fail" >&2
-  fi
-  rm -rf "$tmp"
 done
 chmod 755 "$INFRA/tap" 2>/dev/null || true
 

@@ -902,8 +902,6 @@ mod redact {
     }
 }
 
-pub use redact::conninfo as redact_conninfo;
-
 #[cfg(test)]
 mod tests {
     use super::*;
