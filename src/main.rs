@@ -276,7 +276,11 @@ fn main() -> ExitCode {
                 Command::BenchArchive(a) => {
                     init_logging("warn");
                     exit_with(
-                        walrelay::archive::cli::bench_archive_main(a, shutdown_signal()).await,
+                        walrelay::archive::cli::bench_archive_main(
+                            a,
+                            pgreceivewal::shutdown_signal(),
+                        )
+                        .await,
                     )
                 }
                 Command::Feed(a) => feed(a).await,
@@ -317,26 +321,6 @@ fn exit_with(code: i32) -> Result<(), String> {
     } else {
         std::process::exit(code)
     }
-}
-
-/// SIGINT/SIGTERM flip the returned watch to true.
-fn shutdown_signal() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        let _ = tx.send(true);
-    });
-    rx
 }
 
 fn passwd(a: PasswdArgs) -> Result<(), String> {
@@ -439,7 +423,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
     })?;
     // Serve what the files hold from the start, with or without the upstream.
     store.recovered().await;
-    let shutdown = shutdown_signal();
+    let shutdown = pgreceivewal::shutdown_signal();
     // The walsender stops after the receiver: standbys then get everything walrelay stored.
     let (server_stop_tx, server_stop) = watch::channel(false);
     let (info_tx, info_rx) = watch::channel(UpstreamInfo::default());

@@ -238,8 +238,9 @@ fn read_password() -> std::io::Result<String> {
     Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
-/// SIGINT/SIGTERM: stop at the next possible moment, exit 0.
-fn shutdown_signal() -> watch::Receiver<bool> {
+/// SIGINT/SIGTERM flip the returned watch to true (pg_receivewal: stop at the next possible
+/// moment, exit 0; `walrelay run`: ordered shutdown).
+pub fn shutdown_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
