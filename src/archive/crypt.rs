@@ -345,6 +345,29 @@ mod tests {
     }
 
     #[test]
+    fn allow_plaintext_objects_from_the_configuration() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k");
+        std::fs::write(&p, [9u8; 32]).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let plain = bytes::Bytes::from_static(b"plaintext");
+        for (allow, opens) in [
+            ("", false),
+            ("allow_plaintext_objects = false\n", false),
+            ("allow_plaintext_objects = true\n", true),
+        ] {
+            let text = format!(
+                "data_dir = \"/d\"\n[archive]\nencryption_key_file = \"{}\"\n{allow}",
+                p.display()
+            );
+            let c = crate::config::Config::parse(&text).unwrap();
+            let k = c.archive.encryption_key.as_ref();
+            assert_eq!(open_stored(k, plain.clone(), SEG1).is_ok(), opens, "{text}");
+        }
+    }
+
+    #[test]
     fn key_files() {
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
