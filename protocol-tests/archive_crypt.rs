@@ -118,7 +118,7 @@ fn encrypted_archive_restores_a_standby_and_refuses_a_wrong_key() {
 
     // the object as stored is sealed: the format's magic, no WAL page header visible
     let stored = s3_object(&s3, primary.system_identifier(), &last);
-    assert!(stored.starts_with(b"WRLCRYP1"), "object is not encrypted");
+    assert!(stored.starts_with(b"WRLCRYP2"), "object is not encrypted");
     assert!(
         !stored.windows(16).any(|x| x == &orig[..16]),
         "a WAL page header is visible in the stored object"

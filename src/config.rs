@@ -279,6 +279,9 @@ pub struct ArchiveConfig {
     /// Client-side encryption of archived objects: a file of 32 random bytes or 64 hex
     /// digits, mode 0600 (see docs/archive.md). Unset: objects are stored as they are.
     pub encryption_key_file: Option<PathBuf>,
+    /// With `encryption_key_file`: read objects without the encryption header as they are
+    /// (for migrating a plaintext archive); otherwise they are refused.
+    pub allow_plaintext_objects: bool,
     /// The key of `encryption_key_file`, loaded by [`Config::parse`]/[`Config::load`].
     #[serde(skip)]
     pub encryption_key: Option<crate::archive::crypt::Key>,
@@ -297,7 +300,9 @@ impl ArchiveConfig {
     /// Loads `encryption_key_file` into `encryption_key` (a bad key file is an error).
     pub fn load_key(&mut self) -> Result<(), crate::archive::ArchiveError> {
         self.encryption_key = match &self.encryption_key_file {
-            Some(p) => Some(crate::archive::crypt::Key::load(p)?),
+            Some(p) => Some(
+                crate::archive::crypt::Key::load(p)?.allow_plaintext(self.allow_plaintext_objects),
+            ),
             None => None,
         };
         Ok(())
@@ -327,6 +332,7 @@ impl Default for ArchiveConfig {
             fetch_partial: false,
             retention: ArchiveRetention::default(),
             encryption_key_file: None,
+            allow_plaintext_objects: false,
             encryption_key: None,
             s3: S3Options::default(),
             azure: AzureOptions::default(),

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
+use object_store::path::Path as ObjPath;
 use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -942,13 +943,15 @@ async fn blocking<T: Send + 'static>(
 
 /// Reads the first `len` bytes of the local file `path` (a segment: `exact`, the file must
 /// hold exactly `len` bytes; a snapshot: at least `len`) into one of the context's buffers,
-/// hashing as it reads, then compresses them; off the async threads. With compression the
-/// read buffer goes back to the pool once compressed: an upload holds one buffer.
+/// hashing as it reads, then compresses (and seals as `object`) them; off the async threads.
+/// With compression the read buffer goes back to the pool once compressed: an upload holds
+/// one buffer.
 async fn prepare_file(
     ctx: &Arc<Ctx>,
     path: PathBuf,
     len: u64,
     exact: bool,
+    object: ObjPath,
 ) -> Result<Prepared, ArchiveError> {
     let pool = ctx.buffers.clone();
     let (compression, level) = (ctx.compression, ctx.level);
@@ -1003,7 +1006,7 @@ async fn prepare_file(
                 r?
             }
         };
-        let stored = seal(key.as_ref(), stored)?;
+        let stored = seal(key.as_ref(), stored, &object)?;
         Ok(Prepared {
             raw_len: len,
             sha256,
@@ -1013,10 +1016,14 @@ async fn prepare_file(
     .await
 }
 
-/// `stored` encrypted with `key`, if any.
-fn seal(key: Option<&super::crypt::Key>, stored: Bytes) -> Result<Bytes, ArchiveError> {
+/// `stored` encrypted with `key`, if any, as the object `object`.
+fn seal(
+    key: Option<&super::crypt::Key>,
+    stored: Bytes,
+    object: &ObjPath,
+) -> Result<Bytes, ArchiveError> {
     match key {
-        Some(k) => super::crypt::encrypt(k, &stored).map(Bytes::from),
+        Some(k) => super::crypt::encrypt(k, &stored, object.as_ref()).map(Bytes::from),
         None => Ok(stored),
     }
 }
@@ -1044,8 +1051,16 @@ fn compress_pooled(
 }
 
 /// In-memory WAL (`walrelay bench-archive`) prepared as [`prepare_file`] prepares a file:
-/// hashed, and compressed into one of the context's buffers.
-pub(crate) async fn prepare_bytes(ctx: &Arc<Ctx>, raw: Bytes) -> Result<Prepared, ArchiveError> {
+/// hashed, and compressed into one of the context's buffers (sealed as segment `segno`).
+pub(crate) async fn prepare_bytes(
+    ctx: &Arc<Ctx>,
+    raw: Bytes,
+    tli: TimelineId,
+    segno: u64,
+) -> Result<Prepared, ArchiveError> {
+    let object = ctx
+        .layout
+        .segment(tli, segno, ctx.seg_size, ctx.compression);
     let pool = ctx.buffers.clone();
     let (compression, level) = (ctx.compression, ctx.level);
     let key = ctx.policy.key.clone();
@@ -1055,7 +1070,7 @@ pub(crate) async fn prepare_bytes(ctx: &Arc<Ctx>, raw: Bytes) -> Result<Prepared
             Compression::None => raw.clone(),
             c => compress_pooled(&pool, &raw, c, level)?,
         };
-        let stored = seal(key.as_ref(), stored)?;
+        let stored = seal(key.as_ref(), stored, &object)?;
         Ok(Prepared {
             raw_len: raw.len() as u64,
             sha256,
@@ -1072,7 +1087,8 @@ async fn upload_segment(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<PutOutcome, ArchiveError> {
     let name = segment_file_name(tli, segno, ctx.seg_size);
-    let prepared = prepare_file(ctx, ctx.dir.join(&name), ctx.seg_size, true).await?;
+    let object = ctx.layout.wal_object(&name, ctx.compression);
+    let prepared = prepare_file(ctx, ctx.dir.join(&name), ctx.seg_size, true, object).await?;
     let outcome = store_segment(ctx, tli, segno, prepared, shutdown).await?;
     if outcome == PutOutcome::AlreadyPresent {
         tracing::info!("archive: {name} was already archived with the same content");
@@ -1129,14 +1145,15 @@ async fn upload_history(
     let name = history_file_name(tli);
     let file = ctx.dir.join(&name);
     let key = ctx.policy.key.clone();
+    let path = ctx.layout.history(tli);
+    let object = path.clone();
     let (stored, sha, raw_len) = blocking(move || {
         let raw = std::fs::read(&file).map_err(ArchiveError::io("read", &file))?;
         let sha = sha256_hex(&raw);
         let len = raw.len() as u64;
-        Ok((seal(key.as_ref(), Bytes::from(raw))?, sha, len))
+        Ok((seal(key.as_ref(), Bytes::from(raw), &object)?, sha, len))
     })
     .await?;
-    let path = ctx.layout.history(tli);
     let outcome = upload::retry(&ctx.policy, shutdown, &format!("upload of {name}"), || {
         upload::put_create(
             &ctx.store,
@@ -1213,12 +1230,12 @@ async fn upload_snapshot(
     } else {
         ctx.dir.join(&name)
     };
+    let path = ctx.layout.partial(&name, offset, ctx.compression);
     let Prepared {
         sha256: sha,
         stored,
         ..
-    } = prepare_file(ctx, file, offset, false).await?;
-    let path = ctx.layout.partial(&name, offset, ctx.compression);
+    } = prepare_file(ctx, file, offset, false, path.clone()).await?;
     let outcome = upload::retry(
         &ctx.policy,
         shutdown,
@@ -1509,7 +1526,9 @@ mod tests {
             let body: Vec<u8> = (0..SEG as u32).map(|i| (i % 253) as u8).collect();
             let f = dir.path().join("seg");
             std::fs::write(&f, &body).unwrap();
-            let p = prepare_file(&ctx, f.clone(), SEG, true).await.unwrap();
+            let p = prepare_file(&ctx, f.clone(), SEG, true, "x".into())
+                .await
+                .unwrap();
             assert_eq!(p.raw_len, SEG);
             assert_eq!(p.sha256, sha256_hex(&body));
             let raw = layout::decompress(p.stored.clone(), compression, SEG as usize, &"x".into())
@@ -1519,18 +1538,20 @@ mod tests {
             drop((p, raw));
             // the buffer is back and is used again (no copy, no new allocation)
             assert!(ctx.buffers.idle() >= 1);
-            let p = prepare_file(&ctx, f.clone(), 1000, false).await.unwrap();
+            let p = prepare_file(&ctx, f.clone(), 1000, false, "x".into())
+                .await
+                .unwrap();
             assert_eq!(p.sha256, sha256_hex(&body[..1000]));
             if compression == Compression::None {
                 assert_eq!(p.stored.as_ptr(), ptr);
             }
             drop(p);
-            let e = prepare_file(&ctx, f.clone(), SEG / 2, true)
+            let e = prepare_file(&ctx, f.clone(), SEG / 2, true, "x".into())
                 .await
                 .err()
                 .unwrap();
             assert!(matches!(e, ArchiveError::Corrupt { .. }), "{e}");
-            let e = prepare_file(&ctx, f.clone(), SEG + 1, false)
+            let e = prepare_file(&ctx, f.clone(), SEG + 1, false, "x".into())
                 .await
                 .err()
                 .unwrap();

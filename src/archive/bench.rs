@@ -162,7 +162,7 @@ async fn upload_all(
             let data = data.clone();
             let mut shutdown = shutdown.clone();
             async move {
-                let prepared = prepare_bytes(ctx, data).await?;
+                let prepared = prepare_bytes(ctx, data, 1, segno).await?;
                 let stored = prepared.stored.len() as u64;
                 store_segment(ctx, 1, segno, prepared, &mut shutdown).await?;
                 Ok::<u64, ArchiveError>(stored)

@@ -2,23 +2,27 @@
 //! `archive.encryption_key_file` is set).
 //!
 //! Owns: the key file (32 random bytes, or 64 hex digits; readable by its owner only) and the
-//! object format: `WRLCRYP1` | key id (the first 8 bytes of SHA-256 of the key) | 7-byte random
+//! object format: `WRLCRYP2` | key id (the first 8 bytes of SHA-256 of the key) | 7-byte random
 //! nonce prefix | the stored bytes (after compression) in 64 KiB chunks, each sealed with
 //! ChaCha20-Poly1305 in the STREAM construction (RustCrypto `aead::stream`, big-endian 32-bit
 //! counter and last-chunk flag), so a truncated, reordered or altered object fails to open.
+//! Every chunk's associated data is the header (magic, key id, nonce prefix) followed by the
+//! object's name ([`object_name`]: its last path component without `.zst`, e.g. the segment
+//! file name), so a sealed object stored under another object's name fails to open too.
+//! With a key, objects without the header are refused unless `archive.allow_plaintext_objects`.
 //! Must not: choose what is encrypted (the archiver does) or ever return unauthenticated bytes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chacha20poly1305::aead::stream::{DecryptorBE32, EncryptorBE32};
-use chacha20poly1305::aead::{KeyInit, OsRng};
+use chacha20poly1305::aead::{KeyInit, OsRng, Payload};
 use chacha20poly1305::ChaCha20Poly1305;
 
 use super::ArchiveError;
 
 /// First bytes of an encrypted object.
-pub const MAGIC: &[u8; 8] = b"WRLCRYP1";
+pub const MAGIC: &[u8; 8] = b"WRLCRYP2";
 /// Plaintext bytes per sealed chunk.
 pub const CHUNK: usize = 64 * 1024;
 const TAG: usize = 16;
@@ -33,6 +37,8 @@ pub struct Key {
     bytes: Arc<[u8; 32]>,
     id: [u8; 8],
     path: PathBuf,
+    /// `archive.allow_plaintext_objects`: objects without the header are read as they are.
+    allow_plaintext: bool,
 }
 
 impl std::fmt::Debug for Key {
@@ -92,7 +98,15 @@ impl Key {
             bytes: Arc::new(bytes),
             id,
             path: path.to_path_buf(),
+            allow_plaintext: false,
         }
+    }
+
+    /// This key, reading objects without the encryption header as they are when `allow`
+    /// (`archive.allow_plaintext_objects`, for migrating a plaintext archive).
+    pub fn allow_plaintext(mut self, allow: bool) -> Key {
+        self.allow_plaintext = allow;
+        self
     }
 
     /// The key id recorded in objects and manifests (hex).
@@ -117,8 +131,20 @@ pub fn is_encrypted(data: &[u8]) -> bool {
     data.starts_with(MAGIC)
 }
 
-/// Seals `plain` with `key`.
-pub fn encrypt(key: &Key, plain: &[u8]) -> Result<Vec<u8>, ArchiveError> {
+/// The name an object at `path` is bound to: its last path component without `.zst` (the
+/// segment, history or snapshot file name), the same under any `archive.url` prefix.
+pub fn object_name(path: &str) -> &str {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    super::layout::strip_compression(file).0
+}
+
+/// Associated data of every chunk: the object's header, then its name.
+fn associated_data(header: &[u8], path: &str) -> Vec<u8> {
+    [header, object_name(path).as_bytes()].concat()
+}
+
+/// Seals `plain` with `key` as the object at `path`.
+pub fn encrypt(key: &Key, plain: &[u8], path: &str) -> Result<Vec<u8>, ArchiveError> {
     use chacha20poly1305::aead::rand_core::RngCore;
     let mut prefix = [0u8; NONCE_PREFIX];
     OsRng.fill_bytes(&mut prefix);
@@ -129,26 +155,33 @@ pub fn encrypt(key: &Key, plain: &[u8]) -> Result<Vec<u8>, ArchiveError> {
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&key.id);
     out.extend_from_slice(&prefix);
+    let aad = associated_data(&out, path);
     let sealed =
         |e: chacha20poly1305::aead::Error| ArchiveError::Config(format!("encryption failed: {e}"));
     let mut rest = plain;
     while rest.len() > CHUNK {
-        let (head, tail) = rest.split_at(CHUNK);
-        out.extend_from_slice(&enc.encrypt_next(head).map_err(sealed)?);
+        let (msg, tail) = rest.split_at(CHUNK);
+        let piece = enc.encrypt_next(Payload { msg, aad: &aad });
+        out.extend_from_slice(&piece.map_err(sealed)?);
         rest = tail;
     }
-    out.extend_from_slice(&enc.encrypt_last(rest).map_err(sealed)?);
+    let piece = enc.encrypt_last(Payload {
+        msg: rest,
+        aad: &aad,
+    });
+    out.extend_from_slice(&piece.map_err(sealed)?);
     Ok(out)
 }
 
-/// Opens an encrypted object read from `path`; a missing or different key, or any altered
-/// byte, is an error that says which.
+/// Opens an encrypted object read from `path`; a missing or different key, any altered
+/// byte, or an object sealed under another name, is an error that says which.
 pub fn decrypt(key: Option<&Key>, data: &[u8], path: &str) -> Result<Vec<u8>, ArchiveError> {
     let corrupt = |reason: String| ArchiveError::Corrupt {
         path: path.to_string(),
         reason,
     };
-    let (Some(id), Some(prefix), Some(body)) = (
+    let (Some(header), Some(id), Some(prefix), Some(body)) = (
+        data.get(..HEADER),
         data.get(MAGIC.len()..MAGIC.len() + 8),
         data.get(MAGIC.len() + 8..HEADER),
         data.get(HEADER..),
@@ -171,28 +204,46 @@ pub fn decrypt(key: Option<&Key>, data: &[u8], path: &str) -> Result<Vec<u8>, Ar
     let aead = ChaCha20Poly1305::new(key.bytes.as_ref().into());
     let mut dec = DecryptorBE32::from_aead(aead, prefix.into());
     let mut out = Vec::with_capacity(body.len());
-    let auth = |_| corrupt("authentication failed (altered or truncated)".into());
+    let aad = associated_data(header, path);
+    let auth = |_| {
+        corrupt(format!(
+            "authentication failed (altered, truncated, or not sealed as \"{}\")",
+            object_name(path)
+        ))
+    };
     let pieces: Vec<&[u8]> = body.chunks(CHUNK + TAG).collect();
     let Some((last, init)) = pieces.split_last() else {
         return Err(corrupt("encrypted object has no data".into()));
     };
     for p in init {
-        out.extend_from_slice(&dec.decrypt_next(*p).map_err(auth)?);
+        let piece = dec.decrypt_next(Payload { msg: p, aad: &aad });
+        out.extend_from_slice(&piece.map_err(auth)?);
     }
-    out.extend_from_slice(&dec.decrypt_last(*last).map_err(auth)?);
+    let piece = dec.decrypt_last(Payload {
+        msg: last,
+        aad: &aad,
+    });
+    out.extend_from_slice(&piece.map_err(auth)?);
     Ok(out)
 }
 
-/// Opens stored bytes for reading: decrypted when encrypted, else as they are.
+/// Opens stored bytes for reading: decrypted when encrypted; else as they are when no key is
+/// configured or the key allows plaintext objects, and refused otherwise.
 pub fn open_stored(
     key: Option<&Key>,
     stored: bytes::Bytes,
     path: &str,
 ) -> Result<bytes::Bytes, ArchiveError> {
     if is_encrypted(&stored) {
-        decrypt(key, &stored, path).map(bytes::Bytes::from)
-    } else {
-        Ok(stored)
+        return decrypt(key, &stored, path).map(bytes::Bytes::from);
+    }
+    match key {
+        Some(k) if !k.allow_plaintext => Err(ArchiveError::Encryption(format!(
+            "archive object \"{path}\" is not encrypted, but archive.encryption_key_file \"{}\" is set; \
+             refusing it (set archive.allow_plaintext_objects = true while migrating a plaintext archive)",
+            k.path.display()
+        ))),
+        _ => Ok(stored),
     }
 }
 
@@ -209,13 +260,13 @@ mod tests {
         let k = key(1);
         for len in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 16 << 20] {
             let plain: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-            let c = encrypt(&k, &plain).unwrap();
+            let c = encrypt(&k, &plain, "o").unwrap();
             assert!(is_encrypted(&c));
             assert_ne!(c.get(HEADER..HEADER + 16), plain.get(..16));
             assert_eq!(decrypt(Some(&k), &c, "o").unwrap(), plain, "len {len}");
         }
         let plain = vec![5u8; 3 * CHUNK + 10];
-        let c = encrypt(&k, &plain).unwrap();
+        let c = encrypt(&k, &plain, "o").unwrap();
         let e = decrypt(Some(&key(2)), &c, "o").unwrap_err().to_string();
         assert!(e.contains("is encrypted with key id"), "{e}");
         let e = decrypt(None, &c, "o").unwrap_err().to_string();
@@ -227,6 +278,93 @@ mod tests {
         let cut = &c[..HEADER + 3 * (CHUNK + TAG)];
         assert!(decrypt(Some(&k), cut, "o").is_err());
         assert!(decrypt(Some(&k), &c[..c.len() - 1], "o").is_err());
+    }
+
+    const SEG1: &str = "p/7/wal/000000010000000000000001";
+    const SEG2: &str = "p/7/wal/000000010000000000000002";
+
+    #[test]
+    fn sealed_object_is_bound_to_its_name() {
+        let k = key(1);
+        for len in [10, 3 * CHUNK + 10] {
+            let plain = vec![5u8; len];
+            let c = encrypt(&k, &plain, &format!("{SEG1}.zst")).unwrap();
+            // the same name under another prefix, with or without `.zst`, opens
+            for path in [SEG1, "moved/elsewhere/7/wal/000000010000000000000001.zst"] {
+                assert_eq!(
+                    open_stored(Some(&k), c.clone().into(), path).unwrap(),
+                    plain
+                );
+            }
+            // renamed to another segment's (or a snapshot's) name: refused, naming the object
+            for path in [
+                SEG2,
+                "p/7/partial/000000010000000000000001.00A00000.partial",
+            ] {
+                let e = open_stored(Some(&k), c.clone().into(), path).unwrap_err();
+                assert!(matches!(e, ArchiveError::Corrupt { .. }), "{e:?}");
+                let e = e.to_string();
+                assert!(
+                    e.contains(path) && e.contains("authentication failed"),
+                    "{e}"
+                );
+            }
+        }
+        // the key id is bound too: a header edited to another id fails even with that id's key
+        let c = encrypt(&k, b"wal", SEG1).unwrap();
+        let mut edited = c.clone();
+        edited[MAGIC.len()] ^= 1;
+        let e = decrypt(Some(&k), &edited, SEG1).unwrap_err().to_string();
+        assert!(e.contains("is encrypted with key id"), "{e}");
+        let mut edited = c;
+        edited[HEADER - 1] ^= 1;
+        assert!(decrypt(Some(&k), &edited, SEG1).is_err());
+    }
+
+    #[test]
+    fn plaintext_objects_need_allow_plaintext_objects() {
+        let plain = bytes::Bytes::from_static(b"plaintext segment bytes");
+        let e = open_stored(Some(&key(1)), plain.clone(), SEG1).unwrap_err();
+        assert!(matches!(e, ArchiveError::Encryption(_)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "archive object \"{SEG1}\" is not encrypted, but archive.encryption_key_file \"/k\" is set; \
+                 refusing it (set archive.allow_plaintext_objects = true while migrating a plaintext archive)"
+            )
+        );
+        let lenient = key(1).allow_plaintext(true);
+        assert_eq!(
+            open_stored(Some(&lenient), plain.clone(), SEG1).unwrap(),
+            plain
+        );
+        assert_eq!(open_stored(None, plain.clone(), SEG1).unwrap(), plain);
+        // allowing plaintext does not weaken sealed objects
+        let c = encrypt(&lenient, b"wal", SEG1).unwrap();
+        assert!(open_stored(Some(&lenient), c.into(), SEG2).is_err());
+    }
+
+    #[test]
+    fn allow_plaintext_objects_from_the_configuration() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k");
+        std::fs::write(&p, [9u8; 32]).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let plain = bytes::Bytes::from_static(b"plaintext");
+        for (allow, opens) in [
+            ("", false),
+            ("allow_plaintext_objects = false\n", false),
+            ("allow_plaintext_objects = true\n", true),
+        ] {
+            let text = format!(
+                "data_dir = \"/d\"\n[archive]\nencryption_key_file = \"{}\"\n{allow}",
+                p.display()
+            );
+            let c = crate::config::Config::parse(&text).unwrap();
+            let k = c.archive.encryption_key.as_ref();
+            assert_eq!(open_stored(k, plain.clone(), SEG1).is_ok(), opens, "{text}");
+        }
     }
 
     #[test]
