@@ -108,6 +108,38 @@ fn expire_keeps_what_slots_need() {
     assert_eq!(would, expected, "{out}");
     assert_eq!(list(&wal), before, "a dry run deleted something");
 
+    // A delayed feed's persisted position (delay/feeds.json) holds the floor too: with one
+    // at the start of the second archived segment, only the first may go.
+    let feeds = relay.data.join("delay").join("feeds.json");
+    std::fs::create_dir_all(feeds.parent().unwrap()).unwrap();
+    let feed_pos = Lsn((first + 1) * SEG);
+    std::fs::write(
+        &feeds,
+        format!(
+            "{{\"feeds\": {{\"late\": {{\"hold\": null, \"tripwire_acked\": \"0/0\", \"position\": \"{feed_pos}\", \"index_gap\": null}}}}}}"
+        ),
+    )
+    .unwrap();
+    let (st, out, err) =
+        run_to_end(&["archive", "expire", "-c", &conf_s, "-D", &data, "--dry-run"]);
+    assert!(st.success(), "{out}{err}");
+    let would: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("would delete "))
+        .filter(|l| !l.contains(" segments "))
+        .collect();
+    assert_eq!(would, vec![segment_file_name(1, first, SEG)], "{out}");
+    // an unreadable feeds.json is an error, never "no feed needs anything"
+    std::fs::write(&feeds, b"{not json").unwrap();
+    let (st, out, err) =
+        run_to_end(&["archive", "expire", "-c", &conf_s, "-D", &data, "--dry-run"]);
+    assert_eq!(st.code(), Some(1), "{out}{err}");
+    assert!(
+        err.contains("feeds.json") && err.contains("invalid JSON"),
+        "{err}"
+    );
+    std::fs::remove_file(&feeds).unwrap();
+
     let (st, out, err) = run_to_end(&["archive", "expire", "-c", &conf_s, "-D", &data]);
     assert!(st.success(), "{out}{err}");
     let after = list(&wal);

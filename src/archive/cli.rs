@@ -489,7 +489,10 @@ async fn expire(
         crate::server::slots::Slots::load(data_dir, usize::MAX, None).map_err(|e| e.to_string())?;
     let slot_floor = *slot_min.borrow();
     drop(slots);
-    let known = [local, slot_floor, args.floor];
+    // Delayed (and held) feeds need WAL from their last position on; a feeds.json that
+    // cannot be read is an error, never a floor of "nothing needed".
+    let feed_floor = crate::delay::state::needed_floor(data_dir).map_err(|e| e.to_string())?;
+    let known = [local, slot_floor, feed_floor, args.floor];
     let Some(floor) = known.iter().flatten().min().copied() else {
         return Err(format!(
             "the data directory \"{}\" holds no WAL, so what proxy slots and delayed feeds still need is unknown; use -D with walrelay's data directory, or --floor LSN",

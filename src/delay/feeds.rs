@@ -378,6 +378,15 @@ impl FeedController {
                 Reason::Tripwire { entry } if entry.first <= st.position => {
                     st.tripwire_acked = st.tripwire_acked.max(entry.lsn);
                 }
+                // Held before the index's coverage (no recorded gap): the operator lets the
+                // WAL up to the coverage start go without delay or tripwire.
+                Reason::IndexGap { to, .. } if st.gap.is_none() && to.0 > 0 => {
+                    let acked = Lsn(to.0.saturating_sub(1));
+                    if st.tripwire_acked >= acked {
+                        break;
+                    }
+                    st.tripwire_acked = acked;
+                }
                 _ => break,
             }
         }
@@ -959,5 +968,36 @@ mod tests {
         assert_eq!(humantime(Duration::from_secs(8 * 3600)), "8h");
         assert_eq!(humantime(Duration::from_secs(5400)), "1h30m");
         assert_eq!(humantime(Duration::from_millis(1500)), "1500ms");
+    }
+
+    /// A delayed feed standing before the index's coverage (the commit index was lost and
+    /// rebuilt from later WAL) is held where it stands; resume lets it go on, durably.
+    #[tokio::test]
+    async fn a_feed_before_the_coverage_is_held_until_resumed() {
+        let d = tempfile::tempdir().unwrap();
+        let ix = CommitIndex::new();
+        ix.set_coverage(Lsn(0x4000), Lsn(0x9000));
+        let ctl = controller(d.path(), &ix, 0x9000);
+        let s = ctl.attach("lag", None, "u").unwrap();
+        assert_eq!(s.limit(Lsn(0x1000), Lsn(0x9000)).0, Lsn(0x1000));
+        let f = ctl.show("lag").unwrap();
+        assert_eq!(f["state"], "index_gap", "{f}");
+        ctl.persist_if_dirty();
+        drop(s);
+        let ctl = tokio::task::spawn_blocking({
+            let (dir, ix) = (d.path().to_path_buf(), ix.clone());
+            move || {
+                let ctl = controller(&dir, &ix, 0x9000);
+                ctl.resume("lag").unwrap();
+                drop(ctl);
+                // the acknowledgement survives a restart
+                controller(&dir, &ix, 0x9000)
+            }
+        })
+        .await
+        .unwrap();
+        let s = ctl.attach("lag", None, "u").unwrap();
+        assert_eq!(s.limit(Lsn(0x1000), Lsn(0x9000)).0, Lsn(0x9000));
+        assert_eq!(ctl.show("lag").unwrap()["state"], "caught_up");
     }
 }

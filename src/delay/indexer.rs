@@ -78,16 +78,18 @@ pub async fn run(
     let path = index::index_path(&opts.data_dir);
     let p2 = path.clone();
     let loaded = tokio::task::spawn_blocking(move || index::load(&p2)).await;
-    let (entries, valid_len) = match loaded {
-        Ok(Ok(v)) => v,
+    // A saved index that cannot be loaded is rebuilt from the WAL still here; what it held
+    // before that is lost, so delayed feeds are held there as an index gap (fail closed).
+    let (entries, valid_len, lost) = match loaded {
+        Ok(Ok((e, l))) => (e, l, false),
         Ok(Err(e)) => {
             tracing::error!(
                 "could not read the commit index {}: {e}; rebuilding it",
                 path.display()
             );
-            (Vec::new(), 0)
+            (Vec::new(), 0, true)
         }
-        Err(_) => (Vec::new(), 0),
+        Err(_) => (Vec::new(), 0, true),
     };
     let n = entries.len();
     index.push(entries);
@@ -126,13 +128,18 @@ pub async fn run(
     if start > flush {
         start = flush.segment_start(seg_size);
     }
-    // WAL between the last saved entry and the oldest local segment is gone unindexed.
-    let missed = index.last().map(|e| e.end).filter(|&end| {
-        end < start
-            && index
-                .last()
-                .is_some_and(|e| e.lsn.segment_start(seg_size) < start)
-    });
+    // WAL between the last saved entry and the oldest local segment is gone unindexed; with
+    // the saved index lost, everything before the rebuild's start is.
+    let missed = index
+        .last()
+        .map(|e| e.end)
+        .filter(|&end| {
+            end < start
+                && index
+                    .last()
+                    .is_some_and(|e| e.lsn.segment_start(seg_size) < start)
+        })
+        .or((lost && start > Lsn(0)).then_some(Lsn(0)));
     tracing::info!(
         "commit index: {} entries loaded; indexing WAL from {start} on timeline {tli}",
         index.len()
@@ -154,9 +161,15 @@ pub async fn run(
     };
     r.index.set_coverage(r.from, r.last_end);
     if let (Some(from), Some(feeds)) = (missed, &r.feeds) {
-        tracing::error!(
-            "commit index: the WAL from {from} to {start} was removed before it was indexed"
-        );
+        if lost {
+            tracing::error!(
+                "commit index: the saved index was lost; the WAL before {start} is not indexed"
+            );
+        } else {
+            tracing::error!(
+                "commit index: the WAL from {from} to {start} was removed before it was indexed"
+            );
+        }
         while let Err(e) = feeds.on_index_gap(from, start).wait().await {
             tracing::error!("commit index: could not save the index-gap hold: {e}; retrying");
             tokio::select! {

@@ -112,6 +112,21 @@ pub fn decide(
             d.wake_at = None;
         }
     }
+    // Fail closed, too, below the index's coverage: a delayed feed that stands before
+    // `coverage.from` (the index was lost and rebuilt from later WAL, or pruned past it)
+    // would be sent the commits in between with neither delay nor tripwire. It is held where
+    // it stands until an operator acts: `resume` acknowledges up to the coverage start
+    // (`tripwire_acked` reaches `coverage.from - 1`), `advance` moves it explicitly.
+    let acked = feed.tripwire_acked.0.saturating_add(1) >= coverage.from.0;
+    let advanced = matches!(feed.hold, Some(Hold::Advanced { .. }));
+    if rule.delay_us > 0 && feed.sent < coverage.from && !acked && !advanced && d.cap > feed.sent {
+        d.cap = feed.sent;
+        d.reason = Reason::IndexGap {
+            from: feed.sent,
+            to: coverage.from,
+        };
+        d.wake_at = None;
+    }
     d
 }
 
@@ -473,6 +488,56 @@ mod tests {
         let rule0 = FeedRule {
             delay_us: 0,
             tripwire: true,
+        };
+        let d = decide(&ix, cov, rule0, v, Lsn(700), 100 * S, Lsn(0));
+        assert_eq!(d.cap, Lsn(700));
+    }
+
+    /// A delayed feed standing before the index's coverage (the index was lost and rebuilt
+    /// from later WAL) is held where it stands as an index gap, until the operator
+    /// acknowledges up to the coverage start (resume) or advances it.
+    #[test]
+    fn a_feed_before_the_coverage_is_held_as_an_index_gap() {
+        let (ix, mut cov) = index();
+        cov.from = Lsn(300);
+        let v = view(150);
+        let d = decide(&ix, cov, DELAYED, v, Lsn(700), 100 * S, Lsn(0));
+        assert_eq!(d.cap, Lsn(150));
+        assert_eq!(
+            d.reason,
+            Reason::IndexGap {
+                from: Lsn(150),
+                to: Lsn(300)
+            }
+        );
+        assert_eq!(d.wake_at, None);
+        // with the tripwire too
+        let trip = FeedRule {
+            delay_us: 5 * S,
+            tripwire: true,
+        };
+        let d = decide(&ix, cov, trip, v, Lsn(700), 100 * S, Lsn(0));
+        assert_eq!((d.cap, d.reason.name()), (Lsn(150), "index_gap"));
+        // acknowledged up to the coverage start (what resume records): the rules apply again
+        let mut acked = v;
+        acked.tripwire_acked = Lsn(299);
+        let d = decide(&ix, cov, DELAYED, acked, Lsn(700), 100 * S, Lsn(0));
+        assert_eq!((d.cap, d.reason.name()), (Lsn(650), "caught_up"));
+        // an advance is the operator's explicit decision
+        let adv = Hold::Advanced {
+            to: Lsn(250),
+            target: "lsn 0/FA".into(),
+        };
+        let mut a = v;
+        a.hold = Some(&adv);
+        let d = decide(&ix, cov, DELAYED, a, Lsn(700), 100 * S, Lsn(0));
+        assert_eq!((d.cap, d.reason.name()), (Lsn(250), "advanced"));
+        // a feed at or past the coverage start, and a feed without delay, are not held
+        let d = decide(&ix, cov, DELAYED, view(300), Lsn(700), 100 * S, Lsn(0));
+        assert_eq!(d.reason.name(), "caught_up");
+        let rule0 = FeedRule {
+            delay_us: 0,
+            tripwire: false,
         };
         let d = decide(&ix, cov, rule0, v, Lsn(700), 100 * S, Lsn(0));
         assert_eq!(d.cap, Lsn(700));

@@ -128,3 +128,44 @@ pub(super) fn load_state(path: &Path) -> Result<BTreeMap<String, FeedState>, Del
     }
     Ok(state)
 }
+
+/// What the feeds persisted in `<data_dir>/delay/feeds.json` still need, read-only and
+/// strictly (for `walrelay archive expire`, which runs without the feed rules): the lowest
+/// valid position of any feed, or `None` when no feed has one. Every feed counts, delayed or
+/// not (the CLI does not know which are), which only keeps more WAL.
+pub fn needed_floor(data_dir: &Path) -> Result<Option<Lsn>, DelayError> {
+    let state = load_state(&data_dir.join("delay").join("feeds.json"))?;
+    Ok(state
+        .values()
+        .map(|s| s.position)
+        .filter(|p| p.is_valid())
+        .min())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn needed_floor_is_the_lowest_feed_position_and_strict() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(needed_floor(d.path()).unwrap(), None);
+        std::fs::create_dir_all(d.path().join("delay")).unwrap();
+        let path = d.path().join("delay").join("feeds.json");
+        let a = FeedState {
+            position: Lsn(0x5000),
+            ..FeedState::default()
+        };
+        let b = FeedState {
+            position: Lsn(0x3000),
+            ..FeedState::default()
+        };
+        let none = FeedState::default();
+        let v = json!({"feeds": {"a": a.to_json(), "b": b.to_json(), "c": none.to_json()}});
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(needed_floor(d.path()).unwrap(), Some(Lsn(0x3000)));
+        std::fs::write(&path, b"{not json").unwrap();
+        let e = needed_floor(d.path()).unwrap_err().to_string();
+        assert!(e.contains("feeds.json"), "{e}");
+    }
+}

@@ -10,7 +10,9 @@
 //! a segment start), is not padded, and is a complete stream whenever it is closed: a
 //! `.partial` left behind decompresses to the WAL received, like pg_receivewal's (which
 //! closes its gzip/LZ4 stream on exit). Restarting from a compressed `.partial` restreams
-//! that segment from its start and rewrites the file.
+//! that segment from its start and rewrites the file; when the old file holds published
+//! WAL, the store writes the new stream to `<name>.partial.rewrite` and renames it over the
+//! old file only once it is durable past what was published (docs/durability.md).
 //!
 //! Must not: touch sockets, or decide what is durable (the store fsyncs the file after
 //! [`Segment::flush`]).

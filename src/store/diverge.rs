@@ -163,9 +163,13 @@ impl super::Writer {
         if seg_size == 0 {
             return Err(StoreError::NotOpen);
         }
-        self.close_open()?;
-        let r = set_aside(&self.dir, seg_size, tli, fork)
-            .map_err(io_err("set aside diverged WAL in", &self.dir))?;
+        // Whatever happens below, nothing at or past the fork may stay published: on a
+        // failure to close or to set the files aside, the positions and the floor still go
+        // back to the fork and the store fails (a walsender must not serve diverged WAL).
+        let r = self.close_open().and_then(|()| {
+            set_aside(&self.dir, seg_size, tli, fork)
+                .map_err(io_err("set aside diverged WAL in", &self.dir))
+        });
         if self.pos.timeline == tli && self.pos.write_lsn > fork {
             self.pos.write_lsn = fork;
             self.pos.flush_lsn = self.pos.flush_lsn.min(fork);
@@ -179,14 +183,29 @@ impl super::Writer {
                 self.floor = Some((tli, fork));
             }
         }
-        if let Some(c) = self.control.as_mut() {
-            if c.timeline == tli && c.flush_lsn() > fork {
+        let control = match self.control.as_mut() {
+            Some(c) if c.timeline == tli && c.flush_lsn() > fork => {
                 c.flush_lsn = fork.to_string();
                 let path = self.dir.join(control::CONTROL_FILE);
-                control::write(&self.dir, c).map_err(io_err("write", &path))?;
+                control::write(&self.dir, c).map_err(io_err("write", &path))
+            }
+            _ => Ok(()),
+        };
+        match (r, control) {
+            (Ok(r), Ok(())) => Ok(r),
+            (Err(e), _) | (Ok(_), Err(e)) => {
+                let reply = match &e {
+                    StoreError::Io { op, path, source } => StoreError::Io {
+                        op,
+                        path: path.clone(),
+                        source: std::io::Error::new(source.kind(), source.to_string()),
+                    },
+                    other => StoreError::Recovery(other.to_string()),
+                };
+                self.fail(e);
+                Err(reply)
             }
         }
-        Ok(r)
     }
 }
 
@@ -341,5 +360,53 @@ mod tests {
         store.begin(2, Lsn(0)).await.unwrap();
         let p = store.positions().borrow().clone();
         assert_eq!((p.timeline, p.error), (2, None));
+    }
+    /// A failure to set the files aside still pulls the published positions back to the fork
+    /// and fails the store: nothing past the fork may be served.
+    #[tokio::test]
+    async fn a_failed_set_aside_still_caps_at_the_fork_and_fails_the_store() {
+        use crate::store::{Store, StoreOptions};
+        use crate::wal::page::build::pages;
+        use bytes::Bytes;
+        const SYSID: u64 = 7_000_000_000_000_000_001;
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::start(d.path(), StoreOptions::default()).unwrap();
+        store.open(SYSID, SEG, "15.0").await.unwrap();
+        store.begin(1, Lsn(0)).await.unwrap();
+        let wal = pages(0, 4, SEG, SYSID, 1);
+        store
+            .write(Lsn(0), Bytes::copy_from_slice(&wal))
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        let mut rx = store.positions();
+        while rx.borrow_and_update().flush_lsn < Lsn(4 * 8192) {
+            rx.changed().await.unwrap();
+        }
+        // injected failure: the diverged/ directory cannot be created (a file is in the way)
+        std::fs::write(d.path().join(DIVERGED_DIR), b"in the way").unwrap();
+        let fork = Lsn(8192 + 100);
+        let e = store.set_aside_diverged(1, fork).await.unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                StoreError::Io {
+                    op: "set aside diverged WAL in",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let p = store.positions().borrow().clone();
+        assert_eq!((p.timeline, p.write_lsn, p.flush_lsn), (1, fork, fork));
+        assert!(p.error.is_some(), "{p:?}");
+        assert_eq!(store.tail().get(1, Lsn(0), Lsn(4 * 8192), 1 << 20), None);
+        // failed: more WAL does not move the positions
+        store
+            .write(fork, Bytes::copy_from_slice(&wal[fork.0 as usize..]))
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        assert_eq!(store.positions().borrow().flush_lsn, fork);
     }
 }

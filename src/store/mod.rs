@@ -345,6 +345,10 @@ struct OpenSegment {
     z: Option<compress::Segment>,
     /// Writes not yet fsynced, with the power-loss fault injection ([`lossy`]) on.
     pending: Option<lossy::Pending>,
+    /// A restarted compressed segment is written to a temporary file (`path`); the old
+    /// `.partial` (here, with the end of the WAL published from it) stays until the rewrite
+    /// is durable at or past that end, then the temporary file is renamed over it.
+    replaces: Option<(PathBuf, Lsn)>,
 }
 
 impl OpenSegment {
@@ -823,6 +827,21 @@ impl Writer {
         let path = self.dir.join(format!("{name}.partial"));
         if let Some(m) = self.compression.method {
             // A compressed segment is a stream written from the segment start: no padding.
+            // Restarting one that holds published WAL writes a new stream beside it (a
+            // compressed file cannot be rewritten in place without losing what it held).
+            let seg_start = Lsn(segno * seg_size);
+            let seg_end = Lsn((segno + 1) * seg_size);
+            let published = match self.floor {
+                Some((tli, f)) if tli == self.pos.timeline && f > seg_start => Some(f.min(seg_end)),
+                _ => None,
+            };
+            let (path, replaces) = match published {
+                Some(end) if path.exists() => (
+                    self.dir.join(format!("{name}.partial.rewrite")),
+                    Some((path, end)),
+                ),
+                _ => (path, None),
+            };
             let existed = path.exists();
             let file = OpenOptions::new()
                 .write(true)
@@ -845,6 +864,7 @@ impl Writer {
                 path,
                 z: Some(z),
                 pending: None,
+                replaces,
             });
             return Ok(());
         }
@@ -893,7 +913,27 @@ impl Writer {
             path,
             z: None,
             pending,
+            replaces: None,
         });
+        Ok(())
+    }
+
+    /// A restarted compressed segment that is durable at or past what was published from the
+    /// old file replaces it (see [`OpenSegment::replaces`]).
+    fn adopt_rewrite(&mut self, durable: Lsn) -> Result<(), StoreError> {
+        let Some(seg) = self.open.as_mut() else {
+            return Ok(());
+        };
+        let Some((old, end)) = seg.replaces.clone() else {
+            return Ok(());
+        };
+        if durable < end {
+            return Ok(());
+        }
+        std::fs::rename(&seg.path, &old).map_err(io_err("rename", &seg.path))?;
+        fsutil::fsync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
+        seg.path = old;
+        seg.replaces = None;
         Ok(())
     }
 
@@ -905,7 +945,7 @@ impl Writer {
         self.dirty_since = None;
         self.last_fsync = Some(std::time::Instant::now());
         self.pos.flush_lsn = self.durable_end();
-        Ok(())
+        self.adopt_rewrite(self.pos.flush_lsn)
     }
 
     /// The open segment is full: make it durable under its final name.
@@ -918,6 +958,11 @@ impl Writer {
         }
         seg.sync_data().map_err(io_err("fsync", &seg.path))?;
         drop(seg.file);
+        if let Some((old, _)) = seg.replaces.take() {
+            // Complete: the rewrite holds the whole segment.
+            std::fs::rename(&seg.path, &old).map_err(io_err("rename", &seg.path))?;
+            seg.path = old;
+        }
         let final_path = seg.path.with_extension("");
         match &mut self.lossy {
             Some(held) => {
@@ -952,6 +997,15 @@ impl Writer {
             if let (Some(z), false) = (seg.z.take(), self.failed) {
                 z.finish().map_err(io_err("write to", &seg.path))?;
                 seg.sync_data().map_err(io_err("fsync", &seg.path))?;
+                if let Some((old, end)) = seg.replaces.take() {
+                    // A rewrite that holds less than the old file is dropped; the old stays.
+                    if self.durable_end() >= end {
+                        std::fs::rename(&seg.path, &old).map_err(io_err("rename", &seg.path))?;
+                    } else {
+                        std::fs::remove_file(&seg.path).map_err(io_err("remove", &seg.path))?;
+                    }
+                    fsutil::fsync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
+                }
             }
             if self.dirty && !self.failed {
                 seg.sync_data().map_err(io_err("fsync", &seg.path))?;
@@ -989,6 +1043,63 @@ mod tests {
             }
             rx.changed().await.unwrap();
         }
+    }
+
+    /// A restarted compressed segment is written beside the old `.partial`, which stays
+    /// (holding everything published) until the rewrite is durable past it: truncating it in
+    /// place lost acknowledged WAL on a power loss before the rewrite was fsynced.
+    #[tokio::test]
+    async fn a_restarted_compressed_segment_keeps_the_old_file_until_caught_up() {
+        use compress::{Compression, Method};
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            compression: Compression {
+                method: Some(Method::Gzip),
+                level: 1,
+            },
+            ..StoreOptions::default()
+        };
+        let store = Store::start(dir.path(), opts).unwrap();
+        store.open(SYSID, SEG, "15.0").await.unwrap();
+        store.begin(1, Lsn(0)).await.unwrap();
+        let wal = pages(0, 6, SEG, SYSID, 1);
+        store
+            .write(Lsn(0), Bytes::copy_from_slice(&wal[..4 * 8192]))
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        assert_eq!(wait_flush(&store, Lsn(4 * 8192)).await.error, None);
+        let old = dir.path().join("000000010000000000000000.gz.partial");
+        let rewrite = dir
+            .path()
+            .join("000000010000000000000000.gz.partial.rewrite");
+        // a reconnect restarts the segment; the close comes before it caught up
+        store.begin(1, Lsn(0)).await.unwrap();
+        store
+            .write(Lsn(0), Bytes::copy_from_slice(&wal[..8192]))
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        assert_eq!(
+            compress::uncompressed_size(&old, Method::Gzip, SEG).unwrap(),
+            4 * 8192
+        );
+        assert!(!rewrite.exists());
+        assert_eq!(store.positions().borrow().flush_lsn, Lsn(4 * 8192));
+        // caught up and past: the rewrite replaces the old file
+        store.begin(1, Lsn(0)).await.unwrap();
+        store
+            .write(Lsn(0), Bytes::copy_from_slice(&wal))
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        assert_eq!(wait_flush(&store, Lsn(6 * 8192)).await.error, None);
+        assert!(!rewrite.exists());
+        store.close().await.unwrap();
+        assert_eq!(
+            compress::uncompressed_size(&old, Method::Gzip, SEG).unwrap(),
+            6 * 8192
+        );
     }
 
     #[tokio::test]
