@@ -239,7 +239,9 @@ pub fn http_request(data: &[u8]) {
     use walrelay::admin::guard::{Policy, Token, Transport};
     use walrelay::admin::routes::{Request, Response, Routes};
 
-    let mut lines = data.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut lines = data
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let first = lines.next().unwrap_or_default();
     let (method, target) = match first.iter().position(|&b| b == b' ') {
         Some(i) => (&first[..i], &first[i + 1..]),
