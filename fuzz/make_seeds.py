@@ -145,3 +145,36 @@ def entry(lsn, end, time, xid, kind, name=b"", dropped=(), first=None):
 put("corpus", "commit_index", "commit_drop", entry(0x3000028, 0x3000100, 817000000000000, 740, 1, dropped=[(1663, 5, 16384)], first=0x2FFF000))
 put("corpus", "commit_index", "restore_point", entry(0x3000200, 0x3000260, 817000000000001, 0, 6, name=b"before_drop"))
 put("corpus", "commit_index", "abort", entry(0x3000300, 0x3000340, 817000000000002, 741, 3))
+
+# ---- http requests to the admin/control endpoints: "METHOD TARGET" then "Name: value" lines
+def http(method, target, *headers):
+    return "\r\n".join([method + " " + target] + list(headers)) + "\r\n"
+for name, data in [
+    ("get_metrics", http("GET", "/metrics", "Host: 127.0.0.1:9187")),
+    ("get_metrics_unix", http("GET", "/metrics")),
+    ("head_root", http("HEAD", "/", "Host: localhost")),
+    ("get_feeds", http("GET", "/feeds", "Host: [::1]:9187", "Sec-Fetch-Site: same-origin")),
+    ("get_feed", http("GET", "/feeds/delayed%20one", "Host: relay.example")),
+    ("advance_lsn", http("POST", "/feeds/x/advance?to_lsn=0/1", "Host: localhost:9187",
+                         "Content-Type: application/json", "Authorization: Bearer s3cret")),
+    ("advance_time", http("POST", "/feeds/x/advance?to_time=2026-12-01%2012:00:00%2B01",
+                          "Host: localhost", "Content-Type: application/json; charset=utf-8",
+                          "Origin: http://localhost", "Authorization: bearer  s3cret ")),
+    ("advance_xid", http("POST", "/feeds/x/advance?before_xid=740", "Host: 10.0.0.1",
+                         "Content-Type: Application/JSON", "Sec-Fetch-Site: none")),
+    ("advance_rp", http("POST", "/feeds/x/advance?to_restore_point=before+drop%21", "Host: localhost",
+                        "Content-Type: application/json")),
+    ("advance_two", http("POST", "/feeds/x/advance?to_lsn=16/B374D848&to_time=-1h",
+                         "Host: localhost", "Content-Type: text/plain")),
+    ("pause", http("POST", "/feeds/x/pause", "Host: localhost", "Content-Type: application/json",
+                   "Authorization: Basic dTpw")),
+    ("xacts", http("GET", "/xacts?since=-2h&until=now&drops_only=1&limit=5", "Host: relay.example:80")),
+    ("xacts_odd", http("GET", "/xacts?since=2026-12-01T00:00:00Z&limit=18446744073709551616&&=&drops_only",
+                       "Host: RELAY.EXAMPLE")),
+    ("odd_encodings", http("GET", "/feeds/%2F%2e%2E/%ff%fe/%C3%A9%zz%?a%20=b+c&%ff=%e2%82", "Host: [fe80::1%25eth0]:x",
+                           "Origin: https://evil.example", "Sec-Fetch-Site: cross-site")),
+    ("double_slash", http("DELETE", "//feeds///x//", "Host: [::1]", "Origin: null")),
+    ("absolute_form", http("GET", "http://127.0.0.1:9187/metrics?x", "Host: 127.0.0.1:9187")),
+    ("star", http("OPTIONS", "*", "Host: :")),
+]:
+    put("corpus", "http_request", name, data)

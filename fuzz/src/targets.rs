@@ -41,6 +41,7 @@ pub const TARGETS: &[Target] = &[
     ("config_toml", config_toml),
     ("pg_receivewal_args", pg_receivewal_args),
     ("commit_index", commit_index),
+    ("http_request", http_request),
 ];
 
 fn text(data: &[u8]) -> String {
@@ -224,4 +225,78 @@ pub fn commit_index(data: &[u8]) {
             _ => break,
         }
     }
+}
+
+/// An HTTP request to the admin/control endpoints, as `admin::server` sees it after hyper:
+/// line 1 is `METHOD TARGET`, the next lines `Name: value` headers (invalid names/values are
+/// skipped, as hyper would refuse them). The target is parsed as an `http::Uri`, then goes
+/// through the access checks of `admin::guard` (for a Unix socket, for TCP with and without
+/// TLS, with and without a bearer token), the target decoding and dispatch of
+/// `admin::routes`, and the feed/xacts query arguments of `delay::api`
+/// (`to_time`/`before_xid`/`to_lsn`/`to_restore_point`, `since`/`until`/`drops_only`/`limit`).
+pub fn http_request(data: &[u8]) {
+    use std::sync::Arc;
+    use walrelay::admin::guard::{Policy, Token, Transport};
+    use walrelay::admin::routes::{Request, Response, Routes};
+
+    let mut lines = data
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let first = lines.next().unwrap_or_default();
+    let (method, target) = match first.iter().position(|&b| b == b' ') {
+        Some(i) => (&first[..i], &first[i + 1..]),
+        None => (first, &b"/"[..]),
+    };
+    let method = http::Method::from_bytes(method).unwrap_or(http::Method::GET);
+    let mut headers = http::HeaderMap::new();
+    for line in lines {
+        let Some(i) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(&line[..i]),
+            http::HeaderValue::from_bytes(line[i + 1..].trim_ascii()),
+        ) else {
+            continue;
+        };
+        headers.append(name, value);
+    }
+    let hosts = ["relay.example".to_string(), "[fe80::1]".to_string()];
+    for transport in [
+        Transport::Unix,
+        Transport::Tcp { tls: false },
+        Transport::Tcp { tls: true },
+    ] {
+        for token in [None, Some(Token::new("s3cret"))] {
+            let _ = Policy::new(transport, token, &hosts).check(&method, &headers);
+        }
+    }
+
+    let Ok(uri) = http::Uri::try_from(target) else {
+        return;
+    };
+    let Ok(req) = Request::from_target(method.as_str(), uri.path(), uri.query()) else {
+        return;
+    };
+    let _ = req.rest(0);
+    let _ = req.rest(1);
+    let _ = req.rest(usize::MAX);
+    let get = |k: &str| req.param(k).map(str::to_string);
+    let _ = delay::AdvanceTarget::from_params(&get, lsn::pg_now());
+    let _ = delay::AdvanceTarget::from_params(&get, i64::MIN);
+    let _ = delay::AdvanceTarget::from_params(&get, i64::MAX);
+    if let Ok(filter) = delay::api::filter_from(&req) {
+        let _ = filter.limit;
+    }
+
+    let mut routes = Routes::default();
+    let echo = |status: u16| -> walrelay::admin::routes::Handler {
+        Arc::new(move |r: &Request| Response::text(status, r.path.clone()))
+    };
+    routes.add("GET", "/metrics", echo(200));
+    routes.add("GET", "/feeds", echo(200));
+    routes.add("POST", "/feeds", echo(201));
+    routes.add("GET", "/xacts", echo(200));
+    routes.add("GET", "/", echo(204));
+    let _ = routes.dispatch(&req);
 }

@@ -13,6 +13,16 @@
 //! [`Policy::check`] before routing; handlers run on a blocking thread.
 //! Must not: know routes or decide access rules (that is [`super::guard`]).
 
+// Handles outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};

@@ -6,6 +6,16 @@
 //! [`wal_fetch`] / [`verify`] with the loaded `[archive]` configuration and data directory.
 //! Must not: do anything the library functions do not.
 
+// Handles outside input: no panics from indexing, string slicing or overflow (docs/security.md).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 use std::path::PathBuf;
 
 use super::fetch::{FetchOutcome, WalFetchOptions};

@@ -46,7 +46,10 @@ impl XactFilter {
     }
 }
 
-fn filter_from(req: &Request) -> Result<XactFilter, String> {
+/// The `GET /xacts` query arguments (`since`, `until`, `drops_only`, `limit`) of a request;
+/// `pub` for the `http_request` fuzz target only.
+#[doc(hidden)]
+pub fn filter_from(req: &Request) -> Result<XactFilter, String> {
     let now = pg_now();
     let t = |k: &str| -> Result<Option<i64>, String> {
         req.param(k)
