@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::pg::{give_to_server, run_as, PgInstall, RunAs};
+use crate::harness::pg::{command_as_server, give_to_server, run_as, PgInstall, RunAs};
 use crate::harness::{self, read_lossy, set_mode, TestDir};
 
 /// How long one prove run may take before it is killed (the real pg_receivewal needs ~3 s).
@@ -231,25 +231,7 @@ pub fn run_020(major: &str, receivewal: &Path, dir: &TestDir) -> TapRun {
         ]
         .map(String::from),
     );
-    let mut cmd = match run_as() {
-        RunAs::Direct => {
-            let mut c = Command::new(&argv[0]);
-            c.args(&argv[1..]);
-            c
-        }
-        RunAs::Userns => {
-            let mut c = Command::new("unshare");
-            c.args(["--user", "--map-user=65534", "--map-group=65534", "--"]);
-            c.args(&argv);
-            c
-        }
-        RunAs::User(u) => {
-            let mut c = Command::new("runuser");
-            c.args(["-u", u, "--"]);
-            c.args(&argv);
-            c
-        }
-    };
+    let mut cmd = command_as_server(&argv);
     let out_path = dir.join("prove.out");
     let out = std::fs::File::create(&out_path).expect("create prove.out");
     let err = out.try_clone().expect("clone fd");

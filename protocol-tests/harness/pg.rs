@@ -102,6 +102,30 @@ pub fn run_as() -> &'static RunAs {
     })
 }
 
+/// `argv` (program first) run the way server tools are run here (see [`run_as`]): directly,
+/// in a user namespace, or as the dedicated user.
+pub fn command_as_server<S: AsRef<std::ffi::OsStr>>(argv: &[S]) -> Command {
+    let mut c = match run_as() {
+        RunAs::Direct => {
+            let mut c = Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            return c;
+        }
+        RunAs::Userns => {
+            let mut c = Command::new("unshare");
+            c.args(["--user", "--map-user=65534", "--map-group=65534", "--"]);
+            c
+        }
+        RunAs::User(u) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", u, "--"]);
+            c
+        }
+    };
+    c.args(argv);
+    c
+}
+
 /// Makes `path` (recursively) owned by the server user when a dedicated user is in use;
 /// a no-op otherwise (in userns mode root-owned files look owned by the server).
 pub fn give_to_server(path: &Path) {
@@ -177,25 +201,7 @@ impl PgInstall {
             argv.push(kv);
         }
         argv.push(self.bin(tool).into_os_string());
-        let mut c = match run_as() {
-            RunAs::Direct => {
-                let mut c = Command::new(&argv[0]);
-                c.args(&argv[1..]);
-                c
-            }
-            RunAs::Userns => {
-                let mut c = Command::new("unshare");
-                c.args(["--user", "--map-user=65534", "--map-group=65534", "--"]);
-                c.args(&argv);
-                c
-            }
-            RunAs::User(u) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", u, "--"]);
-                c.args(&argv);
-                c
-            }
-        };
+        let mut c = command_as_server(&argv);
         c.stdin(Stdio::null());
         c
     }

@@ -312,10 +312,8 @@ mod tests {
         assert!(p.join("000000010000000000000003.partial").is_file());
         assert!(!p.join("000000010000000000000003").exists());
     }
-    /// Through the store thread: positions, floor and tail go back to the fork; nothing more
-    /// is accepted on the old timeline until the next `begin`.
-    #[tokio::test]
-    async fn the_store_pulls_its_positions_back_to_the_fork() {
+    /// A store thread on a fresh directory holding four flushed pages of timeline 1.
+    async fn store_with_four_flushed_pages() -> (tempfile::TempDir, crate::store::Store, Vec<u8>) {
         use crate::store::{Store, StoreOptions};
         use crate::wal::page::build::pages;
         use bytes::Bytes;
@@ -334,6 +332,15 @@ mod tests {
         while rx.borrow_and_update().flush_lsn < Lsn(4 * 8192) {
             rx.changed().await.unwrap();
         }
+        (d, store, wal)
+    }
+
+    /// Through the store thread: positions, floor and tail go back to the fork; nothing more
+    /// is accepted on the old timeline until the next `begin`.
+    #[tokio::test]
+    async fn the_store_pulls_its_positions_back_to_the_fork() {
+        use bytes::Bytes;
+        let (d, store, wal) = store_with_four_flushed_pages().await;
         let fork = Lsn(8192 + 100);
         let r = store.set_aside_diverged(1, fork).await.unwrap();
         assert_eq!(r.files, vec!["000000010000000000000000.partial"]);
@@ -365,24 +372,8 @@ mod tests {
     /// and fails the store: nothing past the fork may be served.
     #[tokio::test]
     async fn a_failed_set_aside_still_caps_at_the_fork_and_fails_the_store() {
-        use crate::store::{Store, StoreOptions};
-        use crate::wal::page::build::pages;
         use bytes::Bytes;
-        const SYSID: u64 = 7_000_000_000_000_000_001;
-        let d = tempfile::tempdir().unwrap();
-        let store = Store::start(d.path(), StoreOptions::default()).unwrap();
-        store.open(SYSID, SEG, "15.0").await.unwrap();
-        store.begin(1, Lsn(0)).await.unwrap();
-        let wal = pages(0, 4, SEG, SYSID, 1);
-        store
-            .write(Lsn(0), Bytes::copy_from_slice(&wal))
-            .await
-            .unwrap();
-        store.flush().await.unwrap();
-        let mut rx = store.positions();
-        while rx.borrow_and_update().flush_lsn < Lsn(4 * 8192) {
-            rx.changed().await.unwrap();
-        }
+        let (d, store, wal) = store_with_four_flushed_pages().await;
         // injected failure: the diverged/ directory cannot be created (a file is in the way)
         std::fs::write(d.path().join(DIVERGED_DIR), b"in the way").unwrap();
         let fork = Lsn(8192 + 100);
