@@ -182,6 +182,9 @@ pub struct ServerConfig {
     pub hba: Vec<HbaRuleConfig>,
     /// User name → SCRAM verifier (`walrelay passwd USER`) or `md5…` hash.
     pub users: std::collections::BTreeMap<String, String>,
+    /// Shared listener of several clusters: user name → cluster, for standbys that name no
+    /// cluster in `options` (see `docs/fleet.md`).
+    pub route_users: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ServerConfig {
@@ -205,6 +208,7 @@ impl Default for ServerConfig {
             max_slot_wal_keep_size: None,
             hba: Vec::new(),
             users: Default::default(),
+            route_users: Default::default(),
         }
     }
 }
@@ -880,6 +884,7 @@ mod redact {
                 .field("max_slot_wal_keep_size", &self.max_slot_wal_keep_size)
                 .field("hba", &self.hba)
                 .field("users", &users)
+                .field("route_users", &self.route_users)
                 .finish()
         }
     }
