@@ -41,7 +41,8 @@ fn cluster_doc(doc: &serde_json::Value, name: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no cluster {name} in {doc}"))
 }
 
-/// The FATAL a replication startup with `params` gets from `port` (None: it was accepted).
+/// The FATAL a replication startup with `params` gets from `port` (None: it was accepted:
+/// ReadyForQuery).
 fn startup_error(port: u16, params: &[(&str, &str)]) -> Option<ErrorFields> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -62,7 +63,7 @@ fn startup_error(port: u16, params: &[(&str, &str)]) -> Option<ErrorFields> {
     let mut buf = BytesMut::new();
     loop {
         if let Ok(Some(f)) = split_frame(&mut buf, 1 << 20) {
-            match BackendMessage::decode(f).ok()? {
+            match BackendMessage::decode(f).expect("a backend message") {
                 BackendMessage::ErrorResponse(e) => return Some(e),
                 BackendMessage::ReadyForQuery(_) => return None,
                 _ => continue,
@@ -70,7 +71,7 @@ fn startup_error(port: u16, params: &[(&str, &str)]) -> Option<ErrorFields> {
         }
         let mut tmp = [0u8; 4096];
         match s.read(&mut tmp) {
-            Ok(0) | Err(_) => return None,
+            Ok(0) | Err(_) => panic!("connection closed without an error or ReadyForQuery"),
             Ok(n) => buf.extend_from_slice(&tmp[..n]),
         }
     }
@@ -129,6 +130,7 @@ fn fleet_two_clusters_pg15_pg18() {
         format!(
             "[metrics]\nlisten = \"{metrics}\"\n\
              [server]\nlisten = \"127.0.0.1:{shared}\"\n\
+             [server.route_users]\nmapped_b = \"b18\"\n\
              [[cluster]]\nname = \"a15\"\ndata_dir = {}\n\
              [cluster.upstream]\nconninfo = {}\nstatus_interval = \"1s\"\nreconnect_max = \"2s\"\n\
              [cluster.server]\nlisten = \"127.0.0.1:{own_a}\"\n\
@@ -194,6 +196,15 @@ fn fleet_two_clusters_pg15_pg18() {
     let mut p = base.to_vec();
     p.push(("database", "b18"));
     assert!(startup_error(shared, &p).is_none(), "dbname=b18 routes");
+    // a mapped user needs no cluster name; options win over the mapping
+    let mapped = [("user", "mapped_b"), ("replication", "true")];
+    assert!(startup_error(shared, &mapped).is_none(), "mapped_b routes");
+    let mut p = mapped.to_vec();
+    p.push(("options", "-c walrelay.cluster=nope"));
+    assert_eq!(
+        startup_error(shared, &p).map(|e| e.code),
+        Some("3D000".to_string())
+    );
 
     // standbys: A on its own port and on the shared port, B on the shared port
     let sa = standby(
@@ -239,9 +250,8 @@ fn fleet_two_clusters_pg15_pg18() {
     a.psql("insert into only_a values (11)");
     a.switch_wal();
     harness::wait_for(Duration::from_secs(30), "A's archive error", || {
-        status(&metrics).is_some_and(|d| {
-            cluster_doc(&d, "a15")["archive"]["last_error"]["message"].is_string()
-        })
+        status(&metrics)
+            .is_some_and(|d| cluster_doc(&d, "a15")["archive"]["last_error"]["message"].is_string())
     });
     let mut a = a;
     a.stop_immediate();
@@ -284,13 +294,20 @@ fn fleet_two_clusters_pg15_pg18() {
     // walrelay status and check: every cluster
     let (st, out, err) = run_to_end(&["status", "--config", cfg.to_str().unwrap()]);
     assert!(st.success(), "{err}");
-    assert!(out.starts_with("cluster a15\n") && out.contains("\ncluster b18\n"), "{out}");
+    assert!(
+        out.starts_with("cluster a15\n") && out.contains("\ncluster b18\n"),
+        "{out}"
+    );
     let (st, out, _) = run_to_end(&["check", "--config", cfg.to_str().unwrap()]);
     assert_eq!(st.code(), Some(2), "A's dead primary is critical:\n{out}");
     assert!(out.contains("\ta15 upstream: CRITICAL"), "{out}");
     assert!(out.contains("\tb18 upstream: OK"), "{out}");
     let status = relay.stop();
-    assert!(status.success(), "walrelay exit {status:?}\n{}", relay.log());
+    assert!(
+        status.success(),
+        "walrelay exit {status:?}\n{}",
+        relay.log()
+    );
     drop(sb);
 }
 

@@ -197,7 +197,10 @@ impl Report {
 
 /// `shard1 ` before an item of cluster `shard1`.
 fn prefix(c: &Item) -> String {
-    c.cluster.as_ref().map(|n| format!("{n} ")).unwrap_or_default()
+    c.cluster
+        .as_ref()
+        .map(|n| format!("{n} "))
+        .unwrap_or_default()
 }
 
 fn one_line(s: &str) -> String {

@@ -99,7 +99,8 @@ impl ClusterHandle {
         let (server_stop, server_stop_rx) = watch::channel(false);
         let (info_tx, info_rx) = watch::channel(UpstreamInfo::default());
         let feeds = start_feeds(c, &store, &shutdown)?;
-        let mut archive_settings = crate::archive::ArchiveSettings::new(c.archive.clone(), &c.data_dir);
+        let mut archive_settings =
+            crate::archive::ArchiveSettings::new(c.archive.clone(), &c.data_dir);
         let listen = c.server.as_ref().and_then(|s| s.listen.clone());
         let settings = match (&listen, routed) {
             (Some(_), _) => c.server.as_ref().map(ServerSettings::from_config),
@@ -132,9 +133,8 @@ impl ClusterHandle {
         );
         let expire_settings = archive_settings.clone();
         let archive_url = archive_settings.url();
-        let archiver =
-            crate::archive::Archiver::start(archive_settings, &store, shutdown.clone())
-                .map_err(|e| e.to_string())?;
+        let archiver = crate::archive::Archiver::start(archive_settings, &store, shutdown.clone())
+            .map_err(|e| e.to_string())?;
         let expiry = archiver.as_ref().and_then(|h| {
             crate::archive::expire::spawn_timer(
                 expire_settings,

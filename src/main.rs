@@ -376,7 +376,13 @@ async fn run(a: RunArgs) -> Result<(), String> {
     for c in cfg.clusters() {
         let h = ClusterHandle::start(&c, cfg.shared_server().is_some(), shutdown.clone())
             .await
-            .map_err(|e| if multi { format!("cluster \"{}\": {e}", c.name) } else { e })?;
+            .map_err(|e| {
+                if multi {
+                    format!("cluster \"{}\": {e}", c.name)
+                } else {
+                    e
+                }
+            })?;
         clusters.push(h);
     }
     // the shared listener of several clusters (routing by name) stops with the walsenders
@@ -390,7 +396,11 @@ async fn run(a: RunArgs) -> Result<(), String> {
     for c in &clusters {
         tracing::info!(
             "walrelay starting{}: data directory \"{}\"",
-            if multi { format!(" cluster \"{}\"", c.name) } else { String::new() },
+            if multi {
+                format!(" cluster \"{}\"", c.name)
+            } else {
+                String::new()
+            },
             c.data_dir_path().display()
         );
     }
@@ -444,7 +454,11 @@ async fn run(a: RunArgs) -> Result<(), String> {
     for c in clusters {
         let name = c.name.clone();
         if let Err(e) = c.stop().await {
-            close_errors.push(if multi { format!("cluster \"{name}\": {e}") } else { e });
+            close_errors.push(if multi {
+                format!("cluster \"{name}\": {e}")
+            } else {
+                e
+            });
         }
     }
     if let Some(e) = failed.into_iter().chain(close_errors).next() {
@@ -516,7 +530,11 @@ async fn start_shared_listener(
     }
     let targets = clusters
         .iter()
-        .filter_map(|c| c.server.as_ref().map(|s| (c.name.clone(), s.route_target())))
+        .filter_map(|c| {
+            c.server
+                .as_ref()
+                .map(|s| (c.name.clone(), s.route_target()))
+        })
         .collect();
     // its socket lock files (and an unused slot file) live beside the first cluster's data
     let state_dir = cfg

@@ -347,7 +347,11 @@ mod tests {
         assert!(text.contains(
             "walrelay_walsender_sent_lsn_bytes{cluster=\"b\",application_name=\"sb\",session=\"1\"} 7"
         ));
-        assert_eq!(text.matches("# TYPE walrelay_walsender_sent_lsn_bytes").count(), 1);
+        assert_eq!(
+            text.matches("# TYPE walrelay_walsender_sent_lsn_bytes")
+                .count(),
+            1
+        );
         assert!(
             text.contains(&format!("{STANDBY_UNLABELLED}{{cluster=\"default\"}} 36")),
             "{text}"
@@ -364,14 +368,21 @@ mod tests {
         let handle = rec.handle();
         let rec = ClusterLabel(rec);
         let meta = metrics::Metadata::new("t", metrics::Level::INFO, None);
-        let key = metrics::Key::from_parts("walrelay_t_total", vec![metrics::Label::new("kind", "x")]);
+        let key =
+            metrics::Key::from_parts("walrelay_t_total", vec![metrics::Label::new("kind", "x")]);
         rec.register_counter(&key, &meta).increment(2);
         crate::ops::scope(crate::ops::cluster("shard9"), async {
             rec.register_counter(&key, &meta).increment(3);
         })
         .await;
         let text = handle.render();
-        assert!(text.contains("walrelay_t_total{cluster=\"default\",kind=\"x\"} 2"), "{text}");
-        assert!(text.contains("walrelay_t_total{cluster=\"shard9\",kind=\"x\"} 3"), "{text}");
+        assert!(
+            text.contains("walrelay_t_total{cluster=\"default\",kind=\"x\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("walrelay_t_total{cluster=\"shard9\",kind=\"x\"} 3"),
+            "{text}"
+        );
     }
 }

@@ -190,7 +190,8 @@ impl ClusterOps {
     pub fn note_upstream(&self, wal_end: Lsn, received_end: Lsn) {
         let now = now_ms();
         self.last_message_ms.store(now, Ordering::Relaxed);
-        self.upstream_wal_end.fetch_max(wal_end.0, Ordering::Relaxed);
+        self.upstream_wal_end
+            .fetch_max(wal_end.0, Ordering::Relaxed);
         if received_end >= wal_end {
             self.caught_up_ms.store(now, Ordering::Relaxed);
         }

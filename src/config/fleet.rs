@@ -130,10 +130,7 @@ impl Config {
     /// The control socket: `control.socket`, else in the data directory (of the first
     /// cluster in multi-cluster mode).
     pub fn control_socket(&self) -> PathBuf {
-        let dir = self
-            .cluster
-            .first()
-            .map_or(&self.data_dir, |c| &c.data_dir);
+        let dir = self.cluster.first().map_or(&self.data_dir, |c| &c.data_dir);
         self.control.socket_path(dir)
     }
 }
@@ -142,8 +139,7 @@ impl Config {
 pub(super) fn check_cluster_name(n: &str) -> Result<(), String> {
     let ok = !n.is_empty()
         && n.len() <= 63
-        && n
-            .bytes()
+        && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if ok {
         Ok(())
@@ -258,12 +254,18 @@ url = "file:///arch2"
             Some("127.0.0.1:5434")
         );
         assert_eq!(cl[1].archive.url.as_deref(), Some("file:///arch2"));
-        assert_eq!(cl[1].sql_conninfo.as_deref(), Some("host=b dbname=postgres"));
+        assert_eq!(
+            cl[1].sql_conninfo.as_deref(),
+            Some("host=b dbname=postgres")
+        );
         assert_eq!(
             c.shared_server().unwrap().listen.as_deref(),
             Some("127.0.0.1:5433")
         );
-        assert_eq!(c.control_socket(), PathBuf::from("/d/1/walrelay.control.sock"));
+        assert_eq!(
+            c.control_socket(),
+            PathBuf::from("/d/1/walrelay.control.sock")
+        );
     }
 
     #[test]
@@ -308,13 +310,21 @@ url = "file:///arch2"
         assert!(Config::parse(&mixed)
             .unwrap_err()
             .starts_with("top-level [[feed]] cannot be combined"));
-        let feed = TWO.replace("[cluster.archive]", "[[cluster.feed]]\nname = \"lag1\"\n[cluster.archive]");
-        assert_eq!(Config::parse(&feed).unwrap_err(), "feed \"lag1\" is defined twice");
+        let feed = TWO.replace(
+            "[cluster.archive]",
+            "[[cluster.feed]]\nname = \"lag1\"\n[cluster.archive]",
+        );
+        assert_eq!(
+            Config::parse(&feed).unwrap_err(),
+            "feed \"lag1\" is defined twice"
+        );
         let name = TWO.replace("name = \"shard2\"", "name = \"shard/2\"");
         assert!(Config::parse(&name)
             .unwrap_err()
             .starts_with("invalid cluster name \"shard/2\""));
         let missing = TWO.replace("data_dir = \"/d/2\"\n", "");
-        assert!(Config::parse(&missing).unwrap_err().contains("missing field `data_dir`"));
+        assert!(Config::parse(&missing)
+            .unwrap_err()
+            .contains("missing field `data_dir`"));
     }
 }

@@ -390,7 +390,7 @@ impl Server {
             data_dir: state_dir,
             feeds: None,
             archive: None,
-            cluster: crate::ops::current(),
+            cluster: crate::ops::cluster(route::SHARED_LABEL),
         };
         let router = route::Router {
             clusters: targets.into_iter().map(|(n, t)| (n, t.0)).collect(),
@@ -512,7 +512,11 @@ async fn accept_loop(
     let mut listeners = JoinSet::new();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Incoming>(1);
     for b in bound {
-        listeners.spawn(crate::ops::inherit(listen_task(b, shared.clone(), tx.clone())));
+        listeners.spawn(crate::ops::inherit(listen_task(
+            b,
+            shared.clone(),
+            tx.clone(),
+        )));
     }
     drop(tx);
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));

@@ -18,6 +18,10 @@ use crate::protocol::backend::ErrorFields;
 /// The startup-option name a standby sets to choose a cluster.
 pub const CLUSTER_OPTION: &str = "walrelay.cluster";
 
+/// The `cluster` label of the shared listener's own series (admission refusals, startup
+/// failures before a cluster is chosen): not a valid cluster name, so it never collides.
+pub const SHARED_LABEL: &str = "(shared)";
+
 /// SQLSTATE of "no cluster named" (`sqlserver_rejected_establishment_of_sqlconnection`).
 pub const NO_CLUSTER: &str = "08004";
 /// SQLSTATE of "no such cluster" (`invalid_catalog_name`, like an unknown database).
@@ -148,15 +152,27 @@ mod tests {
 
     #[test]
     fn options_name_the_cluster() {
-        assert_eq!(option_cluster("-c walrelay.cluster=shard1").as_deref(), Some("shard1"));
-        assert_eq!(option_cluster("-cwalrelay.cluster=s2").as_deref(), Some("s2"));
-        assert_eq!(option_cluster("--walrelay.cluster=s3").as_deref(), Some("s3"));
+        assert_eq!(
+            option_cluster("-c walrelay.cluster=shard1").as_deref(),
+            Some("shard1")
+        );
+        assert_eq!(
+            option_cluster("-cwalrelay.cluster=s2").as_deref(),
+            Some("s2")
+        );
+        assert_eq!(
+            option_cluster("--walrelay.cluster=s3").as_deref(),
+            Some("s3")
+        );
         assert_eq!(
             option_cluster("-c work_mem=1MB  -c WALRELAY.CLUSTER=a -c walrelay.cluster=b")
                 .as_deref(),
             Some("b")
         );
-        assert_eq!(option_cluster("-c walrelay.cluster=a\\ b").as_deref(), Some("a b"));
+        assert_eq!(
+            option_cluster("-c walrelay.cluster=a\\ b").as_deref(),
+            Some("a b")
+        );
         assert_eq!(option_cluster("-c work_mem=1MB"), None);
         assert_eq!(option_cluster("-c"), None);
         assert_eq!(option_cluster(""), None);
