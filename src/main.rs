@@ -374,6 +374,9 @@ async fn run(a: RunArgs) -> Result<(), String> {
     let shutdown = pgreceivewal::shutdown_signal();
     let mut clusters = Vec::new();
     for c in cfg.clusters() {
+        if multi {
+            walrelay::ops::cluster(&c.name).name_in_logs();
+        }
         let h = ClusterHandle::start(&c, cfg.shared_server().is_some(), shutdown.clone())
             .await
             .map_err(|e| {
