@@ -19,7 +19,7 @@
 //! | [`cluster`] | one cluster's wiring: store, receiver, walsender context, archiver, feeds; ordered shutdown | share state with another cluster |
 //! | [`fleet`] | groups of clusters: restore points, group feed control | write WAL |
 //! | [`pgreceivewal`] | the pg_receivewal command line (options, messages, exit codes) | write files itself |
-//! | [`ops`] | last errors, upstream liveness, last archived segment, segment log lines | decide anything |
+//! | [`ops`] | per cluster: last errors, upstream liveness, last archived segment, segment log lines; the cluster scope of tasks and threads | decide anything |
 //! | [`check`] | `walrelay check`: one health verdict (Nagios codes) | change anything but a throwaway archive object |
 //! | [`statusview`] | `walrelay status` text, the HTML status page, the lag history ring | serve data the metrics listener must not show |
 //! | [`logging`] | log formats (text, JSON) and level control | hold business logic |

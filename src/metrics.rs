@@ -119,9 +119,10 @@ fn with_cluster(key: &metrics::Key) -> metrics::Key {
         return key.clone();
     }
     let mut labels = Vec::with_capacity(key.labels().len().saturating_add(1));
+    // the name is shared (`Arc<str>`), not copied, on every recording
     labels.push(metrics::Label::new(
         CLUSTER_LABEL,
-        crate::ops::current_name().to_string(),
+        metrics::SharedString::from(crate::ops::current_name()),
     ));
     labels.extend(key.labels().cloned());
     metrics::Key::from_parts(key.name_shared(), labels)
