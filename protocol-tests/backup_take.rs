@@ -329,7 +329,7 @@ fn backup_completes_then_a_missing_segment_is_an_alarm() {
         || {
             wal.join(walrelay::lsn::segment_file_name(
                 1,
-                after.segno(seg) - 1,
+                after.segno(seg),
                 seg,
             ))
             .exists()
