@@ -327,12 +327,8 @@ fn backup_completes_then_a_missing_segment_is_an_alarm() {
         Duration::from_secs(60),
         "WAL after the backup archived",
         || {
-            wal.join(walrelay::lsn::segment_file_name(
-                1,
-                after.segno(seg),
-                seg,
-            ))
-            .exists()
+            wal.join(walrelay::lsn::segment_file_name(1, after.segno(seg), seg))
+                .exists()
         },
     );
     let listed = list(&conf);
@@ -340,6 +336,8 @@ fn backup_completes_then_a_missing_segment_is_an_alarm() {
     let (status, out, _) = run_to_end(&["backups", "-c", conf_s]);
     assert_eq!(status.code(), Some(0));
     assert!(out.contains("complete"), "{out}");
+    let (_, out, _) = run_to_end(&["check", "-c", conf_s, "--upstream", &conninfo, "--json"]);
+    assert!(out.contains("newest complete"), "{out}");
     w.stop();
 
     // its first segment goes missing
@@ -356,6 +354,19 @@ fn backup_completes_then_a_missing_segment_is_an_alarm() {
     assert_eq!(listed[0]["status"], "incomplete");
     assert_eq!(listed[0]["first_missing"], first.as_str());
     assert_eq!(listed[0]["alarm"], true);
+    // and `walrelay check` raises it
+    let (status, out, err) =
+        run_to_end(&["check", "-c", conf_s, "--upstream", &conninfo, "--json"]);
+    assert_eq!(status.code(), Some(2), "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let item = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "backups")
+        .unwrap_or_else(|| panic!("no backups item: {out}"));
+    assert_eq!(item["status"], "CRITICAL", "{item}");
+    assert!(item["message"].as_str().unwrap().contains(&first), "{item}");
 }
 
 #[test]
