@@ -68,7 +68,7 @@ pub enum BackupError {
     #[error(transparent)]
     Archive(#[from] ArchiveError),
     #[error(transparent)]
-    Upstream(#[from] UpstreamError),
+    Upstream(Box<UpstreamError>),
     #[error("no backup \"{0}\" in the archive")]
     NotFound(String),
     #[error("{0}")]
@@ -85,6 +85,12 @@ pub enum BackupError {
     Mismatch { path: String, reason: String },
     #[error("{0}")]
     Config(String),
+}
+
+impl From<UpstreamError> for BackupError {
+    fn from(e: UpstreamError) -> BackupError {
+        BackupError::Upstream(Box::new(e))
+    }
 }
 
 pub type Result<T, E = BackupError> = std::result::Result<T, E>;
