@@ -340,6 +340,14 @@ fn backup_completes_then_a_missing_segment_is_an_alarm() {
     assert!(out.contains("newest complete"), "{out}");
     w.stop();
 
+    // `latest` is the newest complete backup
+    let s = settings(&conf);
+    let latest = rt().block_on(async {
+        let cat = Catalog::open(&s).await.unwrap();
+        catalog::find(&cat, "latest").await.unwrap().0.id
+    });
+    assert_eq!(listed[0]["id"], latest.as_str());
+
     // its first segment goes missing
     let start: walrelay::Lsn = listed[0]["start_lsn"].as_str().unwrap().parse().unwrap();
     let first = walrelay::lsn::segment_file_name(1, start.segno(seg), seg);
@@ -354,6 +362,11 @@ fn backup_completes_then_a_missing_segment_is_an_alarm() {
     assert_eq!(listed[0]["status"], "incomplete");
     assert_eq!(listed[0]["first_missing"], first.as_str());
     assert_eq!(listed[0]["alarm"], true);
+    let e = rt().block_on(async {
+        let cat = Catalog::open(&s).await.unwrap();
+        catalog::find(&cat, "latest").await.unwrap_err().to_string()
+    });
+    assert_eq!(e, "the archive holds no complete backup (1 incomplete)");
     // and `walrelay check` raises it
     let (status, out, err) =
         run_to_end(&["check", "-c", conf_s, "--upstream", &conninfo, "--json"]);
