@@ -374,6 +374,20 @@ pub async fn status(cat: &Catalog, meta: &BackupMeta) -> Result<BackupStatus> {
     status_with(cat, meta, &wal).await
 }
 
+/// Whether the archive's `wal/` holds WAL file `name` (either compression): one HEAD each,
+/// for checking a few names without listing the archive.
+pub async fn wal_present(cat: &Catalog, name: &str) -> Result<bool> {
+    for c in [Compression::None, Compression::Zstd] {
+        let path = cat.reader.layout().wal_object(name, c);
+        match cat.reader.object_store().head(&path).await {
+            Ok(_) => return Ok(true),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(crate::archive::ArchiveError::store("check", &path)(e).into()),
+        }
+    }
+    Ok(false)
+}
+
 /// The WAL file names in the archive's `wal/`.
 struct WalIndex {
     names: BTreeSet<String>,

@@ -24,6 +24,14 @@ pub fn spawn(
         return None;
     }
     super::describe_metrics();
+    let mut conninfo = conninfo;
+    conninfo.application_name = Some("walrelay backup".into());
+    tracing::info!(
+        "scheduled base backups every {} (keep {}, keep_for {})",
+        humantime::format_duration(cfg.every),
+        cfg.keep,
+        humantime::format_duration(cfg.keep_for)
+    );
     let every = cfg.every;
     let policy = Policy::from_config(cfg);
     let opts = TakeOptions {
