@@ -63,6 +63,22 @@ fn fetch(conf: &Path, meta: &BackupMeta, name: &str, dest: &Path) {
     });
 }
 
+/// The same through the AsyncRead adapter.
+fn fetch_read(conf: &Path, meta: &BackupMeta, name: &str, dest: &Path) {
+    let s = settings(conf);
+    rt().block_on(async {
+        use tokio::io::AsyncReadExt;
+        let cat = Catalog::open(&s).await.unwrap();
+        let mut r = catalog::open_archive(&cat, meta, name)
+            .await
+            .unwrap()
+            .into_async_read();
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).await.unwrap();
+        std::fs::write(dest, out).unwrap();
+    });
+}
+
 fn metas(conf: &Path) -> Vec<(BackupMeta, catalog::BackupStatus)> {
     let s = settings(conf);
     rt().block_on(async {
@@ -202,7 +218,7 @@ fn backup_verifies(major: &str) {
     let restore = dir.subdir("restore");
     let pgdata = restore.join("pgdata");
     fetch(&conf, meta, "base.tar", &restore.join("base.tar"));
-    fetch(&conf, meta, &ts_tar, &restore.join("ts.tar"));
+    fetch_read(&conf, meta, &ts_tar, &restore.join("ts.tar"));
     fetch(
         &conf,
         meta,

@@ -552,6 +552,48 @@ impl BackupStream {
     }
 }
 
+/// A [`BackupStream`] as a [`tokio::io::AsyncRead`]; its errors come out as
+/// `std::io::Error` (kind `InvalidData`) wrapping the [`BackupError`].
+pub struct BackupReader {
+    stream: BackupStream,
+    chunk: Bytes,
+}
+
+impl BackupStream {
+    pub fn into_async_read(self) -> BackupReader {
+        BackupReader {
+            stream: self,
+            chunk: Bytes::new(),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for BackupReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        while self.chunk.is_empty() {
+            match Pin::new(&mut self.stream).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        e,
+                    )))
+                }
+                Poll::Ready(Some(Ok(b))) => self.chunk = b,
+            }
+        }
+        let n = self.chunk.len().min(buf.remaining());
+        let part = self.chunk.split_to(n);
+        buf.put_slice(&part);
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// Archive `name` (`base.tar`, `<oid>.tar`) of backup `meta`, decrypted and decompressed.
 pub async fn open_archive(cat: &Catalog, meta: &BackupMeta, name: &str) -> Result<BackupStream> {
     let entry = meta
