@@ -582,3 +582,53 @@ fn metas_or_empty(conf: &Path) -> Vec<(BackupMeta, catalog::BackupStatus)> {
         }
     })
 }
+
+#[test]
+fn backup_refusals() {
+    let primary = Pg::primary("15", &[]);
+    let dir = TestDir::new("backup-refuse");
+    let archive = dir.subdir("archive");
+    let conf = write_conf(&dir, &archive, "");
+    let conf_s = conf.to_str().unwrap();
+    // a role without REPLICATION: refused by the server, nothing stored
+    primary.psql("create role plain login");
+    let plain = format!("{} user=plain", primary.conninfo());
+    let (status, out, err) = run_to_end(&["backup", "-c", conf_s, "--upstream", &plain]);
+    assert_eq!(status.code(), Some(1), "{out}\n{err}");
+    assert!(err.starts_with("walrelay backup: "), "{err}");
+    assert!(err.contains("replication"), "{err}");
+    // an existing ID is never overwritten: occupy the next seconds' IDs
+    let sysid = primary.system_identifier();
+    let now = chrono::Utc::now();
+    let bdir = archive.join(sysid.to_string()).join("backups");
+    let mut taken = Vec::new();
+    for s in 0..20 {
+        let id = catalog::id_for(now + chrono::Duration::seconds(s));
+        let d = bdir.join(&id);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("base.tar"), b"someone else's").unwrap();
+        taken.push(d);
+    }
+    let (status, out, err) = run_to_end(&[
+        "backup",
+        "-c",
+        conf_s,
+        "--upstream",
+        &primary.conninfo(),
+        "--wait-wal",
+        "0",
+    ]);
+    assert_eq!(status.code(), Some(1), "{out}\n{err}");
+    assert!(
+        err.contains("already exists in the archive; refusing to overwrite it"),
+        "{err}"
+    );
+    for d in &taken {
+        assert_eq!(
+            std::fs::read(d.join("base.tar")).unwrap(),
+            b"someone else's"
+        );
+    }
+    // none of them has backup.json: nothing is listed
+    assert!(list(&conf).is_empty());
+}
