@@ -632,3 +632,65 @@ fn backup_refusals() {
     // none of them has backup.json: nothing is listed
     assert!(list(&conf).is_empty());
 }
+
+#[test]
+fn backup_failing_midway_leaves_nothing() {
+    let primary = Pg::primary("15", &[]);
+    primary.psql("create table big(x int, pad text)");
+    // random text: zstd at level 19 makes the backup take seconds
+    primary.psql(
+        "insert into big select g, md5(g::text) || md5((g * 7)::text) from generate_series(1, 300000) g",
+    );
+    let dir = TestDir::new("backup-midway");
+    let archive = dir.subdir("archive");
+    let conf = write_conf(
+        &dir,
+        &archive,
+        "compression = \"zstd\"\ncompression_level = 19\n",
+    );
+    let conf_s = conf.to_str().unwrap().to_string();
+    let conninfo = primary.conninfo();
+    let mut w = Walrelay::spawn_with(
+        &dir.join("backup.log"),
+        &[
+            "backup",
+            "-c",
+            &conf_s,
+            "--upstream",
+            &conninfo,
+            "--wait-wal",
+            "0",
+        ],
+        &[],
+    );
+    let bdir = archive
+        .join(primary.system_identifier().to_string())
+        .join("backups");
+    let has_files = |d: &Path| -> bool { walk(d).into_iter().any(|p| p.is_file()) };
+    wait_for(Duration::from_secs(60), "the backup's first upload", || {
+        has_files(&bdir)
+    });
+    let killed = primary.psql(
+        "select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name = 'walrelay backup'",
+    );
+    assert_eq!(killed.trim(), "1", "the backup was already over");
+    let status = w.wait_exit(Duration::from_secs(60)).expect("backup exits");
+    assert_eq!(status.code(), Some(1), "{}", w.output());
+    let left: Vec<PathBuf> = walk(&bdir).into_iter().filter(|p| p.is_file()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(list(&conf).is_empty());
+}
+
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
+}
