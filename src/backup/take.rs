@@ -234,7 +234,9 @@ async fn remove_dir(store: &Arc<dyn ObjectStore>, dir: &ObjPath) {
 /// Takes a base backup into the archive and records it. Does not wait for its WAL.
 pub async fn take(opts: &TakeOptions) -> Result<BackupMeta> {
     let mut conn = ReplConnection::connect(&opts.conninfo).await?;
-    conn.set_reply_timeout(Some(Duration::from_secs(600)));
+    // a spread checkpoint may take as long as checkpoint_timeout allows: no reply timeout
+    // then (TCP keepalives still notice a dead server), as pg_basebackup
+    conn.set_reply_timeout(opts.fast_checkpoint.then_some(Duration::from_secs(600)));
     let ident = conn.identify_system().await?;
     let seg_size = conn.wal_segment_size().await?;
     let version = conn.server_version_num();
