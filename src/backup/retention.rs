@@ -223,8 +223,10 @@ mod tests {
         use crate::archive::layout::{Identity, Layout};
         use object_store::{path::Path as ObjPath, ObjectStore, PutPayload};
         let d = tempfile::tempdir().unwrap();
-        let mut cfg = crate::config::ArchiveConfig::default();
-        cfg.url = Some(format!("file://{}", d.path().display()));
+        let cfg = crate::config::ArchiveConfig {
+            url: Some(format!("file://{}", d.path().display())),
+            ..Default::default()
+        };
         let settings = crate::archive::ArchiveSettings::new(cfg.clone(), d.path());
         let be = crate::archive::backend::open(cfg.url.as_deref().unwrap(), &cfg).unwrap();
         let l = Layout::new(&ObjPath::default(), 7);
