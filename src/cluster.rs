@@ -44,6 +44,7 @@ pub struct ClusterHandle {
     server_stop: watch::Sender<bool>,
     archiver: Option<ArchiverHandle>,
     expiry: Option<JoinHandle<()>>,
+    backups: Option<JoinHandle<()>>,
     receiver_opts: Option<ReceiverOptions>,
     receiver: Option<JoinHandle<Result<(), String>>>,
 }
@@ -133,6 +134,12 @@ impl ClusterHandle {
             feeds.as_ref().map(|f| f.min_needed_lsn()),
         );
         let expire_settings = archive_settings.clone();
+        let backups = crate::backup::schedule::spawn(
+            &c.backup,
+            conninfo.clone(),
+            archive_settings.clone(),
+            shutdown.clone(),
+        );
         let archive_url = archive_settings.url();
         let archiver = crate::archive::Archiver::start(archive_settings, &store, shutdown.clone())
             .map_err(|e| e.to_string())?;
@@ -181,6 +188,7 @@ impl ClusterHandle {
             server_stop,
             archiver,
             expiry,
+            backups,
             receiver_opts: Some(receiver_opts),
             receiver: None,
         })
@@ -229,6 +237,10 @@ impl ClusterHandle {
             h.abort();
         }
         if let Some(t) = self.expiry.take() {
+            t.abort();
+            let _ = t.await;
+        }
+        if let Some(t) = self.backups.take() {
             t.abort();
             let _ = t.await;
         }

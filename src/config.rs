@@ -54,6 +54,8 @@ pub struct Config {
     /// Groups of clusters (`[[group]]`): cluster-wide restore points and feed control
     /// (`crate::fleet`).
     pub group: Vec<crate::fleet::group::GroupConfig>,
+    /// Base backups into the archive (`[backup]`, see `docs/backups.md`).
+    pub backup: BackupConfig,
 }
 
 impl Default for Config {
@@ -72,6 +74,37 @@ impl Default for Config {
             name: None,
             cluster: Vec::new(),
             group: Vec::new(),
+            backup: BackupConfig::default(),
+        }
+    }
+}
+
+/// `[backup]`: scheduled base backups in `run` and their retention.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// Take a base backup this often in `walrelay run`; `0` (the default): never.
+    #[serde(deserialize_with = "de_duration")]
+    pub every: Duration,
+    /// Retention: keep the newest this many complete backups; `0`: no count rule.
+    pub keep: usize,
+    /// Retention: keep what restores to any point this far back; `0`: no age rule.
+    #[serde(deserialize_with = "de_duration")]
+    pub keep_for: Duration,
+    /// The backup label sent to the server.
+    pub label: String,
+    /// Ask for an immediate checkpoint (`CHECKPOINT 'fast'`) instead of a spread one.
+    pub fast_checkpoint: bool,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            every: Duration::ZERO,
+            keep: 0,
+            keep_for: Duration::ZERO,
+            label: "walrelay".into(),
+            fast_checkpoint: true,
         }
     }
 }

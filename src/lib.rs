@@ -33,6 +33,7 @@
 
 pub mod admin;
 pub mod archive;
+pub mod backup;
 pub mod check;
 pub mod cluster;
 pub mod config;

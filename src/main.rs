@@ -42,6 +42,10 @@ enum Command {
     BenchArchive(walrelay::archive::cli::BenchArchiveArgs),
     /// Archive maintenance: `archive expire [--dry-run]` deletes old archived WAL.
     Archive(walrelay::archive::cli::ArchiveArgs),
+    /// Take a base backup over the replication protocol into the archive (docs/backups.md).
+    Backup(walrelay::backup::cli::BackupArgs),
+    /// List the base backups in the archive: LSNs, size, complete or the first missing WAL.
+    Backups(walrelay::backup::cli::BackupsArgs),
     /// Control delayed feeds of a running walrelay: list, pause, resume, advance.
     Feed(FeedArgs),
     /// List decoded transactions (commit time, xid, LSN, dropped relations) to find the bad
@@ -270,6 +274,8 @@ fn main() -> ExitCode {
                 Command::WalFetch(a) => exit_with(walrelay::archive::cli::wal_fetch_main(a).await),
                 Command::Verify(a) => exit_with(walrelay::archive::cli::verify_main(a).await),
                 Command::Archive(a) => exit_with(walrelay::archive::cli::archive_main(a).await),
+                Command::Backup(a) => exit_with(walrelay::backup::cli::backup_main(a).await),
+                Command::Backups(a) => exit_with(walrelay::backup::cli::backups_main(a).await),
                 Command::BenchArchive(a) => {
                     init_logging("warn");
                     exit_with(

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{ArchiveConfig, Config, FeedConfig, FeedsConfig, ServerConfig, UpstreamConfig};
+use super::{ArchiveConfig, BackupConfig, Config, FeedConfig, FeedsConfig, ServerConfig, UpstreamConfig};
 
 /// The cluster label of the single-cluster form without a top-level `name`.
 pub const DEFAULT_CLUSTER: &str = "default";
@@ -51,6 +51,10 @@ pub struct ClusterSection {
     pub feed: Vec<FeedConfig>,
     #[serde(default)]
     pub feeds: FeedsConfig,
+    /// Unset: the top-level `[backup]` (each cluster backs up its own upstream into its
+    /// own archive).
+    #[serde(default)]
+    pub backup: Option<BackupConfig>,
 }
 
 /// Everything one cluster needs, whichever form the file used.
@@ -72,6 +76,8 @@ pub struct ClusterConfig {
     pub archive: ArchiveConfig,
     pub feed: Vec<FeedConfig>,
     pub feeds: FeedsConfig,
+    /// Resolved: `[cluster.backup]` or the top-level `[backup]`.
+    pub backup: BackupConfig,
 }
 
 impl Config {
@@ -97,6 +103,7 @@ impl Config {
                 archive: self.archive.clone(),
                 feed: self.feed.clone(),
                 feeds: self.feeds.clone(),
+                backup: self.backup.clone(),
             }];
         }
         self.cluster
@@ -111,6 +118,7 @@ impl Config {
                 archive: c.archive.clone().unwrap_or_else(|| self.archive.clone()),
                 feed: c.feed.clone(),
                 feeds: c.feeds.clone(),
+                backup: c.backup.clone().unwrap_or_else(|| self.backup.clone()),
             })
             .collect()
     }
