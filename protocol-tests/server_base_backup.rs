@@ -1,0 +1,320 @@
+//! walrelay's walsender answers BASE_BACKUP from the newest complete backup in its archive
+//! (PG 15 and 18, real pg_basebackup / pg_verifybackup / standby):
+//! - with no backup stored, `pg_basebackup -h walrelay` exits 1 with walrelay's ERROR and HINT;
+//! - a backup is stored in walrelay's `file://` archive in the catalog's format
+//!   (`<sysid>/backups/<ID>/{base.tar, backup_manifest, backup.json}`; here made with a real
+//!   `pg_basebackup -Ft -X none` from the primary, the shape `walrelay backup` stores), and is
+//!   served once the archive holds its WAL;
+//! - `pg_basebackup -h walrelay -X stream -R -Fp` (throttled with `-r`) makes a directory that
+//!   `pg_verifybackup` accepts and that starts as a standby streaming from walrelay and
+//!   replays rows written on the primary after the backup; during the backup the primary's
+//!   `pg_stat_progress_basebackup` stays empty and `pg_stat_replication` shows only walrelay;
+//! - `-Ft -X stream` writes `base.tar` and `backup_manifest` byte-identical to the stored ones;
+//! - `-X fetch` is refused (exit 1, walrelay's text), `--no-manifest` writes no manifest.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use walrelay::backup::catalog::{ArchiveEntry, BackupMeta, ManifestEntry};
+use walrelay::lsn::{segment_file_name, Lsn};
+
+use crate::harness::{self, pg::Pg, TestDir};
+use crate::server_common::{write_rows, Relay};
+
+const SEG: u64 = 16 << 20;
+const ID: &str = "20260102T030405Z";
+
+fn sha256_hex(b: &[u8]) -> String {
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// `pg_basebackup` of `major` against walrelay.
+fn basebackup(pg: &Pg, relay: &Relay, dir: &Path, args: &[&str]) -> Command {
+    let mut c = pg.install().command("pg_basebackup");
+    c.env("PGCONNECT_TIMEOUT", "10")
+        .args(["-h", "127.0.0.1", "-p", &relay.port.to_string()])
+        .args(["-U", "postgres", "-D"])
+        .arg(dir)
+        .args(["--no-sync"])
+        .args(args);
+    c
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// "WAL-Ranges" of a backup manifest: (timeline, start, end).
+fn wal_range(manifest: &[u8]) -> (u32, Lsn, Lsn) {
+    let v: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+    let r = &v["WAL-Ranges"][0];
+    (
+        r["Timeline"].as_u64().unwrap() as u32,
+        r["Start-LSN"].as_str().unwrap().parse().unwrap(),
+        r["End-LSN"].as_str().unwrap().parse().unwrap(),
+    )
+}
+
+fn archived(archive: &Path, sysid: u64, name: &str) -> bool {
+    let wal = archive.join(sysid.to_string()).join("wal");
+    wal.join(name).is_file() || wal.join(format!("{name}.zst")).is_file()
+}
+
+/// A backup of the primary stored in the archive as `walrelay backup` stores it
+/// (compression "none", not encrypted). Returns (start, stop, base.tar, manifest).
+fn store_backup(
+    t: &TestDir,
+    primary: &Pg,
+    archive: &Path,
+    sysid: u64,
+) -> (Lsn, Lsn, Vec<u8>, Vec<u8>) {
+    let src = t.subdir("taken");
+    let out = primary
+        .install()
+        .command("pg_basebackup")
+        .args(["-h", "127.0.0.1", "-p", &primary.port().to_string()])
+        .args(["-U", "postgres", "-D"])
+        .arg(&src)
+        .args(["-Ft", "-X", "none", "-c", "fast", "--no-sync"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let tar = std::fs::read(src.join("base.tar")).unwrap();
+    let manifest = std::fs::read(src.join("backup_manifest")).unwrap();
+    let (tli, start, stop) = wal_range(&manifest);
+    assert_eq!(tli, 1);
+    let label = Command::new("tar")
+        .args(["-xOf"])
+        .arg(src.join("base.tar"))
+        .arg("backup_label")
+        .output()
+        .unwrap();
+    assert!(label.status.success(), "{}", text(&label));
+    let label = String::from_utf8(label.stdout).unwrap();
+    assert!(
+        label.contains(&format!("START WAL LOCATION: {start}")),
+        "{label}"
+    );
+
+    let dir = archive.join(sysid.to_string()).join("backups").join(ID);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("base.tar"), &tar).unwrap();
+    std::fs::write(dir.join("backup_manifest"), &manifest).unwrap();
+    let version: u32 = primary
+        .psql("show server_version_num")
+        .trim()
+        .parse()
+        .unwrap();
+    let meta = BackupMeta {
+        format: 1,
+        id: ID.into(),
+        label: "pg_basebackup base backup".into(),
+        system_id: sysid.to_string(),
+        timeline: 1,
+        start_lsn: start.to_string(),
+        stop_lsn: stop.to_string(),
+        stop_timeline: 1,
+        start_time: "2026-01-02T03:04:05Z".into(),
+        stop_time: "2026-01-02T03:04:06Z".into(),
+        server_version: version,
+        wal_segment_size: SEG,
+        compression: "none".into(),
+        encrypted: false,
+        backup_label: label,
+        tablespace_map: None,
+        archives: vec![ArchiveEntry {
+            name: "base.tar".into(),
+            object: "base.tar".into(),
+            tablespace_oid: None,
+            location: None,
+            size: tar.len() as u64,
+            stored_size: tar.len() as u64,
+            sha256: sha256_hex(&tar),
+        }],
+        manifest: Some(ManifestEntry {
+            object: "backup_manifest".into(),
+            size: manifest.len() as u64,
+            sha256: sha256_hex(&manifest),
+        }),
+    };
+    std::fs::write(dir.join("backup.json"), meta.encode()).unwrap();
+    (start, stop, tar, manifest)
+}
+
+fn fork_from_walrelay(major: &str) {
+    if !harness::majors().iter().any(|m| m == major) {
+        return;
+    }
+    let t = TestDir::new(&format!("srv-bb{major}"));
+    let primary = Pg::primary(major, &[]);
+    primary.psql("create table t (id int, pad text)");
+    write_rows(&primary, "before", 1000);
+    let sysid = primary.system_identifier();
+    let archive = t.subdir("archive");
+    let conf = t.join("walrelay.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[archive]\nurl = \"file://{}\"\ncompression = \"zstd\"\nscan_interval = \"200ms\"\n",
+            archive.display()
+        ),
+    )
+    .unwrap();
+    let conf_s = conf.display().to_string();
+    let relay = Relay::start(&t, &primary, &["-c", &conf_s]);
+
+    // No backup stored yet: exit 1 with walrelay's ERROR and HINT on stderr.
+    let none_dir = t.join("none");
+    let out = basebackup(&primary, &relay, &none_dir, &["-X", "stream"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "walrelay has no complete base backup of system {sysid} to serve"
+        )) && err.contains("Take one with walrelay backup."),
+        "{err}"
+    );
+
+    let (start, stop, tar, manifest) = store_backup(&t, &primary, &archive, sysid);
+    // Complete once the archive holds every segment from start's to stop's.
+    primary.switch_wal();
+    let segs: Vec<String> = (start.segno(SEG)..=(stop.0 - 1) / SEG)
+        .map(|n| segment_file_name(1, n, SEG))
+        .collect();
+    harness::wait_for(Duration::from_secs(60), "the backup's WAL archived", || {
+        segs.iter().all(|n| archived(&archive, sysid, n))
+    });
+    write_rows(&primary, "after", 500);
+
+    // -X fetch: refused with walrelay's text.
+    let out = basebackup(&primary, &relay, &t.join("fetch"), &["-X", "fetch"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("walrelay does not include WAL in the base backups it serves"),
+        "{}",
+        text(&out)
+    );
+
+    // -Fp -X stream -R, throttled so that the primary can be watched during it.
+    let fork_dir = TestDir::new(&format!("pg{major}-fork"));
+    let data = fork_dir.join("data");
+    let mut child = basebackup(&primary, &relay, &data, &["-X", "stream", "-R", "-r", "8M"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut polls = 0;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        let progress = primary.psql("select count(*) from pg_stat_progress_basebackup");
+        assert_eq!(progress.trim(), "0", "the primary is taking a base backup");
+        let senders = primary.psql(
+            "select coalesce(string_agg(application_name || ':' || state, ','), '') from pg_stat_replication",
+        );
+        assert_eq!(senders.trim(), "walrelay:streaming", "{senders}");
+        polls += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert!(status.success(), "{}", text(&out));
+    assert!(
+        polls >= 1,
+        "pg_basebackup ended before the primary was polled"
+    );
+    assert_eq!(
+        std::fs::read(data.join("backup_manifest")).unwrap(),
+        manifest
+    );
+    let label = std::fs::read_to_string(data.join("backup_label")).unwrap();
+    assert!(
+        label.contains(&format!("START WAL LOCATION: {start}")),
+        "{label}"
+    );
+    let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains(&format!("port={}", relay.port)), "{auto}");
+    assert!(data.join("standby.signal").is_file());
+    let verify = primary
+        .install()
+        .command("pg_verifybackup")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "pg_verifybackup: {}",
+        text(&verify)
+    );
+
+    let mut fork = Pg::adopt(major, fork_dir, &[]);
+    fork.start();
+    harness::wait_for(
+        Duration::from_secs(60),
+        "the fork to stream from walrelay",
+        || {
+            fork.try_psql("select status from pg_stat_wal_receiver")
+                .is_ok_and(|s| s.trim() == "streaming")
+        },
+    );
+    let lsn = write_rows(&primary, "later", 700);
+    fork.wait_replayed(lsn, Duration::from_secs(60));
+    assert_eq!(fork.psql("select count(*) from later"), "700");
+    assert_eq!(fork.psql("select count(*) from after"), "500");
+    let conninfo = fork.psql("select sender_port from pg_stat_wal_receiver");
+    assert_eq!(conninfo.trim(), relay.port.to_string());
+    let senders = primary.psql("select string_agg(application_name, ',') from pg_stat_replication");
+    assert_eq!(senders.trim(), "walrelay");
+
+    // -Ft -X stream: the stored tar and manifest, byte for byte, plus the streamed WAL.
+    let tar_dir: PathBuf = t.join("tar");
+    let out = basebackup(&primary, &relay, &tar_dir, &["-Ft", "-X", "stream"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        std::fs::read(tar_dir.join("base.tar")).unwrap() == tar,
+        "base.tar differs"
+    );
+    assert_eq!(
+        std::fs::read(tar_dir.join("backup_manifest")).unwrap(),
+        manifest
+    );
+    assert!(tar_dir.join("pg_wal.tar").is_file());
+
+    // --no-manifest: none written.
+    let nm = t.join("nomanifest");
+    let out = basebackup(&primary, &relay, &nm, &["-X", "stream", "--no-manifest"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!nm.join("backup_manifest").exists());
+    assert!(nm.join("backup_label").is_file());
+
+    let log = relay.log();
+    assert!(log.contains(&format!("serving base backup {ID}")), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn server_base_backup_pg15() {
+    fork_from_walrelay("15");
+}
+
+#[test]
+fn server_base_backup_pg18() {
+    fork_from_walrelay("18");
+}
