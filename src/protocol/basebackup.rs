@@ -13,8 +13,13 @@
 //!
 //! Data messages are split into a header and the payload, so the payload (a `Bytes` read
 //! from the archive) goes to the socket without a copy.
+//!
+//! [`TarChunker`]: a 13/14 pg_basebackup unpacking a plain-format backup expects each tar
+//! member header in a CopyData of its own (exactly 512 bytes), then the file's bytes, then
+//! its padding in one message, as those servers sent them; and no end-of-archive blocks
+//! (the client writes its own). The chunker cuts a stored tar stream that way.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::frame::{begin, end};
 use super::put_cstr;
@@ -66,6 +71,163 @@ pub fn data_header(len: usize, typed: bool) -> Option<BytesMut> {
     Some(buf)
 }
 
+const BLOCK: usize = 512;
+
+/// A stored tar that is not a ustar stream the chunker can follow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TarError {
+    #[error("invalid tar header: bad size field")]
+    BadSize,
+    #[error("tar archive ends inside a member")]
+    Truncated,
+}
+
+#[derive(Debug)]
+enum TarState {
+    /// Collecting a 512-byte header.
+    Header(BytesMut),
+    /// `left` content bytes of the member, then `padding`.
+    Content { left: u64, padding: usize },
+    /// Collecting the member's padding.
+    Padding { need: usize, have: usize },
+    /// After the end-of-archive block: the rest is dropped.
+    Done,
+}
+
+/// Cuts a tar stream into the messages a ≤ 14 server sends (see the module docs).
+#[derive(Debug)]
+pub struct TarChunker {
+    state: TarState,
+}
+
+impl Default for TarChunker {
+    fn default() -> Self {
+        TarChunker {
+            state: TarState::Header(BytesMut::with_capacity(BLOCK)),
+        }
+    }
+}
+
+/// A tar number field: octal digits (NUL/space terminated), or base-256 when the high bit of
+/// the first byte is set (`print_tar_number` for sizes of 8 GB and more).
+fn tar_number(field: &[u8]) -> Option<u64> {
+    match field.split_first() {
+        Some((&first, rest)) if first & 0x80 != 0 => {
+            rest.iter().try_fold(u64::from(first & 0x7f), |acc, &b| {
+                acc.checked_mul(256)?.checked_add(u64::from(b))
+            })
+        }
+        _ => {
+            let digits = field.iter().skip_while(|&&b| b == b' ');
+            let mut v: u64 = 0;
+            for &b in digits {
+                match b {
+                    b'0'..=b'7' => {
+                        v = v
+                            .checked_mul(8)?
+                            .checked_add(u64::from(b.wrapping_sub(b'0')))?
+                    }
+                    0 | b' ' => break,
+                    _ => return None,
+                }
+            }
+            Some(v)
+        }
+    }
+}
+
+impl TarChunker {
+    /// The messages `data` completes, in order (slices of `data` where possible).
+    pub fn feed(&mut self, mut data: Bytes) -> Result<Vec<Bytes>, TarError> {
+        let mut out = Vec::new();
+        while !data.is_empty() {
+            match &mut self.state {
+                TarState::Done => return Ok(out),
+                TarState::Header(buf) => {
+                    let take = BLOCK.saturating_sub(buf.len()).min(data.len());
+                    buf.extend_from_slice(&data.split_to(take));
+                    if buf.len() < BLOCK {
+                        continue;
+                    }
+                    let header = std::mem::take(buf).freeze();
+                    if header.iter().all(|&b| b == 0) {
+                        self.state = TarState::Done;
+                        continue;
+                    }
+                    let size = header
+                        .get(124..136)
+                        .and_then(tar_number)
+                        .ok_or(TarError::BadSize)?;
+                    // Links, devices, directories and FIFOs carry no content.
+                    let size = match header.get(156) {
+                        Some(b'1'..=b'6') => 0,
+                        _ => size,
+                    };
+                    let rem = usize::try_from(size % BLOCK as u64).unwrap_or(0);
+                    let padding = if rem == 0 {
+                        0
+                    } else {
+                        BLOCK.saturating_sub(rem)
+                    };
+                    out.push(header);
+                    self.state = if size > 0 {
+                        TarState::Content {
+                            left: size,
+                            padding,
+                        }
+                    } else {
+                        TarState::Header(BytesMut::with_capacity(BLOCK))
+                    };
+                }
+                TarState::Content { left, padding } => {
+                    let take = usize::try_from(*left).unwrap_or(usize::MAX).min(data.len());
+                    out.push(data.split_to(take));
+                    *left = left.saturating_sub(take as u64);
+                    if *left == 0 {
+                        self.state = if *padding > 0 {
+                            TarState::Padding {
+                                need: *padding,
+                                have: 0,
+                            }
+                        } else {
+                            TarState::Header(BytesMut::with_capacity(BLOCK))
+                        };
+                    }
+                }
+                TarState::Padding { need, have } => {
+                    let take = need.saturating_sub(*have).min(data.len());
+                    data.advance_by(take);
+                    *have = have.saturating_add(take);
+                    if *have == *need {
+                        out.push(Bytes::from(vec![0u8; *need]));
+                        self.state = TarState::Header(BytesMut::with_capacity(BLOCK));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// At the end of the stream: only between members (or after the end marker) is fine.
+    pub fn finish(&self) -> Result<(), TarError> {
+        match &self.state {
+            TarState::Done => Ok(()),
+            TarState::Header(b) if b.is_empty() => Ok(()),
+            _ => Err(TarError::Truncated),
+        }
+    }
+}
+
+trait AdvanceBy {
+    fn advance_by(&mut self, n: usize);
+}
+
+impl AdvanceBy for Bytes {
+    fn advance_by(&mut self, n: usize) {
+        let _ = self.split_to(n.min(self.len()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +253,59 @@ mod tests {
         assert_eq!(&data_header(3, false).unwrap()[..], b"d\0\0\0\x07");
         assert!(data_header(usize::MAX, true).is_none());
         assert!(data_header(i32::MAX as usize, false).is_none());
+    }
+
+    fn header(name: &str, size: u64, kind: u8) -> Vec<u8> {
+        let mut h = vec![0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        let sz = format!("{size:011o}\0");
+        h[124..136].copy_from_slice(sz.as_bytes());
+        h[156] = kind;
+        h
+    }
+
+    #[test]
+    fn tar_chunker_cuts_like_a_14_server() {
+        let mut tar = header("PG_VERSION", 3, b'0');
+        tar.extend_from_slice(b"14\n");
+        tar.extend_from_slice(&[0u8; 509]);
+        tar.extend(header("base", 0, b'5'));
+        tar.extend(header("global/x", 1024, b'0'));
+        tar.extend((0..1024).map(|i| (i % 251) as u8));
+        tar.extend_from_slice(&[0u8; 1024]); // end of archive
+        for step in [1usize, 7, 511, 512, 513, 4096, tar.len()] {
+            let mut c = TarChunker::default();
+            let mut msgs: Vec<Bytes> = Vec::new();
+            for piece in tar.chunks(step) {
+                msgs.extend(c.feed(Bytes::copy_from_slice(piece)).unwrap());
+            }
+            c.finish().unwrap();
+            // Headers alone, padding alone, contents in any cuts, no end blocks.
+            let mut it = msgs.iter().filter(|m| !m.is_empty());
+            assert_eq!(it.next().unwrap().len(), 512);
+            let content: Vec<u8> = it.next().unwrap().to_vec();
+            assert_eq!(content, b"14\n");
+            assert_eq!(it.next().unwrap()[..], [0u8; 509][..]);
+            assert_eq!(&it.next().unwrap()[..4], b"base");
+            assert_eq!(&it.next().unwrap()[..8], b"global/x");
+            let rest: Vec<u8> = it.flat_map(|m| m.to_vec()).collect();
+            assert_eq!(rest.len(), 1024, "step {step}");
+            let joined: Vec<u8> = msgs.iter().flat_map(|m| m.to_vec()).collect();
+            assert_eq!(joined, tar[..tar.len() - 1024], "step {step}");
+        }
+        let mut c = TarChunker::default();
+        c.feed(Bytes::from(header("f", 10, b'0'))).unwrap();
+        assert_eq!(c.finish(), Err(TarError::Truncated));
+        let mut bad = header("f", 0, b'0');
+        bad[124..136].copy_from_slice(b"zzzzzzzzzzz\0");
+        assert_eq!(
+            TarChunker::default().feed(Bytes::from(bad)),
+            Err(TarError::BadSize)
+        );
+        assert_eq!(
+            tar_number(&[0x80, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0]),
+            Some(1 << 32)
+        );
+        assert_eq!(tar_number(b" 17\0"), Some(15));
     }
 }

@@ -331,40 +331,63 @@ async fn msg(s: &Session, f: impl FnOnce(&mut BytesMut)) -> Result<(), End> {
     s.send(b).await
 }
 
-/// Sends one stored object as CopyData messages (`typed`: 15+ `d` messages).
+/// Sends one stored object as CopyData messages (`typed`: 15+ `d` messages; `tar`: cut as
+/// a ≤ 14 server sends a tar, see [`wire::TarChunker`]).
 async fn copy_object(
     s: &Session,
     mut stream: ByteStream,
     typed: bool,
     pace: &mut Pace,
     progress: bool,
+    mut tar: Option<wire::TarChunker>,
 ) -> Result<(), Failed> {
     while let Some(item) = stream.next().await {
         let data = item.map_err(Failed::Source)?;
-        let mut at = 0;
-        while at < data.len() {
-            if *s.shutdown.borrow() {
-                return Err(Failed::End(End::Fatal(fatal(
-                    codes::ADMIN_SHUTDOWN,
-                    "terminating connection due to administrator command",
-                ))));
-            }
-            let n = CHUNK.min(data.len().saturating_sub(at));
-            let piece = data.slice(at..at.saturating_add(n));
-            at = at.saturating_add(n);
-            let header = wire::data_header(n, typed)
-                .ok_or_else(|| Failed::Source("chunk too large".into()))?;
-            s.out
-                .send(Out::Wal(header.freeze(), piece))
-                .await
-                .map_err(|_| End::Gone)?;
-            if let Some(wait) = pace.after(n) {
-                tokio::time::sleep(wait).await;
-            }
-            if progress && pace.progress_due() {
-                let done = pace.sent;
-                msg(s, |b| wire::progress(b, done)).await?;
-            }
+        let pieces = match tar.as_mut() {
+            Some(c) => c.feed(data).map_err(|e| Failed::Source(e.to_string()))?,
+            None => vec![data],
+        };
+        for data in pieces {
+            send_piece(s, data, typed, pace, progress).await?;
+        }
+    }
+    if let Some(c) = &tar {
+        c.finish().map_err(|e| Failed::Source(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// One piece of stored bytes, in messages of at most [`CHUNK`] bytes.
+async fn send_piece(
+    s: &Session,
+    data: Bytes,
+    typed: bool,
+    pace: &mut Pace,
+    progress: bool,
+) -> Result<(), Failed> {
+    let mut at = 0;
+    while at < data.len() {
+        if *s.shutdown.borrow() {
+            return Err(Failed::End(End::Fatal(fatal(
+                codes::ADMIN_SHUTDOWN,
+                "terminating connection due to administrator command",
+            ))));
+        }
+        let n = CHUNK.min(data.len().saturating_sub(at));
+        let piece = data.slice(at..at.saturating_add(n));
+        at = at.saturating_add(n);
+        let header =
+            wire::data_header(n, typed).ok_or_else(|| Failed::Source("chunk too large".into()))?;
+        s.out
+            .send(Out::Wal(header.freeze(), piece))
+            .await
+            .map_err(|_| End::Gone)?;
+        if let Some(wait) = pace.after(n) {
+            tokio::time::sleep(wait).await;
+        }
+        if progress && pace.progress_due() {
+            let done = pace.sent;
+            msg(s, |b| wire::progress(b, done)).await?;
         }
     }
     Ok(())
@@ -412,7 +435,8 @@ async fn send(
         } else {
             msg(s, wire::copy_out_response).await?;
         }
-        copy_object(s, stream, modern, &mut pace, modern).await?;
+        let tar = (!modern).then(wire::TarChunker::default);
+        copy_object(s, stream, modern, &mut pace, modern, tar).await?;
         if modern {
             let done = pace.sent;
             pace.last_progress = Instant::now();
@@ -430,7 +454,7 @@ async fn send(
         }
         // The manifest is not throttled by PostgreSQL either.
         let mut free = Pace::new(0);
-        copy_object(s, stream, modern, &mut free, false).await?;
+        copy_object(s, stream, modern, &mut free, false, None).await?;
         if !modern {
             msg(s, crate::protocol::backend::copy_done).await?;
         }
