@@ -5,10 +5,13 @@
 //!   (`<sysid>/backups/<ID>/{base.tar, backup_manifest, backup.json}`; here made with a real
 //!   `pg_basebackup -Ft -X none` from the primary, the shape `walrelay backup` stores), and is
 //!   served once the archive holds its WAL;
+//! - PG 14 too (the ≤ 14 shape, one COPY per tar), whenever its binaries are installed;
 //! - `pg_basebackup -h walrelay -X stream -R -Fp` (throttled with `-r`) makes a directory that
 //!   `pg_verifybackup` accepts and that starts as a standby streaming from walrelay and
 //!   replays rows written on the primary after the backup; during the backup the primary's
 //!   `pg_stat_progress_basebackup` stays empty and `pg_stat_replication` shows only walrelay;
+//! - the backup's first WAL segment is gone from walrelay's data directory (retention) by
+//!   then, so `-X stream` gets it from the archive;
 //! - `-Ft -X stream` writes `base.tar` and `backup_manifest` byte-identical to the stored ones;
 //! - `-X fetch` is refused (exit 1, walrelay's text), `--no-manifest` writes no manifest.
 use std::path::{Path, PathBuf};
@@ -173,7 +176,8 @@ fn fork_from_walrelay(major: &str) {
     std::fs::write(
         &conf,
         format!(
-            "[archive]\nurl = \"file://{}\"\ncompression = \"zstd\"\nscan_interval = \"200ms\"\n",
+            "[archive]\nurl = \"file://{}\"\ncompression = \"zstd\"\nscan_interval = \"200ms\"\n\
+             partial_interval = \"0\"\nkeep_local_size = \"32MB\"\nkeep_local_age = \"0s\"\n",
             archive.display()
         ),
     )
@@ -205,6 +209,21 @@ fn fork_from_walrelay(major: &str) {
         segs.iter().all(|n| archived(&archive, sysid, n))
     });
     write_rows(&primary, "after", 500);
+    // More WAL, so that retention removes the backup's first segment from walrelay's data
+    // directory: `-X stream` then gets it from the archive.
+    for i in 0..4 {
+        write_rows(&primary, &format!("push{i}"), 2000);
+        primary.switch_wal();
+    }
+    let first = &segs[0];
+    harness::wait_for(
+        Duration::from_secs(60),
+        "the backup's first segment removed locally",
+        || {
+            !relay.data.join(first).exists()
+                && !relay.data.join(format!("{first}.partial")).exists()
+        },
+    );
 
     // -X fetch: refused with walrelay's text.
     let out = basebackup(&primary, &relay, &t.join("fetch"), &["-X", "fetch"])
@@ -315,6 +334,10 @@ fn fork_from_walrelay(major: &str) {
 
     let log = relay.log();
     assert!(log.contains(&format!("serving base backup {ID}")), "{log}");
+    assert!(
+        log.contains(&format!("WAL segment {} read from the archive", segs[0])),
+        "{log}"
+    );
     assert!(!log.contains("panicked"), "{log}");
 }
 

@@ -163,7 +163,8 @@ impl TarChunker {
                         Some(b'1'..=b'6') => 0,
                         _ => size,
                     };
-                    let rem = usize::try_from(size % BLOCK as u64).unwrap_or(0);
+                    let rem =
+                        usize::try_from(size.checked_rem(BLOCK as u64).unwrap_or(0)).unwrap_or(0);
                     let padding = if rem == 0 {
                         0
                     } else {
