@@ -13,6 +13,9 @@
 //! - the backup's first WAL segment is gone from walrelay's data directory (retention) by
 //!   then, so `-X stream` gets it from the archive;
 //! - `-Ft -X stream` writes `base.tar` and `backup_manifest` byte-identical to the stored ones;
+//! - pg_basebackup 18 against a 14/15 walrelay gets the same bytes;
+//! - a stored tar whose SHA-256 no longer matches makes pg_basebackup fail (exit 1, walrelay's
+//!   text), nothing kept;
 //! - `-X fetch` is refused (exit 1, walrelay's text), `--no-manifest` writes no manifest.
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -331,6 +334,59 @@ fn fork_from_walrelay(major: &str) {
     assert!(out.status.success(), "{}", text(&out));
     assert!(!nm.join("backup_manifest").exists());
     assert!(nm.join("backup_label").is_file());
+
+    // A newer client against the same walrelay (for 14: pg_basebackup 18 with the legacy
+    // syntax and the ≤ 14 shape): the same bytes.
+    if major != "18"
+        && harness::infra_dir()
+            .join("pg/18/bin/pg_basebackup")
+            .is_file()
+    {
+        let new = harness::pg::PgInstall::get("18");
+        let dir = t.join("tar18");
+        let out = new
+            .command("pg_basebackup")
+            .env("PGCONNECT_TIMEOUT", "10")
+            .args(["-h", "127.0.0.1", "-p", &relay.port.to_string()])
+            .args(["-U", "postgres", "-D"])
+            .arg(&dir)
+            .args(["--no-sync", "-Ft", "-X", "stream"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_basebackup 18: {}", text(&out));
+        assert!(
+            std::fs::read(dir.join("base.tar")).unwrap() == tar,
+            "base.tar differs (18)"
+        );
+        assert_eq!(
+            std::fs::read(dir.join("backup_manifest")).unwrap(),
+            manifest
+        );
+    }
+
+    // A stored tar that no longer matches its SHA-256: the client fails (exit 1), walrelay
+    // says why, nothing is left behind.
+    let stored = archive
+        .join(sysid.to_string())
+        .join("backups")
+        .join(ID)
+        .join("base.tar");
+    let mut bad = tar.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x01;
+    std::fs::write(&stored, &bad).unwrap();
+    let bad_dir = t.join("corrupt");
+    let out = basebackup(&primary, &relay, &bad_dir, &["-Ft", "-X", "stream"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("could not read base backup {ID} from the archive")),
+        "{}",
+        text(&out)
+    );
+    assert!(!bad_dir.join("base.tar").exists());
 
     let log = relay.log();
     assert!(log.contains(&format!("serving base backup {ID}")), "{log}");
