@@ -16,6 +16,7 @@
 //! - pg_basebackup 18 against a 14/15 walrelay gets the same bytes;
 //! - a stored tar whose SHA-256 no longer matches makes pg_basebackup fail (exit 1, walrelay's
 //!   text), nothing kept;
+//! - a backup with a tablespace: every tar served byte-identical (`-Ft -P`);
 //! - `-X fetch` is refused (exit 1, walrelay's text), `--no-manifest` writes no manifest.
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -76,13 +77,26 @@ fn archived(archive: &Path, sysid: u64, name: &str) -> bool {
 }
 
 /// A backup of the primary stored in the archive as `walrelay backup` stores it
-/// (compression "none", not encrypted). Returns (start, stop, base.tar, manifest).
+/// (compression "none", not encrypted; tablespaces first, base.tar last, as the server sends
+/// them). Returns (start, stop, base.tar, manifest).
 fn store_backup(
     t: &TestDir,
     primary: &Pg,
     archive: &Path,
     sysid: u64,
 ) -> (Lsn, Lsn, Vec<u8>, Vec<u8>) {
+    let (start, stop, tars, manifest) = store_backup_all(t, primary, archive, sysid);
+    let base = tars.into_iter().find(|(n, _)| n == "base.tar").unwrap().1;
+    (start, stop, base, manifest)
+}
+
+#[allow(clippy::type_complexity)]
+fn store_backup_all(
+    t: &TestDir,
+    primary: &Pg,
+    archive: &Path,
+    sysid: u64,
+) -> (Lsn, Lsn, Vec<(String, Vec<u8>)>, Vec<u8>) {
     let src = t.subdir("taken");
     let out = primary
         .install()
@@ -111,9 +125,49 @@ fn store_backup(
         "{label}"
     );
 
+    let map = Command::new("tar")
+        .args(["-xOf"])
+        .arg(src.join("base.tar"))
+        .arg("tablespace_map")
+        .output()
+        .unwrap();
+    let map = map
+        .status
+        .success()
+        .then(|| String::from_utf8(map.stdout).unwrap())
+        .filter(|m| !m.is_empty());
+    let mut archives = Vec::new();
+    let mut tars = Vec::new();
+    for line in map.iter().flat_map(|m| m.lines()) {
+        let (oid, location) = line.split_once(' ').unwrap();
+        let name = format!("{oid}.tar");
+        let bytes = std::fs::read(src.join(&name)).unwrap();
+        archives.push(ArchiveEntry {
+            name: name.clone(),
+            object: name.clone(),
+            tablespace_oid: Some(oid.parse().unwrap()),
+            location: Some(location.to_string()),
+            size: bytes.len() as u64,
+            stored_size: bytes.len() as u64,
+            sha256: sha256_hex(&bytes),
+        });
+        tars.push((name, bytes));
+    }
+    archives.push(ArchiveEntry {
+        name: "base.tar".into(),
+        object: "base.tar".into(),
+        tablespace_oid: None,
+        location: None,
+        size: tar.len() as u64,
+        stored_size: tar.len() as u64,
+        sha256: sha256_hex(&tar),
+    });
+    tars.push(("base.tar".into(), tar));
     let dir = archive.join(sysid.to_string()).join("backups").join(ID);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("base.tar"), &tar).unwrap();
+    for (name, bytes) in &tars {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
     std::fs::write(dir.join("backup_manifest"), &manifest).unwrap();
     let version: u32 = primary
         .psql("show server_version_num")
@@ -136,16 +190,8 @@ fn store_backup(
         compression: "none".into(),
         encrypted: false,
         backup_label: label,
-        tablespace_map: None,
-        archives: vec![ArchiveEntry {
-            name: "base.tar".into(),
-            object: "base.tar".into(),
-            tablespace_oid: None,
-            location: None,
-            size: tar.len() as u64,
-            stored_size: tar.len() as u64,
-            sha256: sha256_hex(&tar),
-        }],
+        tablespace_map: map,
+        archives,
         manifest: Some(ManifestEntry {
             object: "backup_manifest".into(),
             size: manifest.len() as u64,
@@ -153,7 +199,7 @@ fn store_backup(
         }),
     };
     std::fs::write(dir.join("backup.json"), meta.encode()).unwrap();
-    (start, stop, tar, manifest)
+    (start, stop, tars, manifest)
 }
 
 fn fork_from_walrelay(major: &str) {
@@ -395,6 +441,84 @@ fn fork_from_walrelay(major: &str) {
         "{log}"
     );
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A backup with a tablespace: `-Ft -P` gets every tar (the tablespace's `<oid>.tar` first)
+/// byte-identical to the stored ones, and (PG 18, which verifies tar backups)
+/// `pg_verifybackup -n` passes.
+fn with_tablespace(major: &str) {
+    if !harness::majors().iter().any(|m| m == major) {
+        return;
+    }
+    let t = TestDir::new(&format!("srv-bbts{major}"));
+    let primary = Pg::primary(major, &[]);
+    let ts = primary.dir().join("ts");
+    std::fs::create_dir_all(&ts).unwrap();
+    harness::pg::give_to_server(&ts);
+    primary.psql(&format!("create tablespace ts location '{}'", ts.display()));
+    primary.psql("create table tst (id int) tablespace ts");
+    primary.psql("insert into tst select generate_series(1, 3000)");
+    let sysid = primary.system_identifier();
+    let archive = t.subdir("archive");
+    let conf = t.join("walrelay.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[archive]\nurl = \"file://{}\"\nscan_interval = \"200ms\"\n",
+            archive.display()
+        ),
+    )
+    .unwrap();
+    let conf_s = conf.display().to_string();
+    let relay = Relay::start(&t, &primary, &["-c", &conf_s]);
+    let (start, stop, tars, manifest) = store_backup_all(&t, &primary, &archive, sysid);
+    assert_eq!(tars.len(), 2, "a tablespace tar and base.tar");
+    primary.switch_wal();
+    let segs: Vec<String> = (start.segno(SEG)..=(stop.0 - 1) / SEG)
+        .map(|n| segment_file_name(1, n, SEG))
+        .collect();
+    harness::wait_for(Duration::from_secs(60), "the backup's WAL archived", || {
+        segs.iter().all(|n| archived(&archive, sysid, n))
+    });
+    let dir = t.join("tar");
+    let out = basebackup(&primary, &relay, &dir, &["-Ft", "-X", "stream", "-P"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    for (name, bytes) in &tars {
+        assert!(
+            std::fs::read(dir.join(name)).unwrap() == *bytes,
+            "{name} differs"
+        );
+    }
+    assert_eq!(
+        std::fs::read(dir.join("backup_manifest")).unwrap(),
+        manifest
+    );
+    if major == "18" {
+        let verify = primary
+            .install()
+            .command("pg_verifybackup")
+            .args(["-n"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            verify.status.success(),
+            "pg_verifybackup: {}",
+            text(&verify)
+        );
+    }
+}
+
+#[test]
+fn server_base_backup_tablespace_pg15() {
+    with_tablespace("15");
+}
+
+#[test]
+fn server_base_backup_tablespace_pg18() {
+    with_tablespace("18");
 }
 
 #[test]
