@@ -694,8 +694,13 @@ impl Plain {
             }
             return Ok(());
         }
+        if data.is_empty() {
+            // a call without input after a frame's end would start a new frame's hint
+            return Ok(());
+        }
         let mut inb = InBuffer::around(data);
         loop {
+            let before = inb.pos();
             let mut out = vec![0u8; OUT_CHUNK];
             let (n, hint) = {
                 let Some(dec) = self.dec.as_mut() else {
@@ -707,7 +712,9 @@ impl Plain {
                     .map_err(|e| self.mismatch(format!("zstd: {e}")))?;
                 (outb.pos(), hint)
             };
-            self.hint = hint;
+            if n > 0 || inb.pos() > before {
+                self.hint = hint;
+            }
             out.truncate(n);
             let full = n == OUT_CHUNK;
             self.emit(out, tx).await?;
