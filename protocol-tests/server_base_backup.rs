@@ -17,6 +17,7 @@
 //! - a stored tar whose SHA-256 no longer matches makes pg_basebackup fail (exit 1, walrelay's
 //!   text), nothing kept;
 //! - a backup with a tablespace: every tar served byte-identical (`-Ft -P`);
+//! - end to end with the real `walrelay backup` (compressed, encrypted): the fork streams;
 //! - `-X fetch` is refused (exit 1, walrelay's text), `--no-manifest` writes no manifest.
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -509,6 +510,95 @@ fn with_tablespace(major: &str) {
             text(&verify)
         );
     }
+}
+
+/// End to end with the real `walrelay backup` (zstd-compressed, encrypted objects) while
+/// `walrelay run` archives: `pg_basebackup -h walrelay -X stream -R` of it verifies and
+/// starts as a standby streaming from walrelay.
+fn walrelay_backup_then_fork(major: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if !harness::majors().iter().any(|m| m == major) {
+        return;
+    }
+    let t = TestDir::new(&format!("srv-bbe2e{major}"));
+    let primary = Pg::primary(major, &[]);
+    write_rows(&primary, "before", 1000);
+    let archive = t.subdir("archive");
+    let key = t.join("key");
+    std::fs::write(&key, [9u8; 32]).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let conf = t.join("walrelay.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[archive]\nurl = \"file://{}\"\ncompression = \"zstd\"\nscan_interval = \"200ms\"\n\
+             partial_interval = \"0\"\nencryption_key_file = \"{}\"\n",
+            archive.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let conf_s = conf.display().to_string();
+    let relay = Relay::start(&t, &primary, &["-c", &conf_s]);
+    let (status, out, err) = harness::walrelay::run_to_end(&[
+        "backup",
+        "-c",
+        &conf_s,
+        "--upstream",
+        &primary.conninfo(),
+        "--wait-wal",
+        "60s",
+    ]);
+    assert_eq!(status.code(), Some(0), "{out}\n{err}");
+    write_rows(&primary, "after", 300);
+
+    let fork_dir = TestDir::new(&format!("pg{major}-e2e-fork"));
+    let data = fork_dir.join("data");
+    let out = basebackup(&primary, &relay, &data, &["-X", "stream", "-R"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let verify = primary
+        .install()
+        .command("pg_verifybackup")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "pg_verifybackup: {}",
+        text(&verify)
+    );
+    let mut fork = Pg::adopt(major, fork_dir, &[]);
+    fork.start();
+    harness::wait_for(
+        Duration::from_secs(60),
+        "the fork to stream from walrelay",
+        || {
+            fork.try_psql("select status from pg_stat_wal_receiver")
+                .is_ok_and(|s| s.trim() == "streaming")
+        },
+    );
+    let lsn = write_rows(&primary, "later", 400);
+    fork.wait_replayed(lsn, Duration::from_secs(60));
+    assert_eq!(fork.psql("select count(*) from before"), "1000");
+    assert_eq!(fork.psql("select count(*) from after"), "300");
+    assert_eq!(fork.psql("select count(*) from later"), "400");
+    assert!(
+        relay.log().contains("serving base backup"),
+        "{}",
+        relay.log()
+    );
+}
+
+#[test]
+fn server_base_backup_walrelay_backup_pg15() {
+    walrelay_backup_then_fork("15");
+}
+
+#[test]
+fn server_base_backup_walrelay_backup_pg18() {
+    walrelay_backup_then_fork("18");
 }
 
 #[test]
