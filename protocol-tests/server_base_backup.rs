@@ -18,6 +18,8 @@
 //!   text), nothing kept;
 //! - a backup with a tablespace: every tar served byte-identical (`-Ft -P`);
 //! - end to end with the real `walrelay backup` (compressed, encrypted): the fork streams;
+//! - after a promotion, the timeline-1 backup is still served and the fork follows
+//!   timeline 2 through walrelay;
 //! - `-X fetch` is refused (exit 1, walrelay's text), `--no-manifest` writes no manifest.
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -599,6 +601,91 @@ fn server_base_backup_walrelay_backup_pg15() {
 #[test]
 fn server_base_backup_walrelay_backup_pg18() {
     walrelay_backup_then_fork("18");
+}
+
+/// After a failover: a backup taken on timeline 1 (with `walrelay backup`), then the primary
+/// stops and its standby is promoted (walrelay follows timeline 2). `pg_basebackup -h
+/// walrelay` still serves the timeline-1 backup (start and stop are on timeline 1 in
+/// timeline 2's history), and the fork follows timeline 2 through walrelay and replays what
+/// the new primary writes.
+#[test]
+fn server_base_backup_after_promotion() {
+    let major = harness::majors()
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "15".into());
+    let t = TestDir::new("srv-bbtli");
+    let mut primary = Pg::primary(&major, &[]);
+    let s1 = Pg::standby_of(&primary, &major, &primary.conninfo(), &[]);
+    let archive = t.subdir("archive");
+    let conf = t.join("walrelay.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[archive]\nurl = \"file://{}\"\nscan_interval = \"200ms\"\npartial_interval = \"0\"\n",
+            archive.display()
+        ),
+    )
+    .unwrap();
+    let conf_s = conf.display().to_string();
+    let upstream = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user=postgres target_session_attrs=read-write connect_timeout=2",
+        primary.port(),
+        s1.port()
+    );
+    let data = t.subdir("relay");
+    let port = harness::free_port();
+    let relay = Relay::start_full(&t, &primary, &upstream, &data, port, &["-c", &conf_s], "");
+    write_rows(&primary, "t1", 1000);
+    let (status, out, err) = harness::walrelay::run_to_end(&[
+        "backup",
+        "-c",
+        &conf_s,
+        "--upstream",
+        &primary.conninfo(),
+        "--wait-wal",
+        "60s",
+    ]);
+    assert_eq!(status.code(), Some(0), "{out}\n{err}");
+    let lsn = write_rows(&primary, "t2", 500);
+    s1.wait_replayed(lsn, Duration::from_secs(30));
+    relay.wait_flush(&primary, lsn);
+
+    primary.stop();
+    s1.promote();
+    let lsn = write_rows(&s1, "t3", 300);
+    relay.wait_flush(&s1, lsn);
+    let (_, tli, _) = relay.identify(&s1).unwrap();
+    assert_eq!(tli, 2);
+
+    let fork_dir = TestDir::new("pg-bbtli-fork");
+    let data = fork_dir.join("data");
+    let out = basebackup(&s1, &relay, &data, &["-X", "stream", "-R"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let verify = s1
+        .install()
+        .command("pg_verifybackup")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "pg_verifybackup: {}",
+        text(&verify)
+    );
+    let mut fork = Pg::adopt(&major, fork_dir, &[]);
+    fork.start();
+    let lsn = write_rows(&s1, "t4", 200);
+    fork.wait_replayed(lsn, Duration::from_secs(60));
+    assert_eq!(fork.psql("select count(*) from t3"), "300");
+    assert_eq!(fork.psql("select count(*) from t4"), "200");
+    harness::wait_for(Duration::from_secs(30), "the fork on timeline 2", || {
+        fork.try_psql("select received_tli from pg_stat_wal_receiver")
+            .is_ok_and(|s| s.trim() == "2")
+    });
+    assert!(!relay.log().contains("panicked"));
 }
 
 #[test]
