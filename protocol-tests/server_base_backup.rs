@@ -375,6 +375,29 @@ fn fork_from_walrelay(major: &str) {
     );
     assert!(tar_dir.join("pg_wal.tar").is_file());
 
+    // --manifest-checksums=SHA256: the stored manifest as it is, and a NOTICE saying so.
+    let sha = t.join("sha256");
+    let out = basebackup(
+        &primary,
+        &relay,
+        &sha,
+        &["-Ft", "-X", "stream", "--manifest-checksums=SHA256"],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(sha.join("backup_manifest")).unwrap(),
+        manifest
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "walrelay serves the stored backup manifest with the checksums it was taken with; MANIFEST_CHECKSUMS 'SHA256' is not applied"
+        ),
+        "{}",
+        text(&out)
+    );
+
     // --no-manifest: none written.
     let nm = t.join("nomanifest");
     let out = basebackup(&primary, &relay, &nm, &["-X", "stream", "--no-manifest"])

@@ -172,6 +172,23 @@ pub(crate) fn choose(
     })
 }
 
+/// MANIFEST_CHECKSUMS other than the CRC32C `walrelay backup` takes: the stored manifest is
+/// sent as it is, so say so (pg_basebackup prints notices on stderr).
+fn checksums_notice(opts: &BaseBackupOptions, want_manifest: bool) -> Option<ErrorFields> {
+    if !want_manifest || opts.manifest_checksums == "CRC32C" {
+        return None;
+    }
+    let mut n = ErrorFields::error(
+        "00000",
+        format!(
+            "walrelay serves the stored backup manifest with the checksums it was taken with; MANIFEST_CHECKSUMS '{}' is not applied",
+            opts.manifest_checksums
+        ),
+    );
+    n.severity = "NOTICE".into();
+    Some(n)
+}
+
 fn position_rows(lsn: Lsn, tli: u32) -> ResultSet {
     ResultSet::new(
         "SELECT",
@@ -414,6 +431,9 @@ async fn send(
         None => None,
     };
     let mut buf = BytesMut::new();
+    if let Some(n) = checksums_notice(opts, want_manifest) {
+        crate::protocol::backend::notice_response(&mut buf, &n);
+    }
     Reply::from(position_rows(b.start_lsn, b.timeline)).encode_body(&mut buf);
     Reply::from(tablespace_rows(b, opts.progress)).encode_body(&mut buf);
     if modern {
