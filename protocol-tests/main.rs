@@ -27,6 +27,7 @@ mod receive;
 mod receive_faults;
 mod server_archive_fallback;
 mod server_auth;
+mod server_base_backup;
 mod server_common;
 mod server_fanout;
 mod server_flood;

@@ -395,6 +395,34 @@ impl Pg {
         pg
     }
 
+    /// A data directory some other way made (e.g. `pg_basebackup -h walrelay -R` into
+    /// `dir/data`), handed to the server user, on a free port; `extra` lines appended to
+    /// postgresql.conf. Not started (call [`Pg::start`]).
+    pub fn adopt(major: &str, dir: TestDir, extra: &[&str]) -> Pg {
+        let install = PgInstall::get(major);
+        let datadir = dir.join("data");
+        let logfile = dir.join("postgres.log");
+        give_to_server(dir.path());
+        set_mode(&datadir, 0o700);
+        let port = super::free_port();
+        let mut pg = Pg {
+            install,
+            dir,
+            datadir,
+            logfile,
+            port,
+            running: false,
+        };
+        pg.append_conf(&format!(
+            "\n# walrelay test harness: adopted\nport = {port}\nhot_standby = on\n\
+             wal_receiver_status_interval = '1s'\n"
+        ));
+        for line in extra {
+            pg.append_conf(line);
+        }
+        pg
+    }
+
     pub fn install(&self) -> &PgInstall {
         &self.install
     }

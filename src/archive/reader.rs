@@ -331,7 +331,13 @@ impl LazyArchiveReader {
             )
             .await
             {
-                Ok(r) => *slot = Some(r),
+                Ok(mut r) => {
+                    // As `open` does: encrypted objects are opened with the configured key.
+                    if let Some(inner) = Arc::get_mut(&mut r.inner) {
+                        inner.key = self.settings.config.encryption_key.clone();
+                    }
+                    *slot = Some(r)
+                }
                 Err(ArchiveError::NoSystem(m)) => {
                     tracing::debug!("archive reader: {m}");
                     return Ok(None);

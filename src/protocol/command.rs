@@ -11,8 +11,10 @@
 //! syntax error is reported before a later unterminated quote, as PostgreSQL would.
 //!
 //! A query whose first token is not a command keyword is [`ReplicationCommand::Sql`].
-//! BASE_BACKUP accepts the PG 15+ `( … )` options; any other tail (the ≤ 14 syntax) is
-//! accepted without validation, as walrelay only refuses the command.
+//! BASE_BACKUP takes the PG 15+ `( … )` options and the ≤ 14 keyword syntax, both checked
+//! as `basebackup.c`'s `parse_basebackup_options` checks them (same texts and SQLSTATEs);
+//! what walrelay then refuses (INCREMENTAL, server-side compression, other targets, WAL)
+//! is the handler's decision (`server/cmd/base_backup.rs`).
 
 use crate::error::{codes, SqlState};
 use crate::lsn::Lsn;
@@ -46,7 +48,7 @@ pub enum ReplicationCommand {
         start: Lsn,
         timeline: Option<u32>,
     },
-    BaseBackup,
+    BaseBackup(BaseBackupOptions),
     AlterReplicationSlot,
     UploadManifest,
     /// Not a replication command (a physical walsender answers 0A000).
@@ -66,6 +68,68 @@ pub enum CommandError {
     /// XX000 (PostgreSQL uses `elog`): an unknown CREATE_REPLICATION_SLOT option.
     #[error("unrecognized option: {0}")]
     UnrecognizedOption(String),
+    /// 22003: MAX_RATE outside 32 .. 1048576.
+    #[error("{0} is outside the valid range for parameter \"MAX_RATE\" (32 .. 1048576)")]
+    MaxRateRange(i64),
+}
+
+/// MANIFEST of BASE_BACKUP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ManifestOption {
+    #[default]
+    No,
+    Yes,
+    ForceEncode,
+}
+
+/// The options of BASE_BACKUP after `parse_basebackup_options`' checks and defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseBackupOptions {
+    /// The ≤ 14 keyword syntax (`LABEL 'x' FAST WAL …`) rather than `( … )`.
+    pub legacy_syntax: bool,
+    /// "base backup" unless given.
+    pub label: String,
+    pub progress: bool,
+    pub fast_checkpoint: bool,
+    pub wait: bool,
+    pub wal: bool,
+    pub incremental: bool,
+    /// kB/s; 0: unlimited.
+    pub max_rate: u32,
+    pub tablespace_map: bool,
+    pub verify_checksums: bool,
+    pub manifest: ManifestOption,
+    /// Upper-cased algorithm (`CRC32C` default; `NONE` without a manifest).
+    pub manifest_checksums: String,
+    /// `None`: no TARGET (the client).
+    pub target: Option<String>,
+    pub target_detail: Option<String>,
+    /// Lower-cased algorithm (`none`, `gzip`, `lz4`, `zstd`); `None`: not given.
+    pub compression: Option<String>,
+    pub compression_detail: Option<String>,
+}
+
+impl Default for BaseBackupOptions {
+    fn default() -> Self {
+        BaseBackupOptions {
+            legacy_syntax: false,
+            label: "base backup".into(),
+            progress: false,
+            fast_checkpoint: false,
+            wait: true,
+            wal: false,
+            incremental: false,
+            max_rate: 0,
+            tablespace_map: false,
+            verify_checksums: true,
+            manifest: ManifestOption::No,
+            manifest_checksums: "NONE".into(),
+            target: None,
+            target_detail: None,
+            compression: None,
+            compression_detail: None,
+        }
+    }
 }
 
 impl SqlState for CommandError {
@@ -74,9 +138,13 @@ impl SqlState for CommandError {
             CommandError::Syntax(_) => codes::SYNTAX_ERROR,
             CommandError::InvalidOptionValue { .. } => codes::INVALID_PARAMETER_VALUE,
             CommandError::UnrecognizedOption(_) => codes::INTERNAL_ERROR,
+            CommandError::MaxRateRange(_) => NUMERIC_VALUE_OUT_OF_RANGE,
         }
     }
 }
+
+/// 22003 (`ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE`).
+const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
 
 fn syntax(msg: &str) -> CommandError {
     CommandError::Syntax(msg.to_string())
@@ -112,15 +180,13 @@ pub fn parse_command(query: &str) -> Result<ReplicationCommand, CommandError> {
             ReplicationCommand::AlterReplicationSlot
         }
         Kw::BaseBackup => {
-            if p.accept(&Tok::Char(b'('))? {
-                p.generic_options()?;
+            let (legacy, options) = if p.accept(&Tok::Char(b'('))? {
+                (false, p.generic_options()?)
             } else {
-                // ≤ 14 syntax: skip to the end (see the module docs).
-                while p.peek()? != &Tok::Eof {
-                    p.next()?;
-                }
-            }
-            ReplicationCommand::BaseBackup
+                (true, p.legacy_base_backup_options()?)
+            };
+            p.end()?;
+            return base_backup_options(legacy, options).map(ReplicationCommand::BaseBackup);
         }
         Kw::StartReplication => p.start_replication()?,
         Kw::CreateReplicationSlot => {
@@ -171,6 +237,16 @@ keywords! {
     UseSnapshot = b"USE_SNAPSHOT",
     Wait = b"WAIT",
     UploadManifest = b"UPLOAD_MANIFEST",
+    Label = b"LABEL",
+    Progress = b"PROGRESS",
+    Fast = b"FAST",
+    Wal = b"WAL",
+    Nowait = b"NOWAIT",
+    MaxRate = b"MAX_RATE",
+    TablespaceMap = b"TABLESPACE_MAP",
+    NoverifyChecksums = b"NOVERIFY_CHECKSUMS",
+    Manifest = b"MANIFEST",
+    ManifestChecksums = b"MANIFEST_CHECKSUMS",
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -424,6 +500,68 @@ impl Parser<'_> {
         }
     }
 
+    /// The ≤ 14 BASE_BACKUP keywords (`base_backup_legacy_opt` of PG 15's grammar), as the
+    /// generic options they stand for.
+    fn legacy_base_backup_options(&mut self) -> Result<Vec<(String, OptVal)>, CommandError> {
+        let mut opts = Vec::new();
+        loop {
+            let Tok::Kw(kw) = self.peek()?.clone() else {
+                return Ok(opts);
+            };
+            let sconst = |p: &mut Self| match p.next()? {
+                Tok::SConst(s) => Ok(OptVal::Str(s)),
+                _ => Err(syntax("syntax error")),
+            };
+            let opt = match kw {
+                Kw::Label => {
+                    self.next()?;
+                    ("label", sconst(self)?)
+                }
+                Kw::Progress => {
+                    self.next()?;
+                    ("progress", OptVal::Bool(true))
+                }
+                Kw::Fast => {
+                    self.next()?;
+                    ("checkpoint", OptVal::Str("fast".into()))
+                }
+                Kw::Wal => {
+                    self.next()?;
+                    ("wal", OptVal::Bool(true))
+                }
+                Kw::Nowait => {
+                    self.next()?;
+                    ("wait", OptVal::Bool(false))
+                }
+                Kw::MaxRate => {
+                    self.next()?;
+                    match self.next()? {
+                        Tok::UConst(n) => ("max_rate", OptVal::Int(n as i32)),
+                        _ => return Err(syntax("syntax error")),
+                    }
+                }
+                Kw::TablespaceMap => {
+                    self.next()?;
+                    ("tablespace_map", OptVal::Bool(true))
+                }
+                Kw::NoverifyChecksums => {
+                    self.next()?;
+                    ("verify_checksums", OptVal::Bool(false))
+                }
+                Kw::Manifest => {
+                    self.next()?;
+                    ("manifest", sconst(self)?)
+                }
+                Kw::ManifestChecksums => {
+                    self.next()?;
+                    ("manifest_checksums", sconst(self)?)
+                }
+                _ => return Ok(opts),
+            };
+            opts.push((opt.0.to_string(), opt.1));
+        }
+    }
+
     /// After START_REPLICATION: `[SLOT s] [PHYSICAL] X/X [TIMELINE n]` or
     /// `SLOT s LOGICAL X/X [( name ['value'], … )]`.
     fn start_replication(&mut self) -> Result<ReplicationCommand, CommandError> {
@@ -579,6 +717,150 @@ fn apply_slot_options(
     Ok(cmd)
 }
 
+/// `parse_bool` (`bool.c`): true/false, yes/no, on/off, 1/0, case-insensitive, unique
+/// prefixes accepted.
+fn parse_bool(s: &str) -> Option<bool> {
+    let l = s.to_ascii_lowercase();
+    let prefix_of = |word: &str, min: usize| l.len() >= min && word.starts_with(l.as_str());
+    if prefix_of("true", 1) || prefix_of("yes", 1) || l == "1" || prefix_of("on", 2) {
+        Some(true)
+    } else if prefix_of("false", 1) || prefix_of("no", 1) || l == "0" || prefix_of("off", 2) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// `defGetInt64` of MAX_RATE.
+fn opt_int(name: &str, v: &OptVal) -> Result<i64, CommandError> {
+    match v {
+        OptVal::Int(n) => Ok(i64::from(*n)),
+        OptVal::None => Err(CommandError::Syntax(format!("{name} requires a parameter"))),
+        _ => Err(CommandError::Syntax(format!(
+            "{name} requires an integer value"
+        ))),
+    }
+}
+
+/// `basebackup.c` `parse_basebackup_options` (PG 15–18): duplicates, values, defaults and
+/// the cross-option checks, with PostgreSQL's texts (all 42601 but MAX_RATE's 22003).
+fn base_backup_options(
+    legacy_syntax: bool,
+    options: Vec<(String, OptVal)>,
+) -> Result<BaseBackupOptions, CommandError> {
+    let mut o = BaseBackupOptions {
+        legacy_syntax,
+        manifest_checksums: "CRC32C".into(),
+        ..BaseBackupOptions::default()
+    };
+    let mut seen: Vec<String> = Vec::new();
+    let mut label = None;
+    let mut checksums_given = false;
+    for (name, val) in &options {
+        if seen.contains(name) {
+            return Err(CommandError::Syntax(format!("duplicate option \"{name}\"")));
+        }
+        match name.as_str() {
+            "label" => label = Some(opt_string(name, val)?),
+            "progress" => o.progress = opt_bool(name, val)?,
+            "checkpoint" => {
+                let v = opt_string(name, val)?;
+                o.fast_checkpoint = match v.to_ascii_lowercase().as_str() {
+                    "fast" => true,
+                    "spread" => false,
+                    _ => {
+                        return Err(CommandError::Syntax(format!(
+                            "unrecognized checkpoint type: \"{v}\""
+                        )))
+                    }
+                };
+            }
+            "wait" => o.wait = opt_bool(name, val)?,
+            "wal" => o.wal = opt_bool(name, val)?,
+            "incremental" => o.incremental = opt_bool(name, val)?,
+            "max_rate" => {
+                let n = opt_int(name, val)?;
+                if !(32..=1_048_576).contains(&n) {
+                    return Err(CommandError::MaxRateRange(n));
+                }
+                o.max_rate = u32::try_from(n).unwrap_or(0);
+            }
+            "tablespace_map" => o.tablespace_map = opt_bool(name, val)?,
+            "verify_checksums" => o.verify_checksums = opt_bool(name, val)?,
+            "manifest" => {
+                let v = opt_string(name, val)?;
+                o.manifest = match parse_bool(&v) {
+                    Some(true) => ManifestOption::Yes,
+                    Some(false) => ManifestOption::No,
+                    None if v.eq_ignore_ascii_case("force-encode") => ManifestOption::ForceEncode,
+                    None => {
+                        return Err(CommandError::Syntax(format!(
+                            "unrecognized manifest option: \"{v}\""
+                        )))
+                    }
+                };
+            }
+            "manifest_checksums" => {
+                let v = opt_string(name, val)?;
+                let up = v.to_ascii_uppercase();
+                if !matches!(
+                    up.as_str(),
+                    "NONE" | "CRC32C" | "SHA224" | "SHA256" | "SHA384" | "SHA512"
+                ) {
+                    return Err(CommandError::Syntax(format!(
+                        "unrecognized checksum algorithm: \"{v}\""
+                    )));
+                }
+                o.manifest_checksums = up;
+                checksums_given = true;
+            }
+            "target" => o.target = Some(opt_string(name, val)?),
+            "target_detail" => o.target_detail = Some(opt_string(name, val)?),
+            "compression" => {
+                let v = opt_string(name, val)?;
+                let low = v.to_ascii_lowercase();
+                if !matches!(low.as_str(), "none" | "gzip" | "lz4" | "zstd") {
+                    return Err(CommandError::Syntax(format!(
+                        "unrecognized compression algorithm: \"{v}\""
+                    )));
+                }
+                o.compression = Some(low);
+            }
+            "compression_detail" => o.compression_detail = Some(opt_string(name, val)?),
+            other => {
+                return Err(CommandError::Syntax(format!(
+                    "unrecognized base backup option: \"{other}\""
+                )))
+            }
+        }
+        seen.push(name.clone());
+    }
+    if let Some(l) = label {
+        o.label = l;
+    }
+    if o.manifest == ManifestOption::No {
+        if checksums_given {
+            return Err(syntax("manifest checksums require a backup manifest"));
+        }
+        o.manifest_checksums = "NONE".into();
+    }
+    match (&o.target, &o.target_detail) {
+        (None, Some(_)) => return Err(syntax("target detail cannot be used without target")),
+        (Some(t), Some(_)) if t == "client" => {
+            return Err(CommandError::Syntax(format!(
+                "target \"{t}\" does not accept a target detail"
+            )))
+        }
+        _ => {}
+    }
+    if o.compression_detail.is_some() && o.compression.is_none() {
+        return Err(syntax(
+            "compression detail cannot be specified unless compression is enabled",
+        ));
+    }
+    Ok(o)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -650,12 +932,13 @@ mod tests {
             ok("ALTER_REPLICATION_SLOT s (FAILOVER true, two_phase)"),
             C::AlterReplicationSlot
         );
-        assert_eq!(ok("BASE_BACKUP"), C::BaseBackup);
         assert_eq!(
-            ok("BASE_BACKUP (LABEL 'x', PROGRESS, MAX_RATE 32768, WAIT 0)"),
-            C::BaseBackup
+            ok("BASE_BACKUP"),
+            C::BaseBackup(BaseBackupOptions {
+                legacy_syntax: true,
+                ..BaseBackupOptions::default()
+            })
         );
-        assert_eq!(ok("BASE_BACKUP LABEL 'old' FAST WAL"), C::BaseBackup);
     }
 
     #[test]
@@ -898,6 +1181,161 @@ mod tests {
             ok("START_REPLICATION DEAD/BEEF"),
             start(None, 0xDEAD_0000_BEEF, None)
         );
+    }
+
+    fn bb(q: &str) -> BaseBackupOptions {
+        match ok(q) {
+            C::BaseBackup(o) => o,
+            other => panic!("{q}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn base_backup_new_syntax() {
+        // What pg_basebackup 15–18 sends for `-X stream -R --manifest-checksums=SHA256 -r 32k -P`.
+        let o = bb("BASE_BACKUP ( LABEL 'pg_basebackup base backup',  PROGRESS,  CHECKPOINT 'fast',  WAIT 0,  MAX_RATE 32,  MANIFEST 'yes',  MANIFEST_CHECKSUMS 'SHA256',  TARGET 'client')");
+        assert_eq!(
+            o,
+            BaseBackupOptions {
+                legacy_syntax: false,
+                label: "pg_basebackup base backup".into(),
+                progress: true,
+                fast_checkpoint: true,
+                wait: false,
+                max_rate: 32,
+                manifest: ManifestOption::Yes,
+                manifest_checksums: "SHA256".into(),
+                target: Some("client".into()),
+                ..BaseBackupOptions::default()
+            }
+        );
+        let o = bb("BASE_BACKUP (MANIFEST 'force-encode', TABLESPACE_MAP, WAL, VERIFY_CHECKSUMS false, INCREMENTAL, COMPRESSION 'LZ4', COMPRESSION_DETAIL 'level=1');");
+        assert_eq!(o.manifest, ManifestOption::ForceEncode);
+        assert_eq!(o.manifest_checksums, "CRC32C");
+        assert!(o.tablespace_map && o.wal && o.incremental && !o.verify_checksums);
+        assert_eq!(o.compression.as_deref(), Some("lz4"));
+        assert_eq!(o.label, "base backup");
+        assert!(o.wait);
+        assert_eq!(
+            bb("BASE_BACKUP (manifest 'n')").manifest,
+            ManifestOption::No
+        );
+        assert_eq!(
+            bb("BASE_BACKUP (manifest 'on')").manifest,
+            ManifestOption::Yes
+        );
+    }
+
+    #[test]
+    fn base_backup_legacy_syntax() {
+        let o = bb("BASE_BACKUP LABEL 'old' PROGRESS FAST WAL NOWAIT MAX_RATE 1024 TABLESPACE_MAP NOVERIFY_CHECKSUMS MANIFEST 'yes' MANIFEST_CHECKSUMS 'sha512'");
+        assert_eq!(
+            o,
+            BaseBackupOptions {
+                legacy_syntax: true,
+                label: "old".into(),
+                progress: true,
+                fast_checkpoint: true,
+                wal: true,
+                wait: false,
+                max_rate: 1024,
+                tablespace_map: true,
+                verify_checksums: false,
+                manifest: ManifestOption::Yes,
+                manifest_checksums: "SHA512".into(),
+                ..BaseBackupOptions::default()
+            }
+        );
+        assert_eq!(
+            err("BASE_BACKUP LABEL old"),
+            ("syntax error".into(), "42601")
+        );
+        assert_eq!(err("BASE_BACKUP FAST x"), ("syntax error".into(), "42601"));
+        assert_eq!(
+            err("BASE_BACKUP FAST FAST"),
+            ("duplicate option \"checkpoint\"".into(), "42601")
+        );
+    }
+
+    #[test]
+    fn base_backup_errors() {
+        for (q, msg, code) in [
+            (
+                "BASE_BACKUP (LABEL 'a', LABEL 'b')",
+                "duplicate option \"label\"",
+                "42601",
+            ),
+            (
+                "BASE_BACKUP (CHECKPOINT 'slow')",
+                "unrecognized checkpoint type: \"slow\"",
+                "42601",
+            ),
+            (
+                "BASE_BACKUP (MAX_RATE 31)",
+                "31 is outside the valid range for parameter \"MAX_RATE\" (32 .. 1048576)",
+                "22003",
+            ),
+            (
+                "BASE_BACKUP (MAX_RATE 1048577)",
+                "1048577 is outside the valid range for parameter \"MAX_RATE\" (32 .. 1048576)",
+                "22003",
+            ),
+            (
+                "BASE_BACKUP (MAX_RATE 'x')",
+                "max_rate requires an integer value",
+                "42601",
+            ),
+            (
+                "BASE_BACKUP (MANIFEST 'maybe')",
+                "unrecognized manifest option: \"maybe\"",
+                "42601",
+            ),
+            (
+                "BASE_BACKUP (MANIFEST 'yes', MANIFEST_CHECKSUMS 'md5')",
+                "unrecognized checksum algorithm: \"md5\"",
+                "42601",
+            ),
+            (
+                "BASE_BACKUP (MANIFEST_CHECKSUMS 'SHA256')",
+                "manifest checksums require a backup manifest",
+                "42601",
+            ),
+            (
+                "BASE_BACKUP (TARGET_DETAIL 'x')",
+                "target detail cannot be used without target",
+                "42601",
+            ),
+            (
+                "BASE_BACKUP (TARGET 'client', TARGET_DETAIL 'x')",
+                "target \"client\" does not accept a target detail",
+                "42601",
+            ),
+            (
+                "BASE_BACKUP (COMPRESSION 'brotli')",
+                "unrecognized compression algorithm: \"brotli\"",
+                "42601",
+            ),
+            (
+                "BASE_BACKUP (COMPRESSION_DETAIL '1')",
+                "compression detail cannot be specified unless compression is enabled",
+                "42601",
+            ),
+            (
+                "BASE_BACKUP (FOO)",
+                "unrecognized base backup option: \"foo\"",
+                "42601",
+            ),
+            (
+                "BASE_BACKUP (PROGRESS 'maybe')",
+                "progress requires a Boolean value",
+                "42601",
+            ),
+            ("BASE_BACKUP (LABEL)", "label requires a parameter", "42601"),
+            ("BASE_BACKUP (LABEL 'x'", "syntax error", "42601"),
+            ("BASE_BACKUP (LABEL 'x') FAST", "syntax error", "42601"),
+        ] {
+            assert_eq!(err(q), (msg.to_string(), code), "{q}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@
     )
 )]
 pub mod backend;
+pub mod basebackup;
 pub mod command;
 pub mod frame;
 pub mod frontend;

@@ -89,7 +89,9 @@ impl Reply {
         ready_for_query(buf);
     }
 
-    fn encode_body(&self, buf: &mut BytesMut) {
+    /// The messages without the closing ReadyForQuery (BASE_BACKUP sends result sets
+    /// before its COPY).
+    pub(crate) fn encode_body(&self, buf: &mut BytesMut) {
         match self {
             Reply::Rows(rs) => {
                 let fields: Vec<Field> = rs

@@ -15,8 +15,10 @@
 //! | `create_replication_slot.rs` | CREATE_REPLICATION_SLOT |
 //! | `drop_replication_slot.rs` | DROP_REPLICATION_SLOT |
 //! | `start_replication.rs` | START_REPLICATION checks, then `walsender::stream`, then the end-of-timeline answer |
-//! | `unsupported.rs` | BASE_BACKUP, ALTER_REPLICATION_SLOT, UPLOAD_MANIFEST, SQL, logical replication |
+//! | `base_backup.rs` | BASE_BACKUP: the newest complete stored backup, from the archive |
+//! | `unsupported.rs` | ALTER_REPLICATION_SLOT, UPLOAD_MANIFEST, SQL, logical replication |
 
+mod base_backup;
 mod create_replication_slot;
 mod drop_replication_slot;
 mod identify_system;
@@ -77,7 +79,7 @@ pub(crate) async fn execute(s: &mut Session, q: &str) -> Result<(), End> {
                 return start_replication::run(s, view, slot, start, timeline).await;
             }
         }
-        ReplicationCommand::BaseBackup => unsupported::base_backup(),
+        ReplicationCommand::BaseBackup(opts) => return base_backup::run(s, view, opts).await,
         ReplicationCommand::AlterReplicationSlot | ReplicationCommand::UploadManifest => {
             unsupported::command()
         }

@@ -1,16 +1,9 @@
-//! The answers to what walrelay does not serve: base backups, ALTER_REPLICATION_SLOT,
+//! The answers to what walrelay does not serve: ALTER_REPLICATION_SLOT,
 //! UPLOAD_MANIFEST, SQL, logical replication. Must not: anything but refuse.
 
 use crate::error::codes;
 use crate::protocol::backend::ErrorFields;
 use crate::server::reply::Reply;
-
-pub(super) fn base_backup() -> Reply {
-    Reply::Error(ErrorFields::error(
-        codes::FEATURE_NOT_SUPPORTED,
-        "walrelay does not serve BASE_BACKUP: take base backups from the primary",
-    ))
-}
 
 pub(super) fn command() -> Reply {
     Reply::Error(ErrorFields::error(
