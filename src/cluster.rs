@@ -4,8 +4,7 @@
 //! Owns: the wiring of one [`ClusterConfig`] ([`ClusterHandle::start`]), running its
 //! receiver ([`ClusterHandle::spawn_receiver`]) and stopping it in order
 //! ([`ClusterHandle::stop`]: receiver, then walsender, then archiver and expiry, then the
-//! store), and the shared listener that routes to several clusters
-//! ([`start_shared_listener`]). Everything a cluster starts runs in its cluster scope ([`crate::ops::scope`]),
+//! store). Everything a cluster starts runs in its cluster scope ([`crate::ops::scope`]),
 //! so its metrics carry `cluster="<name>"` and its errors are its own. Must not: share
 //! anything with another cluster but the process-wide pools documented in `docs/fleet.md`
 //! (the runtime's two workers, the metrics recorder, the shared listener's admission
@@ -246,44 +245,6 @@ impl ClusterHandle {
         }
         self.store.close().await.map_err(|e| e.to_string())
     }
-}
-
-/// The top-level `[server]` of a multi-cluster configuration: one listener for every
-/// cluster, routing each connection by the cluster it names (see docs/fleet.md).
-pub async fn start_shared_listener(
-    cfg: &crate::config::Config,
-    sc: &crate::config::ServerConfig,
-    clusters: &[ClusterHandle],
-    stop: watch::Receiver<bool>,
-) -> Result<ServerHandle, String> {
-    let settings = ServerSettings::from_config(sc).map_err(|e| e.to_string())?;
-    for (user, cluster) in &sc.route_users {
-        if !clusters.iter().any(|c| &c.name == cluster) {
-            return Err(format!(
-                "server.route_users: user \"{user}\" is mapped to cluster \"{cluster}\", which is not configured"
-            ));
-        }
-    }
-    let targets = clusters
-        .iter()
-        .filter_map(|c| {
-            c.server
-                .as_ref()
-                .map(|s| (c.name.clone(), s.route_target()))
-        })
-        .collect();
-    // its socket lock files (and an unused slot file) live beside the first cluster's data
-    let state_dir = cfg
-        .cluster
-        .first()
-        .map(|c| c.data_dir.join("shared-listener"))
-        .unwrap_or_else(|| cfg.data_dir.join("shared-listener"));
-    tokio::fs::create_dir_all(&state_dir)
-        .await
-        .map_err(|e| format!("could not create \"{}\": {e}", state_dir.display()))?;
-    Server::start_shared(settings, targets, sc.route_users.clone(), state_dir, stop)
-        .await
-        .map_err(|e| e.to_string())
 }
 
 /// Delayed feeds: the commit index follows the store; sessions ask the controller.

@@ -11,6 +11,7 @@ use walrelay::cluster::ClusterHandle;
 use walrelay::config::{parse_duration, Config};
 use walrelay::lsn::Lsn;
 use walrelay::pgreceivewal;
+use walrelay::server::{Server, ServerSettings};
 
 #[derive(Parser)]
 #[command(
@@ -399,9 +400,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
     // the shared listener of several clusters (routing by name) stops with the walsenders
     let (shared_stop_tx, shared_stop) = watch::channel(false);
     let shared = match cfg.shared_server() {
-        Some(sc) => {
-            Some(walrelay::cluster::start_shared_listener(&cfg, sc, &clusters, shared_stop).await?)
-        }
+        Some(sc) => Some(start_shared_listener(&cfg, sc, &clusters, shared_stop).await?),
         None => None,
     };
     let sources: Vec<_> = clusters.iter().map(|c| c.sources.clone()).collect();
@@ -523,6 +522,44 @@ fn apply_run_flags(cfg: &mut Config, a: &RunArgs) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The top-level `[server]` of a multi-cluster configuration: one listener for every
+/// cluster, routing each connection by the cluster it names (see docs/fleet.md).
+async fn start_shared_listener(
+    cfg: &Config,
+    sc: &walrelay::config::ServerConfig,
+    clusters: &[ClusterHandle],
+    stop: watch::Receiver<bool>,
+) -> Result<walrelay::server::ServerHandle, String> {
+    let settings = ServerSettings::from_config(sc).map_err(|e| e.to_string())?;
+    for (user, cluster) in &sc.route_users {
+        if !clusters.iter().any(|c| &c.name == cluster) {
+            return Err(format!(
+                "server.route_users: user \"{user}\" is mapped to cluster \"{cluster}\", which is not configured"
+            ));
+        }
+    }
+    let targets = clusters
+        .iter()
+        .filter_map(|c| {
+            c.server
+                .as_ref()
+                .map(|s| (c.name.clone(), s.route_target()))
+        })
+        .collect();
+    // its socket lock files (and an unused slot file) live beside the first cluster's data
+    let state_dir = cfg
+        .cluster
+        .first()
+        .map(|c| c.data_dir.join("shared-listener"))
+        .unwrap_or_else(|| cfg.data_dir.join("shared-listener"));
+    tokio::fs::create_dir_all(&state_dir)
+        .await
+        .map_err(|e| format!("could not create \"{}\": {e}", state_dir.display()))?;
+    Server::start_shared(settings, targets, sc.route_users.clone(), state_dir, stop)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn feed(a: FeedArgs) -> Result<(), String> {
