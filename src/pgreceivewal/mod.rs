@@ -119,8 +119,10 @@ pub fn main(inv: Invocation, args: Vec<String>) -> i32 {
         }
     }
     messages::init_tracing(&inv.prog, opts.verbose);
+    // One worker: the receive loop is one task, the disk writes run on the store's own
+    // thread; a second worker only added a thread and its malloc arena to the peak RSS.
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
     {
