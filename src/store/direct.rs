@@ -78,7 +78,22 @@ struct AlignedBuf {
     start: usize,
 }
 
+thread_local! {
+    /// The last segment's buffer, reused by the next one on the store thread (no new
+    /// allocation and page faults per segment).
+    static SPARE: std::cell::RefCell<Option<AlignedBuf>> = const { std::cell::RefCell::new(None) };
+}
+
 impl AlignedBuf {
+    /// The thread's spare buffer (stale bytes: every user tracks what it filled) or a new one.
+    fn take() -> AlignedBuf {
+        SPARE
+            .with(|s| s.borrow_mut().take())
+            .unwrap_or_else(AlignedBuf::new)
+    }
+    fn give_back(self) {
+        SPARE.with(|s| *s.borrow_mut() = Some(self));
+    }
     fn new() -> AlignedBuf {
         let mem = vec![0u8; BUF_BYTES.saturating_add(ALIGN)];
         let addr = mem.as_ptr() as usize;
@@ -118,6 +133,19 @@ struct Direct {
     file_len: u64,
     /// End of what this handle has written to the file.
     high: u64,
+}
+
+impl Drop for Direct {
+    fn drop(&mut self) {
+        std::mem::replace(
+            &mut self.buf,
+            AlignedBuf {
+                mem: Vec::new(),
+                start: 0,
+            },
+        )
+        .give_back();
+    }
 }
 
 impl Direct {
@@ -329,7 +357,7 @@ impl SegmentFile {
             Ok(fd) => {
                 s.direct = Some(Direct {
                     fd,
-                    buf: AlignedBuf::new(),
+                    buf: AlignedBuf::take(),
                     base: 0,
                     len: 0,
                     filled: 0,
