@@ -325,6 +325,8 @@ async fn run(log: &Log, o: Options) -> i32 {
         std::path::Path::new(&dir),
         StoreOptions {
             tail_bytes: 0,
+            // 4 MB of WAL in flight covers a few direct writes of the store; more is only RSS
+            queue_bytes: 4 << 20,
             compression: o.compression,
             ..Default::default()
         },
