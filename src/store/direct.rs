@@ -200,7 +200,10 @@ impl Direct {
         if offset < self.high {
             self.prefill = true;
         }
-        let in_page = usize::try_from(offset % to_u64(PAGE)).unwrap_or(0);
+        let in_page = offset
+            .checked_rem(to_u64(PAGE))
+            .and_then(|r| usize::try_from(r).ok())
+            .unwrap_or(0);
         self.base = offset.saturating_sub(to_u64(in_page));
         self.len = 0;
         self.filled = 0;
@@ -455,7 +458,9 @@ impl SegmentFile {
         self.file.sync_data()?;
         if self.direct.is_none() && self.written_end > self.dropped_to {
             // Whole pages only: the open page will be written again.
-            let to = self.written_end - self.written_end % to_u64(PAGE);
+            let to = self
+                .written_end
+                .saturating_sub(self.written_end.checked_rem(to_u64(PAGE)).unwrap_or(0));
             if to > self.dropped_to {
                 drop_cache(&self.file, self.dropped_to, to);
                 self.dropped_to = to;
