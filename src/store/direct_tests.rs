@@ -285,3 +285,33 @@ fn buffered_when_asked() {
     s.sync_data().unwrap();
     assert_eq!(&read(&path)[..data.len()], &data[..]);
 }
+
+/// A buffered reader of the segment (a walsender's `WalReader`, the archiver) that cached the
+/// open page before a direct re-write of it reads the new bytes afterwards: the O_DIRECT
+/// write invalidates the cached page.
+#[test]
+fn a_buffered_reader_sees_the_re_written_open_page() {
+    let dir = disk_dir();
+    let (path, file) = create(dir.path(), "seg.partial", None);
+    let mut s = SegmentFile::open(file, &path, SEG, false, true).unwrap();
+    assert_eq!(s.mode(), Mode::Direct);
+    let data = wal(3 * PAGE, 21);
+    let reader = File::open(&path).unwrap();
+    let mut got = vec![0u8; 3 * PAGE];
+    for (i, end) in [1000usize, 5000, PAGE + 10, 3 * PAGE]
+        .into_iter()
+        .enumerate()
+    {
+        let from = [0usize, 1000, 5000, PAGE + 10][i];
+        s.write_at(&data[from..end], from as u64).unwrap();
+        s.sync_data().unwrap();
+        // the same descriptor, whose pages were cached by the previous read
+        reader.read_exact_at(&mut got, 0).unwrap();
+        assert_eq!(
+            &got[..end],
+            &data[..end],
+            "stale page cache after {end} bytes"
+        );
+        assert!(got[end..].iter().all(|&b| b == 0));
+    }
+}

@@ -57,9 +57,6 @@ mod auth;
 mod commands;
 mod copy;
 
-/// Room kept in the read buffer for the next socket read while streaming.
-const READ_ROOM: usize = 512 * 1024;
-
 pub use commands::{parse_wal_segment_size, quote_ident, IdentifySystem, QueryResult, SlotInfo};
 pub use copy::CopyEvent;
 
@@ -69,6 +66,8 @@ type Result<T, E = UpstreamError> = std::result::Result<T, E>;
 pub const MAX_STARTUP_MESSAGE: usize = 1 << 20;
 /// Largest message accepted afterwards (CopyData included).
 pub const MAX_MESSAGE: usize = 1 << 30;
+/// Room kept in the read buffer for the next socket read while streaming.
+const READ_ROOM: usize = 512 * 1024;
 
 // ---------------------------------------------------------------------------------------
 // Stream
