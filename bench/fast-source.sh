@@ -5,10 +5,14 @@
 #   bench/fast-source.sh [GB]          # default 2 GB of WAL (--quick: 64 MB), 3 runs each
 #   bench/fast-source.sh --runs 5 4
 #   bench/fast-source.sh --quick       # seconds; run by protocol-tests/bench_quick.rs
+#   bench/fast-source.sh --drop-caches # drop the page cache before each client (root only)
 #
 # Why: a PostgreSQL primary's walsender tops out around 500-700 MB/s on loopback, so draining
 # a primary measures the primary. Here the source is walrelay serving WAL it already stored
-# (the segment files are fresh and in the page cache), with nothing else running.
+# (the segment files are fresh and in the page cache), with nothing else running. The page
+# cache is warm by default (lib.sh `warm_cache`: free memory filled with clean pages first, so
+# the clients' writes reclaim cache as on a long-running server); --drop-caches drops it before
+# each client, so the source reads its files from disk. The mode is printed.
 #
 # How: a PostgreSQL 15 primary generates the backlog (bulk INSERTs, gen_wal) while
 # `walrelay run --listen` receives it live through its slot. Once walrelay has flushed the
@@ -55,6 +59,7 @@ if [ "$STOP_PRIMARY" = 1 ]; then
   echo "primary stopped; walrelay upstream.connected=$(status | jq -r .upstream.connected), serving its stored WAL"
 fi
 sync
+warm_cache
 
 # client NAME CMD...: one timed run into an empty $T/c; appends to $T/r.NAME.{mbps,cpu,rss,srv}
 client() {
@@ -62,6 +67,7 @@ client() {
   rm -rf "$T/c"; mkdir -p "$T/c"
   truncate -s 16M "$T/c/$seg.partial"
   sync
+  drop_caches_if_asked
   c0=$(cpu_of "$WPID")
   if ! /usr/bin/time -f "%e %U %S %M" -o "$T/time" "$@" >"$T/client.log" 2>&1; then
     cat "$T/client.log" "$T/time"; tail -20 "$T/walrelay.log"; exit 1
@@ -87,7 +93,7 @@ for ((r = 1; r <= RUNS; r++)); do
   client walrelay "$BIN" receive -d "$WCONN" -D "$T/c" -E "$endpos" -n
 done
 
-echo "== medians (min/max) over $RUNS run(s), $bytes bytes each =="
+echo "== medians (min/max) over $RUNS run(s), $bytes bytes each, page cache $([ "$DROP_CACHES" = 1 ] && echo dropped || echo warm) =="
 for v in pg_receivewal walrelay; do
   # shellcheck disable=SC2046
   result fast-source "$v" \

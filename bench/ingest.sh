@@ -2,14 +2,16 @@
 # Ingest from a real primary: `walrelay receive` vs `pg_receivewal` draining the same slot
 # backlog from a PostgreSQL 15 primary on loopback, in their default and synchronous modes.
 #
-#   bench/ingest.sh [GB] [--runs N] [--quick]     # default 2 GB of backlog, 3 runs
+#   bench/ingest.sh [GB] [--runs N] [--quick] [--drop-caches]  # default 2 GB of backlog, 3 runs
 #
 # One primary generates GB of WAL (bulk INSERTs) after one physical slot per client and run
 # has been created, so every client drains exactly the same WAL from its own slot, from the
 # same start to the same --endpos, into an empty directory on the same disk. Per run the
 # variants alternate: pg_receivewal, walrelay, pg_receivewal --synchronous, walrelay
-# --synchronous (and walrelay-cmp when BENCH_COMPARE is set). The page cache is dropped before
-# each client (root only; not in --quick) so every client's walsender reads pg_wal from disk.
+# --synchronous (and walrelay-cmp when BENCH_COMPARE is set). The page cache is warm by default
+# (`warm_cache` in lib.sh: free memory filled with clean pages first, so the clients' writes
+# reclaim cache as on a long-running server); `--drop-caches` drops it before each client
+# (root only) so every client's walsender reads pg_wal from disk. The mode is printed.
 #
 # Figures per variant (median over runs, with min and max): MB/s = backlog bytes / wall time;
 # CPU-s per GB = the client's user+sys CPU (GNU time, all threads) per GiB of WAL; peak RSS.
@@ -46,6 +48,7 @@ $PSQL -c "insert into w values ('end')" >/dev/null
 echo "backlog: $bytes bytes ($start to $endpos)"
 $PSQL -c checkpoint >/dev/null
 sync
+warm_cache
 
 declare -A MBPS CPUGB RSS WALL
 run_one() {  # VARIANT RUN
@@ -62,7 +65,7 @@ run_one() {  # VARIANT RUN
   if [ "$v" = walrelay ] && [ "$r" = 1 ] && [ -n "${BENCH_PERF:-}" ]; then
     cmd=(perf record -F 499 -g -o "$BENCH_PERF" -- "${cmd[@]}")
   fi
-  if [ "$QUICK" = 0 ]; then sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; fi
+  drop_caches_if_asked
   /usr/bin/time -f "%e %U %S %M" -o "$dir.time" "${cmd[@]}" -d "$CONN" -D "$dir" -S "$slot" \
     -E "$endpos" -n >"$dir.log" 2>&1 || { cat "$dir.log"; exit 1; }
   local wall user sys rss
@@ -86,7 +89,7 @@ for ((r = 1; r <= RUNS; r++)); do
 done
 
 echo
-echo "backlog $bytes bytes, $RUNS run(s); median (min–max)"
+echo "backlog $bytes bytes, $RUNS run(s), page cache $([ "$DROP_CACHES" = 1 ] && echo dropped || echo warm); median (min–max)"
 printf "| %-19s | %-22s | %-22s | %-20s |\n" client "MB/s" "CPU-s per GB" "peak RSS kB"
 for v in "${VARIANTS[@]}"; do
   # shellcheck disable=SC2086

@@ -10,6 +10,10 @@
 #                      none rots (protocol-tests/bench_quick.rs); it checks that each produced
 #                      its figures, never how fast. Sets QUICK=1.
 #   --runs N           alternating runs per variant (A B A B ...); medians are reported.
+#   --drop-caches      drop the page cache before each measured client (root only). Default:
+#                      a warm page cache, as on any long-running server — `warm_cache` fills
+#                      free memory with a file's pages first (not in --quick), so writes must
+#                      reclaim cache as they go. Each script prints which mode it ran in.
 #   BENCH_RESULTS=F    append the machine-readable RESULT lines to F as well as stdout.
 #   WALRELAY_BIN=P     use that binary (no build); otherwise `cargo build --release` once.
 #   BENCH_PORT=P       ports P .. P+19 are this script's (default 55439).
@@ -20,11 +24,13 @@
 set -euo pipefail
 BENCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 QUICK=0
+DROP_CACHES=0
 RUNS=${BENCH_RUNS:-}
 BENCH_ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
+    --drop-caches) DROP_CACHES=1 ;;
     --runs) RUNS=$2; shift ;;
     --runs=*) RUNS=${1#--runs=} ;;
     *) BENCH_ARGS+=("$1") ;;
@@ -102,6 +108,28 @@ now() { date +%s.%N; }
 # build_release: `cargo build --release` unless BENCH_NO_BUILD=1 (then target/release/walrelay as is)
 build_release() {
   [ -n "${WALRELAY_BIN:-}" ] || [ "${BENCH_NO_BUILD:-}" = 1 ] || (cd "$BENCH_ROOT" && cargo build --release --quiet)
+}
+# warm_cache: the page cache mode. Warm (default): when more than 1 GB of RAM is free, a file
+# in $T of the free part (bounded so that 20 GB of disk stay free) is written and synced, so
+# the cache is full of clean pages, as on a server that has run for a while; kept until exit
+# (removing it would free its pages). Not in --quick (seconds only; previous runs' data stays
+# in cache). Prints the mode.
+warm_cache() {
+  if [ "$DROP_CACHES" = 1 ]; then echo "page cache: dropped before each client (--drop-caches)"; return; fi
+  if [ "$QUICK" = 1 ]; then echo "page cache: warm (not filled in --quick: previous runs' data in cache)"; return; fi
+  local free_mb disk_mb fill
+  free_mb=$(awk '/^MemFree:/ {print int($2 / 1024)}' /proc/meminfo)
+  disk_mb=$(df -Pm "$T" | awk 'NR == 2 {print $4}')
+  fill=$(( free_mb - 512 ))
+  [ $(( disk_mb - 20480 )) -lt "$fill" ] && fill=$(( disk_mb - 20480 ))
+  if [ "$fill" -gt 512 ]; then
+    dd if=/dev/zero of="$T/cache-fill" bs=1M count="$fill" status=none && sync
+  fi
+  echo "page cache: warm ($(awk '/^MemFree:/ {print int($2 / 1024)}' /proc/meminfo) MB of RAM free after filling $(( fill > 512 ? fill : 0 )) MB; --drop-caches to drop it before each client)"
+}
+# drop_caches_if_asked: with --drop-caches, sync and drop the page cache (root only)
+drop_caches_if_asked() {
+  if [ "$DROP_CACHES" = 1 ]; then sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; fi
 }
 # wait_http URL SECONDS
 wait_http() { local i; for ((i = 0; i < $2 * 10; i++)); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "timeout waiting for $1" >&2; return 1; }

@@ -15,9 +15,7 @@
 //!
 //! Must not: be enabled by anything but the environment variable.
 
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 pub const ENV: &str = "WALRELAY_TEST_UNSYNCED_LOSS";
@@ -38,10 +36,10 @@ impl Pending {
         self.writes.push((offset, data.to_vec()));
     }
 
-    /// Writes everything held to `file` (the caller fsyncs next).
-    pub fn apply(&mut self, file: &File) -> io::Result<()> {
+    /// Writes everything held with `write(data, offset)` (the caller fsyncs next).
+    pub fn apply(&mut self, mut write: impl FnMut(&[u8], u64) -> io::Result<()>) -> io::Result<()> {
         for (off, data) in self.writes.drain(..) {
-            file.write_all_at(&data, off)?;
+            write(&data, off)?;
         }
         Ok(())
     }
@@ -96,6 +94,8 @@ impl PendingRenames {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
 
     #[test]
     fn held_until_applied_and_overlaid() {
@@ -116,7 +116,7 @@ mod tests {
         assert_eq!(buf, [0; 8], "nothing reached the file");
         p.overlay(1, &mut buf);
         assert_eq!(&buf, b"\0abXY\0\0\0");
-        p.apply(&f).unwrap();
+        p.apply(|d, o| f.write_all_at(d, o)).unwrap();
         let mut buf = [0u8; 8];
         f.read_exact_at(&mut buf, 0).unwrap();
         assert_eq!(&buf, b"\0\0abXY\0\0");

@@ -21,6 +21,7 @@
 
 pub mod compress;
 pub mod control;
+pub mod direct;
 pub mod diverge;
 pub mod fsutil;
 pub mod lossy;
@@ -30,14 +31,14 @@ pub mod retention;
 pub mod scan;
 mod tail;
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::lsn::{history_file_name, segment_file_name, Lsn, TimelineId};
 use crate::wal::page::PageValidator;
@@ -130,6 +131,8 @@ enum Request {
     Write {
         start: Lsn,
         data: Bytes,
+        /// The chunk's share of [`StoreOptions::queue_bytes`], returned when it is written.
+        _permit: Option<OwnedSemaphorePermit>,
     },
     Flush,
     History {
@@ -155,6 +158,9 @@ enum Request {
 #[derive(Clone)]
 pub struct Store {
     tx: mpsc::Sender<Request>,
+    /// Bytes of WAL queued and not yet written ([`StoreOptions::queue_bytes`]).
+    queued: Arc<Semaphore>,
+    queue_bytes: u32,
     positions: watch::Receiver<Positions>,
     tail: Arc<Tail>,
     dir: PathBuf,
@@ -166,6 +172,9 @@ pub struct Store {
 pub struct StoreOptions {
     /// Chunks queued between the network reader and the writer thread.
     pub queue_chunks: usize,
+    /// Bytes of WAL queued between the network reader and the writer thread: what bounds the
+    /// memory held in flight (a chunk larger than this is queued alone).
+    pub queue_bytes: usize,
     /// Bytes of recent WAL kept in memory for walsenders.
     pub tail_bytes: usize,
     /// Shortest time between two fsyncs of the open segment when nobody asked for one (group
@@ -181,16 +190,22 @@ pub struct StoreOptions {
     /// pg_receivewal target directory, which holds nothing but WAL files: the identity check
     /// reads the segments' long page headers either way.
     pub control_file: bool,
+    /// Write uncompressed segments with O_DIRECT from an aligned buffer in whole pages
+    /// ([`direct`]); buffered with early writeback where the filesystem refuses it, or when
+    /// this is off.
+    pub direct_io: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             queue_chunks: 256,
+            queue_bytes: 8 << 20,
             tail_bytes: 64 << 20,
             flush_delay: std::time::Duration::from_millis(10),
             compression: compress::Compression::none(),
             control_file: false,
+            direct_io: true,
         }
     }
 }
@@ -205,6 +220,7 @@ impl Store {
         let mut writer = Writer::new(dir.to_path_buf(), pos_tx, tail.clone(), opts.flush_delay);
         writer.compression = opts.compression;
         writer.control_enabled = opts.control_file;
+        writer.direct_io = opts.direct_io;
         writer.file_mode = fsutil::create_modes(dir).0;
         if lossy::enabled() {
             tracing::warn!(
@@ -226,8 +242,11 @@ impl Store {
                 let _ = ready_tx.send(true);
                 writer.run(rx, rt)
             })?;
+        let queue_bytes = u32::try_from(opts.queue_bytes.max(1)).unwrap_or(u32::MAX >> 4);
         Ok(Store {
             tx,
+            queued: Arc::new(Semaphore::new(queue_bytes as usize)),
+            queue_bytes,
             positions,
             tail,
             dir: dir.to_path_buf(),
@@ -279,9 +298,23 @@ impl Store {
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
-    /// Queues WAL for writing. Waits only when the queue is full.
+    /// Queues WAL for writing. Waits only when the queue is full (in bytes or chunks).
     pub async fn write(&self, start: Lsn, data: Bytes) -> Result<(), StoreError> {
-        self.send(Request::Write { start, data }).await
+        let n = u32::try_from(data.len())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.queue_bytes);
+        let permit = self
+            .queued
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        self.send(Request::Write {
+            start,
+            data,
+            _permit: Some(permit),
+        })
+        .await
     }
 
     /// Asks for an fsync of everything written so far.
@@ -341,9 +374,10 @@ impl Store {
 
 struct OpenSegment {
     segno: u64,
-    file: File,
+    /// The file, written directly or buffered ([`direct`]).
+    io: direct::SegmentFile,
     path: PathBuf,
-    /// The compressed stream writing to (a clone of) `file`, with `--compress`.
+    /// The compressed stream writing to (a clone of) the file, with `--compress`.
     z: Option<compress::Segment>,
     /// Writes not yet fsynced, with the power-loss fault injection ([`lossy`]) on.
     pending: Option<lossy::Pending>,
@@ -363,12 +397,12 @@ impl OpenSegment {
                 p.write(offset, data);
                 Ok(())
             }
-            None => self.file.write_all_at(data, offset),
+            None => self.io.write_at(data, offset),
         }
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)?;
+        self.io.read_at(buf, offset)?;
         if let Some(p) = &self.pending {
             p.overlay(offset, buf);
         }
@@ -380,9 +414,10 @@ impl OpenSegment {
             z.flush()?;
         }
         if let Some(p) = &mut self.pending {
-            p.apply(&self.file)?;
+            let io = &mut self.io;
+            p.apply(|data, offset| io.write_at(data, offset))?;
         }
-        self.file.sync_data()
+        self.io.sync_data()
     }
 }
 
@@ -422,6 +457,8 @@ struct Writer {
     failed: bool,
     zeros: Vec<u8>,
     compression: compress::Compression,
+    /// Write segments with O_DIRECT where the filesystem allows it ([`direct`]).
+    direct_io: bool,
 }
 
 impl Writer {
@@ -456,6 +493,7 @@ impl Writer {
             failed: false,
             zeros: Vec::new(),
             compression: compress::Compression::none(),
+            direct_io: true,
         }
     }
 
@@ -621,7 +659,7 @@ impl Writer {
                 self.publish();
                 let _ = reply.send(r);
             }
-            Request::Write { start, data } => {
+            Request::Write { start, data, .. } => {
                 if !self.failed {
                     if let Err(e) = self.write(start, data) {
                         self.fail(e);
@@ -862,7 +900,7 @@ impl Writer {
             fsutil::fsync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
             self.open = Some(OpenSegment {
                 segno,
-                file,
+                io: direct::SegmentFile::buffered(file),
                 path,
                 z: Some(z),
                 pending: None,
@@ -909,9 +947,12 @@ impl Writer {
             fsutil::fsync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
         }
         let pending = self.lossy.as_ref().map(|_| lossy::Pending::default());
+        let io =
+            direct::SegmentFile::open(file, &path, seg_size, existed && len > 0, self.direct_io)
+                .map_err(io_err("open", &path))?;
         self.open = Some(OpenSegment {
             segno,
-            file,
+            io,
             path,
             z: None,
             pending,
@@ -959,7 +1000,7 @@ impl Writer {
             z.finish().map_err(io_err("write to", &seg.path))?;
         }
         seg.sync_data().map_err(io_err("fsync", &seg.path))?;
-        drop(seg.file);
+        drop(seg.io);
         if let Some((old, _)) = seg.replaces.take() {
             // Complete: the rewrite holds the whole segment.
             std::fs::rename(&seg.path, &old).map_err(io_err("rename", &seg.path))?;
