@@ -402,7 +402,10 @@ mod tests {
         });
         let _ = b
             .store
-            .put(&ObjPath::from("p/x"), bytes::Bytes::from_static(b"wal").into())
+            .put(
+                &ObjPath::from("p/x"),
+                bytes::Bytes::from_static(b"wal").into(),
+            )
             .await;
         let head = server.await.unwrap();
         head.lines()
