@@ -18,8 +18,13 @@
 //! store follows a new timeline it is capped at the fork point (where the old and the new
 //! history part) until the new timeline's segments are archived.
 //!
+//! A completed segment still in the store's in-memory tail (the normal case when the archive
+//! keeps up) is hashed and uploaded from the tail's shared buffers: the bytes the store wrote
+//! to that file, without reading it back or taking an upload buffer.
+//!
 //! Must not: write or delete WAL files itself (retention goes through
-//! [`Store::remove_segments`]), or hold up the store: it only reads files and positions.
+//! [`Store::remove_segments`]), or hold up the store: it only reads files, positions and the
+//! tail (a read lock held while slicing it, never across I/O).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
