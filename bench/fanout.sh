@@ -34,6 +34,8 @@
 #                     walrelay's one walsender, which is the point
 #   walrelay_cpu_s    (walrelay-N only) delta of /proc/PID/stat utime+stime over the phase
 #   walrelay_rss_kb   (walrelay-N only) max VmRSS sampled every 0.2 s during the phase
+#   cpu_s_per_gb      the serving side's CPU per GB the clients received (GB = 2^30): the
+#                     primary's (direct-N) or walrelay's (walrelay-N) CPU-s / total GB
 # After each phase, one pg_receivewal client's completed segments are compared (cmp) with
 # walrelay's stored ones.
 #
@@ -150,10 +152,12 @@ CONF
   echo "$min" >>"$T/r.$v.min"
   echo "$max" >>"$T/r.$v.max"
   calc "$p1 - $p0" >>"$T/r.$v.pcpu"
+  if [ "$src" = walrelay ]; then calc "($c1 - $c0) * 1073741824 / $total" >>"$T/r.$v.cpg"; else calc "($p1 - $p0) * 1073741824 / $total" >>"$T/r.$v.cpg"; fi
   if [ "$src" = walrelay ]; then calc "$c1 - $c0" >>"$T/r.$v.wcpu"; cat "$T/rss" >>"$T/r.$v.wrss"; fi
   printf "%-12s %2d pg_receivewal + %d standbys  wall %7.2f s  total %7.1f MB/s  per client %6.1f-%6.1f MB/s  primary cpu %6.2f s" \
     "$v" "$nrw" "$nsb" "$wall" "$(tail -1 "$T/r.$v.total")" "$min" "$max" "$(tail -1 "$T/r.$v.pcpu")"
   if [ "$src" = walrelay ]; then printf "  walrelay cpu %6.2f s  max RSS %7d kB" "$(tail -1 "$T/r.$v.wcpu")" "$(cat "$T/rss")"; fi
+  printf "  serving CPU %.2f s/GB" "$(tail -1 "$T/r.$v.cpg")"
   echo
   rm -rf "$T/c" "$T"/sb[12] "$T"/sb[12].done
 }
@@ -178,6 +182,7 @@ for n in $CLIENTS; do
       $(kv_stats client_mbps_min $(cat "$T/r.$v.min")) \
       $(kv_stats client_mbps_max $(cat "$T/r.$v.max")) \
       $(kv_stats primary_cpu_s $(cat "$T/r.$v.pcpu")) \
+      $(kv_stats cpu_s_per_gb $(cat "$T/r.$v.cpg")) \
       "${extra[@]}"
   done
 done

@@ -183,3 +183,14 @@ fn bench_archive_lag_quick() {
         &["wal_mb", "rss_kb"],
     );
 }
+
+#[test]
+fn bench_memory_quick() {
+    let k: &[&str] = &["hwm_kb", "cpu_s", "wal_mb"];
+    run_quick(
+        "memory.sh",
+        "memory",
+        &[("file-3", k)],
+        &["hwm_kb", "wal_mb"],
+    );
+}

@@ -86,6 +86,9 @@ impl ClusterHandle {
             &c.data_dir,
             StoreOptions {
                 control_file: true,
+                // 32 MB of recent WAL for walsenders and the archiver (2 segments): run's memory
+                // budget with an archive and 10 standbys is 128 MB (docs/benchmarks.md, issue 14)
+                tail_bytes: 32 << 20,
                 ..StoreOptions::default()
             },
         )

@@ -253,6 +253,12 @@ fn main() -> ExitCode {
             }
         };
     }
+    if matches!(cli.command, Command::Run(_)) {
+        // Two malloc arenas, not 8 per core: buffers allocated on blocking-pool threads and
+        // freed on workers otherwise stay in per-thread arenas (docs/benchmarks.md, issue 14).
+        // SAFETY: mallopt only sets an allocator parameter, before any other thread exists.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -18,8 +18,13 @@
 //! store follows a new timeline it is capped at the fork point (where the old and the new
 //! history part) until the new timeline's segments are archived.
 //!
+//! A completed segment still in the store's in-memory tail (the normal case when the archive
+//! keeps up) is hashed and uploaded from the tail's shared buffers: the bytes the store wrote
+//! to that file, without reading it back or taking an upload buffer.
+//!
 //! Must not: write or delete WAL files itself (retention goes through
-//! [`Store::remove_segments`]), or hold up the store: it only reads files and positions.
+//! [`Store::remove_segments`]), or hold up the store: it only reads files, positions and the
+//! tail (a read lock held while slicing it, never across I/O).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -30,7 +35,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use object_store::path::Path as ObjPath;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, PutPayload};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -47,6 +52,7 @@ use crate::lsn::{
 use crate::statefile::{self, StateFile};
 use crate::store::retention::{self, RetentionPolicy};
 use crate::store::scan::{self, SegmentFile};
+use crate::store::Tail;
 use crate::store::{control, Positions, Store};
 use crate::wal::history::{self, HistoryEntry};
 
@@ -248,6 +254,9 @@ pub(crate) struct Ctx {
     sorted_listing: bool,
     /// Segment-sized buffers: one per upload in flight (see [`BufferPool`]).
     buffers: BufferPool,
+    /// The store's in-memory tail: a completed segment still in it is hashed and uploaded
+    /// from its shared buffers, without reading the file or taking an upload buffer.
+    tail: Option<Arc<Tail>>,
 }
 
 impl Ctx {
@@ -274,6 +283,7 @@ impl Ctx {
             level: cfg.compression_level,
             sorted_listing: backend.scheme != "file",
             buffers: BufferPool::new(buffer_capacity(seg_size), keep),
+            tail: None,
         }
     }
 }
@@ -340,14 +350,17 @@ impl Run {
             self.persisted = Lsn::INVALID;
         }
         self.sysid = sysid;
-        let ctx = Arc::new(Ctx::new(
-            &self.backend,
-            &self.backend.prefix,
-            sysid,
-            seg_size,
-            &self.cfg,
-            self.dir.clone(),
-        ));
+        let ctx = Arc::new(Ctx {
+            tail: Some(self.store.tail().clone()),
+            ..Ctx::new(
+                &self.backend,
+                &self.backend.prefix,
+                sysid,
+                seg_size,
+                &self.cfg,
+                self.dir.clone(),
+            )
+        });
         tracing::info!(
             "archive: archiving to {} (system {sysid}, compression {}, concurrency {})",
             self.backend.url,
@@ -923,11 +936,26 @@ async fn run_job(
 }
 
 /// A WAL file ready for upload: its size and SHA-256, and the bytes to store (the file's own
-/// bytes, or their compressed form).
+/// bytes — in one pooled buffer, or in the store tail's buffers — or their compressed form).
 pub(crate) struct Prepared {
     pub raw_len: u64,
     pub sha256: String,
-    pub stored: Bytes,
+    pub stored: PutPayload,
+}
+
+/// The `len` bytes of timeline `tli` from `start` as the tail's own buffers (no copy), if the
+/// tail holds all of them.
+fn from_tail(tail: &Tail, tli: TimelineId, start: Lsn, len: u64) -> Option<Vec<Bytes>> {
+    let end = Lsn(start.0.checked_add(len)?);
+    let mut at = start;
+    let mut out = Vec::new();
+    while at < end {
+        let want = usize::try_from(end.0.saturating_sub(at.0)).unwrap_or(usize::MAX);
+        let b = tail.get(tli, at, end, want)?;
+        at = Lsn(at.0.saturating_add(b.len() as u64));
+        out.push(b);
+    }
+    Some(out)
 }
 
 /// Piece size for reading a segment: each piece is hashed while it is still in the CPU cache.
@@ -952,13 +980,45 @@ async fn prepare_file(
     len: u64,
     exact: bool,
     object: ObjPath,
+    in_tail: Option<(TimelineId, Lsn)>,
 ) -> Result<Prepared, ArchiveError> {
     let pool = ctx.buffers.clone();
     let (compression, level) = (ctx.compression, ctx.level);
     let key = ctx.policy.key.clone();
+    let tail = ctx.tail.clone();
     blocking(move || {
         use sha2::{Digest, Sha256};
         use std::io::Read;
+        // A segment the store wrote recently: the tail holds exactly the bytes it wrote to
+        // the file (walsenders serve them from there too).
+        if let Some(chunks) = tail
+            .as_deref()
+            .zip(in_tail)
+            .and_then(|(t, (tli, start))| from_tail(t, tli, start, len))
+        {
+            let mut hasher = Sha256::new();
+            for c in &chunks {
+                hasher.update(c);
+            }
+            let sha256 = layout::hex(&hasher.finalize());
+            metrics::counter!(super::FROM_TAIL_BYTES).increment(len);
+            let stored = match (compression, key.as_ref()) {
+                (Compression::None, None) => chunks.into_iter().collect(),
+                _ => {
+                    let mut raw = pool.get();
+                    for c in &chunks {
+                        raw.extend_from_slice(c);
+                    }
+                    drop(chunks);
+                    finish_prepared(&pool, raw, compression, level, key.as_ref(), &object)?
+                }
+            };
+            return Ok(Prepared {
+                raw_len: len,
+                sha256,
+                stored,
+            });
+        }
         let short = |path: &Path| ArchiveError::Io {
             op: "read",
             path: path.to_path_buf(),
@@ -998,15 +1058,7 @@ async fn prepare_file(
             return Err(short(&path));
         }
         let sha256 = layout::hex(&hasher.finalize());
-        let stored = match compression {
-            Compression::None => pool.freeze(raw),
-            c => {
-                let r = compress_pooled(&pool, &raw, c, level);
-                pool.put(raw);
-                r?
-            }
-        };
-        let stored = seal(key.as_ref(), stored, &object)?;
+        let stored = finish_prepared(&pool, raw, compression, level, key.as_ref(), &object)?;
         Ok(Prepared {
             raw_len: len,
             sha256,
@@ -1014,6 +1066,27 @@ async fn prepare_file(
         })
     })
     .await
+}
+
+/// The object to store for the WAL in `raw` (a pooled buffer): `raw` itself, or compressed
+/// into another pooled buffer (`raw` goes back to the pool), then sealed with `key`.
+fn finish_prepared(
+    pool: &BufferPool,
+    raw: Vec<u8>,
+    compression: Compression,
+    level: i32,
+    key: Option<&super::crypt::Key>,
+    object: &ObjPath,
+) -> Result<PutPayload, ArchiveError> {
+    let stored = match compression {
+        Compression::None => pool.freeze(raw),
+        c => {
+            let r = compress_pooled(pool, &raw, c, level);
+            pool.put(raw);
+            r?
+        }
+    };
+    Ok(PutPayload::from_bytes(seal(key, stored, object)?))
 }
 
 /// `stored` encrypted with `key`, if any, as the object `object`.
@@ -1070,7 +1143,7 @@ pub(crate) async fn prepare_bytes(
             Compression::None => raw.clone(),
             c => compress_pooled(&pool, &raw, c, level)?,
         };
-        let stored = seal(key.as_ref(), stored, &object)?;
+        let stored = PutPayload::from_bytes(seal(key.as_ref(), stored, &object)?);
         Ok(Prepared {
             raw_len: raw.len() as u64,
             sha256,
@@ -1088,7 +1161,16 @@ async fn upload_segment(
 ) -> Result<PutOutcome, ArchiveError> {
     let name = segment_file_name(tli, segno, ctx.seg_size);
     let object = ctx.layout.wal_object(&name, ctx.compression);
-    let prepared = prepare_file(ctx, ctx.dir.join(&name), ctx.seg_size, true, object).await?;
+    let start = Lsn(segno.saturating_mul(ctx.seg_size));
+    let prepared = prepare_file(
+        ctx,
+        ctx.dir.join(&name),
+        ctx.seg_size,
+        true,
+        object,
+        Some((tli, start)),
+    )
+    .await?;
     let outcome = store_segment(ctx, tli, segno, prepared, shutdown).await?;
     if outcome == PutOutcome::AlreadyPresent {
         tracing::info!("archive: {name} was already archived with the same content");
@@ -1114,9 +1196,9 @@ pub(crate) async fn store_segment(
         sha256,
         stored,
     } = prepared;
-    let stored_size = stored.len() as u64;
+    let stored_size = stored.content_length() as u64;
     let outcome = upload::retry(&ctx.policy, shutdown, &format!("upload of {name}"), || {
-        upload::put_create(&ctx.store, &path, stored.clone(), &sha256, max, &ctx.policy)
+        upload::put_create_payload(&ctx.store, &path, stored.clone(), &sha256, max, &ctx.policy)
     })
     .await?;
     // the buffer goes back to the pool before the manifest round trip
@@ -1235,13 +1317,13 @@ async fn upload_snapshot(
         sha256: sha,
         stored,
         ..
-    } = prepare_file(ctx, file, offset, false, path.clone()).await?;
+    } = prepare_file(ctx, file, offset, false, path.clone(), None).await?;
     let outcome = upload::retry(
         &ctx.policy,
         shutdown,
         &format!("snapshot of {name}"),
         || {
-            upload::put_create(
+            upload::put_create_payload(
                 &ctx.store,
                 &path,
                 stored.clone(),
@@ -1526,37 +1608,141 @@ mod tests {
             let body: Vec<u8> = (0..SEG as u32).map(|i| (i % 253) as u8).collect();
             let f = dir.path().join("seg");
             std::fs::write(&f, &body).unwrap();
-            let p = prepare_file(&ctx, f.clone(), SEG, true, "x".into())
+            let p = prepare_file(&ctx, f.clone(), SEG, true, "x".into(), None)
                 .await
                 .unwrap();
             assert_eq!(p.raw_len, SEG);
             assert_eq!(p.sha256, sha256_hex(&body));
-            let raw = layout::decompress(p.stored.clone(), compression, SEG as usize, &"x".into())
-                .unwrap();
+            let raw =
+                layout::decompress(one(&p.stored), compression, SEG as usize, &"x".into()).unwrap();
             assert_eq!(&raw[..], &body[..]);
-            let ptr = p.stored.as_ptr();
+            let ptr = one(&p.stored).as_ptr();
             drop((p, raw));
             // the buffer is back and is used again (no copy, no new allocation)
             assert!(ctx.buffers.idle() >= 1);
-            let p = prepare_file(&ctx, f.clone(), 1000, false, "x".into())
+            let p = prepare_file(&ctx, f.clone(), 1000, false, "x".into(), None)
                 .await
                 .unwrap();
             assert_eq!(p.sha256, sha256_hex(&body[..1000]));
             if compression == Compression::None {
-                assert_eq!(p.stored.as_ptr(), ptr);
+                assert_eq!(one(&p.stored).as_ptr(), ptr);
             }
             drop(p);
-            let e = prepare_file(&ctx, f.clone(), SEG / 2, true, "x".into())
+            let e = prepare_file(&ctx, f.clone(), SEG / 2, true, "x".into(), None)
                 .await
                 .err()
                 .unwrap();
             assert!(matches!(e, ArchiveError::Corrupt { .. }), "{e}");
-            let e = prepare_file(&ctx, f.clone(), SEG + 1, false, "x".into())
+            let e = prepare_file(&ctx, f.clone(), SEG + 1, false, "x".into(), None)
                 .await
                 .err()
                 .unwrap();
             assert!(matches!(e, ArchiveError::Io { .. }), "{e}");
             assert!(ctx.buffers.idle() <= cfg.concurrency + 1);
+        }
+    }
+
+    /// The single buffer of a payload prepared from a file.
+    fn one(p: &PutPayload) -> Bytes {
+        assert_eq!(p.as_ref().len(), 1, "one buffer");
+        p.as_ref()[0].clone()
+    }
+
+    /// A completed segment still in the store's tail is hashed and uploaded from the tail's
+    /// own buffers: the same SHA-256 and the same stored bytes as from the file (plain,
+    /// compressed, encrypted), no upload buffer taken and the file not read (it differs here
+    /// on purpose); a segment the tail holds only part of is read from the file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn segments_in_the_tail_are_uploaded_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = backend::open(
+            &format!("file://{}", dir.path().join("a").display()),
+            &ArchiveConfig::default(),
+        )
+        .unwrap();
+        let body: Vec<u8> = (0..SEG as u32).map(|i| (i % 251) as u8).collect();
+        let tail = Arc::new(Tail::new(4 * SEG as usize));
+        tail.reset(1);
+        // segment 3 of timeline 1, pushed as the store does: in pieces
+        let start = Lsn(3 * SEG);
+        let mut at = 0usize;
+        for n in [1usize, 8191, 131_072, 65_536].into_iter().cycle() {
+            if at >= body.len() {
+                break;
+            }
+            let end = (at + n).min(body.len());
+            tail.push(
+                Lsn(start.0 + at as u64),
+                Bytes::copy_from_slice(&body[at..end]),
+            );
+            at = end;
+        }
+        let f = dir.path().join("seg");
+        std::fs::write(&f, vec![0u8; SEG as usize]).unwrap();
+        let key = crate::archive::crypt::Key::from_bytes([7; 32], Path::new("k"));
+        for (compression, key) in [
+            (Compression::None, None),
+            (Compression::Zstd, None),
+            (Compression::None, Some(key)),
+        ] {
+            let cfg = ArchiveConfig {
+                compression,
+                ..Default::default()
+            };
+            let mut ctx = Ctx::new(
+                &backend,
+                &backend.prefix,
+                SYSID,
+                SEG,
+                &cfg,
+                dir.path().into(),
+            );
+            ctx.policy.key = key.clone();
+            ctx.tail = Some(tail.clone());
+            let ctx = Arc::new(ctx);
+            let p = prepare_file(&ctx, f.clone(), SEG, true, "x".into(), Some((1, start)))
+                .await
+                .unwrap();
+            assert_eq!(p.raw_len, SEG);
+            assert_eq!(p.sha256, sha256_hex(&body), "{compression:?}");
+            let joined = Bytes::from(p.stored.clone());
+            let plain = match &key {
+                Some(k) => {
+                    Bytes::from(crate::archive::crypt::decrypt(Some(k), &joined, "x").unwrap())
+                }
+                None => joined,
+            };
+            let raw = layout::decompress(plain, compression, SEG as usize, &"x".into()).unwrap();
+            assert_eq!(&raw[..], &body[..]);
+            if compression == Compression::None && key.is_none() {
+                // the tail's buffers themselves, no pool buffer
+                assert!(p.stored.as_ref().len() > 1);
+                assert_eq!(ctx.buffers.idle(), 0);
+                // the upload stores exactly those bytes, and finds them identical again
+                let path = ObjPath::from("t/seg");
+                for want in [PutOutcome::Created, PutOutcome::AlreadyPresent] {
+                    let o = upload::put_create_payload(
+                        &ctx.store,
+                        &path,
+                        p.stored.clone(),
+                        &p.sha256,
+                        SEG as usize,
+                        &ctx.policy,
+                    )
+                    .await
+                    .unwrap();
+                    assert_eq!(o, want);
+                }
+                let got = ctx.store.get(&path).await.unwrap().bytes().await.unwrap();
+                assert_eq!(&got[..], &body[..]);
+            }
+            // another timeline, or a segment the tail holds only in part: the file
+            for src in [(2, start), (1, Lsn(4 * SEG)), (1, Lsn(start.0 - 1))] {
+                let p = prepare_file(&ctx, f.clone(), SEG, true, "x".into(), Some(src))
+                    .await
+                    .unwrap();
+                assert_eq!(p.sha256, sha256_hex(&vec![0u8; SEG as usize]), "{src:?}");
+            }
         }
     }
 

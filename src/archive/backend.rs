@@ -118,6 +118,22 @@ fn bad_option(key: &str, family: &str) -> ArchiveError {
     ))
 }
 
+/// Whether S3 requests go with `x-amz-content-sha256: UNSIGNED-PAYLOAD` unless configured
+/// (`archive.options.aws_unsigned_payload`, `AWS_UNSIGNED_PAYLOAD`): yes over TLS (no
+/// endpoint: AWS over https; an `https://` endpoint). A signed payload makes object_store
+/// hash every uploaded byte a second time (the archiver already hashed it once for the
+/// manifest's SHA-256) and the store hash it again to check; over TLS the connection already
+/// protects the body, and the manifest's SHA-256 is what `walrelay verify` checks. Over plain
+/// HTTP the signature is the only protection of the body in transit, so it stays signed.
+pub(crate) fn unsigned_payload_by_default(endpoint: Option<&str>) -> bool {
+    match endpoint {
+        None => true,
+        Some(e) => e
+            .get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case("https://")),
+    }
+}
+
 /// Opens the object store named by `url` with the options of `cfg`. No network traffic
 /// happens here: credentials and reachability show up on the first request.
 pub fn open(url: &str, cfg: &ArchiveConfig) -> Result<Backend, ArchiveError> {
@@ -205,6 +221,15 @@ pub fn open(url: &str, cfg: &ArchiveConfig) -> Result<Backend, ArchiveError> {
                  the EC2 instance metadata service (169.254.169.254)"
                     .to_string()
             });
+            let explicit = cfg
+                .options
+                .keys()
+                .any(|k| AmazonS3ConfigKey::from_str(k).ok() == Some(AmazonS3ConfigKey::UnsignedPayload))
+                || std::env::var_os("AWS_UNSIGNED_PAYLOAD").is_some();
+            let endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint);
+            if !explicit && unsigned_payload_by_default(endpoint.as_deref()) {
+                b = b.with_unsigned_payload(true);
+            }
             let s3 = b
                 .with_conditional_put(S3ConditionalPut::ETagMatch)
                 .with_retry(retry_config())
@@ -338,6 +363,71 @@ mod tests {
         bad.options.insert("no_such_option".into(), "1".into());
         let e = open("s3://bucket", &bad).unwrap_err();
         assert!(e.to_string().contains("no_such_option"), "{e}");
+    }
+
+    #[test]
+    fn payload_is_unsigned_by_default_only_over_tls() {
+        assert!(unsigned_payload_by_default(None));
+        assert!(unsigned_payload_by_default(Some("https://s3.example.com")));
+        assert!(unsigned_payload_by_default(Some("HTTPS://s3.example.com")));
+        assert!(!unsigned_payload_by_default(Some("http://127.0.0.1:9000")));
+        assert!(!unsigned_payload_by_default(Some("http")));
+        assert!(!unsigned_payload_by_default(Some("")));
+    }
+
+    /// The `x-amz-content-sha256` header object_store sends for a PUT to `s3` (a one-shot
+    /// listener that records the request head and answers 500: only the header is looked at,
+    /// which a real S3 server does not report back).
+    async fn content_sha256_header(mut s3: ArchiveConfig) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        s3.s3.endpoint = Some(format!("http://{}", l.local_addr().unwrap()));
+        s3.s3.region = Some("us-east-1".into());
+        s3.s3.access_key_id = Some("k".into());
+        s3.s3.secret_access_key = Some("s".into());
+        let b = open("s3://bucket/p", &s3).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut c, _) = l.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = c.read(&mut buf).await.unwrap();
+                assert!(n > 0, "connection closed before the request head");
+                head.extend_from_slice(&buf[..n]);
+            }
+            let _ = c
+                .write_all(b"HTTP/1.1 500 x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+            String::from_utf8_lossy(&head).to_ascii_lowercase()
+        });
+        let _ = b
+            .store
+            .put(
+                &ObjPath::from("p/x"),
+                bytes::Bytes::from_static(b"wal").into(),
+            )
+            .await;
+        let head = server.await.unwrap();
+        head.lines()
+            .find_map(|l| l.strip_prefix("x-amz-content-sha256:"))
+            .unwrap_or_else(|| panic!("no x-amz-content-sha256 in {head}"))
+            .trim()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn plain_http_payload_stays_signed_unless_configured() {
+        let cfg = ArchiveConfig::default();
+        // sha256("wal")
+        assert_eq!(
+            content_sha256_header(cfg.clone()).await,
+            crate::archive::layout::sha256_hex(b"wal")
+        );
+        let mut unsigned = cfg;
+        unsigned
+            .options
+            .insert("aws_unsigned_payload".into(), "true".into());
+        assert_eq!(content_sha256_header(unsigned).await, "unsigned-payload");
     }
 
     /// GCS has no emulator that works with object_store here: check the configuration path

@@ -163,7 +163,7 @@ async fn upload_all(
             let mut shutdown = shutdown.clone();
             async move {
                 let prepared = prepare_bytes(ctx, data, 1, segno).await?;
-                let stored = prepared.stored.len() as u64;
+                let stored = prepared.stored.content_length() as u64;
                 store_segment(ctx, 1, segno, prepared, &mut shutdown).await?;
                 Ok::<u64, ArchiveError>(stored)
             }

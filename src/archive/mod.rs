@@ -39,6 +39,7 @@ use crate::config::ArchiveConfig;
 pub const UPLOADED_SEGMENTS: &str = "walrelay_archive_uploaded_segments_total";
 /// Bytes uploaded (as stored, after compression).
 pub const UPLOADED_BYTES: &str = "walrelay_archive_uploaded_bytes_total";
+pub const FROM_TAIL_BYTES: &str = "walrelay_archive_from_tail_bytes_total";
 /// Failed object-store operations (each retry counts).
 pub const UPLOAD_ERRORS: &str = "walrelay_archive_upload_errors_total";
 /// Objects found in the archive with different content than the local file.
@@ -65,6 +66,11 @@ pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, Unit};
     describe_counter!(UPLOADED_SEGMENTS, "WAL segments uploaded to the archive");
     describe_counter!(UPLOADED_BYTES, Unit::Bytes, "bytes uploaded to the archive");
+    describe_counter!(
+        FROM_TAIL_BYTES,
+        Unit::Bytes,
+        "WAL bytes archived straight from the store's in-memory tail (no file read)"
+    );
     describe_counter!(UPLOAD_ERRORS, "failed object-store operations (retried)");
     describe_counter!(
         CONFLICTS,

@@ -114,11 +114,32 @@ pub async fn put_create(
     max_raw: usize,
     policy: &UploadPolicy,
 ) -> Result<PutOutcome, ArchiveError> {
-    let size = stored.len() as u64;
+    put_create_payload(
+        store,
+        path,
+        PutPayload::from_bytes(stored),
+        raw_sha256,
+        max_raw,
+        policy,
+    )
+    .await
+}
+
+/// [`put_create`] of an object held in one or more buffers (e.g. the store's shared tail):
+/// they are sent as they are, never joined into one.
+pub async fn put_create_payload(
+    store: &Arc<dyn ObjectStore>,
+    path: &ObjPath,
+    stored: PutPayload,
+    raw_sha256: &str,
+    max_raw: usize,
+    policy: &UploadPolicy,
+) -> Result<PutOutcome, ArchiveError> {
+    let size = stored.content_length() as u64;
     let created = if size > policy.multipart_threshold {
-        put_multipart_if_absent(store, path, stored.clone(), policy).await?
+        put_multipart_if_absent(store, path, &stored, policy).await?
     } else {
-        create_if_absent(store, path, stored.clone(), "upload").await?
+        create_payload_if_absent(store, path, stored.clone(), "upload").await?
     };
     if created {
         metrics::counter!(super::UPLOADED_BYTES).increment(size);
@@ -156,14 +177,20 @@ pub async fn create_if_absent(
     body: Bytes,
     op: &'static str,
 ) -> Result<bool, ArchiveError> {
+    create_payload_if_absent(store, path, PutPayload::from_bytes(body), op).await
+}
+
+async fn create_payload_if_absent(
+    store: &Arc<dyn ObjectStore>,
+    path: &ObjPath,
+    body: PutPayload,
+    op: &'static str,
+) -> Result<bool, ArchiveError> {
     let opts = PutOptions {
         mode: PutMode::Create,
         ..Default::default()
     };
-    match store
-        .put_opts(path, PutPayload::from_bytes(body), opts)
-        .await
-    {
+    match store.put_opts(path, body, opts).await {
         Ok(_) => Ok(true),
         Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
         Err(e) => Err(ArchiveError::store(op, path)(e)),
@@ -195,17 +222,32 @@ pub async fn create_or_existing(
     Ok(Some(existing))
 }
 
+/// `existing` holds exactly the bytes of `payload`'s buffers, in order.
+fn same_bytes(existing: &[u8], payload: &PutPayload) -> bool {
+    if existing.len() != payload.content_length() {
+        return false;
+    }
+    let mut rest = existing;
+    for b in payload {
+        match rest.split_at_checked(b.len()) {
+            Some((head, tail)) if head == &b[..] => rest = tail,
+            _ => return false,
+        }
+    }
+    rest.is_empty()
+}
+
 /// Does the object at `path` hold the same WAL as `stored` / `raw_sha256`?
 pub async fn same_content(
     store: &Arc<dyn ObjectStore>,
     path: &ObjPath,
-    stored: &Bytes,
+    stored: &PutPayload,
     raw_sha256: &str,
     max_raw: usize,
     key: Option<&super::crypt::Key>,
 ) -> Result<bool, ArchiveError> {
     let existing = read_object(store, path).await?;
-    if existing == *stored {
+    if same_bytes(&existing, stored) {
         return Ok(true);
     }
     // an encrypted object is compared by its content (each sealing uses a fresh nonce)
@@ -227,7 +269,7 @@ pub async fn same_content(
 async fn put_multipart_if_absent(
     store: &Arc<dyn ObjectStore>,
     path: &ObjPath,
-    stored: Bytes,
+    stored: &PutPayload,
     policy: &UploadPolicy,
 ) -> Result<bool, ArchiveError> {
     match store.head(path).await {
@@ -241,14 +283,16 @@ async fn put_multipart_if_absent(
         .map_err(ArchiveError::store("start multipart upload of", path))?;
     let part = policy.part_size.max(5 << 20) as usize;
     let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, part);
-    let mut off = 0usize;
-    while off < stored.len() {
-        let end = (off + part).min(stored.len());
-        w.wait_for_capacity(4)
-            .await
-            .map_err(ArchiveError::store("upload part of", path))?;
-        w.put(stored.slice(off..end));
-        off = end;
+    for b in stored {
+        let mut off = 0usize;
+        while off < b.len() {
+            let end = off.saturating_add(part).min(b.len());
+            w.wait_for_capacity(4)
+                .await
+                .map_err(ArchiveError::store("upload part of", path))?;
+            w.put(b.slice(off..end));
+            off = end;
+        }
     }
     w.finish()
         .await

@@ -19,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use super::cmd::start_replication::end_of_streaming;
 use super::session::{err_of, fatal, End, Out, Session};
 use super::{status, HsFeedback};
+use crate::archive::buffers::BufferPool;
 use crate::archive::ArchiveError;
 use crate::error::{codes, SqlState};
 use crate::lsn::{pg_now, Lsn, TimelineId};
@@ -34,6 +35,11 @@ const MAX_SEND: usize = 128 * 1024;
 /// Bytes a session reads from a segment file per blocking call (then served as `MAX_SEND`
 /// messages from memory): fewer thread hand-offs per byte served.
 const READ_AHEAD: usize = 1024 * 1024;
+/// Read-ahead buffers a session keeps for reuse: the one being served plus those its queued
+/// messages still point into (the out queue holds about one buffer's worth). Reused, not
+/// allocated per MB on whichever blocking thread reads: freed buffers no longer pile up in
+/// glibc's per-thread arenas (peak RSS with 10 standbys, docs/benchmarks.md issue 14).
+const READ_BUFFERS: usize = 3;
 
 /// Why the next chunk of WAL could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +126,7 @@ impl Session {
         let mut positions = self.shared.store.positions();
         let mut store_alive = true;
         let mut reader = WalReader::new(&self.shared.data_dir, st.seg_size);
+        let pool = BufferPool::new(READ_AHEAD, READ_BUFFERS);
         let mut archived: Option<ArchivedSegment> = None;
         let mut lag = status::LagTracker::default();
         let mut pending: Option<(Out, Lsn)> = None;
@@ -173,7 +180,7 @@ impl Session {
                 }
                 if !server_done && st.sent < limit {
                     match self
-                        .next_chunk(st, &p, limit, &mut reader, &mut archived)
+                        .next_chunk(st, &p, limit, &mut reader, &pool, &mut archived)
                         .await
                     {
                         Ok(data) => {
@@ -373,6 +380,7 @@ impl Session {
         p: &Positions,
         limit: Lsn,
         reader: &mut WalReader,
+        pool: &BufferPool,
         archived: &mut Option<ArchivedSegment>,
     ) -> Result<Bytes, ChunkError> {
         let readable = usize::try_from(limit.saturating_sub(st.sent)).unwrap_or(usize::MAX);
@@ -424,11 +432,20 @@ impl Session {
         let local_tlis: Vec<(TimelineId, (usize, usize))> =
             tlis.iter().copied().zip(wants).collect();
         let owned = std::mem::replace(reader, WalReader::new(&self.shared.data_dir, st.seg_size));
+        let pool = pool.clone();
         let (r, back) = tokio::task::spawn_blocking(move || {
             let mut rd = owned;
             let mut last = None;
             for (t, (want, readable)) in local_tlis {
-                match rd.read_ahead(t, start, want, readable.min(READ_AHEAD)) {
+                let p = pool.clone();
+                match rd.read_ahead_into(
+                    t,
+                    start,
+                    want,
+                    readable.min(READ_AHEAD),
+                    pool.get(),
+                    move |v| p.freeze(v),
+                ) {
                     Ok(b) => return (Ok(b), rd),
                     Err(e) => last = Some(e),
                 }

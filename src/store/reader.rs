@@ -151,6 +151,20 @@ impl WalReader {
         len: usize,
         readable: usize,
     ) -> Result<Bytes, ReadError> {
+        self.read_ahead_into(tli, start, len, readable, Vec::new(), Bytes::from)
+    }
+
+    /// As [`WalReader::read_ahead`], reading into `buf` (cleared; e.g. a pooled buffer) and
+    /// making it [`Bytes`] with `freeze` (`buf` is dropped unused when the bytes are buffered).
+    pub fn read_ahead_into(
+        &mut self,
+        tli: TimelineId,
+        start: Lsn,
+        len: usize,
+        readable: usize,
+        mut buf: Vec<u8>,
+        freeze: impl FnOnce(Vec<u8>) -> Bytes,
+    ) -> Result<Bytes, ReadError> {
         if let Some(b) = self.buffered(tli, start, len) {
             return Ok(b);
         }
@@ -161,7 +175,8 @@ impl WalReader {
         let n = readable.max(len).min(in_segment);
         let f = self.open(tli, start.segno(seg_size))?;
         // read into spare capacity (no zero-fill of a buffer that is overwritten anyway)
-        let mut buf = Vec::with_capacity(n);
+        buf.clear();
+        buf.reserve_exact(n);
         let mut file = &f.file;
         let res = file
             .seek(SeekFrom::Start(offset))
@@ -179,7 +194,7 @@ impl WalReader {
                 wanted: len,
             });
         }
-        let b = Bytes::from(buf);
+        let b = freeze(buf);
         let out = b.slice(..len);
         self.buffer = Some((tli, start, b));
         Ok(out)
