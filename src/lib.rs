@@ -44,6 +44,7 @@ pub mod ops;
 pub mod pgreceivewal;
 pub mod protocol;
 pub mod reload;
+pub mod restore;
 pub mod sdnotify;
 pub mod server;
 pub mod statefile;
