@@ -23,6 +23,8 @@ mod pgrw_cli;
 mod pgrw_compress;
 mod receive;
 mod receive_faults;
+mod restore_common;
+mod restore_unpack;
 mod server_archive_fallback;
 mod server_auth;
 mod server_common;

@@ -1,0 +1,131 @@
+//! Shared pieces of the restore and drill tests: a PostgreSQL server started on a
+//! restored data directory, and the primary's data fingerprint.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::pg::{conf_quote, give_to_server, PgInstall};
+use crate::harness::{free_port, read_lossy, wait_for};
+
+/// A server on a restored directory; stopped (`-m immediate`) on Drop.
+pub struct RestoredPg {
+    pub install: PgInstall,
+    pub datadir: PathBuf,
+    pub log: PathBuf,
+    pub port: u16,
+    running: bool,
+}
+
+impl RestoredPg {
+    /// Prepares `datadir` (restored) to run here: its own port, no archiving.
+    pub fn new(major: &str, datadir: &Path, log: &Path) -> RestoredPg {
+        let port = free_port();
+        let conf = datadir.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("read postgresql.conf");
+        text.push_str(&format!(
+            "\n# restored copy\nport = {port}\narchive_mode = off\nlisten_addresses = '127.0.0.1'\n\
+             unix_socket_directories = ''\n"
+        ));
+        std::fs::write(&conf, text).expect("write postgresql.conf");
+        give_to_server(datadir);
+        if let Some(parent) = log.parent() {
+            give_to_server(parent);
+        }
+        RestoredPg {
+            install: PgInstall::get(major),
+            datadir: datadir.to_path_buf(),
+            log: log.to_path_buf(),
+            port,
+            running: false,
+        }
+    }
+
+    fn pg_ctl(&self) -> Command {
+        let mut c = self.install.server_command("pg_ctl");
+        c.arg("-D").arg(&self.datadir);
+        c
+    }
+
+    /// `pg_ctl -W start` (recovery to a target may take a while or stop the server).
+    pub fn start(&mut self) {
+        let out = self
+            .pg_ctl()
+            .args(["-W", "-l"])
+            .arg(&self.log)
+            .arg("start")
+            .output()
+            .expect("pg_ctl start");
+        assert!(out.status.success(), "pg_ctl start: {out:?}");
+        self.running = true;
+    }
+
+    pub fn psql(&self, sql: &str) -> Result<String, String> {
+        self.install.psql_conninfo(
+            &format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port),
+            sql,
+        )
+    }
+
+    /// Waits until recovery paused at its target (`pg_get_wal_replay_pause_state()`) or
+    /// ended, and the server answers.
+    pub fn wait_target(&self, timeout: Duration) {
+        wait_for(timeout, "restored server at its recovery target", || {
+            matches!(
+                self.psql(
+                    "select case when not pg_is_in_recovery() then 'done' \
+                     else pg_get_wal_replay_pause_state() end"
+                )
+                .as_deref(),
+                Ok("done") | Ok("paused")
+            )
+        });
+    }
+
+    pub fn log_text(&self) -> String {
+        read_lossy(&self.log)
+    }
+}
+
+impl Drop for RestoredPg {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = self.pg_ctl().args(["-m", "immediate", "-w", "stop"]).output();
+        }
+    }
+}
+
+/// The table the restore tests write, and its fingerprint: count and md5 of the rows.
+pub const FINGERPRINT: &str =
+    "select count(*) || ':' || coalesce(md5(string_agg(a::text || b, ',' order by a)), '') from t";
+
+/// `pg_basebackup -Ft -X none` of the server on `port` into `dest`, with extra options.
+pub fn basebackup_tar(install: &PgInstall, port: u16, dest: &Path, extra: &[&str]) {
+    let out = install
+        .command("pg_basebackup")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(["-Ft", "-X", "none", "-c", "fast", "--no-sync", "-D"])
+        .arg(dest)
+        .args(extra)
+        .output()
+        .expect("run pg_basebackup");
+    assert!(
+        out.status.success(),
+        "pg_basebackup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `restore_command` argv copying from a directory of WAL (`sh -c 'cp DIR/$0 $1' %f %p`).
+pub fn cp_restore_command(wal_dir: &Path) -> Vec<String> {
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!("cp {}/\"$0\" \"$1\"", wal_dir.display()),
+    ]
+}
+
+pub fn quote(s: &str) -> String {
+    conf_quote(s)
+}
