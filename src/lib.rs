@@ -31,6 +31,7 @@
 
 pub mod admin;
 pub mod archive;
+pub mod backup;
 pub mod check;
 pub mod config;
 pub mod delay;

@@ -247,6 +247,240 @@ pub fn open_stored(
     }
 }
 
+/// Streaming form of [`encrypt`] (used for base backups, which never sit whole in memory):
+/// the output of `push`es and `finish` equals `encrypt` of their concatenated input.
+pub struct StreamSealer {
+    enc: Option<EncryptorBE32<ChaCha20Poly1305>>,
+    aad: Vec<u8>,
+    header: Option<Vec<u8>>,
+    pending: Vec<u8>,
+}
+
+impl StreamSealer {
+    /// A sealer for the object at `path`.
+    pub fn new(key: &Key, path: &str) -> StreamSealer {
+        use chacha20poly1305::aead::rand_core::RngCore;
+        let mut prefix = [0u8; NONCE_PREFIX];
+        OsRng.fill_bytes(&mut prefix);
+        let aead = ChaCha20Poly1305::new(key.bytes.as_ref().into());
+        let enc = EncryptorBE32::from_aead(aead, prefix.as_ref().into());
+        let mut header = Vec::with_capacity(HEADER);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&key.id);
+        header.extend_from_slice(&prefix);
+        StreamSealer {
+            enc: Some(enc),
+            aad: associated_data(&header, path),
+            header: Some(header),
+            pending: Vec::with_capacity(2 * CHUNK),
+        }
+    }
+
+    /// Seals what of `plain` fills whole chunks (the last chunk waits for `finish`).
+    pub fn push(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), ArchiveError> {
+        if let Some(h) = self.header.take() {
+            out.extend_from_slice(&h);
+        }
+        self.pending.extend_from_slice(plain);
+        let enc = self
+            .enc
+            .as_mut()
+            .ok_or_else(|| ArchiveError::Config("encryption already finished".into()))?;
+        let mut start = 0usize;
+        while self.pending.len().saturating_sub(start) > CHUNK {
+            let end = start.saturating_add(CHUNK);
+            let msg = self.pending.get(start..end).unwrap_or_default();
+            let piece = enc
+                .encrypt_next(Payload {
+                    msg,
+                    aad: &self.aad,
+                })
+                .map_err(|e| ArchiveError::Config(format!("encryption failed: {e}")))?;
+            out.extend_from_slice(&piece);
+            start = end;
+        }
+        self.pending.drain(..start);
+        Ok(())
+    }
+
+    /// Seals the last chunk.
+    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<(), ArchiveError> {
+        if let Some(h) = self.header.take() {
+            out.extend_from_slice(&h);
+        }
+        let enc = self
+            .enc
+            .take()
+            .ok_or_else(|| ArchiveError::Config("encryption already finished".into()))?;
+        let piece = enc
+            .encrypt_last(Payload {
+                msg: &self.pending,
+                aad: &self.aad,
+            })
+            .map_err(|e| ArchiveError::Config(format!("encryption failed: {e}")))?;
+        out.extend_from_slice(&piece);
+        Ok(())
+    }
+}
+
+enum OpenerState {
+    /// Fewer than the header's bytes seen so far.
+    Start,
+    Sealed(DecryptorBE32<ChaCha20Poly1305>),
+    Plain,
+    Done,
+}
+
+/// Streaming form of [`open_stored`]: decrypts an object as it is downloaded, or passes a
+/// plaintext object through under the same rules. Bytes come out only once authenticated.
+pub struct StreamOpener {
+    key: Option<Key>,
+    path: String,
+    state: OpenerState,
+    aad: Vec<u8>,
+    pending: Vec<u8>,
+}
+
+impl StreamOpener {
+    pub fn new(key: Option<&Key>, path: &str) -> StreamOpener {
+        StreamOpener {
+            key: key.cloned(),
+            path: path.to_string(),
+            state: OpenerState::Start,
+            aad: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    fn corrupt(&self, reason: String) -> ArchiveError {
+        ArchiveError::Corrupt {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    fn begin(&mut self, at_eof: bool) -> Result<(), ArchiveError> {
+        if !matches!(self.state, OpenerState::Start) {
+            return Ok(());
+        }
+        let magic_known = self.pending.len() >= MAGIC.len() || at_eof;
+        if !magic_known {
+            return Ok(());
+        }
+        if !self.pending.starts_with(MAGIC) {
+            // not encrypted: the same rules as open_stored
+            if let Some(k) = self.key.as_ref().filter(|k| !k.allow_plaintext) {
+                return Err(ArchiveError::Encryption(format!(
+                    "archive object \"{}\" is not encrypted, but archive.encryption_key_file \"{}\" is set; \
+                     refusing it (set archive.allow_plaintext_objects = true while migrating a plaintext archive)",
+                    self.path,
+                    k.path.display()
+                )));
+            }
+            self.state = OpenerState::Plain;
+            return Ok(());
+        }
+        if self.pending.len() < HEADER {
+            if at_eof {
+                return Err(self.corrupt("encrypted object shorter than its header".into()));
+            }
+            return Ok(());
+        }
+        let header: Vec<u8> = self.pending.drain(..HEADER).collect();
+        let id = header.get(MAGIC.len()..MAGIC.len() + 8).unwrap_or_default();
+        let prefix = header.get(MAGIC.len() + 8..HEADER).unwrap_or_default();
+        let id_hex = super::layout::hex(id);
+        let Some(key) = self.key.as_ref() else {
+            return Err(ArchiveError::Encryption(format!(
+                "archive object \"{}\" is encrypted (key id {id_hex}); set archive.encryption_key_file to that key",
+                self.path
+            )));
+        };
+        if key.id != id {
+            return Err(ArchiveError::Encryption(format!(
+                "archive object \"{}\" is encrypted with key id {id_hex}, but archive.encryption_key_file \"{}\" holds key id {}",
+                self.path,
+                key.path.display(),
+                key.id_hex()
+            )));
+        }
+        let aead = ChaCha20Poly1305::new(key.bytes.as_ref().into());
+        self.aad = associated_data(&header, &self.path);
+        self.state = OpenerState::Sealed(DecryptorBE32::from_aead(aead, prefix.into()));
+        Ok(())
+    }
+
+    fn auth_error(&self) -> ArchiveError {
+        self.corrupt(format!(
+            "authentication failed (altered, truncated, or not sealed as \"{}\")",
+            object_name(&self.path)
+        ))
+    }
+
+    /// Feeds stored bytes; appends the authenticated plaintext available so far to `out`.
+    pub fn push(&mut self, stored: &[u8], out: &mut Vec<u8>) -> Result<(), ArchiveError> {
+        self.pending.extend_from_slice(stored);
+        self.begin(false)?;
+        match &mut self.state {
+            OpenerState::Start => Ok(()),
+            OpenerState::Plain => {
+                out.append(&mut self.pending);
+                Ok(())
+            }
+            OpenerState::Done => Err(self.corrupt("data after the end".into())),
+            OpenerState::Sealed(dec) => {
+                let mut start = 0usize;
+                let mut failed = false;
+                while self.pending.len().saturating_sub(start) > CHUNK + TAG {
+                    let end = start.saturating_add(CHUNK + TAG);
+                    let msg = self.pending.get(start..end).unwrap_or_default();
+                    match dec.decrypt_next(Payload {
+                        msg,
+                        aad: &self.aad,
+                    }) {
+                        Ok(p) => out.extend_from_slice(&p),
+                        Err(_) => {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    start = end;
+                }
+                self.pending.drain(..start);
+                if failed {
+                    return Err(self.auth_error());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The end of the stored object: opens the last chunk.
+    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<(), ArchiveError> {
+        self.begin(true)?;
+        match std::mem::replace(&mut self.state, OpenerState::Done) {
+            OpenerState::Start | OpenerState::Done => Ok(()),
+            OpenerState::Plain => {
+                out.append(&mut self.pending);
+                Ok(())
+            }
+            OpenerState::Sealed(dec) => {
+                if self.pending.is_empty() {
+                    return Err(self.corrupt("encrypted object has no data".into()));
+                }
+                let p = dec
+                    .decrypt_last(Payload {
+                        msg: &self.pending,
+                        aad: &self.aad,
+                    })
+                    .map_err(|_| self.auth_error())?;
+                out.extend_from_slice(&p);
+                Ok(())
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,5 +618,67 @@ mod tests {
         std::fs::write(&p, "short").unwrap();
         assert!(Key::load(&p).unwrap_err().to_string().contains("5 bytes"));
         assert!(!format!("{a:?}").contains("9, 9"));
+    }
+
+    #[test]
+    fn streaming_matches_whole_object() {
+        let k = key(3);
+        let path = "p/7/backups/20260101T000000Z/base.tar.zst";
+        for len in [0usize, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
+            for piece in [1usize, 1000, CHUNK, 5 * CHUNK] {
+                let mut sealer = StreamSealer::new(&k, path);
+                let mut sealed = Vec::new();
+                for p in plain.chunks(piece) {
+                    sealer.push(p, &mut sealed).unwrap();
+                }
+                sealer.finish(&mut sealed).unwrap();
+                // the whole-object opener reads it
+                assert_eq!(decrypt(Some(&k), &sealed, path).unwrap(), plain);
+                // and the streaming opener, fed in other pieces
+                let mut opener = StreamOpener::new(Some(&k), path);
+                let mut out = Vec::new();
+                for p in sealed.chunks(777) {
+                    opener.push(p, &mut out).unwrap();
+                }
+                opener.finish(&mut out).unwrap();
+                assert_eq!(out, plain, "len {len} piece {piece}");
+            }
+        }
+        // whole-object sealed, streamed open; truncation and alteration are caught
+        let plain = vec![9u8; 2 * CHUNK + 5];
+        let sealed = encrypt(&k, &plain, path).unwrap();
+        for bad in [
+            sealed[..sealed.len() - 1].to_vec(),
+            sealed[..HEADER + CHUNK + TAG].to_vec(),
+            {
+                let mut b = sealed.clone();
+                b[HEADER + 5] ^= 1;
+                b
+            },
+        ] {
+            let mut opener = StreamOpener::new(Some(&k), path);
+            let mut out = Vec::new();
+            let r = opener
+                .push(&bad, &mut out)
+                .and_then(|_| opener.finish(&mut out));
+            assert!(matches!(r, Err(ArchiveError::Corrupt { .. })), "{r:?}");
+        }
+        // another name: refused
+        let mut opener = StreamOpener::new(Some(&k), "p/7/backups/x/16384.tar");
+        let mut out = Vec::new();
+        opener.push(&sealed, &mut out).unwrap_or(());
+        assert!(opener.finish(&mut out).is_err());
+        // plaintext with a key: refused; without: passed through
+        let mut opener = StreamOpener::new(Some(&k), path);
+        assert!(matches!(
+            opener.push(b"plaintext tar bytes", &mut out),
+            Err(ArchiveError::Encryption(_))
+        ));
+        let mut opener = StreamOpener::new(None, path);
+        let mut out = Vec::new();
+        opener.push(b"plain", &mut out).unwrap();
+        opener.finish(&mut out).unwrap();
+        assert_eq!(out, b"plain");
     }
 }
