@@ -41,6 +41,8 @@ enum Command {
     Passwd(PasswdArgs),
     /// restore_command: fetch WAL file %f from the archive into %p.
     WalFetch(walrelay::archive::cli::WalFetchArgs),
+    /// Restore a base backup from the archive into a directory, ready to recover to a target.
+    Restore(walrelay::restore::RestoreArgs),
     /// Check the archive: every segment FOUND / MISSING / CORRUPT, timeline histories.
     Verify(walrelay::archive::cli::VerifyArgs),
     /// Measure upload throughput to an archive by concurrency (uploads throwaway
@@ -272,6 +274,7 @@ fn main() -> ExitCode {
                 Command::Passwd(a) => passwd(a),
                 Command::WalFetch(a) => exit_with(walrelay::archive::cli::wal_fetch_main(a).await),
                 Command::Verify(a) => exit_with(walrelay::archive::cli::verify_main(a).await),
+                Command::Restore(a) => exit_with(walrelay::restore::main(a).await),
                 Command::Archive(a) => exit_with(walrelay::archive::cli::archive_main(a).await),
                 Command::BenchArchive(a) => {
                     init_logging("warn");

@@ -7,16 +7,16 @@
 //! ([`manifest`]) and the recovery settings ([`recovery`]).
 //! Must not: write to the archive, or start PostgreSQL (`walrelay drill` does).
 
-// pub mod cli;
+pub mod cli;
 pub mod core;
 pub mod manifest;
 pub mod recovery;
-// pub mod source;
+pub mod source;
 pub mod unpack;
 
 use std::path::PathBuf;
 
-// pub use cli::{main, RestoreArgs};
+pub use cli::{main, RestoreArgs};
 
 /// Errors of a restore.
 #[derive(Debug, thiserror::Error)]
