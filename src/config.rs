@@ -42,6 +42,8 @@ pub struct Config {
     pub check: CheckConfig,
     /// Logging (`[log]`).
     pub log: LogConfig,
+    /// Base backups into the archive (`[backup]`, see `docs/backups.md`).
+    pub backup: BackupConfig,
 }
 
 impl Default for Config {
@@ -57,6 +59,37 @@ impl Default for Config {
             check: CheckConfig::default(),
             log: LogConfig::default(),
             feeds: FeedsConfig::default(),
+            backup: BackupConfig::default(),
+        }
+    }
+}
+
+/// `[backup]`: scheduled base backups in `run` and their retention.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// Take a base backup this often in `walrelay run`; `0` (the default): never.
+    #[serde(deserialize_with = "de_duration")]
+    pub every: Duration,
+    /// Retention: keep the newest this many complete backups; `0`: no count rule.
+    pub keep: usize,
+    /// Retention: keep what restores to any point this far back; `0`: no age rule.
+    #[serde(deserialize_with = "de_duration")]
+    pub keep_for: Duration,
+    /// The backup label sent to the server.
+    pub label: String,
+    /// Ask for an immediate checkpoint (`CHECKPOINT 'fast'`) instead of a spread one.
+    pub fast_checkpoint: bool,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            every: Duration::ZERO,
+            keep: 0,
+            keep_for: Duration::ZERO,
+            label: "walrelay".into(),
+            fast_checkpoint: true,
         }
     }
 }

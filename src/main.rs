@@ -50,6 +50,10 @@ enum Command {
     BenchArchive(walrelay::archive::cli::BenchArchiveArgs),
     /// Archive maintenance: `archive expire [--dry-run]` deletes old archived WAL.
     Archive(walrelay::archive::cli::ArchiveArgs),
+    /// Take a base backup over the replication protocol into the archive (docs/backups.md).
+    Backup(walrelay::backup::cli::BackupArgs),
+    /// List the base backups in the archive: LSNs, size, complete or the first missing WAL.
+    Backups(walrelay::backup::cli::BackupsArgs),
     /// Control delayed feeds of a running walrelay: list, pause, resume, advance.
     Feed(FeedArgs),
     /// List decoded transactions (commit time, xid, LSN, dropped relations) to find the bad
@@ -276,6 +280,8 @@ fn main() -> ExitCode {
                 Command::Verify(a) => exit_with(walrelay::archive::cli::verify_main(a).await),
                 Command::Restore(a) => exit_with(walrelay::restore::main(a).await),
                 Command::Archive(a) => exit_with(walrelay::archive::cli::archive_main(a).await),
+                Command::Backup(a) => exit_with(walrelay::backup::cli::backup_main(a).await),
+                Command::Backups(a) => exit_with(walrelay::backup::cli::backups_main(a).await),
                 Command::BenchArchive(a) => {
                     init_logging("warn");
                     exit_with(
@@ -490,6 +496,12 @@ async fn run(a: RunArgs) -> Result<(), String> {
         feeds.as_ref().map(|f| f.min_needed_lsn()),
     );
     let expire_settings = archive_settings.clone();
+    let backups = walrelay::backup::schedule::spawn(
+        &cfg.backup,
+        conninfo.clone(),
+        archive_settings.clone(),
+        shutdown.clone(),
+    );
     let archiver = walrelay::archive::Archiver::start(archive_settings, &store, shutdown.clone())
         .map_err(|e| e.to_string())?;
     let expiry = archiver.as_ref().and_then(|h| {
@@ -561,6 +573,10 @@ async fn run(a: RunArgs) -> Result<(), String> {
         h.abort();
     }
     if let Some(t) = expiry {
+        t.abort();
+        let _ = t.await;
+    }
+    if let Some(t) = backups {
         t.abort();
         let _ = t.await;
     }

@@ -58,6 +58,16 @@ pub async fn expire(
         dry_run,
         ..Default::default()
     };
+    // WAL from the oldest stored base backup's start stays (docs/backups.md)
+    let floor = match crate::backup::retention::wal_floor(reader).await {
+        Ok(Some(b)) => floor.min(b),
+        Ok(None) => floor,
+        Err(e) => {
+            return Err(ArchiveError::Config(format!(
+                "not expiring: the backups in the archive could not be read: {e}"
+            )))
+        }
+    };
     let store = reader.object_store();
     let seg_size = reader.wal_segment_size();
     let dir = reader.layout().wal_dir();

@@ -1,1 +1,224 @@
-//! (in progress)
+//! Backup retention (`backup.keep`, `backup.keep_for`) and the floor it sets for archive
+//! expiry.
+//!
+//! A backup is kept when any rule set keeps it: `keep = N` keeps the newest N complete
+//! backups; `keep_for = D` keeps every backup that started within D and the newest complete
+//! one that started before (it is what restores to the start of the window). Backups newer
+//! than the newest kept complete one (still waiting for WAL) are always kept, and so is the
+//! newest complete backup. With no rule, nothing is deleted. Deleting removes `backup.json`
+//! first (the backup is no longer listed), then its other objects.
+//!
+//! Owns: choosing and deleting expired backups, [`wal_floor`]. Must not: delete WAL (archive
+//! expiry does, never below [`wal_floor`]).
+
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+
+use super::catalog::{self, BackupMeta, BackupStatus, Catalog, META_FILE};
+use super::Result;
+use crate::archive::{ArchiveError, ArchiveReader};
+use crate::lsn::Lsn;
+
+/// The rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub keep: usize,
+    pub keep_for: Duration,
+}
+
+impl Policy {
+    pub fn from_config(c: &crate::config::BackupConfig) -> Policy {
+        Policy {
+            keep: c.keep,
+            keep_for: c.keep_for,
+        }
+    }
+    pub fn enabled(&self) -> bool {
+        self.keep > 0 || !self.keep_for.is_zero()
+    }
+}
+
+/// The start time a backup's ID names.
+pub fn id_time(id: &str) -> Option<SystemTime> {
+    let t = chrono::NaiveDateTime::parse_from_str(id, "%Y%m%dT%H%M%SZ").ok()?;
+    let secs = u64::try_from(t.and_utc().timestamp()).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
+/// Which of `backups` (oldest first) the policy deletes, as indexes.
+pub fn expired(
+    backups: &[(BackupMeta, BackupStatus)],
+    policy: &Policy,
+    now: SystemTime,
+) -> Vec<usize> {
+    if !policy.enabled() {
+        return Vec::new();
+    }
+    let n = backups.len();
+    let mut keep = vec![false; n];
+    let complete: Vec<usize> = (0..n)
+        .filter(|&i| backups.get(i).is_some_and(|(_, s)| s.is_complete()))
+        .collect();
+    // newer than the newest complete backup: still completing
+    let newest_complete = complete.last().copied();
+    for (i, k) in keep.iter_mut().enumerate() {
+        if newest_complete.is_none_or(|c| i >= c) {
+            *k = true;
+        }
+    }
+    if policy.keep > 0 {
+        for &i in complete.iter().rev().take(policy.keep) {
+            if let Some(k) = keep.get_mut(i) {
+                *k = true;
+            }
+        }
+    }
+    if !policy.keep_for.is_zero() {
+        let window_start = now
+            .checked_sub(policy.keep_for)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut newest_before: Option<usize> = None;
+        for (i, (m, s)) in backups.iter().enumerate() {
+            match id_time(&m.id) {
+                Some(t) if t >= window_start => {
+                    if let Some(k) = keep.get_mut(i) {
+                        *k = true;
+                    }
+                }
+                // an ID that is no time: never deleted by age
+                None => {
+                    if let Some(k) = keep.get_mut(i) {
+                        *k = true;
+                    }
+                }
+                Some(_) if s.is_complete() => newest_before = Some(i),
+                Some(_) => {}
+            }
+        }
+        if let Some(k) = newest_before.and_then(|i| keep.get_mut(i)) {
+            *k = true;
+        }
+    }
+    keep.iter()
+        .enumerate()
+        .filter(|(_, k)| !**k)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Deletes the expired backups; their IDs, oldest first (`dry_run`: only says which).
+pub async fn apply(
+    cat: &Catalog,
+    policy: &Policy,
+    now: SystemTime,
+    dry_run: bool,
+) -> Result<Vec<String>> {
+    let all = catalog::list(cat).await?;
+    let ids: Vec<String> = expired(&all, policy, now)
+        .into_iter()
+        .filter_map(|i| all.get(i).map(|(m, _)| m.id.clone()))
+        .collect();
+    if dry_run {
+        return Ok(ids);
+    }
+    for id in &ids {
+        delete(cat, id).await?;
+        metrics::counter!(super::DELETED).increment(1);
+        tracing::info!("backup retention: deleted backup {id}");
+    }
+    Ok(ids)
+}
+
+/// Deletes backup `id`: `backup.json` first, then the rest.
+pub async fn delete(cat: &Catalog, id: &str) -> Result<()> {
+    let store = cat.reader().object_store();
+    let meta_path = cat.object_path(id, META_FILE);
+    match store.delete(&meta_path).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(ArchiveError::store("delete", &meta_path)(e).into()),
+    }
+    let dir = cat.backups_dir().child(id);
+    let mut objects = Vec::new();
+    let mut s = store.list(Some(&dir));
+    while let Some(item) = s.next().await {
+        objects.push(item.map_err(ArchiveError::store("list", &dir))?.location);
+    }
+    drop(s);
+    for o in objects {
+        match store.delete(&o).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(ArchiveError::store("delete", &o)(e).into()),
+        }
+    }
+    Ok(())
+}
+
+/// The lowest position archive expiry must keep for the backups in the archive: the start of
+/// the oldest listed backup's first segment (`None`: no backups). A backup directory whose
+/// `backup.json` cannot be read makes this fail, so that expiry stops rather than deletes
+/// WAL a backup may need.
+pub async fn wal_floor(reader: &ArchiveReader) -> Result<Option<Lsn>> {
+    let cat = Catalog::from_reader(reader.clone());
+    let mut floor: Option<Lsn> = None;
+    for id in catalog::list_ids(&cat).await? {
+        if let Some(m) = catalog::read_meta(&cat, &id).await? {
+            let s = m.start().segment_start(reader.wal_segment_size());
+            floor = Some(floor.map_or(s, |f| f.min(s)));
+        }
+    }
+    Ok(floor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(id: &str, complete: bool) -> (BackupMeta, BackupStatus) {
+        let m: BackupMeta = serde_json::from_value(serde_json::json!({
+            "format": 1, "id": id, "label": "l", "system_id": "7", "timeline": 1,
+            "start_lsn": "0/2000028", "stop_lsn": "0/2000100", "stop_timeline": 1,
+            "start_time": "x", "stop_time": "y", "server_version": 150000,
+            "wal_segment_size": 16777216, "compression": "none", "encrypted": false,
+            "backup_label": "", "tablespace_map": null, "archives": [], "manifest": null
+        }))
+        .unwrap();
+        let s = if complete {
+            BackupStatus::Complete
+        } else {
+            BackupStatus::Incomplete {
+                missing: vec!["x".into()],
+            }
+        };
+        (m, s)
+    }
+
+    #[test]
+    fn which_backups_expire() {
+        let now = id_time("20260110T000000Z").unwrap();
+        let all = vec![
+            b("20260101T000000Z", true),
+            b("20260102T000000Z", true),
+            b("20260103T000000Z", false),
+            b("20260108T000000Z", true),
+            b("20260109T000000Z", false),
+        ];
+        assert!(expired(&all, &Policy::default(), now).is_empty());
+        let keep1 = Policy {
+            keep: 1,
+            keep_for: Duration::ZERO,
+        };
+        assert_eq!(expired(&all, &keep1, now), vec![0, 1, 2]);
+        let keep2 = Policy { keep: 2, ..keep1 };
+        assert_eq!(expired(&all, &keep2, now), vec![0, 2]);
+        // a 3-day window keeps 01-08 and the newest complete one before it (01-02)
+        let window = Policy {
+            keep: 0,
+            keep_for: Duration::from_secs(3 * 86400),
+        };
+        assert_eq!(expired(&all, &window, now), vec![0, 2]);
+        // no complete backup at all: nothing goes
+        let none = vec![b("20260101T000000Z", false), b("20260102T000000Z", false)];
+        assert!(expired(&none, &keep1, now).is_empty());
+    }
+}

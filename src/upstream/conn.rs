@@ -54,6 +54,7 @@ use crate::upstream::error::{server_label, AuthFailure, ErrorFields, HostFailure
 use crate::upstream::tls;
 
 mod auth;
+pub mod basebackup;
 mod commands;
 mod copy;
 
