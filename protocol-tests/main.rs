@@ -24,6 +24,7 @@ mod pgrw_compress;
 mod receive;
 mod receive_faults;
 mod restore_common;
+mod restore_pitr;
 mod restore_unpack;
 mod server_archive_fallback;
 mod server_auth;

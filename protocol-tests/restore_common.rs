@@ -129,3 +129,93 @@ pub fn cp_restore_command(wal_dir: &Path) -> Vec<String> {
 pub fn quote(s: &str) -> String {
     conf_quote(s)
 }
+
+/// A primary, `walrelay run` in front of it archiving to `file://<dir>/archive`
+/// (uncompressed, so that a test can flip a byte of a stored backup), and its config file.
+pub struct Env {
+    pub t: crate::harness::TestDir,
+    pub primary: crate::harness::pg::Pg,
+    pub relay: crate::server_common::Relay,
+    pub cfg: PathBuf,
+    pub archive: PathBuf,
+}
+
+impl Env {
+    pub fn new(major: &str, extra_toml: &str) -> Env {
+        let t = crate::harness::TestDir::new("restore-env");
+        let primary = crate::harness::pg::Pg::primary(major, &[]);
+        let archive = t.subdir("archive");
+        let data = t.subdir("relay");
+        let port = free_port();
+        let cfg = t.join("walrelay.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir = \"{}\"\n\n[upstream]\nconninfo = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:{port}\"\n\n\
+                 [archive]\nurl = \"file://{}\"\ncompression = \"none\"\npartial_interval = \"0s\"\n\n{extra_toml}\n",
+                data.display(),
+                primary.conninfo(),
+                archive.display()
+            ),
+        )
+        .unwrap();
+        let relay = crate::server_common::Relay::start_on(
+            &t,
+            &primary,
+            &data,
+            port,
+            &["--config", cfg.to_str().unwrap()],
+        );
+        Env {
+            t,
+            primary,
+            relay,
+            cfg,
+            archive,
+        }
+    }
+
+    /// `walrelay ARGS` to its end: (exit code, stdout, stderr).
+    pub fn walrelay(&self, args: &[&str]) -> (i32, String, String) {
+        let (st, out, err) = crate::harness::walrelay::run_to_end(args);
+        (st.code().unwrap_or(-1), out, err)
+    }
+
+    /// `walrelay backup`, waiting for its WAL; returns the backup ID.
+    pub fn backup(&self) -> String {
+        let (code, out, err) = self.walrelay(&["backup", "-c", self.cfg.to_str().unwrap()]);
+        assert_eq!(code, 0, "walrelay backup: {out}{err}");
+        out.split_whitespace()
+            .nth(1)
+            .unwrap_or_else(|| panic!("no backup id in {out}"))
+            .to_string()
+    }
+
+    /// Switches WAL and waits until the archive holds the segment the switch closed.
+    pub fn archive_current(&self) {
+        let seg = self
+            .primary
+            .psql("select pg_walfile_name(pg_current_wal_lsn())");
+        self.primary.switch_wal();
+        let wal = self
+            .archive
+            .join(self.primary.system_identifier().to_string())
+            .join("wal");
+        wait_for(Duration::from_secs(60), &format!("{seg} archived"), || {
+            wal.join(&seg).is_file() || wal.join(format!("{seg}.zst")).is_file()
+        });
+    }
+
+    pub fn wal_dir(&self) -> PathBuf {
+        self.archive
+            .join(self.primary.system_identifier().to_string())
+            .join("wal")
+    }
+
+    pub fn backup_dir(&self, id: &str) -> PathBuf {
+        self.archive
+            .join(self.primary.system_identifier().to_string())
+            .join("backups")
+            .join(id)
+    }
+}

@@ -35,6 +35,7 @@ pub mod backup;
 pub mod check;
 pub mod config;
 pub mod delay;
+pub mod drill;
 pub mod endpoints;
 pub mod error;
 pub mod generate;

@@ -43,6 +43,9 @@ enum Command {
     WalFetch(walrelay::archive::cli::WalFetchArgs),
     /// Restore a base backup from the archive into a directory, ready to recover to a target.
     Restore(walrelay::restore::RestoreArgs),
+    /// Restore drill: restore a backup into a throwaway directory, start PostgreSQL, replay,
+    /// check, report (--json, --nagios), tear down.
+    Drill(walrelay::drill::DrillArgs),
     /// Check the archive: every segment FOUND / MISSING / CORRUPT, timeline histories.
     Verify(walrelay::archive::cli::VerifyArgs),
     /// Measure upload throughput to an archive by concurrency (uploads throwaway
@@ -279,6 +282,7 @@ fn main() -> ExitCode {
                 Command::WalFetch(a) => exit_with(walrelay::archive::cli::wal_fetch_main(a).await),
                 Command::Verify(a) => exit_with(walrelay::archive::cli::verify_main(a).await),
                 Command::Restore(a) => exit_with(walrelay::restore::main(a).await),
+                Command::Drill(a) => exit_with(walrelay::drill::main(a).await),
                 Command::Archive(a) => exit_with(walrelay::archive::cli::archive_main(a).await),
                 Command::Backup(a) => exit_with(walrelay::backup::cli::backup_main(a).await),
                 Command::Backups(a) => exit_with(walrelay::backup::cli::backups_main(a).await),
@@ -502,6 +506,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
         archive_settings.clone(),
         shutdown.clone(),
     );
+    let drills = walrelay::drill::spawn_schedule(&cfg.drill, a.config.clone(), shutdown.clone());
     let archiver = walrelay::archive::Archiver::start(archive_settings, &store, shutdown.clone())
         .map_err(|e| e.to_string())?;
     let expiry = archiver.as_ref().and_then(|h| {
@@ -577,6 +582,10 @@ async fn run(a: RunArgs) -> Result<(), String> {
         let _ = t.await;
     }
     if let Some(t) = backups {
+        t.abort();
+        let _ = t.await;
+    }
+    if let Some(t) = drills {
         t.abort();
         let _ = t.await;
     }
