@@ -138,12 +138,19 @@ pub struct Env {
     pub relay: crate::server_common::Relay,
     pub cfg: PathBuf,
     pub archive: PathBuf,
+    pub sysid: u64,
 }
 
 impl Env {
     pub fn new(major: &str, extra_toml: &str) -> Env {
-        let t = crate::harness::TestDir::new("restore-env");
         let primary = crate::harness::pg::Pg::primary(major, &[]);
+        let upstream = primary.conninfo();
+        Env::with(primary, &upstream, extra_toml)
+    }
+
+    /// walrelay following `upstream` (e.g. a multi-host conninfo), `primary` its first server.
+    pub fn with(primary: crate::harness::pg::Pg, upstream: &str, extra_toml: &str) -> Env {
+        let t = crate::harness::TestDir::new("restore-env");
         let archive = t.subdir("archive");
         let data = t.subdir("relay");
         let port = free_port();
@@ -154,19 +161,23 @@ impl Env {
                 "data_dir = \"{}\"\n\n[upstream]\nconninfo = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:{port}\"\n\n\
                  [archive]\nurl = \"file://{}\"\ncompression = \"none\"\npartial_interval = \"0s\"\n\n{extra_toml}\n",
                 data.display(),
-                primary.conninfo(),
+                upstream,
                 archive.display()
             ),
         )
         .unwrap();
-        let relay = crate::server_common::Relay::start_on(
+        let relay = crate::server_common::Relay::start_full(
             &t,
             &primary,
+            upstream,
             &data,
             port,
             &["--config", cfg.to_str().unwrap()],
+            "",
         );
+        let sysid = primary.system_identifier();
         Env {
+            sysid,
             t,
             primary,
             relay,
@@ -193,28 +204,45 @@ impl Env {
 
     /// Switches WAL and waits until the archive holds the segment the switch closed.
     pub fn archive_current(&self) {
-        let seg = self
-            .primary
-            .psql("select pg_walfile_name(pg_current_wal_lsn())");
-        self.primary.switch_wal();
+        self.archive_current_of(&self.primary)
+    }
+
+    /// [`Env::archive_current`] on another server walrelay follows (after a promotion).
+    pub fn archive_current_of(&self, pg: &crate::harness::pg::Pg) {
+        let seg = pg.psql("select pg_walfile_name(pg_current_wal_lsn())");
+        pg.switch_wal();
         let wal = self
             .archive
-            .join(self.primary.system_identifier().to_string())
+            .join(self.sysid.to_string())
             .join("wal");
         wait_for(Duration::from_secs(60), &format!("{seg} archived"), || {
             wal.join(&seg).is_file() || wal.join(format!("{seg}.zst")).is_file()
         });
     }
 
+    /// Stops the first server (a failover).
+    pub fn stop_primary(&self) {
+        let out = self
+            .primary
+            .install()
+            .server_command("pg_ctl")
+            .arg("-D")
+            .arg(self.primary.datadir())
+            .args(["-m", "fast", "-w", "stop"])
+            .output()
+            .expect("pg_ctl stop");
+        assert!(out.status.success(), "{out:?}");
+    }
+
     pub fn wal_dir(&self) -> PathBuf {
         self.archive
-            .join(self.primary.system_identifier().to_string())
+            .join(self.sysid.to_string())
             .join("wal")
     }
 
     pub fn backup_dir(&self, id: &str) -> PathBuf {
         self.archive
-            .join(self.primary.system_identifier().to_string())
+            .join(self.sysid.to_string())
             .join("backups")
             .join(id)
     }
