@@ -30,7 +30,13 @@ fn ensure_user() {
         .unwrap_or(false);
     if !ok {
         let _ = Command::new("useradd")
-            .args(["--system", "--no-create-home", "--shell", "/bin/sh", DRILL_USER])
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/bin/sh",
+                DRILL_USER,
+            ])
             .status();
     }
 }
@@ -103,7 +109,10 @@ fn drill_green_with_report_then_red_when_the_archive_is_broken() {
         // green as a standby of walrelay: pg_stat_wal_receiver says streaming
         let (code, out, err) = drill(&env, &major, &["--standby", "--nagios"]);
         assert_eq!(code, 0, "PG {major}: standby drill: {out}{err}");
-        assert!(out.starts_with(&format!("DRILL OK - backup {id} ")), "{out}");
+        assert!(
+            out.starts_with(&format!("DRILL OK - backup {id} ")),
+            "{out}"
+        );
 
         // red: the backup's first segment deleted from the archive
         let meta: serde_json::Value = serde_json::from_slice(

@@ -63,7 +63,10 @@ impl RestoredPg {
 
     pub fn psql(&self, sql: &str) -> Result<String, String> {
         self.install.psql_conninfo(
-            &format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port),
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres",
+                self.port
+            ),
             sql,
         )
     }
@@ -91,7 +94,10 @@ impl RestoredPg {
 impl Drop for RestoredPg {
     fn drop(&mut self) {
         if self.running {
-            let _ = self.pg_ctl().args(["-m", "immediate", "-w", "stop"]).output();
+            let _ = self
+                .pg_ctl()
+                .args(["-m", "immediate", "-w", "stop"])
+                .output();
         }
     }
 }
@@ -211,10 +217,7 @@ impl Env {
     pub fn archive_current_of(&self, pg: &crate::harness::pg::Pg) {
         let seg = pg.psql("select pg_walfile_name(pg_current_wal_lsn())");
         pg.switch_wal();
-        let wal = self
-            .archive
-            .join(self.sysid.to_string())
-            .join("wal");
+        let wal = self.archive.join(self.sysid.to_string()).join("wal");
         wait_for(Duration::from_secs(60), &format!("{seg} archived"), || {
             wal.join(&seg).is_file() || wal.join(format!("{seg}.zst")).is_file()
         });
@@ -235,9 +238,7 @@ impl Env {
     }
 
     pub fn wal_dir(&self) -> PathBuf {
-        self.archive
-            .join(self.sysid.to_string())
-            .join("wal")
+        self.archive.join(self.sysid.to_string()).join("wal")
     }
 
     pub fn backup_dir(&self, id: &str) -> PathBuf {

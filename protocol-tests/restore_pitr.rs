@@ -64,9 +64,7 @@ fn restore_to_just_before_a_drop_by_time_name_and_xid() {
         let t_before = p.psql("select clock_timestamp()");
         p.psql("select pg_create_restore_point('before_drop')");
         std::thread::sleep(Duration::from_millis(1100));
-        let out = p.psql(
-            "begin; drop table t; select txid_current() % 4294967296; commit;",
-        );
+        let out = p.psql("begin; drop table t; select txid_current() % 4294967296; commit;");
         let drop_xid: String = out
             .lines()
             .filter(|l| l.trim().parse::<u64>().is_ok())
@@ -161,7 +159,10 @@ fn restore_refuses_an_incomplete_backup_and_catches_corruption() {
     let seg = walrelay::lsn::segment_file_name(1, start.segno(16 << 20), 16 << 20);
     std::fs::remove_file(env.wal_dir().join(&seg)).unwrap();
     let (code, out, _) = env.walrelay(&["backups", "-c", cfg]);
-    assert!(out.contains(&seg), "backups names the missing segment: {out} ({code})");
+    assert!(
+        out.contains(&seg),
+        "backups names the missing segment: {out} ({code})"
+    );
     let dir = env.t.join("restored-incomplete");
     let (code, out, err) = env.walrelay(&["restore", "-c", cfg, "-D", dir.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}{err}");
@@ -184,14 +185,11 @@ fn restore_refuses_an_incomplete_backup_and_catches_corruption() {
     assert_eq!(code, 1);
     assert!(err.contains(&format!("missing WAL segment {seg}")), "{err}");
     // --force restores it anyway (PostgreSQL will not get past the hole)
-    let (code, out, err) = env.walrelay(&[
-        "restore",
-        "-c",
-        cfg,
-        "--force",
-        "-D",
-        dir.to_str().unwrap(),
-    ]);
+    let (code, out, err) =
+        env.walrelay(&["restore", "-c", cfg, "--force", "-D", dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains(&format!("although the archive is missing {seg}")), "{out}");
+    assert!(
+        out.contains(&format!("although the archive is missing {seg}")),
+        "{out}"
+    );
 }

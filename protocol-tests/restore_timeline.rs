@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use crate::harness::pg::Pg;
 use crate::harness::majors;
+use crate::harness::pg::Pg;
 use crate::restore_common::{Env, RestoredPg, FINGERPRINT};
 
 #[test]
@@ -72,12 +72,16 @@ fn restore_across_a_promotion_to_a_target_after_it() {
         "{log}"
     );
     // promoted at the target: a new timeline after 2
-    crate::harness::wait_for(Duration::from_secs(30), "checkpoint on the new timeline", || {
-        srv.psql("select timeline_id from pg_control_checkpoint()")
-            .is_ok_and(|t| t.parse::<u32>().unwrap_or(0) >= 3)
-            || {
-                let _ = srv.psql("checkpoint");
-                false
-            }
-    });
+    crate::harness::wait_for(
+        Duration::from_secs(30),
+        "checkpoint on the new timeline",
+        || {
+            srv.psql("select timeline_id from pg_control_checkpoint()")
+                .is_ok_and(|t| t.parse::<u32>().unwrap_or(0) >= 3)
+                || {
+                    let _ = srv.psql("checkpoint");
+                    false
+                }
+        },
+    );
 }

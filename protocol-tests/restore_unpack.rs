@@ -50,7 +50,12 @@ fn restore_pg_basebackup_tar_verifies_and_runs() {
         let dir = TestDir::new("restore-unpack");
         let (pg, fp) = primary_with_tablespace(&major, &dir);
         let bb = dir.join("bb");
-        basebackup_tar(pg.install(), pg.port(), &bb, &["--manifest-checksums=SHA256"]);
+        basebackup_tar(
+            pg.install(),
+            pg.port(),
+            &bb,
+            &["--manifest-checksums=SHA256"],
+        );
         // WAL after the backup is replayed from the primary's pg_wal (copied: a stable set)
         pg.switch_wal();
         let wal = dir.subdir("wal");
@@ -155,7 +160,10 @@ fn restore_pg_basebackup_tar_verifies_and_runs() {
         .unwrap_err();
         assert_eq!(
             e.to_string(),
-            format!("target directory \"{}\" exists and is not empty", data2.display())
+            format!(
+                "target directory \"{}\" exists and is not empty",
+                data2.display()
+            )
         );
     }
 }

@@ -36,9 +36,20 @@ pub const DEFAULT_CHECK: &str = "SELECT count(*) FROM pg_class";
 
 fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, Unit};
-    describe_gauge!(LAST_SUCCESS, Unit::Seconds, "unix time of the last successful restore drill");
-    describe_gauge!(DURATION, Unit::Seconds, "duration of the last restore drill");
-    describe_gauge!(REPLAY_RATE, "WAL bytes per second replayed by the last successful drill");
+    describe_gauge!(
+        LAST_SUCCESS,
+        Unit::Seconds,
+        "unix time of the last successful restore drill"
+    );
+    describe_gauge!(
+        DURATION,
+        Unit::Seconds,
+        "duration of the last restore drill"
+    );
+    describe_gauge!(
+        REPLAY_RATE,
+        "WAL bytes per second replayed by the last successful drill"
+    );
     describe_counter!(FAILED, "failed restore drills");
 }
 
@@ -192,7 +203,8 @@ async fn drill(args: &DrillArgs, work: &Path, rep: &mut Report) -> Result<(), Ph
             .map_err(|e| setup(e.to_string()))?
             .map_err(setup)?
     };
-    crate::restore::core::prepare_empty_dir(work, "drill directory").map_err(|e| setup(e.to_string()))?;
+    crate::restore::core::prepare_empty_dir(work, "drill directory")
+        .map_err(|e| setup(e.to_string()))?;
     let data = work.join("data");
     let mapping = tablespace_locations(&meta)
         .map_err(setup)?
@@ -234,7 +246,13 @@ async fn drill(args: &DrillArgs, work: &Path, rep: &mut Report) -> Result<(), Ph
         (r, r2)
     })
     .await
-    .map_err(|e| ("start", Failure::Critical, format!("drill task failed: {e}")))?;
+    .map_err(|e| {
+        (
+            "start",
+            Failure::Critical,
+            format!("drill task failed: {e}"),
+        )
+    })?;
     *rep = res.1;
     res.0
 }
@@ -254,8 +272,13 @@ struct ServeOptions {
 
 fn serve(o: &ServeOptions, rep: &mut Report) -> Result<(), PhaseErr> {
     if let Some(r) = o.run_as {
-        pgctl::chown_tree(&o.work, r)
-            .map_err(|e| ("start", Failure::Setup, format!("chown {}: {e}", o.work.display())))?;
+        pgctl::chown_tree(&o.work, r).map_err(|e| {
+            (
+                "start",
+                Failure::Setup,
+                format!("chown {}: {e}", o.work.display()),
+            )
+        })?;
     }
     let t_start = Instant::now();
     let mut srv = pgctl::Server::start(&pgctl::StartOptions {
@@ -284,7 +307,11 @@ fn serve(o: &ServeOptions, rep: &mut Report) -> Result<(), PhaseErr> {
             return Err((
                 "start",
                 Failure::Critical,
-                format!("not accepting connections after {:?}:\n{}", o.timeout, srv.log_tail(15)),
+                format!(
+                    "not accepting connections after {:?}:\n{}",
+                    o.timeout,
+                    srv.log_tail(15)
+                ),
             ));
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -318,7 +345,11 @@ fn serve(o: &ServeOptions, rep: &mut Report) -> Result<(), PhaseErr> {
             return Err((
                 "replay",
                 Failure::Critical,
-                format!("target not reached after {:?}:\n{}", o.timeout, srv.log_tail(15)),
+                format!(
+                    "target not reached after {:?}:\n{}",
+                    o.timeout,
+                    srv.log_tail(15)
+                ),
             ));
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -332,9 +363,13 @@ fn serve(o: &ServeOptions, rep: &mut Report) -> Result<(), PhaseErr> {
     rep.replay_gb_per_hour = gb_per_hour(rep.replay_bytes, rep.replay_seconds);
     // the check query
     let t_check = Instant::now();
-    let v = srv
-        .psql(&o.check_query)
-        .map_err(|e| ("check", Failure::Critical, format!("check query failed: {e}")))?;
+    let v = srv.psql(&o.check_query).map_err(|e| {
+        (
+            "check",
+            Failure::Critical,
+            format!("check query failed: {e}"),
+        )
+    })?;
     rep.check_result = Some(v);
     rep.phase("check", secs(t_check.elapsed()));
     if o.standby {

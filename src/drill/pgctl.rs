@@ -27,7 +27,8 @@ pub fn lookup_user(name: &str) -> Result<RunAs, String> {
     let mut buf = vec![0 as libc::c_char; 16384];
     let mut out: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: every pointer refers to live, correctly sized storage owned here.
-    let rc = unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+    let rc =
+        unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
     if rc != 0 || out.is_null() {
         return Err(format!("no such user \"{name}\""));
     }
@@ -136,11 +137,13 @@ impl Server {
         let socket_dir = o.work.join("socket");
         let hba = o.work.join("drill_hba.conf");
         let log = o.work.join("postgres.log");
-        std::fs::create_dir_all(&socket_dir).map_err(|e| format!("{}: {e}", socket_dir.display()))?;
+        std::fs::create_dir_all(&socket_dir)
+            .map_err(|e| format!("{}: {e}", socket_dir.display()))?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| format!("{}: {e}", socket_dir.display()))?;
-        std::fs::write(&hba, "local all all trust\n").map_err(|e| format!("{}: {e}", hba.display()))?;
+        std::fs::write(&hba, "local all all trust\n")
+            .map_err(|e| format!("{}: {e}", hba.display()))?;
         let logf = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         if let Some(r) = o.run_as {
             for p in [&socket_dir, &hba, &log] {
@@ -167,16 +170,8 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::from(logf));
         if let Some(r) = o.run_as {
+            // std drops root's supplementary groups (setgroups) before setgid/setuid
             c.uid(r.uid).gid(r.gid);
-            // SAFETY: setgroups is async-signal-safe; it drops root's supplementary groups.
-            unsafe {
-                c.pre_exec(|| {
-                    if libc::setgroups(0, std::ptr::null()) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
         }
         let child = c
             .spawn()
@@ -197,7 +192,16 @@ impl Server {
             .env("PGCONNECT_TIMEOUT", "5")
             .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.socket_dir)
-            .args(["-p", &self.port.to_string(), "-U", &self.db_user, "-d", "postgres", "-c", sql])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                &self.db_user,
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ])
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("could not run psql: {e}"))?;
@@ -210,7 +214,9 @@ impl Server {
 
     /// Whether the postmaster has exited (and how).
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// The last lines of the server log.

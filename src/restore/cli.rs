@@ -74,7 +74,9 @@ impl TargetArgs {
             Target::Time(crate::delay::time::format_pg_time(pg))
         } else if let Some(x) = &self.target_xid {
             if x.is_empty() || !x.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(RestoreError::Usage(format!("invalid transaction id \"{x}\"")));
+                return Err(RestoreError::Usage(format!(
+                    "invalid transaction id \"{x}\""
+                )));
             }
             Target::Xid(x.clone())
         } else if let Some(n) = &self.target_name {
@@ -184,7 +186,14 @@ fn wal_fetch_argv(a: &ArchiveArgs, s: &ArchiveSettings) -> Result<Vec<String>, R
 
 /// `primary_conninfo` for walrelay's first `server.listen` address.
 fn walrelay_conninfo(cfg: &crate::config::Config) -> Option<String> {
-    let first = cfg.server.listen.as_deref()?.split(',').next()?.trim().to_string();
+    let first = cfg
+        .server
+        .listen
+        .as_deref()?
+        .split(',')
+        .next()?
+        .trim()
+        .to_string();
     if first.starts_with('/') {
         // a socket path: libpq wants the directory and the port
         let p = Path::new(&first);
@@ -261,11 +270,11 @@ pub async fn select(
         _ => {
             let all = catalog::list(cat).await.map_err(archive_err)?;
             match choose(all.clone(), t) {
-                Err(RestoreError::Incomplete { .. }) if force => all
-                    .into_iter()
-                    .rev()
-                    .next()
-                    .ok_or_else(|| RestoreError::NoBackup("the archive holds no backup".into()))?,
+                Err(RestoreError::Incomplete { .. }) if force => {
+                    all.into_iter().rev().next().ok_or_else(|| {
+                        RestoreError::NoBackup("the archive holds no backup".into())
+                    })?
+                }
                 r => r?,
             }
         }
@@ -287,7 +296,9 @@ pub async fn run(args: &RestoreArgs) -> Result<Outcome, RestoreError> {
     let s = archive_settings(&args.archive)?;
     let target = args.target.target()?;
     if s.url().is_none() {
-        return Err(RestoreError::Usage("archiving is disabled (archive.url = \"none\")".into()));
+        return Err(RestoreError::Usage(
+            "archiving is disabled (archive.url = \"none\")".into(),
+        ));
     }
     let cat = Catalog::open(&s)
         .await

@@ -65,7 +65,10 @@ pub struct Restored {
     pub signal: Option<PathBuf>,
 }
 
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RestoreError + 'a {
+fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> RestoreError + 'a {
     move |source| RestoreError::Io {
         op,
         path: path.to_path_buf(),
@@ -231,7 +234,9 @@ fn restore_inner(
         std::fs::write(&p, b).map_err(io_err("write", &p))?;
     }
     if let Some(s) = settings {
-        let signal = s.write(dir).map_err(io_err("write recovery settings in", dir))?;
+        let signal = s
+            .write(dir)
+            .map_err(io_err("write recovery settings in", dir))?;
         out.signal = Some(signal);
     }
     Ok(out)

@@ -207,9 +207,7 @@ impl Manifest {
                 (Some(p), None) => p,
                 (None, Some(e)) => unhex(&e)
                     .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(|| {
-                        ManifestError::Parse(format!("bad Encoded-Path \"{e}\""))
-                    })?,
+                    .ok_or_else(|| ManifestError::Parse(format!("bad Encoded-Path \"{e}\"")))?,
                 _ => {
                     return Err(ManifestError::Parse(
                         "a file needs exactly one of Path and Encoded-Path".into(),
@@ -358,7 +356,10 @@ pub enum Problem {
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Problem::Missing(p) => write!(f, "\"{p}\" is present in the manifest but not in the backup"),
+            Problem::Missing(p) => write!(
+                f,
+                "\"{p}\" is present in the manifest but not in the backup"
+            ),
             Problem::Size {
                 path,
                 expected,
@@ -368,7 +369,10 @@ impl std::fmt::Display for Problem {
                 "\"{path}\" has size {found} in the backup but size {expected} in the manifest"
             ),
             Problem::Checksum(p) => write!(f, "checksum mismatch for file \"{p}\""),
-            Problem::Extra(p) => write!(f, "\"{p}\" is present in the backup but not in the manifest"),
+            Problem::Extra(p) => write!(
+                f,
+                "\"{p}\" is present in the backup but not in the manifest"
+            ),
         }
     }
 }
@@ -427,7 +431,11 @@ mod tests {
     fn parses_and_checks() {
         let text = sample().replace("HERE", &crc_hex(b"abc"));
         // the checksum was computed before the replacement: recompute
-        let body = text.split("\"Manifest-Checksum\"").next().unwrap().to_string();
+        let body = text
+            .split("\"Manifest-Checksum\"")
+            .next()
+            .unwrap()
+            .to_string();
         let text = with_checksum(&body);
         let m = Manifest::parse(text.as_bytes()).unwrap();
         assert_eq!(m.files.len(), 2);
@@ -470,10 +478,19 @@ mod tests {
             Manifest::parse(text.as_bytes()),
             Err(ManifestError::Checksum { .. })
         ));
-        let ok = with_checksum(&sample().split("\"Manifest-Checksum\"").next().unwrap().replace("HERE", "00000000"));
+        let ok = with_checksum(
+            &sample()
+                .split("\"Manifest-Checksum\"")
+                .next()
+                .unwrap()
+                .replace("HERE", "00000000"),
+        );
         assert!(Manifest::parse(ok.as_bytes()).is_ok());
         let unknown = with_checksum("{ \"PostgreSQL-Backup-Manifest-Version\": 1, \"Files\": [], \"WAL-Ranges\": [], \"Extra\": 1,\n");
-        assert!(matches!(Manifest::parse(unknown.as_bytes()), Err(ManifestError::Parse(_))));
+        assert!(matches!(
+            Manifest::parse(unknown.as_bytes()),
+            Err(ManifestError::Parse(_))
+        ));
         assert!(Manifest::parse(b"{}").is_err());
         assert!(Manifest::parse(b"").is_err());
     }

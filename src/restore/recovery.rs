@@ -98,7 +98,10 @@ impl Settings {
         if self.target != Target::Latest {
             if let Some(i) = self.inclusive {
                 if !matches!(self.target, Target::Immediate | Target::Name(_)) {
-                    set("recovery_target_inclusive", if i { "on" } else { "off" }.into());
+                    set(
+                        "recovery_target_inclusive",
+                        if i { "on" } else { "off" }.into(),
+                    );
                 }
             }
             if let Some(a) = self.action {

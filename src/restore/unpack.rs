@@ -98,7 +98,9 @@ fn clean_name(raw: &[u8]) -> Result<Vec<String>, &'static str> {
 
 fn is_tablespace_link(parts: &[String]) -> Option<u32> {
     match parts {
-        [a, oid] if a == "pg_tblspc" && !oid.is_empty() && oid.bytes().all(|b| b.is_ascii_digit()) => {
+        [a, oid]
+            if a == "pg_tblspc" && !oid.is_empty() && oid.bytes().all(|b| b.is_ascii_digit()) =>
+        {
             oid.parse().ok()
         }
         _ => None,
@@ -256,7 +258,12 @@ pub fn unpack(
                 }
                 links.insert(parts);
             }
-            _ => return Err(unsafe_entry(&raw, "not a file, directory or tablespace link")),
+            _ => {
+                return Err(unsafe_entry(
+                    &raw,
+                    "not a file, directory or tablespace link",
+                ))
+            }
         }
     }
     // the rest of the stream (padding after the end marker): the reader checks at EOF
@@ -336,7 +343,10 @@ mod tests {
         b.into_inner().unwrap()
     }
 
-    fn run(t: &[u8], kind: ArchiveKind) -> (tempfile::TempDir, Result<Unpacked, UnpackError>, Found) {
+    fn run(
+        t: &[u8],
+        kind: ArchiveKind,
+    ) -> (tempfile::TempDir, Result<Unpacked, UnpackError>, Found) {
         let d = tempfile::tempdir().unwrap();
         let mut found = Found::new();
         let r = unpack("base.tar", t, d.path(), &kind, None, &mut found);
@@ -355,9 +365,15 @@ mod tests {
         ]);
         let (d, r, found) = run(&t, ArchiveKind::Base);
         let u = r.unwrap();
-        assert_eq!(std::fs::read(d.path().join("global/pg_control")).unwrap(), b"ctl");
+        assert_eq!(
+            std::fs::read(d.path().join("global/pg_control")).unwrap(),
+            b"ctl"
+        );
         assert!(d.path().join("pg_wal/archive_status").is_dir());
-        assert_eq!(u.tablespace_links.get(&16384), Some(&PathBuf::from("/srv/ts")));
+        assert_eq!(
+            u.tablespace_links.get(&16384),
+            Some(&PathBuf::from("/srv/ts"))
+        );
         assert_eq!(found.get("PG_VERSION").map(|f| f.0), Some(3));
         assert_eq!(u.files, 2);
     }
@@ -369,8 +385,14 @@ mod tests {
             (vec![("../x", Regular, &b"x"[..], None)], "\"..\""),
             (vec![("/etc/x", Regular, &b"x"[..], None)], "absolute"),
             (vec![("a/../../x", Regular, &b"x"[..], None)], "\"..\""),
-            (vec![("base/l", Symlink, &b""[..], Some("/etc"))], "outside pg_tblspc"),
-            (vec![("pg_tblspc/1", Symlink, &b""[..], Some("rel"))], "not absolute"),
+            (
+                vec![("base/l", Symlink, &b""[..], Some("/etc"))],
+                "outside pg_tblspc",
+            ),
+            (
+                vec![("pg_tblspc/1", Symlink, &b""[..], Some("rel"))],
+                "not absolute",
+            ),
             (vec![("x", Link, &b""[..], Some("y"))], "not a file"),
             (vec![("x", Char, &b""[..], None)], "not a file"),
             (
@@ -381,7 +403,10 @@ mod tests {
                 "below a symbolic link",
             ),
             (
-                vec![("a", Regular, &b"x"[..], None), ("./a", Regular, &b"y"[..], None)],
+                vec![
+                    ("a", Regular, &b"x"[..], None),
+                    ("./a", Regular, &b"y"[..], None),
+                ],
                 "create",
             ),
         ] {
@@ -397,7 +422,10 @@ mod tests {
 
     #[test]
     fn tablespace_map_round_trip() {
-        let e = vec![(16384, PathBuf::from("/srv/a b")), (2, PathBuf::from("/x\\y\nz"))];
+        let e = vec![
+            (16384, PathBuf::from("/srv/a b")),
+            (2, PathBuf::from("/x\\y\nz")),
+        ];
         let s = render_tablespace_map(&e);
         assert_eq!(parse_tablespace_map(&s).unwrap(), e);
         assert_eq!(
