@@ -271,7 +271,7 @@ pub async fn select(
             let all = catalog::list(cat).await.map_err(archive_err)?;
             match choose(all.clone(), t) {
                 Err(RestoreError::Incomplete { .. }) if force => {
-                    all.into_iter().rev().next().ok_or_else(|| {
+                    all.into_iter().next_back().ok_or_else(|| {
                         RestoreError::NoBackup("the archive holds no backup".into())
                     })?
                 }
