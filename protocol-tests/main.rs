@@ -8,6 +8,7 @@ mod archive_expire;
 mod archive_kill9;
 mod archive_run;
 mod archive_store;
+mod backup_take;
 mod barman_pg_receivewal;
 mod bench_quick;
 mod delay_feeds;

@@ -67,8 +67,7 @@ fn restore_to_just_before_a_drop_by_time_name_and_xid() {
         let out = p.psql("begin; drop table t; select txid_current() % 4294967296; commit;");
         let drop_xid: String = out
             .lines()
-            .filter(|l| l.trim().parse::<u64>().is_ok())
-            .next_back()
+            .rfind(|l| l.trim().parse::<u64>().is_ok())
             .unwrap()
             .trim()
             .to_string();

@@ -283,6 +283,10 @@ pub async fn run(args: &CheckArgs, mut cfg: Config) -> Report {
     )
     .await;
     check_system_id(&mut r, up.as_ref().map(|u| u.system_id), local_sysid);
+    let sysid = up.as_ref().map(|u| u.system_id).or(local_sysid);
+    if let Some((status, msg)) = crate::backup::check_item(&cfg, sysid).await {
+        r.add("backups", status, msg);
+    }
     if let Some(st) = &status {
         check_lag(&mut r, st, up.as_ref(), &th);
         check_feeds(&mut r, st);

@@ -374,6 +374,20 @@ pub async fn status(cat: &Catalog, meta: &BackupMeta) -> Result<BackupStatus> {
     status_with(cat, meta, &wal).await
 }
 
+/// Whether the archive's `wal/` holds WAL file `name` (either compression): one HEAD each,
+/// for checking a few names without listing the archive.
+pub async fn wal_present(cat: &Catalog, name: &str) -> Result<bool> {
+    for c in [Compression::None, Compression::Zstd] {
+        let path = cat.reader.layout().wal_object(name, c);
+        match cat.reader.object_store().head(&path).await {
+            Ok(_) => return Ok(true),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(crate::archive::ArchiveError::store("check", &path)(e).into()),
+        }
+    }
+    Ok(false)
+}
+
 /// The WAL file names in the archive's `wal/`.
 struct WalIndex {
     names: BTreeSet<String>,
@@ -538,6 +552,48 @@ impl BackupStream {
     }
 }
 
+/// A [`BackupStream`] as a [`tokio::io::AsyncRead`]; its errors come out as
+/// `std::io::Error` (kind `InvalidData`) wrapping the [`BackupError`].
+pub struct BackupReader {
+    stream: BackupStream,
+    chunk: Bytes,
+}
+
+impl BackupStream {
+    pub fn into_async_read(self) -> BackupReader {
+        BackupReader {
+            stream: self,
+            chunk: Bytes::new(),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for BackupReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        while self.chunk.is_empty() {
+            match Pin::new(&mut self.stream).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        e,
+                    )))
+                }
+                Poll::Ready(Some(Ok(b))) => self.chunk = b,
+            }
+        }
+        let n = self.chunk.len().min(buf.remaining());
+        let part = self.chunk.split_to(n);
+        buf.put_slice(&part);
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// Archive `name` (`base.tar`, `<oid>.tar`) of backup `meta`, decrypted and decompressed.
 pub async fn open_archive(cat: &Catalog, meta: &BackupMeta, name: &str) -> Result<BackupStream> {
     let entry = meta
@@ -694,8 +750,13 @@ impl Plain {
             }
             return Ok(());
         }
+        if data.is_empty() {
+            // a call without input after a frame's end would start a new frame's hint
+            return Ok(());
+        }
         let mut inb = InBuffer::around(data);
         loop {
+            let before = inb.pos();
             let mut out = vec![0u8; OUT_CHUNK];
             let (n, hint) = {
                 let Some(dec) = self.dec.as_mut() else {
@@ -707,7 +768,9 @@ impl Plain {
                     .map_err(|e| self.mismatch(format!("zstd: {e}")))?;
                 (outb.pos(), hint)
             };
-            self.hint = hint;
+            if n > 0 || inb.pos() > before {
+                self.hint = hint;
+            }
             out.truncate(n);
             let full = n == OUT_CHUNK;
             self.emit(out, tx).await?;

@@ -68,7 +68,7 @@ pub enum BackupError {
     #[error(transparent)]
     Archive(#[from] ArchiveError),
     #[error(transparent)]
-    Upstream(#[from] UpstreamError),
+    Upstream(Box<UpstreamError>),
     #[error("no backup \"{0}\" in the archive")]
     NotFound(String),
     #[error("{0}")]
@@ -87,4 +87,84 @@ pub enum BackupError {
     Config(String),
 }
 
+impl From<UpstreamError> for BackupError {
+    fn from(e: UpstreamError) -> BackupError {
+        BackupError::Upstream(Box::new(e))
+    }
+}
+
 pub type Result<T, E = BackupError> = std::result::Result<T, E>;
+
+/// The `backups` item of `walrelay check`: CRITICAL when a backup misses WAL the archive
+/// should hold (a hole), WARNING when `backup.every` is set and no complete backup is younger
+/// than twice that; `None` (no item) when the archive holds no backups and none are scheduled.
+pub async fn check_item(
+    cfg: &crate::config::Config,
+    system_id: Option<u64>,
+) -> Option<(crate::check::Level, String)> {
+    use crate::check::Level;
+    let mut a = cfg.archive.clone();
+    if a.system_id.is_none() {
+        a.system_id = system_id;
+    }
+    let settings = crate::archive::ArchiveSettings::new(a, &cfg.data_dir);
+    settings.url()?;
+    let scheduled = !cfg.backup.every.is_zero();
+    let cat = match Catalog::open(&settings).await {
+        Ok(c) => c,
+        Err(e) if scheduled => return Some((Level::Warning, format!("backups: {e}"))),
+        Err(_) => return None,
+    };
+    let listing = match catalog::list_with_alarms(&cat).await {
+        Ok(l) => l,
+        Err(e) => return Some((Level::Critical, format!("backups cannot be listed: {e}"))),
+    };
+    if listing.backups.is_empty() && !scheduled {
+        return None;
+    }
+    if let Some(id) = listing.alarms.first() {
+        let first = listing
+            .backups
+            .iter()
+            .find(|(m, _)| &m.id == id)
+            .and_then(|(_, s)| match s {
+                BackupStatus::Incomplete { missing } => missing.first().cloned(),
+                BackupStatus::Complete => None,
+            })
+            .unwrap_or_default();
+        return Some((
+            Level::Critical,
+            format!(
+                "backup {id} misses WAL the archive should hold: {first} ({} backup(s) affected)",
+                listing.alarms.len()
+            ),
+        ));
+    }
+    let newest = listing
+        .backups
+        .iter()
+        .rev()
+        .find(|(_, s)| s.is_complete())
+        .map(|(m, _)| m.id.clone());
+    let age = newest
+        .as_deref()
+        .and_then(retention::id_time)
+        .and_then(|t| std::time::SystemTime::now().duration_since(t).ok());
+    let n = listing.backups.len();
+    match (newest, age) {
+        (Some(id), Some(age)) if !scheduled || age <= cfg.backup.every.saturating_mul(2) => {
+            Some((Level::Ok, format!("{n} backup(s), newest complete {id}")))
+        }
+        (Some(id), _) => Some((
+            Level::Warning,
+            format!(
+                "the newest complete backup {id} is older than twice backup.every ({})",
+                humantime::format_duration(cfg.backup.every)
+            ),
+        )),
+        (None, _) => Some((
+            Level::Warning,
+            format!("no complete backup in the archive ({n} incomplete)"),
+        )),
+    }
+}

@@ -107,7 +107,9 @@ pub fn expired(
         .collect()
 }
 
-/// Deletes the expired backups; their IDs, oldest first (`dry_run`: only says which).
+/// Deletes the expired backups; their IDs, oldest first (`dry_run`: only says which). Also
+/// deletes backup directories without `backup.json` older than a day (a backup killed
+/// during its upload, e.g. by a shutdown of `run`).
 pub async fn apply(
     cat: &Catalog,
     policy: &Policy,
@@ -119,6 +121,15 @@ pub async fn apply(
         .into_iter()
         .filter_map(|i| all.get(i).map(|(m, _)| m.id.clone()))
         .collect();
+    // directories without backup.json a day old: abandoned (a backup killed mid-upload)
+    let listed: Vec<&str> = all.iter().map(|(m, _)| m.id.as_str()).collect();
+    let cutoff = now.checked_sub(ABANDONED).unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut abandoned = Vec::new();
+    for id in catalog::list_ids(cat).await? {
+        if !listed.contains(&id.as_str()) && id_time(&id).is_some_and(|t| t < cutoff) {
+            abandoned.push(id);
+        }
+    }
     if dry_run {
         return Ok(ids);
     }
@@ -127,8 +138,20 @@ pub async fn apply(
         metrics::counter!(super::DELETED).increment(1);
         tracing::info!("backup retention: deleted backup {id}");
     }
+    for id in &abandoned {
+        // backup.json may have appeared since the listing: never delete a listed backup
+        if catalog::read_meta(cat, id).await?.is_none() {
+            delete(cat, id).await?;
+            tracing::info!(
+                "backup retention: deleted the abandoned, unlisted backup directory {id}"
+            );
+        }
+    }
     Ok(ids)
 }
+
+/// A backup directory without `backup.json` this old is abandoned.
+const ABANDONED: Duration = Duration::from_secs(24 * 3600);
 
 /// Deletes backup `id`: `backup.json` first, then the rest.
 pub async fn delete(cat: &Catalog, id: &str) -> Result<()> {
@@ -180,7 +203,9 @@ mod tests {
             "start_lsn": "0/2000028", "stop_lsn": "0/2000100", "stop_timeline": 1,
             "start_time": "x", "stop_time": "y", "server_version": 150000,
             "wal_segment_size": 16777216, "compression": "none", "encrypted": false,
-            "backup_label": "", "tablespace_map": null, "archives": [], "manifest": null
+            "backup_label": "", "tablespace_map": null, "manifest": null,
+            "archives": [{"name": "base.tar", "object": "base.tar", "tablespace_oid": null,
+                "location": null, "size": 1, "stored_size": 1, "sha256": "x"}]
         }))
         .unwrap();
         let s = if complete {
@@ -191,6 +216,61 @@ mod tests {
             }
         };
         (m, s)
+    }
+
+    #[tokio::test]
+    async fn apply_deletes_expired_and_abandoned() {
+        use crate::archive::layout::{Identity, Layout};
+        use object_store::{path::Path as ObjPath, ObjectStore, PutPayload};
+        let d = tempfile::tempdir().unwrap();
+        let cfg = crate::config::ArchiveConfig {
+            url: Some(format!("file://{}", d.path().display())),
+            ..Default::default()
+        };
+        let settings = crate::archive::ArchiveSettings::new(cfg.clone(), d.path());
+        let be = crate::archive::backend::open(cfg.url.as_deref().unwrap(), &cfg).unwrap();
+        let l = Layout::new(&ObjPath::default(), 7);
+        let put = |p: ObjPath, v: Vec<u8>| {
+            let store = be.store.clone();
+            async move { store.put(&p, PutPayload::from(v)).await.unwrap() }
+        };
+        put(l.identity(), Identity::new(7, 16 << 20).encode()).await;
+        for segno in 2..=5u64 {
+            put(
+                l.segment(1, segno, 16 << 20, crate::config::Compression::None),
+                vec![0u8; 10],
+            )
+            .await;
+        }
+        let cat = Catalog::open(&settings).await.unwrap();
+        for id in ["20260101T000000Z", "20260102T000000Z"] {
+            let (m, _) = b(id, true);
+            put(cat.object_path(id, "base.tar"), vec![1]).await;
+            put(cat.object_path(id, META_FILE), m.encode()).await;
+        }
+        // abandoned two days ago, and one from an hour ago (maybe still uploading)
+        put(cat.object_path("20260108T000000Z", "base.tar"), vec![1]).await;
+        put(cat.object_path("20260109T230000Z", "base.tar"), vec![1]).await;
+        let now = id_time("20260110T000000Z").unwrap();
+        let keep1 = Policy {
+            keep: 1,
+            keep_for: Duration::ZERO,
+        };
+        assert_eq!(
+            apply(&cat, &keep1, now, true).await.unwrap(),
+            vec!["20260101T000000Z"]
+        );
+        assert_eq!(catalog::list_ids(&cat).await.unwrap().len(), 4, "dry run");
+        assert_eq!(
+            apply(&cat, &keep1, now, false).await.unwrap(),
+            vec!["20260101T000000Z"]
+        );
+        assert_eq!(
+            catalog::list_ids(&cat).await.unwrap(),
+            vec!["20260102T000000Z", "20260109T230000Z"]
+        );
+        // the floor for archive expiry is the kept backup's start segment
+        assert_eq!(wal_floor(cat.reader()).await.unwrap(), Some(Lsn(0x2000000)));
     }
 
     #[test]

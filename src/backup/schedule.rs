@@ -1,6 +1,8 @@
 //! `[backup] every = "24h"` in `walrelay run`: one tracked task that takes a backup when the
 //! newest one in the archive is `every` old (at once when there is none), then applies
-//! retention. A failed backup is retried after `min(every, 5 min)`.
+//! retention. A failed backup is retried after `min(every, 5 min)`. It looks at the archive
+//! at least every 10 minutes, which refreshes `walrelay_backup_missing_wal_backups` (and logs
+//! an error per backup with a WAL hole).
 //!
 //! Owns: the timing and the task. Must not: take backups any other way than [`take`] does.
 
@@ -24,6 +26,14 @@ pub fn spawn(
         return None;
     }
     super::describe_metrics();
+    let mut conninfo = conninfo;
+    conninfo.application_name = Some("walrelay backup".into());
+    tracing::info!(
+        "scheduled base backups every {} (keep {}, keep_for {})",
+        humantime::format_duration(cfg.every),
+        cfg.keep,
+        humantime::format_duration(cfg.keep_for)
+    );
     let every = cfg.every;
     let policy = Policy::from_config(cfg);
     let opts = TakeOptions {
@@ -43,7 +53,8 @@ pub fn spawn(
                 return;
             }
             wait = match due_in(&opts.settings, every).await {
-                Some(d) if !d.is_zero() => d,
+                // wake up at least every REFRESH to refresh the missing-WAL alarm
+                Some(d) if !d.is_zero() => d.min(REFRESH),
                 _ => match take_recorded(&opts).await {
                     Ok(m) => {
                         tracing::info!("scheduled backup {} stored", m.id);
@@ -68,19 +79,29 @@ pub fn spawn(
     }))
 }
 
-/// How long until the next backup is due (`Some(0)`: now); `None`: the archive cannot be
-/// read yet (no WAL of the system): back up now.
+/// Longest sleep between two looks at the archive (the alarm gauge is set on each look).
+const REFRESH: Duration = Duration::from_secs(600);
+
+/// How long until the next backup is due (`Some(0)`: now); `None`: back up now (no backup
+/// yet, the archive holds nothing of the system yet, or its backups cannot be listed).
 async fn due_in(settings: &ArchiveSettings, every: Duration) -> Option<Duration> {
     let cat = Catalog::open(settings).await.ok()?;
-    let ids = catalog::list_ids(&cat).await.ok()?;
-    let mut newest = None;
-    for id in ids.iter().rev() {
-        if let Ok(Some(m)) = catalog::read_meta(&cat, id).await {
-            newest = retention::id_time(&m.id);
-            break;
+    // also sets walrelay_backup_missing_wal_backups
+    let listing = match catalog::list_with_alarms(&cat).await {
+        Ok(l) => l,
+        Err(e) => {
+            // a broken listing does not stop backups: take one now, then every `every`
+            tracing::warn!("backups: the archive's backups cannot be listed: {e}");
+            return None;
         }
+    };
+    for id in &listing.alarms {
+        tracing::error!("backup {id} misses WAL that the archive should hold (walrelay backups)");
     }
-    let newest = newest?;
+    let newest = listing
+        .backups
+        .last()
+        .and_then(|(m, _)| retention::id_time(&m.id))?;
     let age = SystemTime::now().duration_since(newest).unwrap_or_default();
     Some(every.saturating_sub(age))
 }

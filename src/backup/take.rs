@@ -234,7 +234,9 @@ async fn remove_dir(store: &Arc<dyn ObjectStore>, dir: &ObjPath) {
 /// Takes a base backup into the archive and records it. Does not wait for its WAL.
 pub async fn take(opts: &TakeOptions) -> Result<BackupMeta> {
     let mut conn = ReplConnection::connect(&opts.conninfo).await?;
-    conn.set_reply_timeout(Some(Duration::from_secs(600)));
+    // a spread checkpoint may take as long as checkpoint_timeout allows: no reply timeout
+    // then (TCP keepalives still notice a dead server), as pg_basebackup
+    conn.set_reply_timeout(opts.fast_checkpoint.then_some(Duration::from_secs(600)));
     let ident = conn.identify_system().await?;
     let seg_size = conn.wal_segment_size().await?;
     let version = conn.server_version_num();
@@ -307,6 +309,13 @@ async fn stream_backup(
                     if !valid_archive_name(name) {
                         return Err(BackupError::Protocol(format!("archive name \"{name}\"")));
                     }
+                    let again = archives.iter().any(|a| &a.name == name)
+                        || matches!(&current, Current::Archive(n, _, _) if n == name);
+                    if again {
+                        return Err(BackupError::Protocol(format!(
+                            "archive \"{name}\" sent twice"
+                        )));
+                    }
                     let object = object_file(name, compression);
                     let w = ObjectWriter::create(
                         &store,
@@ -318,6 +327,9 @@ async fn stream_backup(
                     Some(Current::Archive(name.clone(), location.clone(), w))
                 }
                 BaseBackupEvent::Manifest => {
+                    if manifest.is_some() || matches!(current, Current::Manifest(_)) {
+                        return Err(BackupError::Protocol("the manifest sent twice".into()));
+                    }
                     let object = object_file(MANIFEST_FILE, compression);
                     let w = ObjectWriter::create(
                         &store,
@@ -454,12 +466,29 @@ pub async fn wait_for_wal(
     wait: Duration,
 ) -> Result<BackupStatus> {
     let deadline = Instant::now() + wait;
+    // one listing for what is missing, then a HEAD per missing file (oldest first)
+    let mut missing = match catalog::status(cat, meta).await? {
+        BackupStatus::Complete => return Ok(BackupStatus::Complete),
+        BackupStatus::Incomplete { missing } => missing,
+    };
+    let mut pause = Duration::from_millis(500);
     loop {
-        let s = catalog::status(cat, meta).await?;
-        if s.is_complete() || Instant::now() >= deadline {
-            return Ok(s);
+        let mut still = Vec::with_capacity(missing.len());
+        for name in missing {
+            if !still.is_empty() || !catalog::wal_present(cat, &name).await? {
+                still.push(name);
+            }
         }
-        tokio::time::sleep(Duration::from_secs(1).min(wait)).await;
+        missing = still;
+        if missing.is_empty() {
+            // confirm with the full rule (history files, timeline switch)
+            return catalog::status(cat, meta).await;
+        }
+        if Instant::now() >= deadline {
+            return Ok(BackupStatus::Incomplete { missing });
+        }
+        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 

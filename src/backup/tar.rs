@@ -136,7 +136,7 @@ impl TarWatch {
         let typeflag = h.get(156).copied().unwrap_or(0);
         let regular = typeflag == b'0' || typeflag == 0;
         self.data_left = size;
-        let rem = size % BLOCK as u64;
+        let rem = size.checked_rem(BLOCK as u64).unwrap_or(0);
         self.pad_left = if rem == 0 {
             0
         } else {
