@@ -56,6 +56,8 @@ pub struct Config {
     pub group: Vec<crate::fleet::group::GroupConfig>,
     /// Base backups into the archive (`[backup]`, see `docs/backups.md`).
     pub backup: BackupConfig,
+    /// Scheduled restore drills in `run` (`[drill]`, see docs/restore.md).
+    pub drill: DrillConfig,
 }
 
 impl Default for Config {
@@ -75,6 +77,46 @@ impl Default for Config {
             cluster: Vec::new(),
             group: Vec::new(),
             backup: BackupConfig::default(),
+            drill: DrillConfig::default(),
+        }
+    }
+}
+
+/// `[drill]`: scheduled restore drills in `walrelay run` (the options of `walrelay drill`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrillConfig {
+    /// Run a drill this often (the first one `every` after start); `0` (the default): never.
+    #[serde(deserialize_with = "de_duration")]
+    pub every: Duration,
+    /// Backup to drill: `latest` (the newest complete one) or an ID.
+    pub backup: String,
+    /// SQL run on the restored server.
+    pub check_query: String,
+    /// Also connect it as a standby of walrelay and require `streaming`.
+    pub standby: bool,
+    /// PostgreSQL bin directory (default /usr/lib/postgresql/<major>/bin, else PATH).
+    pub pg_bin: Option<PathBuf>,
+    /// User PostgreSQL runs as (required when walrelay runs as root).
+    pub run_as: Option<String>,
+    /// Database role for the check query.
+    pub db_user: String,
+    /// Longest wait for the restored server to reach its target.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for DrillConfig {
+    fn default() -> Self {
+        DrillConfig {
+            every: Duration::ZERO,
+            backup: "latest".into(),
+            check_query: "SELECT count(*) FROM pg_class".into(),
+            standby: false,
+            pg_bin: None,
+            run_as: None,
+            db_user: "postgres".into(),
+            timeout: Duration::from_secs(3600),
         }
     }
 }

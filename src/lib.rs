@@ -27,6 +27,8 @@
 //! | [`statefile`] | durable atomic state files, the coalescing state writer | know what the files mean |
 //! | [`generate`] | man pages and shell completions from the CLI | know options itself |
 //! | [`reload`] | SIGHUP: re-read the config, apply TLS/hba/users/feeds live, report the rest | restart anything |
+//! | [`restore`] | `walrelay restore`: backup choice, safe unpacking, manifest check, recovery settings | write to the archive |
+//! | [`drill`] | `walrelay drill` and its schedule: restore, start, replay, check, report | write outside its directory |
 //! | [`sdnotify`] | systemd notifications (READY, RELOADING, STOPPING, WATCHDOG) | decide readiness |
 //!
 //! See `docs/architecture.md` for the data flow as built.
@@ -38,6 +40,7 @@ pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod delay;
+pub mod drill;
 pub mod endpoints;
 pub mod error;
 pub mod fleet;
@@ -49,6 +52,7 @@ pub mod ops;
 pub mod pgreceivewal;
 pub mod protocol;
 pub mod reload;
+pub mod restore;
 pub mod sdnotify;
 pub mod server;
 pub mod statefile;

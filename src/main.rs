@@ -36,6 +36,11 @@ enum Command {
     Passwd(PasswdArgs),
     /// restore_command: fetch WAL file %f from the archive into %p.
     WalFetch(walrelay::archive::cli::WalFetchArgs),
+    /// Restore a base backup from the archive into a directory, ready to recover to a target.
+    Restore(walrelay::restore::RestoreArgs),
+    /// Restore drill: restore a backup into a throwaway directory, start PostgreSQL, replay,
+    /// check, report (--json, --nagios), tear down.
+    Drill(walrelay::drill::DrillArgs),
     /// Check the archive: every segment FOUND / MISSING / CORRUPT, timeline histories.
     Verify(walrelay::archive::cli::VerifyArgs),
     /// Measure upload throughput to an archive by concurrency (uploads throwaway
@@ -280,6 +285,8 @@ fn main() -> ExitCode {
                 Command::Passwd(a) => passwd(a),
                 Command::WalFetch(a) => exit_with(walrelay::archive::cli::wal_fetch_main(a).await),
                 Command::Verify(a) => exit_with(walrelay::archive::cli::verify_main(a).await),
+                Command::Restore(a) => exit_with(walrelay::restore::main(a).await),
+                Command::Drill(a) => exit_with(walrelay::drill::main(a).await),
                 Command::Archive(a) => exit_with(walrelay::archive::cli::archive_main(a).await),
                 Command::Backup(a) => exit_with(walrelay::backup::cli::backup_main(a).await),
                 Command::Backups(a) => exit_with(walrelay::backup::cli::backups_main(a).await),
@@ -411,6 +418,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
     };
     let sources: Vec<_> = clusters.iter().map(|c| c.sources.clone()).collect();
     walrelay::endpoints::start(&cfg, metrics, &sources, shutdown.clone()).await?;
+    let drills = walrelay::drill::spawn_schedule(&cfg.drill, a.config.clone(), shutdown.clone());
     for c in &clusters {
         tracing::info!(
             "walrelay starting{}: data directory \"{}\"",
@@ -462,6 +470,10 @@ async fn run(a: RunArgs) -> Result<(), String> {
         }
     }
     walrelay::sdnotify::stopping();
+    if let Some(t) = drills {
+        t.abort();
+        let _ = t.await;
+    }
     // The walsenders stop after the receivers; standbys get what is flushed before the
     // stores close (ordered walsender shutdown), cluster by cluster.
     let _ = shared_stop_tx.send(true);
