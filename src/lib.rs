@@ -25,6 +25,7 @@
 //! | [`statefile`] | durable atomic state files, the coalescing state writer | know what the files mean |
 //! | [`generate`] | man pages and shell completions from the CLI | know options itself |
 //! | [`reload`] | SIGHUP: re-read the config, apply TLS/hba/users/feeds live, report the rest | restart anything |
+//! | [`fleet`] | `[[group]]`s: cluster-wide restore points (fence, Citus), their archive records, the periodic task | touch WAL or feeds directly |
 //! | [`sdnotify`] | systemd notifications (READY, RELOADING, STOPPING, WATCHDOG) | decide readiness |
 //!
 //! See `docs/architecture.md` for the data flow as built.
@@ -36,6 +37,7 @@ pub mod config;
 pub mod delay;
 pub mod endpoints;
 pub mod error;
+pub mod fleet;
 pub mod generate;
 pub mod logging;
 pub mod lsn;
