@@ -59,6 +59,10 @@ enum Command {
     /// What a running walrelay receives, stores, archives and serves, with lags and the
     /// last errors.
     Status(StatusArgs),
+    /// Cluster-wide restore points: `restore-point create NAME --group G`.
+    RestorePoint(walrelay::fleet::cli::RestorePointArgs),
+    /// List the cluster-wide restore points recorded in the archive.
+    RestorePoints(walrelay::fleet::cli::RestorePointsArgs),
     /// Man pages and shell completions (for packagers): `generate man DIR`,
     /// `generate completions SHELL`.
     #[command(hide = true)]
@@ -118,12 +122,28 @@ enum FeedAction {
     /// Position, delay, hold and the next commit waiting, for every feed.
     List,
     /// Hold the feed where it is (the standby keeps its connection).
-    Pause { name: String },
+    Pause {
+        #[arg(required_unless_present = "group")]
+        name: Option<String>,
+        /// Every delayed feed of every cluster of this [[group]] (needs -c).
+        #[arg(long, conflicts_with = "name")]
+        group: Option<String>,
+    },
     /// Drop any hold (and acknowledge a tripwire): the delay alone decides again.
-    Resume { name: String },
+    Resume {
+        #[arg(required_unless_present = "group")]
+        name: Option<String>,
+        /// Every delayed feed of every cluster of this [[group]] (needs -c).
+        #[arg(long, conflicts_with = "name")]
+        group: Option<String>,
+    },
     /// Move the feed to exactly this point, past the delay if need be, and hold it there.
     Advance {
-        name: String,
+        #[arg(required_unless_present = "group")]
+        name: Option<String>,
+        /// Every delayed feed of every cluster of this [[group]], all or nothing (needs -c).
+        #[arg(long, conflicts_with = "name")]
+        group: Option<String>,
         /// Just before the first commit after this time (e.g. "2026-11-21 18:58:59+00").
         #[arg(long, group = "target")]
         to_time: Option<String>,
@@ -296,6 +316,8 @@ fn main() -> ExitCode {
                     Ok(())
                 }
                 Command::Generate(_) => Ok(()), // handled before the runtime starts
+                Command::RestorePoint(a) => walrelay::fleet::cli::restore_point_main(a).await,
+                Command::RestorePoints(a) => walrelay::fleet::cli::restore_points_main(a).await,
             }
         });
         work.await
@@ -569,12 +591,20 @@ async fn run(a: RunArgs) -> Result<(), String> {
 
 async fn feed(a: FeedArgs) -> Result<(), String> {
     use walrelay::delay::api::{feed_command, FeedCommand};
+    let (target, config, json) = (a.control.target(), a.control.config.clone(), a.control.json);
+    let group = |g: &str, action: &'static str, p: &[(&'static str, String)]| {
+        let t = target.clone();
+        walrelay::fleet::cli::feed_group(t, config.clone(), g.to_string(), action, p.to_vec(), json)
+    };
     let cmd = match a.action {
         FeedAction::List => FeedCommand::List,
-        FeedAction::Pause { name } => FeedCommand::Pause(name),
-        FeedAction::Resume { name } => FeedCommand::Resume(name),
+        FeedAction::Pause { group: Some(g), .. } => return group(&g, "pause", &[]).await,
+        FeedAction::Resume { group: Some(g), .. } => return group(&g, "resume", &[]).await,
+        FeedAction::Pause { name, .. } => FeedCommand::Pause(name.unwrap_or_default()),
+        FeedAction::Resume { name, .. } => FeedCommand::Resume(name.unwrap_or_default()),
         FeedAction::Advance {
             name,
+            group: g,
             to_time,
             before_xid,
             to_lsn,
@@ -595,7 +625,10 @@ async fn feed(a: FeedArgs) -> Result<(), String> {
                         .into(),
                 );
             }
-            FeedCommand::Advance(name, p)
+            match g {
+                Some(g) => return group(&g, "advance", &p).await,
+                None => FeedCommand::Advance(name.unwrap_or_default(), p),
+            }
         }
     };
     print!(

@@ -11,6 +11,7 @@
 //! [`crate::delay::group`] on the control endpoint.
 
 pub mod citus;
+pub mod cli;
 pub mod fence;
 pub mod group;
 pub mod restore_point;
