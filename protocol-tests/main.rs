@@ -12,6 +12,7 @@ mod barman_pg_receivewal;
 mod bench_quick;
 mod delay_feeds;
 mod failover_diverge;
+mod fleet_restore_points;
 mod fuzz_replay;
 mod harness;
 mod harness_selftest;

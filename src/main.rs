@@ -98,6 +98,21 @@ struct ControlArgs {
 }
 
 impl ControlArgs {
+    /// [`ControlArgs::target`], ignoring a --config that is not a `run` configuration when
+    /// --control or --data-dir says where walrelay is (the `--group` commands' file).
+    fn target_lenient(&self) -> Result<walrelay::admin::Target, String> {
+        self.target().or_else(|e| match self.control.is_some() || self.data_dir.is_some() {
+            true => walrelay::endpoints::resolve_target(
+                self.control.as_deref(),
+                &|k| std::env::var(k).ok(),
+                self.data_dir.as_deref(),
+                None,
+                self.token_file.as_deref(),
+            ),
+            false => Err(e),
+        })
+    }
+
     fn target(&self) -> Result<walrelay::admin::Target, String> {
         walrelay::endpoints::resolve_target(
             self.control.as_deref(),
@@ -591,7 +606,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
 
 async fn feed(a: FeedArgs) -> Result<(), String> {
     use walrelay::delay::api::{feed_command, FeedCommand};
-    let (target, config, json) = (a.control.target(), a.control.config.clone(), a.control.json);
+    let (target, config, json) = (a.control.target_lenient(), a.control.config.clone(), a.control.json);
     let group = |g: &str, action: &'static str, p: &[(&'static str, String)]| {
         let t = target.clone();
         walrelay::fleet::cli::feed_group(t, config.clone(), g.to_string(), action, p.to_vec(), json)
