@@ -113,6 +113,21 @@ fn walrelay_ok(args: &[&str]) -> String {
     out
 }
 
+/// `walrelay xacts -D DIR` on a live data directory (a segment renamed during the scan
+/// fails it: try again).
+fn xacts_dir(dir: &Path) -> String {
+    let mut last = String::new();
+    for _ in 0..20 {
+        let (st, out, err) = run_to_end(&["xacts", "-D", dir.to_str().unwrap()]);
+        if st.success() {
+            return out;
+        }
+        last = err;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("walrelay xacts -D {}: {last}", dir.display());
+}
+
 fn restore_points(conf: &str) -> serde_json::Value {
     let out = walrelay_ok(&["restore-points", "-c", conf, "--json"]);
     serde_json::from_str(&out).unwrap()
@@ -369,7 +384,7 @@ fn restore_point_fence_timeout() {
     for c in [&a, &b] {
         let lsn = c.primary.switch_wal();
         c.relay.wait_flush(&c.primary, lsn);
-        let out = walrelay_ok(&["xacts", "-D", c.relay.data.to_str().unwrap()]);
+        let out = xacts_dir(&c.relay.data);
         assert!(!out.contains("restore_point"), "{}: {out}", c.name);
     }
     // the fence was released: shard1 is free, and after the application commits, it works
@@ -386,7 +401,7 @@ fn restore_point_fence_timeout() {
     for c in [&a, &b] {
         let lsn = c.primary.switch_wal();
         c.relay.wait_flush(&c.primary, lsn);
-        let out = walrelay_ok(&["xacts", "-D", c.relay.data.to_str().unwrap()]);
+        let out = xacts_dir(&c.relay.data);
         assert!(out.contains("restore_point") && out.contains("after"), "{}: {out}", c.name);
     }
 }
