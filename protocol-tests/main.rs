@@ -13,6 +13,7 @@ mod bench_quick;
 mod delay_feeds;
 mod failover_diverge;
 mod fleet_restore_points;
+mod fleet_clusters;
 mod fuzz_replay;
 mod harness;
 mod harness_selftest;

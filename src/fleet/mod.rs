@@ -159,6 +159,26 @@ impl Fleet {
         })
     }
 
+    /// The clusters and groups of a loaded `run` configuration (the groups checked).
+    pub fn from_config(cfg: &crate::config::Config) -> Result<Fleet, String> {
+        let clusters: Vec<ClusterRef> = cfg
+            .clusters()
+            .into_iter()
+            .map(|c| ClusterRef {
+                sql_conninfo: c.sql_conninfo.clone().or_else(|| c.upstream.conninfo.clone()),
+                archive: ArchiveSettings::new(c.archive.clone(), c.data_dir.clone()),
+                feeds: c.feed.iter().map(|f| f.name.clone()).collect(),
+                name: c.name,
+            })
+            .collect();
+        let names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+        group::check_groups(&cfg.group, &names)?;
+        Ok(Fleet {
+            clusters,
+            groups: cfg.group.clone(),
+        })
+    }
+
     pub fn group(&self, name: &str) -> Result<&GroupConfig, FleetError> {
         self.groups
             .iter()
