@@ -144,11 +144,15 @@ fn recover(c: &mut Cluster, name: &str) -> Vec<u32> {
         conf_quote(&format!("{} wal-fetch -c {} %f %p", bin().display(), c.conf))
     ));
     c.backup.start();
-    harness::wait_for(Duration::from_secs(120), "recovery to the restore point", || {
-        c.backup
-            .try_psql("select pg_is_in_recovery()")
-            .is_ok_and(|v| v == "f")
-    });
+    harness::wait_for(
+        Duration::from_secs(120),
+        "recovery to the restore point",
+        || {
+            c.backup
+                .try_psql("select pg_is_in_recovery()")
+                .is_ok_and(|v| v == "f")
+        },
+    );
     assert!(
         c.backup
             .log()
@@ -161,14 +165,17 @@ fn recover(c: &mut Cluster, name: &str) -> Vec<u32> {
 
 /// Waits until the segment holding `lsn`'s WAL (after a switch) is fetchable from the archive.
 fn wait_archived(c: &Cluster) {
-    let seg = c
-        .primary
-        .psql("select pg_walfile_name(pg_switch_wal())");
+    let seg = c.primary.psql("select pg_walfile_name(pg_switch_wal())");
     let dest = c.relay.data.join("probe-fetch");
-    harness::wait_for(Duration::from_secs(60), "the segment to be archived", || {
-        let (st, _, _) = run_to_end(&["wal-fetch", "-c", &c.conf, &seg, dest.to_str().unwrap()]);
-        st.success()
-    });
+    harness::wait_for(
+        Duration::from_secs(60),
+        "the segment to be archived",
+        || {
+            let (st, _, _) =
+                run_to_end(&["wal-fetch", "-c", &c.conf, &seg, dest.to_str().unwrap()]);
+            st.success()
+        },
+    );
 }
 
 fn restore_points_consistent(major: &str) {
@@ -208,13 +215,23 @@ fn restore_points_consistent(major: &str) {
             }
         })
     };
-    harness::wait_for(Duration::from_secs(60), "some distributed transactions", || {
-        done.load(Ordering::SeqCst) >= 10
-    });
+    harness::wait_for(
+        Duration::from_secs(60),
+        "some distributed transactions",
+        || done.load(Ordering::SeqCst) >= 10,
+    );
     let mut names = Vec::new();
     for i in 1..=3 {
         let name = format!("rp{i}");
-        let out = walrelay_ok(&["restore-point", "create", &name, "--group", "app", "-c", &conf]);
+        let out = walrelay_ok(&[
+            "restore-point",
+            "create",
+            &name,
+            "--group",
+            "app",
+            "-c",
+            &conf,
+        ]);
         assert!(out.contains(&name), "{out}");
         names.push(name);
         let before = done.load(Ordering::SeqCst);
@@ -228,7 +245,15 @@ fn restore_points_consistent(major: &str) {
     assert_eq!(all, ids(&b.primary));
 
     // a duplicate name is refused, and nothing is created for it
-    let (st, _, err) = run_to_end(&["restore-point", "create", "rp2", "--group", "app", "-c", &conf]);
+    let (st, _, err) = run_to_end(&[
+        "restore-point",
+        "create",
+        "rp2",
+        "--group",
+        "app",
+        "-c",
+        &conf,
+    ]);
     assert!(!st.success());
     let first = a.relay.data.join("archive");
     assert!(
@@ -249,8 +274,14 @@ fn restore_points_consistent(major: &str) {
         let cl = r["clusters"].as_array().unwrap();
         assert_eq!(cl.len(), 2);
         assert_eq!(cl[0]["name"], "shard1");
-        assert_eq!(cl[0]["system_id"].as_u64(), Some(a.primary.system_identifier()));
-        assert_eq!(cl[1]["system_id"].as_u64(), Some(b.primary.system_identifier()));
+        assert_eq!(
+            cl[0]["system_id"].as_u64(),
+            Some(a.primary.system_identifier())
+        );
+        assert_eq!(
+            cl[1]["system_id"].as_u64(),
+            Some(b.primary.system_identifier())
+        );
         assert_eq!(cl[0]["timeline"], 1);
         assert!(cl[1]["lsn"].as_str().unwrap().contains('/'));
     }
@@ -285,7 +316,16 @@ fn restore_points_consistent(major: &str) {
     // group feed control: all or nothing (shard2's feed is not on shard1's walrelay)
     let ctl = a.relay.data.to_str().unwrap().to_string();
     let (st, _, err) = run_to_end(&[
-        "feed", "advance", "--group", "app", "--to-restore-point", "rp3", "-c", &conf, "--data-dir", &ctl,
+        "feed",
+        "advance",
+        "--group",
+        "app",
+        "--to-restore-point",
+        "rp3",
+        "-c",
+        &conf,
+        "--data-dir",
+        &ctl,
     ]);
     assert!(!st.success());
     assert!(
@@ -296,7 +336,16 @@ fn restore_points_consistent(major: &str) {
         "{err}"
     );
     let (st, _, err) = run_to_end(&[
-        "feed", "advance", "--group", "one", "--to-restore-point", "nosuch", "-c", &conf, "--data-dir", &ctl,
+        "feed",
+        "advance",
+        "--group",
+        "one",
+        "--to-restore-point",
+        "nosuch",
+        "-c",
+        &conf,
+        "--data-dir",
+        &ctl,
     ]);
     assert!(!st.success());
     assert!(
@@ -305,12 +354,37 @@ fn restore_points_consistent(major: &str) {
     );
     assert_eq!(ids(&sa), va, "a refused group advance moved the feed");
     let out = walrelay_ok(&[
-        "feed", "advance", "--group", "one", "--to-restore-point", "rp3", "-c", &conf, "--data-dir", &ctl,
+        "feed",
+        "advance",
+        "--group",
+        "one",
+        "--to-restore-point",
+        "rp3",
+        "-c",
+        &conf,
+        "--data-dir",
+        &ctl,
     ]);
-    assert!(out.contains("cluster shard1") && out.contains(&a.feed), "{out}");
-    let lsn: walrelay::lsn::Lsn = rps[2]["clusters"][0]["lsn"].as_str().unwrap().parse().unwrap();
+    assert!(
+        out.contains("cluster shard1") && out.contains(&a.feed),
+        "{out}"
+    );
+    let lsn: walrelay::lsn::Lsn = rps[2]["clusters"][0]["lsn"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     sa.wait_replayed(lsn, Duration::from_secs(60));
-    walrelay_ok(&["feed", "pause", "--group", "one", "-c", &conf, "--data-dir", &ctl]);
+    walrelay_ok(&[
+        "feed",
+        "pause",
+        "--group",
+        "one",
+        "-c",
+        &conf,
+        "--data-dir",
+        &ctl,
+    ]);
 
     // (b) both clusters recovered to rp2 from base backups taken before the workload
     wait_archived(&a);
@@ -362,7 +436,10 @@ fn restore_points_consistent_pg18() {
 /// restore point exists on either cluster nor in the archive.
 #[test]
 fn restore_point_fence_timeout() {
-    let major = harness::majors().last().cloned().unwrap_or_else(|| "15".into());
+    let major = harness::majors()
+        .last()
+        .cloned()
+        .unwrap_or_else(|| "15".into());
     let t = TestDir::new("fleet-fence");
     let a = cluster(&t, "shard1", &major);
     let b = cluster(&t, "shard2", &major);
@@ -370,16 +447,31 @@ fn restore_point_fence_timeout() {
     b.primary.psql(&format!(
         "begin; select pg_advisory_xact_lock_shared({KEY}); insert into dt values (1); prepare transaction 'held';"
     ));
-    let (st, out, err) = run_to_end(&["restore-point", "create", "blocked", "--group", "app", "-c", &conf]);
+    let (st, out, err) = run_to_end(&[
+        "restore-point",
+        "create",
+        "blocked",
+        "--group",
+        "app",
+        "-c",
+        &conf,
+    ]);
     assert!(!st.success(), "{out}");
     assert!(
         err.contains(&format!("walrelay: error: cluster \"shard2\": could not take the fence (pg_advisory_lock({KEY})) within fence_timeout (2s); no restore point was created")),
         "{err}"
     );
-    assert!(err.contains("canceling statement due to lock timeout"), "{err}");
+    assert!(
+        err.contains("canceling statement due to lock timeout"),
+        "{err}"
+    );
     // no record
     let list = restore_points(&conf);
-    assert_eq!(list["restore_points"].as_array().unwrap().len(), 0, "{list}");
+    assert_eq!(
+        list["restore_points"].as_array().unwrap().len(),
+        0,
+        "{list}"
+    );
     // no restore point record in either cluster's WAL (walrelay's decoder: xacts -D)
     for c in [&a, &b] {
         let lsn = c.primary.switch_wal();
@@ -389,20 +481,43 @@ fn restore_point_fence_timeout() {
     }
     // the fence was released: shard1 is free, and after the application commits, it works
     assert_eq!(
-        a.primary.psql(&format!("select pg_try_advisory_lock({KEY})")),
+        a.primary
+            .psql(&format!("select pg_try_advisory_lock({KEY})")),
         "t"
     );
     b.primary.psql("commit prepared 'held'");
-    let out = walrelay_ok(&["restore-point", "create", "after", "--group", "app", "-c", &conf]);
+    let out = walrelay_ok(&[
+        "restore-point",
+        "create",
+        "after",
+        "--group",
+        "app",
+        "-c",
+        &conf,
+    ]);
     assert!(out.contains("after"), "{out}");
-    assert!(Path::new(&a.relay.data.join("archive/groups/app/restore_points/after.json")).exists());
-    assert!(Path::new(&b.relay.data.join("archive/groups/app/restore_points/after.json")).exists());
+    assert!(Path::new(
+        &a.relay
+            .data
+            .join("archive/groups/app/restore_points/after.json")
+    )
+    .exists());
+    assert!(Path::new(
+        &b.relay
+            .data
+            .join("archive/groups/app/restore_points/after.json")
+    )
+    .exists());
     // and now the decoder sees it (the check above can fail)
     for c in [&a, &b] {
         let lsn = c.primary.switch_wal();
         c.relay.wait_flush(&c.primary, lsn);
         let out = xacts_dir(&c.relay.data);
-        assert!(out.contains("restore_point") && out.contains("after"), "{}: {out}", c.name);
+        assert!(
+            out.contains("restore_point") && out.contains("after"),
+            "{}: {out}",
+            c.name
+        );
     }
 }
 
@@ -410,8 +525,10 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf).to_string();
@@ -454,7 +571,11 @@ fn restore_points_one_process_group_feeds() {
     )
     .unwrap();
     let conf = conf.to_str().unwrap().to_string();
-    let mut relay = Walrelay::spawn_with(&t.join("walrelay.log"), &["run", "-c", &conf], &[("WALRELAY_LOG", "info")]);
+    let mut relay = Walrelay::spawn_with(
+        &t.join("walrelay.log"),
+        &["run", "-c", &conf],
+        &[("WALRELAY_LOG", "info")],
+    );
 
     // periodic restore points, recorded, with their metric
     harness::wait_for(Duration::from_secs(90), "a periodic restore point", || {
@@ -463,22 +584,48 @@ fn restore_points_one_process_group_feeds() {
     });
     let m = http_get(&metrics, "/metrics").unwrap_or_default();
     assert!(
-        m.lines().any(|l| l.starts_with("walrelay_restore_point_last_success_timestamp_seconds{")
-            && l.contains("group=\"app\"")),
+        m.lines().any(
+            |l| l.starts_with("walrelay_restore_point_last_success_timestamp_seconds{")
+                && l.contains("group=\"app\"")
+        ),
         "{m}"
     );
-    assert!(relay.log().contains("of group \"app\" recorded"), "{}", relay.log());
+    assert!(
+        relay.log().contains("of group \"app\" recorded"),
+        "{}",
+        relay.log()
+    );
 
-    let sa = Pg::standby_of(&a, &ma, &format!("host=127.0.0.1 port={la} user=postgres application_name=lag_shard1"), &[]);
-    let sb = Pg::standby_of(&b, &mb, &format!("host=127.0.0.1 port={lb} user=postgres application_name=lag_shard2"), &[]);
+    let sa = Pg::standby_of(
+        &a,
+        &ma,
+        &format!("host=127.0.0.1 port={la} user=postgres application_name=lag_shard1"),
+        &[],
+    );
+    let sb = Pg::standby_of(
+        &b,
+        &mb,
+        &format!("host=127.0.0.1 port={lb} user=postgres application_name=lag_shard2"),
+        &[],
+    );
     for s in [&sa, &sb] {
-        harness::wait_for(Duration::from_secs(60), "standby up", || s.try_psql("select 1").is_ok());
+        harness::wait_for(Duration::from_secs(60), "standby up", || {
+            s.try_psql("select 1").is_ok()
+        });
     }
     let (ca, cb) = (a.conninfo(), b.conninfo());
     for id in 1..=5 {
         assert!(distributed_xact_ci(&ma, &ca, &cb, id));
     }
-    walrelay_ok(&["restore-point", "create", "g1", "--group", "app", "-c", &conf]);
+    walrelay_ok(&[
+        "restore-point",
+        "create",
+        "g1",
+        "--group",
+        "app",
+        "-c",
+        &conf,
+    ]);
     for id in 6..=10 {
         assert!(distributed_xact_ci(&ma, &ca, &cb, id));
     }
@@ -495,7 +642,16 @@ fn restore_points_one_process_group_feeds() {
     let mut out = String::new();
     harness::wait_for(Duration::from_secs(30), "feed advance --group", || {
         let (st, o, e) = run_to_end(&[
-            "feed", "advance", "--group", "app", "--to-restore-point", "g1", "-c", &conf, "--data-dir", &ctl,
+            "feed",
+            "advance",
+            "--group",
+            "app",
+            "--to-restore-point",
+            "g1",
+            "-c",
+            &conf,
+            "--data-dir",
+            &ctl,
         ]);
         if !st.success() {
             assert!(e.contains("is not yet in the commit index"), "{e}");
@@ -503,7 +659,10 @@ fn restore_points_one_process_group_feeds() {
         out = o;
         st.success()
     });
-    assert!(out.contains("cluster shard1") && out.contains("cluster shard2"), "{out}");
+    assert!(
+        out.contains("cluster shard1") && out.contains("cluster shard2"),
+        "{out}"
+    );
     for (s, i) in [(&sa, 0), (&sb, 1)] {
         let lsn: walrelay::lsn::Lsn = rec["clusters"][i]["lsn"].as_str().unwrap().parse().unwrap();
         s.wait_replayed(lsn, Duration::from_secs(60));
@@ -516,12 +675,35 @@ fn restore_points_one_process_group_feeds() {
     let states = || -> Vec<String> {
         let out = walrelay_ok(&["feed", "list", "--json", "--data-dir", &ctl]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v["feeds"].as_array().unwrap().iter().map(|f| f["state"].as_str().unwrap().to_string()).collect()
+        v["feeds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["state"].as_str().unwrap().to_string())
+            .collect()
     };
     assert_eq!(states(), vec!["advanced", "advanced"]);
-    walrelay_ok(&["feed", "pause", "--group", "app", "-c", &conf, "--data-dir", &ctl]);
+    walrelay_ok(&[
+        "feed",
+        "pause",
+        "--group",
+        "app",
+        "-c",
+        &conf,
+        "--data-dir",
+        &ctl,
+    ]);
     assert_eq!(states(), vec!["paused", "paused"]);
-    walrelay_ok(&["feed", "resume", "--group", "app", "-c", &conf, "--data-dir", &ctl]);
+    walrelay_ok(&[
+        "feed",
+        "resume",
+        "--group",
+        "app",
+        "-c",
+        &conf,
+        "--data-dir",
+        &ctl,
+    ]);
     let s = states();
     assert!(s.iter().all(|x| x != "paused" && x != "advanced"), "{s:?}");
     assert!(relay.stop().success(), "{}", relay.log());

@@ -96,16 +96,17 @@ impl ControlArgs {
     /// [`ControlArgs::target`], ignoring a --config that is not a `run` configuration when
     /// --control or --data-dir says where walrelay is (the `--group` commands' file).
     fn target_lenient(&self) -> Result<walrelay::admin::Target, String> {
-        self.target().or_else(|e| match self.control.is_some() || self.data_dir.is_some() {
-            true => walrelay::endpoints::resolve_target(
-                self.control.as_deref(),
-                &|k| std::env::var(k).ok(),
-                self.data_dir.as_deref(),
-                None,
-                self.token_file.as_deref(),
-            ),
-            false => Err(e),
-        })
+        let strict = self.target();
+        if strict.is_ok() || (self.control.is_none() && self.data_dir.is_none()) {
+            return strict;
+        }
+        walrelay::endpoints::resolve_target(
+            self.control.as_deref(),
+            &|k| std::env::var(k).ok(),
+            self.data_dir.as_deref(),
+            None,
+            self.token_file.as_deref(),
+        )
     }
 
     fn target(&self) -> Result<walrelay::admin::Target, String> {

@@ -169,7 +169,9 @@ pub fn register_group_routes(routes: &mut Routes, lookup: FeedLookup) {
                         feed,
                         controller,
                     }),
-                    None => unknown.push(format!("cluster \"{cluster}\": no feed named \"{feed}\"")),
+                    None => {
+                        unknown.push(format!("cluster \"{cluster}\": no feed named \"{feed}\""))
+                    }
                 }
             }
             if !unknown.is_empty() {
@@ -236,7 +238,12 @@ pub async fn group_command(
     }
     let mut out = String::new();
     let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
-    for m in v.get("feeds").and_then(Value::as_array).into_iter().flatten() {
+    for m in v
+        .get("feeds")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let f = m.get("feed").cloned().unwrap_or(Value::Null);
         out.push_str(&format!(
             "cluster {:<16} feed {:<16} {:<10} held at {}\n",

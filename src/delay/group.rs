@@ -188,15 +188,16 @@ mod tests {
         // nothing changed on the cluster that had it
         assert!(a.show("fa").unwrap()["hold"].is_null());
         // once both have it, both are held at their own restore point
-        b.index().push([crate::delay::index::IndexEntry::restore_point(
-            Lsn(350),
-            Lsn(390),
-            crate::lsn::pg_now(),
-            "rp".into(),
-        )]);
+        b.index()
+            .push([crate::delay::index::IndexEntry::restore_point(
+                Lsn(350),
+                Lsn(390),
+                crate::lsn::pg_now(),
+                "rp".into(),
+            )]);
         let v = apply(&members, &adv).unwrap();
         assert_eq!(v["feeds"][0]["feed"]["state"], "advanced");
-        assert_eq!(v["feeds"][1]["feed"]["held_at"].as_str().is_some(), true);
+        assert!(v["feeds"][1]["feed"]["held_at"].as_str().is_some());
         assert!(a.show("fa").unwrap()["hold"].is_string());
         assert!(b.show("fb").unwrap()["hold"].is_string());
         apply(&members, &GroupAction::Resume).unwrap();

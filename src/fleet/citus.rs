@@ -10,7 +10,10 @@ use crate::upstream::UpstreamError;
 
 /// The coordinator's restore point LSN (text, `X/X`).
 pub async fn create(s: &mut SqlSession, name: &str) -> Result<String, UpstreamError> {
-    let q = format!("SELECT citus_create_restore_point({})::text", quote_literal(name));
+    let q = format!(
+        "SELECT citus_create_restore_point({})::text",
+        quote_literal(name)
+    );
     s.query_value(&q)
         .await?
         .ok_or_else(|| UpstreamError::protocol("citus_create_restore_point returned no LSN"))

@@ -85,7 +85,10 @@ pub async fn restore_points_main(a: RestorePointsArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     if a.json {
-        println!("{}", to_json(&serde_json::json!({ "restore_points": list })));
+        println!(
+            "{}",
+            to_json(&serde_json::json!({ "restore_points": list }))
+        );
     } else {
         print!("{}", restore_point::format_list(&list));
     }
@@ -105,7 +108,9 @@ pub async fn feed_group(
     let target = target?;
     let group = group.as_str();
     let Some(config) = config else {
-        return Err("--group needs the configuration file (-c/--config) that defines the group".into());
+        return Err(
+            "--group needs the configuration file (-c/--config) that defines the group".into(),
+        );
     };
     let fleet = Fleet::load(&config).map_err(|e| e.to_string())?;
     let g = fleet.group(group).map_err(|e| e.to_string())?;

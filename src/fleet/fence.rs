@@ -52,7 +52,10 @@ pub async fn take(members: &mut [Member], g: &GroupConfig) -> Result<(), FleetEr
         let (set, q, reset) = match g.fence {
             FenceKind::Advisory => (
                 format!("SET lock_timeout = '{ms}ms'"),
-                format!("SELECT pg_advisory_lock({})", g.fence_key.unwrap_or_default()),
+                format!(
+                    "SELECT pg_advisory_lock({})",
+                    g.fence_key.unwrap_or_default()
+                ),
                 "SET lock_timeout = DEFAULT",
             ),
             FenceKind::Sql => (
@@ -105,9 +108,7 @@ fn timeout(cluster: &str, g: &GroupConfig, server: Option<String>) -> FleetError
 pub async fn release(members: Vec<Member>, g: &GroupConfig) {
     for mut m in members.into_iter().rev() {
         let q = match g.fence {
-            FenceKind::Advisory => Some(format!(
-                "SELECT pg_advisory_unlock_all()"
-            )),
+            FenceKind::Advisory => Some("SELECT pg_advisory_unlock_all()".to_string()),
             FenceKind::Sql => g.unfence_sql.clone().filter(|s| !s.is_empty()),
         };
         if let Some(q) = q {

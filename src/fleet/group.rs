@@ -115,7 +115,8 @@ pub fn check_restore_point_name(name: &str) -> Result<(), String> {
 fn valid_group_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 63
-        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 impl GroupConfig {

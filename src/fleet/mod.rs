@@ -114,8 +114,7 @@ impl Fleet {
             path: path.into(),
             source,
         })?;
-        Fleet::parse(&text)
-            .map_err(|e| FleetError::Config(format!("{}: {e}", path.display())))
+        Fleet::parse(&text).map_err(|e| FleetError::Config(format!("{}: {e}", path.display())))
     }
 
     /// [`Fleet::load`] from the text.
@@ -165,7 +164,10 @@ impl Fleet {
             .clusters()
             .into_iter()
             .map(|c| ClusterRef {
-                sql_conninfo: c.sql_conninfo.clone().or_else(|| c.upstream.conninfo.clone()),
+                sql_conninfo: c
+                    .sql_conninfo
+                    .clone()
+                    .or_else(|| c.upstream.conninfo.clone()),
                 archive: ArchiveSettings::new(c.archive.clone(), c.data_dir.clone()),
                 feeds: c.feed.iter().map(|f| f.name.clone()).collect(),
                 name: c.name,
@@ -241,7 +243,10 @@ fence_key = 1
 "#,
         )
         .unwrap();
-        assert_eq!(f.clusters[0].sql_conninfo.as_deref(), Some("host=x dbname=app"));
+        assert_eq!(
+            f.clusters[0].sql_conninfo.as_deref(),
+            Some("host=x dbname=app")
+        );
         assert_eq!(f.clusters[1].sql_conninfo.as_deref(), Some("host=p2"));
         assert_eq!(f.clusters[0].archive.url().as_deref(), Some("file:///a"));
         assert_eq!(f.clusters[1].archive.url().as_deref(), Some("file:///b"));

@@ -338,7 +338,8 @@ pub async fn list(
         let members = fleet.members(g)?;
         for b in archives(&members)? {
             for r in read_records(&b.store, &records_dir(&b, &g.name)).await? {
-                if r.group == g.name && !out.iter().any(|o| o.group == r.group && o.name == r.name) {
+                if r.group == g.name && !out.iter().any(|o| o.group == r.group && o.name == r.name)
+                {
                     out.push(r);
                 }
             }

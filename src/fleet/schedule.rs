@@ -90,7 +90,9 @@ pub fn spawn(fleet: Fleet, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()
                     }
                     Err(e) => {
                         metrics::counter!(FAILURES, "group" => name.clone()).increment(1);
-                        tracing::error!("periodic restore point \"{rp}\" of group \"{name}\" failed: {e}");
+                        tracing::error!(
+                            "periodic restore point \"{rp}\" of group \"{name}\" failed: {e}"
+                        );
                     }
                 }
             }

@@ -79,7 +79,10 @@ impl SqlSession {
     /// The first column of the first row of `q` (`None`: no row, or NULL).
     pub async fn query_value(&mut self, q: &str) -> Result<Option<String>, UpstreamError> {
         let r = self.query(q).await?;
-        Ok(r.rows.into_iter().next().and_then(|row| row.into_iter().next().flatten()))
+        Ok(r.rows
+            .into_iter()
+            .next()
+            .and_then(|row| row.into_iter().next().flatten()))
     }
 
     /// A server parameter reported at startup (`server_version`, …).
