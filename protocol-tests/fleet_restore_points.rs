@@ -75,6 +75,13 @@ fn cluster(t: &TestDir, name: &'static str, major: &str) -> Cluster {
 
 /// The configuration `walrelay restore-point` reads: both clusters and the group.
 fn group_conf(t: &TestDir, cs: &[&Cluster], fence_timeout: &str) -> String {
+    group_conf_fence(t, cs, fence_timeout, "fence = \"advisory\"\n")
+}
+
+/// The SQL form of the same fence (`fence = "sql"`).
+const SQL_FENCE: &str = "fence = \"sql\"\nfence_sql = \"SELECT pg_advisory_lock(7401)\"\nunfence_sql = \"SELECT pg_advisory_unlock(7401)\"\n";
+
+fn group_conf_fence(t: &TestDir, cs: &[&Cluster], fence_timeout: &str, fence: &str) -> String {
     let mut s = String::new();
     for c in cs {
         s.push_str(&format!(
@@ -87,7 +94,7 @@ fn group_conf(t: &TestDir, cs: &[&Cluster], fence_timeout: &str) -> String {
     }
     let names: Vec<String> = cs.iter().map(|c| format!("\"{}\"", c.name)).collect();
     s.push_str(&format!(
-        "[[group]]\nname = \"app\"\nclusters = [{}]\nkind = \"fence\"\nfence = \"advisory\"\nfence_key = {KEY}\nfence_timeout = \"{fence_timeout}\"\n",
+        "[[group]]\nname = \"app\"\nclusters = [{}]\nkind = \"fence\"\n{fence}fence_key = {KEY}\nfence_timeout = \"{fence_timeout}\"\n",
         names.join(", ")
     ));
     s.push_str(&format!(
@@ -178,11 +185,11 @@ fn wait_archived(c: &Cluster) {
     );
 }
 
-fn restore_points_consistent(major: &str) {
+fn restore_points_consistent(major: &str, fence: &str) {
     let t = TestDir::new("fleet-rp");
     let mut a = cluster(&t, "shard1", major);
     let mut b = cluster(&t, "shard2", major);
-    let conf = group_conf(&t, &[&a, &b], "20s");
+    let conf = group_conf_fence(&t, &[&a, &b], "20s", fence);
 
     // the delayed standbys (1 h) of each cluster, through walrelay's feed
     let sa = Pg::standby_of(&a.primary, major, &a.relay.conninfo(&a.feed), &[]);
@@ -423,12 +430,13 @@ fn distributed_xact_ci(major: &str, a: &str, b: &str, id: u32) -> bool {
 
 #[test]
 fn restore_points_consistent_pg15() {
-    restore_points_consistent("15");
+    restore_points_consistent("15", "fence = \"advisory\"\n");
 }
 
 #[test]
 fn restore_points_consistent_pg18() {
-    restore_points_consistent("18");
+    // the same fence through fence_sql/unfence_sql
+    restore_points_consistent("18", SQL_FENCE);
 }
 
 /// The application holds the fence (a prepared transaction holding the shared lock on
