@@ -409,6 +409,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
         None => None,
     };
     let multi = cfg.is_multi_cluster();
+    let fleet = walrelay::fleet::Fleet::from_config(&cfg)?; // [[group]]s checked before start
     let shutdown = pgreceivewal::shutdown_signal();
     let mut clusters = Vec::new();
     for c in cfg.clusters() {
@@ -426,8 +427,9 @@ async fn run(a: RunArgs) -> Result<(), String> {
     let sources: Vec<_> = clusters.iter().map(|c| c.sources.clone()).collect();
     walrelay::endpoints::start(&cfg, metrics, &sources, shutdown.clone()).await?;
     // periodic cluster-wide restore points ([[group]] every), tracked and joined below
-    let fleet = walrelay::fleet::Fleet::from_config(&cfg)?;
-    let restore_point_tasks = walrelay::fleet::schedule::spawn(fleet, shutdown.clone());
+    // (stopped below when shutdown begins, also after a fatal receiver error)
+    let (rp_stop_tx, rp_stop) = watch::channel(false);
+    let restore_point_tasks = walrelay::fleet::schedule::spawn(fleet, rp_stop);
     for c in &clusters {
         tracing::info!(
             "walrelay starting{}: data directory \"{}\"",
@@ -475,6 +477,10 @@ async fn run(a: RunArgs) -> Result<(), String> {
         }
     }
     walrelay::sdnotify::stopping();
+    let _ = rp_stop_tx.send(true);
+    for t in restore_point_tasks {
+        let _ = t.await;
+    }
     // The walsenders stop after the receivers; standbys get what is flushed before the
     // stores close (ordered walsender shutdown), cluster by cluster.
     let _ = shared_stop_tx.send(true);
@@ -487,9 +493,6 @@ async fn run(a: RunArgs) -> Result<(), String> {
         if let Err(e) = c.stop().await {
             close_errors.push(if multi { format!("cluster \"{name}\": {e}") } else { e });
         }
-    }
-    for t in restore_point_tasks {
-        let _ = t.await;
     }
     if let Some(e) = failed.into_iter().chain(close_errors).next() {
         return Err(e);

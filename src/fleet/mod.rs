@@ -210,6 +210,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn from_run_config() {
+        let text = "[[cluster]]\nname = \"s1\"\ndata_dir = \"/d1\"\n[cluster.upstream]\nconninfo = \"host=p1\"\n[[cluster.feed]]\nname = \"f1\"\ndelay = \"1h\"\n[[group]]\nname = \"app\"\nclusters = [\"s1\"]\nfence_key = 1\n";
+        let cfg = crate::config::Config::parse(text).unwrap();
+        let f = Fleet::from_config(&cfg).unwrap();
+        assert_eq!(f.clusters[0].sql_conninfo.as_deref(), Some("host=p1"));
+        assert_eq!(f.clusters[0].feeds, vec!["f1".to_string()]);
+        assert_eq!(f.groups[0].name, "app");
+        let bad = text.replace("clusters = [\"s1\"]", "clusters = [\"s1\", \"s9\"]");
+        let cfg = crate::config::Config::parse(&bad).unwrap();
+        assert_eq!(
+            Fleet::from_config(&cfg).unwrap_err(),
+            "group \"app\": no cluster named \"s9\""
+        );
+    }
+
+    #[test]
     fn single_and_multi() {
         let f = Fleet::parse(
             "data_dir = \"/d\"\n[upstream]\nconninfo = \"host=p\"\nslot = \"s\"\n[[feed]]\nname = \"f1\"\ndelay = \"1h\"\n",
