@@ -516,7 +516,54 @@ fn restore_point_fence_timeout() {
             .join("archive/groups/app/restore_points/after.json")
     )
     .exists());
-    // and now the decoder sees it (the check above can fail)
+    // the timed-out name was not kept reserved: nothing was created for it
+    walrelay_ok(&["restore-point", "create", "blocked", "--group", "app", "-c", &conf]);
+    // a run that fails after creating a restore point on shard1 (shard2's role may not call
+    // pg_create_restore_point) keeps the name reserved: a retry cannot make a second, later
+    // "partial" on shard1
+    b.primary.psql("create role rp_user login");
+    let weak = std::fs::read_to_string(&conf).unwrap().replace(
+        &format!("port={} user=postgres", b.primary.port()),
+        &format!("port={} user=rp_user", b.primary.port()),
+    );
+    let weak_conf = t.join("weak.toml");
+    std::fs::write(&weak_conf, weak).unwrap();
+    let (st, _, err) = run_to_end(&[
+        "restore-point",
+        "create",
+        "partial",
+        "--group",
+        "app",
+        "-c",
+        weak_conf.to_str().unwrap(),
+    ]);
+    assert!(!st.success());
+    assert!(
+        err.contains("walrelay: error: cluster \"shard2\": ERROR:  permission denied for function pg_create_restore_point; the name \"partial\" stays reserved (some clusters may hold a restore point of that name)"),
+        "{err}"
+    );
+    let (st, _, err) = run_to_end(&[
+        "restore-point",
+        "create",
+        "partial",
+        "--group",
+        "app",
+        "-c",
+        &conf,
+    ]);
+    assert!(!st.success());
+    assert!(
+        err.contains("walrelay: error: restore point \"partial\" of group \"app\" was attempted before and not completed"),
+        "{err}"
+    );
+    assert_eq!(
+        restore_points(&conf)["restore_points"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // and now the decoder sees them (the checks above can fail)
     for c in [&a, &b] {
         let lsn = c.primary.switch_wal();
         c.relay.wait_flush(&c.primary, lsn);

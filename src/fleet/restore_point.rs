@@ -72,6 +72,20 @@ pub fn record_path(b: &Backend, group: &str, name: &str) -> ObjPath {
     records_dir(b, group).child(format!("{name}.json"))
 }
 
+fn reservation_path(b: &Backend, group: &str, name: &str) -> ObjPath {
+    records_dir(b, group).child(format!("{name}.reserved"))
+}
+
+/// Drops reservations when no restore point was attempted (best effort: a reservation
+/// left behind only makes the name unusable).
+async fn unreserve(reserved: &[(&Backend, ObjPath)]) {
+    for (b, path) in reserved {
+        if let Err(e) = b.store.delete(path).await {
+            tracing::warn!("could not delete the reservation \"{path}\": {e}");
+        }
+    }
+}
+
 fn records_dir(b: &Backend, group: &str) -> ObjPath {
     b.prefix
         .child("groups")
@@ -195,10 +209,13 @@ async fn describe(m: &mut Member, lsn: Option<String>) -> Result<ClusterPoint, F
 }
 
 /// Creates the points on the connected members: inside the fence, or through Citus.
+/// `attempted` turns true once a restore point may exist on some cluster (its query was
+/// sent).
 async fn create_points(
     members: &mut [Member],
     g: &GroupConfig,
     name: &str,
+    attempted: &mut bool,
 ) -> Result<Vec<ClusterPoint>, FleetError> {
     let mut points = Vec::new();
     match g.kind {
@@ -210,6 +227,7 @@ async fn create_points(
             );
             let mut lsns = Vec::new();
             for m in members.iter_mut() {
+                *attempted = true;
                 let lsn = m
                     .session
                     .query_value(&q)
@@ -229,6 +247,7 @@ async fn create_points(
                     g.name
                 )));
             };
+            *attempted = true;
             let lsn = super::citus::create(&mut m.session, name)
                 .await
                 .map_err(|e| cluster_err(&m.cluster, e.to_string()))?;
@@ -261,11 +280,59 @@ pub async fn create(
                 b.url
             )));
         }
+        if exists(b, &reservation_path(b, group, name)).await? {
+            return Err(FleetError::Refused(format!(
+                "restore point \"{name}\" of group \"{group}\" was attempted before and not completed (reserved in {}); some clusters may hold a restore point of that name, and recovery stops at the first one: choose another name",
+                b.url
+            )));
+        }
     }
     let mut sessions = connect_all(&members).await?;
-    let result = create_points(&mut sessions, g, name).await;
+    // Reserve the name (create-if-absent) before any restore point exists: a failed run that
+    // may have created some keeps it reserved, so a retry cannot make a second, later restore
+    // point of the same name on the clusters that have the first.
+    let reservation = Bytes::from(
+        serde_json::to_vec(&serde_json::json!({
+            "name": name, "group": group, "time": now_rfc3339(), "state": "reserved"
+        }))
+        .unwrap_or_default(),
+    );
+    let mut reserved = Vec::new();
+    for b in &stores {
+        let path = reservation_path(b, group, name);
+        let ok = crate::archive::upload::create_if_absent(
+            &b.store,
+            &path,
+            reservation.clone(),
+            "reserve",
+        )
+        .await;
+        match ok {
+            Ok(true) => reserved.push((b, path)),
+            Ok(false) | Err(_) => {
+                unreserve(&reserved).await;
+                fence::release(sessions, g).await;
+                return Err(match ok {
+                    Err(e) => e.into(),
+                    _ => FleetError::Refused(format!(
+                        "restore point \"{name}\" of group \"{group}\" is being created by another walrelay"
+                    )),
+                });
+            }
+        }
+    }
+    let mut attempted = false;
+    let result = create_points(&mut sessions, g, name, &mut attempted).await;
     fence::release(sessions, g).await;
-    let points = result?;
+    if result.is_err() && !attempted {
+        unreserve(&reserved).await;
+    }
+    let points = result.map_err(|e| match attempted {
+        true => FleetError::Refused(format!(
+            "{e}; the name \"{name}\" stays reserved (some clusters may hold a restore point of that name)"
+        )),
+        false => e,
+    })?;
     let rec = RestorePointRecord {
         name: name.to_string(),
         group: group.to_string(),
