@@ -2,7 +2,7 @@
 //! archive, list the records.
 //!
 //! Owns: `walrelay restore-point create NAME --group G` (connect to every cluster over SQL,
-//! refuse a name already recorded, take the fence, `pg_create_restore_point` on each
+//! refuse a name already recorded or reserved, reserve it (`<name>.reserved`), take the fence, `pg_create_restore_point` on each
 //! cluster — or `citus_create_restore_point` on a Citus coordinator —, release the fence,
 //! record `{name, group, time, clusters: [{name, system_id, timeline, lsn}]}` create-if-absent
 //! at `<archive prefix>/groups/<group>/restore_points/<name>.json` in every archive of the
