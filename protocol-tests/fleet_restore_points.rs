@@ -517,7 +517,15 @@ fn restore_point_fence_timeout() {
     )
     .exists());
     // the timed-out name was not kept reserved: nothing was created for it
-    walrelay_ok(&["restore-point", "create", "blocked", "--group", "app", "-c", &conf]);
+    walrelay_ok(&[
+        "restore-point",
+        "create",
+        "blocked",
+        "--group",
+        "app",
+        "-c",
+        &conf,
+    ]);
     // a run that fails after creating a restore point on shard1 (shard2's role may not call
     // pg_create_restore_point) keeps the name reserved: a retry cannot make a second, later
     // "partial" on shard1
