@@ -75,7 +75,6 @@ struct FileView {
     name: Option<String>,
     data_dir: Option<PathBuf>,
     upstream: Option<UpstreamView>,
-    sql_conninfo: Option<String>,
     archive: Option<ArchiveConfig>,
     feed: Vec<FeedView>,
     cluster: Vec<ClusterView>,
@@ -132,7 +131,7 @@ impl Fleet {
                 .unwrap_or_else(|| PathBuf::from("./walrelay-data"));
             vec![ClusterRef {
                 name: v.name.clone().unwrap_or_else(|| "default".into()),
-                sql_conninfo: conninfo(&v.sql_conninfo, &v.upstream),
+                sql_conninfo: conninfo(&None, &v.upstream),
                 archive: ArchiveSettings::new(top_archive, data_dir),
                 feeds: v.feed.iter().map(|f| f.name.clone()).collect(),
             }]
