@@ -134,6 +134,7 @@ enum FeedAction {
     List,
     /// Hold the feed where it is (the standby keeps its connection).
     Pause {
+        /// The feed (or --group).
         #[arg(required_unless_present = "group")]
         name: Option<String>,
         /// Every delayed feed of every cluster of this [[group]] (needs -c).
@@ -142,6 +143,7 @@ enum FeedAction {
     },
     /// Drop any hold (and acknowledge a tripwire): the delay alone decides again.
     Resume {
+        /// The feed (or --group).
         #[arg(required_unless_present = "group")]
         name: Option<String>,
         /// Every delayed feed of every cluster of this [[group]] (needs -c).
@@ -150,6 +152,7 @@ enum FeedAction {
     },
     /// Move the feed to exactly this point, past the delay if need be, and hold it there.
     Advance {
+        /// The feed (or --group).
         #[arg(required_unless_present = "group")]
         name: Option<String>,
         /// Every delayed feed of every cluster of this [[group]], all or nothing (needs -c).
