@@ -362,18 +362,29 @@ pub async fn create(
     Ok(rec)
 }
 
+/// Reads the records in `dir` whose names are not in `seen` yet (each archive of a group
+/// holds a copy: only the first is read).
 async fn read_records(
     store: &Arc<dyn ObjectStore>,
     dir: &ObjPath,
-) -> Result<Vec<RestorePointRecord>, FleetError> {
+    seen: &mut std::collections::HashSet<String>,
+    out: &mut Vec<RestorePointRecord>,
+) -> Result<(), FleetError> {
     let metas: Vec<object_store::ObjectMeta> = store
         .list(Some(dir))
         .try_collect()
         .await
         .map_err(crate::archive::ArchiveError::store("list", dir))?;
-    let mut out = Vec::new();
     for m in metas {
-        if !m.location.as_ref().ends_with(".json") || m.size > MAX_RECORD as u64 {
+        let Some(stem) = m
+            .location
+            .filename()
+            .and_then(|f| f.strip_suffix(".json"))
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        if m.size > MAX_RECORD as u64 || seen.contains(&stem) {
             continue;
         }
         let bytes = store
@@ -384,11 +395,19 @@ async fn read_records(
             .await
             .map_err(crate::archive::ArchiveError::store("read", &m.location))?;
         match serde_json::from_slice::<RestorePointRecord>(&bytes) {
-            Ok(r) => out.push(r),
+            Ok(r) if r.name == stem => {
+                seen.insert(stem);
+                out.push(r);
+            }
+            Ok(r) => tracing::warn!(
+                "ignoring record \"{}\": it names restore point \"{}\"",
+                m.location,
+                r.name
+            ),
             Err(e) => tracing::warn!("ignoring unreadable record \"{}\": {e}", m.location),
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The recorded restore points of `group` (or of every group), oldest first.
@@ -403,14 +422,12 @@ pub async fn list(
     let mut out: Vec<RestorePointRecord> = Vec::new();
     for g in groups {
         let members = fleet.members(g)?;
+        let mut seen = std::collections::HashSet::new();
+        let mut found = Vec::new();
         for b in archives(&members)? {
-            for r in read_records(&b.store, &records_dir(&b, &g.name)).await? {
-                if r.group == g.name && !out.iter().any(|o| o.group == r.group && o.name == r.name)
-                {
-                    out.push(r);
-                }
-            }
+            read_records(&b.store, &records_dir(&b, &g.name), &mut seen, &mut found).await?;
         }
+        out.extend(found.into_iter().filter(|r| r.group == g.name));
     }
     out.sort_by(|a, b| a.time.cmp(&b.time).then_with(|| a.name.cmp(&b.name)));
     Ok(out)
