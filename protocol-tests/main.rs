@@ -15,6 +15,7 @@ mod delay_feeds;
 mod drill_e2e;
 mod failover_diverge;
 mod fleet_clusters;
+mod fleet_restore_points;
 mod fuzz_replay;
 mod harness;
 mod harness_selftest;

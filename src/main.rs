@@ -63,6 +63,10 @@ enum Command {
     /// What a running walrelay receives, stores, archives and serves, with lags and the
     /// last errors.
     Status(StatusArgs),
+    /// Cluster-wide restore points: `restore-point create NAME --group G`.
+    RestorePoint(walrelay::fleet::cli::RestorePointArgs),
+    /// List the cluster-wide restore points recorded in the archive.
+    RestorePoints(walrelay::fleet::cli::RestorePointsArgs),
     /// Man pages and shell completions (for packagers): `generate man DIR`,
     /// `generate completions SHELL`.
     #[command(hide = true)]
@@ -98,6 +102,22 @@ struct ControlArgs {
 }
 
 impl ControlArgs {
+    /// [`ControlArgs::target`], ignoring a --config that is not a `run` configuration when
+    /// --control or --data-dir says where walrelay is (the `--group` commands' file).
+    fn target_lenient(&self) -> Result<walrelay::admin::Target, String> {
+        let strict = self.target();
+        if strict.is_ok() || (self.control.is_none() && self.data_dir.is_none()) {
+            return strict;
+        }
+        walrelay::endpoints::resolve_target(
+            self.control.as_deref(),
+            &|k| std::env::var(k).ok(),
+            self.data_dir.as_deref(),
+            None,
+            self.token_file.as_deref(),
+        )
+    }
+
     fn target(&self) -> Result<walrelay::admin::Target, String> {
         walrelay::endpoints::resolve_target(
             self.control.as_deref(),
@@ -122,12 +142,31 @@ enum FeedAction {
     /// Position, delay, hold and the next commit waiting, for every feed.
     List,
     /// Hold the feed where it is (the standby keeps its connection).
-    Pause { name: String },
+    Pause {
+        /// The feed (or --group).
+        #[arg(required_unless_present = "group")]
+        name: Option<String>,
+        /// Every delayed feed of every cluster of this [[group]] (needs -c).
+        #[arg(long, conflicts_with = "name")]
+        group: Option<String>,
+    },
     /// Drop any hold (and acknowledge a tripwire): the delay alone decides again.
-    Resume { name: String },
+    Resume {
+        /// The feed (or --group).
+        #[arg(required_unless_present = "group")]
+        name: Option<String>,
+        /// Every delayed feed of every cluster of this [[group]] (needs -c).
+        #[arg(long, conflicts_with = "name")]
+        group: Option<String>,
+    },
     /// Move the feed to exactly this point, past the delay if need be, and hold it there.
     Advance {
-        name: String,
+        /// The feed (or --group).
+        #[arg(required_unless_present = "group")]
+        name: Option<String>,
+        /// Every delayed feed of every cluster of this [[group]], all or nothing (needs -c).
+        #[arg(long, conflicts_with = "name")]
+        group: Option<String>,
         /// Just before the first commit after this time (e.g. "2026-11-21 18:58:59+00").
         #[arg(long, group = "target")]
         to_time: Option<String>,
@@ -313,6 +352,8 @@ fn main() -> ExitCode {
                     Ok(())
                 }
                 Command::Generate(_) => Ok(()), // handled before the runtime starts
+                Command::RestorePoint(a) => walrelay::fleet::cli::restore_point_main(a).await,
+                Command::RestorePoints(a) => walrelay::fleet::cli::restore_points_main(a).await,
             }
         });
         work.await
@@ -393,6 +434,7 @@ async fn run(a: RunArgs) -> Result<(), String> {
         None => None,
     };
     let multi = cfg.is_multi_cluster();
+    let fleet = walrelay::fleet::Fleet::from_config(&cfg)?; // [[group]]s checked before start
     let shutdown = pgreceivewal::shutdown_signal();
     let mut clusters = Vec::new();
     for c in cfg.clusters() {
@@ -419,6 +461,10 @@ async fn run(a: RunArgs) -> Result<(), String> {
     let sources: Vec<_> = clusters.iter().map(|c| c.sources.clone()).collect();
     walrelay::endpoints::start(&cfg, metrics, &sources, shutdown.clone()).await?;
     let drills = walrelay::drill::spawn_schedule(&cfg.drill, a.config.clone(), shutdown.clone());
+    // periodic cluster-wide restore points ([[group]] every), tracked and joined below
+    // (stopped below when shutdown begins, also after a fatal receiver error)
+    let (rp_stop_tx, rp_stop) = watch::channel(false);
+    let restore_point_tasks = walrelay::fleet::schedule::spawn(fleet, rp_stop);
     for c in &clusters {
         tracing::info!(
             "walrelay starting{}: data directory \"{}\"",
@@ -472,6 +518,10 @@ async fn run(a: RunArgs) -> Result<(), String> {
     walrelay::sdnotify::stopping();
     if let Some(t) = drills {
         t.abort();
+        let _ = t.await;
+    }
+    let _ = rp_stop_tx.send(true);
+    for t in restore_point_tasks {
         let _ = t.await;
     }
     // The walsenders stop after the receivers; standbys get what is flushed before the
@@ -582,12 +632,20 @@ async fn start_shared_listener(
 
 async fn feed(a: FeedArgs) -> Result<(), String> {
     use walrelay::delay::api::{feed_command, FeedCommand};
+    let (target, config, json) = (a.control.target_lenient(), a.control.config.clone(), a.control.json);
+    let group = |g: &str, action: &'static str, p: &[(&'static str, String)]| {
+        let t = target.clone();
+        walrelay::fleet::cli::feed_group(t, config.clone(), g.to_string(), action, p.to_vec(), json)
+    };
     let cmd = match a.action {
         FeedAction::List => FeedCommand::List,
-        FeedAction::Pause { name } => FeedCommand::Pause(name),
-        FeedAction::Resume { name } => FeedCommand::Resume(name),
+        FeedAction::Pause { group: Some(g), .. } => return group(&g, "pause", &[]).await,
+        FeedAction::Resume { group: Some(g), .. } => return group(&g, "resume", &[]).await,
+        FeedAction::Pause { name, .. } => FeedCommand::Pause(name.unwrap_or_default()),
+        FeedAction::Resume { name, .. } => FeedCommand::Resume(name.unwrap_or_default()),
         FeedAction::Advance {
             name,
+            group: g,
             to_time,
             before_xid,
             to_lsn,
@@ -608,7 +666,10 @@ async fn feed(a: FeedArgs) -> Result<(), String> {
                         .into(),
                 );
             }
-            FeedCommand::Advance(name, p)
+            match g {
+                Some(g) => return group(&g, "advance", &p).await,
+                None => FeedCommand::Advance(name.unwrap_or_default(), p),
+            }
         }
     };
     print!(
