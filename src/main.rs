@@ -75,9 +75,10 @@ struct StatusArgs {
 #[derive(Args)]
 struct ControlArgs {
     /// Control endpoint: its Unix socket, or http://HOST:PORT for control.listen
-    /// (default: $WALRELAY_CONTROL, else from --data-dir or --config).
+    /// (default: $WALRELAY_CONTROL, else from --data-dir or --config). `walrelay feed`
+    /// takes it repeatedly and acts on every instance listed (an HA pair, docs/ha.md).
     #[arg(long, value_name = "SOCKET|URL", global = true)]
-    control: Option<String>,
+    control: Vec<String>,
     /// Data directory of the running walrelay (its control socket is in there).
     #[arg(long, value_name = "DIR", global = true)]
     data_dir: Option<PathBuf>,
@@ -95,8 +96,21 @@ struct ControlArgs {
 
 impl ControlArgs {
     fn target(&self) -> Result<walrelay::admin::Target, String> {
+        if self.control.len() > 1 {
+            return Err("--control may be given more than once only for walrelay feed".into());
+        }
+        self.target_of(self.control.first().map(String::as_str))
+    }
+
+    /// Every `--control` given, labelled as given.
+    fn targets(&self) -> Result<Vec<(String, walrelay::admin::Target)>, String> {
+        let t = |c: &String| Ok((c.clone(), self.target_of(Some(c))?));
+        self.control.iter().map(t).collect()
+    }
+
+    fn target_of(&self, control: Option<&str>) -> Result<walrelay::admin::Target, String> {
         walrelay::endpoints::resolve_target(
-            self.control.as_deref(),
+            control,
             &|k| std::env::var(k).ok(),
             self.data_dir.as_deref(),
             self.config.as_deref(),
@@ -487,6 +501,11 @@ async fn run(a: RunArgs) -> Result<(), String> {
         feeds.as_ref().map(|f| f.min_needed_lsn()),
     );
     let expire_settings = archive_settings.clone();
+    // local retention: declared slots only while active (docs/ha.md)
+    archive_settings.slot_floor = retention_floor(
+        server.as_ref().map(|s| s.slots_local_floor.clone()),
+        feeds.as_ref().map(|f| f.min_needed_lsn()),
+    );
     let archiver = walrelay::archive::Archiver::start(archive_settings, &store, shutdown.clone())
         .map_err(|e| e.to_string())?;
     let expiry = archiver.as_ref().and_then(|h| {
@@ -598,6 +617,15 @@ async fn feed(a: FeedArgs) -> Result<(), String> {
             FeedCommand::Advance(name, p)
         }
     };
+    if a.control.control.len() > 1 {
+        let (out, failed) =
+            walrelay::delay::api::feed_fanout(&a.control.targets()?, &cmd, a.control.json).await;
+        print!("{out}");
+        return match failed.len() {
+            0 => Ok(()),
+            n => Err(format!("failed on {n} instance(s): {}", failed.join("; "))),
+        };
+    }
     print!(
         "{}",
         feed_command(&a.control.target()?, &cmd, a.control.json).await?

@@ -4,7 +4,8 @@
 //! Owns: the HTTP surface of the control endpoint (`GET /feeds`, `GET /feeds/NAME`, `POST /feeds/NAME/pause`,
 //! `POST /feeds/NAME/resume`, `POST /feeds/NAME/advance?to_time=…|before_xid=…|to_lsn=…|
 //! to_restore_point=…`, `GET /xacts?since=…&until=…&drops_only=1&limit=…`), the text the
-//! commands print, and `walrelay xacts -D DIR` (decoding segment files without a server).
+//! commands print, `walrelay xacts -D DIR` (decoding segment files without a server), and the
+//! fan-out of `walrelay feed` to every `--control` given (the instances of an HA pair).
 //! Must not: hold feed state (that is [`super::feeds`]).
 
 // Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
@@ -168,7 +169,56 @@ pub async fn feed_command(
     cmd: &FeedCommand,
     as_json: bool,
 ) -> Result<String, String> {
-    let v = match cmd {
+    let v = feed_call(addr, cmd).await?;
+    if as_json {
+        return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
+    }
+    Ok(format_feeds(&v))
+}
+
+/// `walrelay feed …` with `--control` given more than once (an HA pair, docs/ha.md): the
+/// same command on every instance, one after the other in the order given, each reported
+/// under its `--control` text. Returns the text to print and the instances that failed
+/// (the caller exits non-zero if any did). Holds are per instance; since both instances of
+/// a pair hold the same WAL, an advance to a restore point, a transaction or an LSN holds
+/// both at the same point.
+pub async fn feed_fanout(
+    targets: &[(String, Target)],
+    cmd: &FeedCommand,
+    as_json: bool,
+) -> (String, Vec<String>) {
+    let mut failed = Vec::new();
+    let mut out = String::new();
+    let mut json = Vec::new();
+    for (label, target) in targets {
+        match feed_call(target, cmd).await {
+            Ok(v) => {
+                if as_json {
+                    json.push(json!({ "control": label, "ok": true, "result": v }));
+                } else {
+                    out.push_str(&format!("walrelay at {label}: ok\n{}", format_feeds(&v)));
+                }
+            }
+            Err(e) => {
+                if as_json {
+                    json.push(json!({ "control": label, "ok": false, "error": e }));
+                } else {
+                    out.push_str(&format!("walrelay at {label}: failed: {e}\n"));
+                }
+                failed.push(format!("{label}: {e}"));
+            }
+        }
+    }
+    if as_json {
+        out = serde_json::to_string_pretty(&json!({ "instances": json })).unwrap_or_default();
+        out.push('\n');
+    }
+    (out, failed)
+}
+
+/// One `walrelay feed …` request; the JSON answer.
+async fn feed_call(addr: &Target, cmd: &FeedCommand) -> Result<Value, String> {
+    Ok(match cmd {
         FeedCommand::List => call(addr, "GET", "/feeds").await?,
         FeedCommand::Pause(n) => call(addr, "POST", &format!("/feeds/{}/pause", enc(n))).await?,
         FeedCommand::Resume(n) => call(addr, "POST", &format!("/feeds/{}/resume", enc(n))).await?,
@@ -184,13 +234,14 @@ pub async fn feed_command(
             )
             .await?
         }
-    };
-    if as_json {
-        return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
-    }
+    })
+}
+
+/// The feed table printed by `walrelay feed` (a list or one feed's answer).
+fn format_feeds(v: &Value) -> String {
     let feeds: Vec<Value> = match v.get("feeds").and_then(Value::as_array) {
         Some(a) => a.clone(),
-        None => vec![v],
+        None => vec![v.clone()],
     };
     let mut out = String::new();
     out.push_str(&format!(
@@ -237,7 +288,7 @@ pub async fn feed_command(
             waiting
         ));
     }
-    Ok(out)
+    out
 }
 
 /// Text table of transactions.

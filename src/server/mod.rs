@@ -94,6 +94,8 @@ pub struct ServerSettings {
     pub shutdown_timeout: Duration,
     pub max_slots: usize,
     pub max_slot_wal_keep_size: Option<u64>,
+    /// `[server] slots`: declared permanent slots (docs/ha.md).
+    pub declared_slots: Vec<String>,
 }
 
 impl ServerSettings {
@@ -150,6 +152,7 @@ impl ServerSettings {
             shutdown_timeout: c.shutdown_timeout,
             max_slots: c.max_slots,
             max_slot_wal_keep_size: c.max_slot_wal_keep_size,
+            declared_slots: c.slots.clone(),
         })
     }
 }
@@ -288,6 +291,8 @@ pub struct ServerHandle {
     pub hs_feedback: watch::Receiver<HsFeedback>,
     /// Oldest `restart_lsn` of the proxy-side slots, for WAL retention.
     pub slots_min_restart: watch::Receiver<Option<Lsn>>,
+    /// The same for local WAL retention: declared slots count only while active (docs/ha.md).
+    pub slots_local_floor: watch::Receiver<Option<Lsn>>,
     /// The first TCP listening address (`None`: only Unix sockets).
     pub local_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
@@ -354,6 +359,10 @@ impl Server {
             settings.max_slots,
             settings.max_slot_wal_keep_size,
         )?;
+        for name in slots.declare(&settings.declared_slots).await? {
+            tracing::info!("created replication slot \"{name}\" declared in [server] slots");
+        }
+        let slots_local_floor = slots.local_floor();
         let (feedback, hs_feedback) = feedback::FeedbackAggregator::new();
         let shared = Arc::new(Shared {
             access: access::LiveAccess::new(&settings),
@@ -377,6 +386,7 @@ impl Server {
         Ok(ServerHandle {
             hs_feedback,
             slots_min_restart,
+            slots_local_floor,
             local_addr,
             shared,
             task,
