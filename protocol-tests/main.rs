@@ -13,6 +13,7 @@ mod bench_quick;
 mod delay_feeds;
 mod failover_diverge;
 mod fuzz_replay;
+mod ha_pair;
 mod harness;
 mod harness_selftest;
 mod ops_check;
