@@ -52,7 +52,7 @@ impl Instance {
                  status_interval = \"1s\"\n\
                  [server]\nlisten = \"127.0.0.1:{port}\"\nslots = [\"standby1\"]\n\
                  [archive]\nurl = \"file://{archive}\"\nscan_interval = \"200ms\"\n\
-                 partial_interval = \"1s\"\n\
+                 partial_interval = \"1s\"\nkeep_local_size = \"32MB\"\nkeep_local_age = \"0s\"\n\
                  [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
                  [[feed]]\nname = \"lag\"\ndelay = \"1h\"\ntripwire = false\n",
                 data = data.display(),
@@ -120,6 +120,15 @@ impl Instance {
 
     fn log(&self) -> String {
         harness::read_lossy(&self.log)
+    }
+
+    /// `restart_lsn` of the declared slot (None: NULL).
+    fn standby1_restart(&self, pg: &Pg) -> Option<Lsn> {
+        let row = pg
+            .install()
+            .psql_conninfo(&self.repl(), "READ_REPLICATION_SLOT standby1")
+            .ok()?;
+        row.split('|').nth(1)?.parse().ok()
     }
 
     fn all_logs(&self) -> Vec<String> {
@@ -275,6 +284,11 @@ fn ha_pair(major: &str) {
     // kill -9 A: the standby goes on from B
     a.kill9();
     wait_streaming_from(&standby, b.port, "the standby to fail over to B");
+    // B's declared slot follows the standby's replies
+    let now = primary.current_lsn();
+    wait_for(Duration::from_secs(30), "standby1 to move on B", || {
+        b.standby1_restart(&primary).is_some_and(|r| r >= now)
+    });
     wait_batches(&batches, 30);
 
     // A back (its slot from slots.json), kill -9 B: the standby goes back to A
@@ -288,6 +302,10 @@ fn ha_pair(major: &str) {
     b.kill9();
     wait_streaming_from(&standby, a.port, "the standby to fail over back to A");
     wait_batches(&batches, 30);
+    for _ in 0..4 {
+        primary.psql("insert into t (pad) select md5(g::text) from generate_series(1, 200) g");
+        primary.switch_wal();
+    }
 
     stop.store(true, Ordering::SeqCst);
     loader.join().unwrap();
@@ -299,7 +317,7 @@ fn ha_pair(major: &str) {
         rows,
         "the standby has every row"
     );
-    let total = batches.load(Ordering::SeqCst) * 200;
+    let total = (batches.load(Ordering::SeqCst) + 4) * 200;
     assert_eq!(rows, format!("{total}|{total}"));
 
     // B back: both instances archive everything to the shared prefix
@@ -319,6 +337,28 @@ fn ha_pair(major: &str) {
             i.name
         );
     }
+    // B's declared slot is inactive (the standby is on A): it does not hold B's local WAL.
+    // Every archived segment after its restart_lsn and outside keep_local_size (32 MB: the
+    // newest two) goes; an ordinary slot would have kept them all.
+    let r = b.standby1_restart(&primary).expect("standby1 has a restart_lsn on B");
+    let seg = 16u64 << 20;
+    let removable: Vec<String> = (r.0 / seg + 1..(last.0 / seg).saturating_sub(2))
+        .map(|n| walrelay::lsn::segment_file_name(1, n, seg))
+        .collect();
+    assert!(removable.len() >= 2, "too little WAL after {r}: {removable:?}");
+    wait_for(
+        Duration::from_secs(30),
+        "B to remove archived segments behind its inactive declared slot",
+        || removable.iter().all(|n| !b.data.join(n).exists()),
+    );
+    assert!(
+        removable.iter().all(|n| archive
+            .join(primary.system_identifier().to_string())
+            .join("wal")
+            .join(n)
+            .is_file()),
+        "removed locally but not archived"
+    );
     let mut already = 0;
     for i in [&a, &b] {
         for (n, log) in i.all_logs().iter().enumerate() {
@@ -377,8 +417,10 @@ fn ha_pair(major: &str) {
         })
         .collect();
     assert_eq!(held[0], held[1], "both instances hold the feed at the same point");
+    // just after the restore point's record: pg_create_restore_point returns its end
+    // MAXALIGNed, the feed holds at the exact end
     let point: Lsn = point.parse().unwrap();
-    assert!(held[0] > point && held[0] <= last, "{} vs {point}", held[0]);
+    assert_eq!(Lsn((held[0].0 + 7) & !7), point, "held at {}", held[0]);
 
     // one instance down: the other still gets the command, the exit status says it failed
     b.kill9();
