@@ -259,10 +259,22 @@ fn ha_pair(major: &str) {
             .install()
             .command("psql")
             .env("PGCONNECT_TIMEOUT", "10")
-            .args(["-X", "-At", "-v", "VERBOSITY=verbose", "-d", &i.repl(), "-c", sql])
+            .args([
+                "-X",
+                "-At",
+                "-v",
+                "VERBOSITY=verbose",
+                "-d",
+                &i.repl(),
+                "-c",
+                sql,
+            ])
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     for i in [&a, &b] {
         let (ok, err) = verbose(i, "DROP_REPLICATION_SLOT standby1");
@@ -340,12 +352,17 @@ fn ha_pair(major: &str) {
     // B's declared slot is inactive (the standby is on A): it does not hold B's local WAL.
     // Every archived segment after its restart_lsn and outside keep_local_size (32 MB: the
     // newest two) goes; an ordinary slot would have kept them all.
-    let r = b.standby1_restart(&primary).expect("standby1 has a restart_lsn on B");
+    let r = b
+        .standby1_restart(&primary)
+        .expect("standby1 has a restart_lsn on B");
     let seg = 16u64 << 20;
     let removable: Vec<String> = (r.0 / seg + 1..(last.0 / seg).saturating_sub(2))
         .map(|n| walrelay::lsn::segment_file_name(1, n, seg))
         .collect();
-    assert!(removable.len() >= 2, "too little WAL after {r}: {removable:?}");
+    assert!(
+        removable.len() >= 2,
+        "too little WAL after {r}: {removable:?}"
+    );
     wait_for(
         Duration::from_secs(30),
         "B to remove archived segments behind its inactive declared slot",
@@ -370,7 +387,10 @@ fn ha_pair(major: &str) {
         }
     }
     eprintln!("segments found already archived by the other instance: {already}");
-    assert!(already > 0, "no upload ever met the other instance's object");
+    assert!(
+        already > 0,
+        "no upload ever met the other instance's object"
+    );
 
     let (status, out, err) = run_to_end(&["verify", "-c", &a.conf.display().to_string()]);
     assert!(status.success(), "verify failed:\n{out}\n{err}");
@@ -395,8 +415,14 @@ fn ha_pair(major: &str) {
             status.success()
         },
     );
-    assert!(last_out.contains(&format!("walrelay at {ca}: ok")), "{last_out}");
-    assert!(last_out.contains(&format!("walrelay at {cb}: ok")), "{last_out}");
+    assert!(
+        last_out.contains(&format!("walrelay at {ca}: ok")),
+        "{last_out}"
+    );
+    assert!(
+        last_out.contains(&format!("walrelay at {cb}: ok")),
+        "{last_out}"
+    );
     let mut args = vec!["feed", "list", "--json"];
     args.extend_from_slice(&controls);
     let (status, out, err) = run_to_end(&args);
@@ -416,7 +442,10 @@ fn ha_pair(major: &str) {
             f["held_at"].as_str().unwrap().parse().unwrap()
         })
         .collect();
-    assert_eq!(held[0], held[1], "both instances hold the feed at the same point");
+    assert_eq!(
+        held[0], held[1],
+        "both instances hold the feed at the same point"
+    );
     // just after the restore point's record: pg_create_restore_point returns its end
     // MAXALIGNed, the feed holds at the exact end
     let point: Lsn = point.parse().unwrap();
@@ -427,7 +456,10 @@ fn ha_pair(major: &str) {
     let mut args = vec!["feed", "pause", "lag"];
     args.extend_from_slice(&controls);
     let (status, out, err) = run_to_end(&args);
-    assert!(!status.success(), "feed pause with B down succeeded:\n{out}\n{err}");
+    assert!(
+        !status.success(),
+        "feed pause with B down succeeded:\n{out}\n{err}"
+    );
     assert!(out.contains(&format!("walrelay at {ca}: ok")), "{out}");
     assert!(
         out.contains(&format!("walrelay at {cb}: failed: could not reach")),

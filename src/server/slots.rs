@@ -515,9 +515,7 @@ impl Slots {
         let mut hit = Vec::new();
         let mut capped_changed = false;
         for (name, s) in g.slots.iter_mut() {
-            let behind = s
-                .restart_lsn
-                .is_some_and(|r| flush.saturating_sub(r) > cap);
+            let behind = s.restart_lsn.is_some_and(|r| flush.saturating_sub(r) > cap);
             if s.declared {
                 // never invalidated: it only stops holding local WAL
                 capped_changed |= s.capped != behind;
@@ -702,7 +700,10 @@ mod tests {
             assert_eq!(*min.borrow(), Some(Lsn(5000)));
             assert_eq!(*local.borrow(), None);
             // an ordinary slot still holds local WAL while inactive
-            slots.create("plain", false, Some(Lsn(6000)), 3).await.unwrap();
+            slots
+                .create("plain", false, Some(Lsn(6000)), 3)
+                .await
+                .unwrap();
             assert_eq!(*local.borrow(), Some(Lsn(6000)));
             // far behind: the declared slot is not invalidated, the plain one is
             slots.acquire("standby1", 4, 78).unwrap();
@@ -710,7 +711,11 @@ mod tests {
             assert_eq!(slots.enforce_cap(Lsn(7001)), vec!["plain".to_string()]);
             let v = slots.get("standby1").unwrap();
             assert!(!v.invalidated && v.restart_lsn == Some(Lsn(5000)));
-            assert_eq!(*local.borrow(), None, "a capped declared slot holds no local WAL");
+            assert_eq!(
+                *local.borrow(),
+                None,
+                "a capped declared slot holds no local WAL"
+            );
             assert_eq!(*min.borrow(), Some(Lsn(5000)));
             slots.confirm_flush("standby1", Lsn(7000));
             assert!(slots.enforce_cap(Lsn(7001)).is_empty());
@@ -720,7 +725,10 @@ mod tests {
         }
         // restart: the file keeps the position; declaring again creates nothing
         let (again, min) = Slots::load(dir.path(), 8, Some(1000)).unwrap();
-        assert!(!again.get("standby1").unwrap().declared, "declared-ness is config");
+        assert!(
+            !again.get("standby1").unwrap().declared,
+            "declared-ness is config"
+        );
         assert!(again.declare(&names).await.unwrap().is_empty());
         assert_eq!(again.get("standby1").unwrap().restart_lsn, Some(Lsn(7000)));
         assert_eq!(*min.borrow(), Some(Lsn(7000)));
