@@ -374,3 +374,69 @@ pub fn parse_time_arg(s: Option<&str>) -> Result<Option<i64>, String> {
 pub fn time_text(t: i64) -> String {
     format_pg_time(t)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::{serve_tcp, Endpoint, Policy, Transport};
+
+    /// Two instances, one answering and one not: the command reaches the first, each is
+    /// reported under its label, and the failure is returned for the exit status.
+    #[tokio::test]
+    async fn fanout_reports_every_instance() {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let mut routes = Routes::default();
+        routes.add(
+            "POST",
+            "/feeds",
+            Arc::new(|r: &Request| {
+                assert_eq!(r.path, "/feeds/lag/pause");
+                Response::json(200, &json!({"name": "lag", "state": "paused"}))
+            }),
+        );
+        let ep = Endpoint::new(
+            "test",
+            routes,
+            Policy::new(Transport::Tcp { tls: false }, None, &[]),
+        );
+        let s = serve_tcp("127.0.0.1:0".parse().unwrap(), ep, rx)
+            .await
+            .unwrap();
+        let up = format!("http://{}", s.local_addr.unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("walrelay.control.sock");
+        let targets = vec![
+            (
+                up.clone(),
+                Target::Tcp {
+                    addr: s.local_addr.unwrap().to_string(),
+                    token: None,
+                },
+            ),
+            (gone.display().to_string(), Target::Unix(gone.clone())),
+        ];
+        let cmd = FeedCommand::Pause("lag".into());
+        let (out, failed) = feed_fanout(&targets, &cmd, false).await;
+        assert!(
+            out.starts_with(&format!("walrelay at {up}: ok\nfeed ")),
+            "{out}"
+        );
+        assert!(out.contains("paused"), "{out}");
+        let down = format!("walrelay at {}: failed: could not reach", gone.display());
+        assert!(out.contains(&down), "{out}");
+        assert_eq!(failed.len(), 1);
+        assert!(failed[0].starts_with(&gone.display().to_string()));
+
+        let (out, failed) = feed_fanout(&targets, &cmd, true).await;
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["instances"][0]["control"], up.as_str());
+        assert_eq!(v["instances"][0]["ok"], true);
+        assert_eq!(v["instances"][0]["result"]["state"], "paused");
+        assert_eq!(v["instances"][1]["ok"], false);
+        assert!(v["instances"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("could not reach"));
+        assert_eq!(failed.len(), 1);
+    }
+}
