@@ -292,6 +292,27 @@ fn ha_pair(major: &str) {
     let batches = Arc::new(AtomicU64::new(0));
     let loader = load(major, primary.conninfo(), stop.clone(), batches.clone());
     wait_batches(&batches, 30);
+    // A's declared slot follows the standby (and is persisted at least every second)
+    let a_before = primary.current_lsn();
+    wait_for(Duration::from_secs(30), "standby1 to move on A", || {
+        a.standby1_restart(&primary).is_some_and(|r| r >= a_before)
+    });
+    wait_for(
+        Duration::from_secs(30),
+        "standby1 in A's slots.json",
+        || {
+            std::fs::read(a.data.join("slots.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| {
+                    v["slots"].as_array()?.iter().find_map(|s| {
+                        (s["name"] == "standby1")
+                            .then(|| s["restart_lsn"].as_str()?.parse().ok())?
+                    })
+                })
+                .is_some_and(|r: Lsn| r >= a_before)
+        },
+    );
 
     // kill -9 A: the standby goes on from B
     a.kill9();
@@ -310,6 +331,13 @@ fn ha_pair(major: &str) {
         .psql_conninfo(&a.repl(), "READ_REPLICATION_SLOT standby1")
         .unwrap();
     assert!(row.starts_with("physical|"), "after restart: {row}");
+    // the position the standby reported to A before the kill, from slots.json (a slot
+    // created afresh at start would have none)
+    let kept = a.standby1_restart(&primary);
+    assert!(
+        kept.is_some_and(|r| r >= a_before),
+        "standby1 on A after restart: {kept:?}, before the kill at least {a_before}"
+    );
     wait_batches(&batches, 20);
     b.kill9();
     wait_streaming_from(&standby, a.port, "the standby to fail over back to A");
