@@ -306,7 +306,7 @@ fn delay_tripwire_drop_and_truncate() {
     assert!(metrics.contains("tripwire"), "{metrics}");
     let (_, body) = walrelay::admin::request(&s.metrics, "GET", "/metrics").unwrap();
     assert!(
-        body.contains("walrelay_feed_tripwire_total{feed=\"lag\"} 2"),
+        body.contains("walrelay_feed_tripwire_total{cluster=\"default\",feed=\"lag\"} 2"),
         "{body}"
     );
 }

@@ -12,6 +12,7 @@ mod barman_pg_receivewal;
 mod bench_quick;
 mod delay_feeds;
 mod failover_diverge;
+mod fleet_clusters;
 mod fuzz_replay;
 mod ha_pair;
 mod harness;

@@ -424,7 +424,9 @@ fn ops_status_pg_receivewal_lag_pg15() {
     let line = metrics
         .lines()
         .find(|l| {
-            l.starts_with("walrelay_walsender_flush_lsn_bytes{application_name=\"pg_receivewal\"")
+            l.starts_with(
+                "walrelay_walsender_flush_lsn_bytes{cluster=\"default\",application_name=\"pg_receivewal\"",
+            )
         })
         .unwrap_or_else(|| panic!("no flush series: {metrics}"));
     let v: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
@@ -436,7 +438,7 @@ fn ops_status_pg_receivewal_lag_pg15() {
     // of the last WAL message before the flush
     let gauge = |m: &str, name: &str| -> Option<f64> {
         m.lines()
-            .find(|l| l.starts_with(&format!("{name} ")))
+            .find(|l| l.starts_with(&format!("{name}{{cluster=\"default\"}} ")))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
     };
     harness::wait_for(Duration::from_secs(30), "upstream lag 0", || {

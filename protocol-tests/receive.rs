@@ -733,7 +733,7 @@ fn run_serves_metrics_and_status() {
     }
     let flush: f64 = metrics
         .lines()
-        .find(|l| l.starts_with("walrelay_flush_lsn_bytes "))
+        .find(|l| l.starts_with("walrelay_flush_lsn_bytes{cluster=\"default\"} "))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap();

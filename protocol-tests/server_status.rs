@@ -69,7 +69,7 @@ fn server_status_view_and_feedback() {
     assert_eq!(code, 200);
     assert!(
         metrics.lines().any(|l| l.starts_with(
-            "walrelay_walsender_flush_lsn_bytes{application_name=\"standby_one\",session=\"1\"}"
+            "walrelay_walsender_flush_lsn_bytes{cluster=\"default\",application_name=\"standby_one\",session=\"1\"}"
         )),
         "{metrics}"
     );

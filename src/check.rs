@@ -87,6 +87,9 @@ impl Level {
 /// One checked item.
 #[derive(Debug, Clone, Serialize)]
 pub struct Item {
+    /// The cluster checked (several clusters: every item is one cluster's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
     pub name: &'static str,
     pub status: Level,
     pub message: String,
@@ -104,6 +107,7 @@ pub struct Report {
 impl Report {
     fn add(&mut self, name: &'static str, status: Level, message: impl Into<String>) {
         self.checks.push(Item {
+            cluster: None,
             name,
             status,
             message: message.into(),
@@ -141,7 +145,7 @@ impl Report {
             .checks
             .iter()
             .filter(|c| c.status != Level::Ok)
-            .map(|c| format!("{}: {}", c.name, one_line(&c.message)))
+            .map(|c| format!("{}{}: {}", prefix(c), c.name, one_line(&c.message)))
             .collect();
         let text = if bad.is_empty() {
             format!("{} checks passed", self.checks.len())
@@ -167,7 +171,8 @@ impl Report {
         let mut out = String::new();
         for c in &self.checks {
             out.push_str(&format!(
-                "\t{}: {} ({})\n",
+                "\t{}{}: {} ({})\n",
+                prefix(c),
                 c.name,
                 c.status.name(),
                 one_line(&c.message)
@@ -188,6 +193,14 @@ impl Report {
             }).collect::<Vec<_>>(),
         })
     }
+}
+
+/// `shard1 ` before an item of cluster `shard1`.
+fn prefix(c: &Item) -> String {
+    c.cluster
+        .as_ref()
+        .map(|n| format!("{n} "))
+        .unwrap_or_default()
 }
 
 fn one_line(s: &str) -> String {
@@ -254,8 +267,45 @@ struct Upstream {
     xlogpos: Lsn,
 }
 
-/// Runs every check.
-pub async fn run(args: &CheckArgs, mut cfg: Config) -> Report {
+/// Runs every check; of several clusters, every check of every cluster (each item names
+/// its cluster, the worst status wins).
+pub async fn run(args: &CheckArgs, cfg: Config) -> Report {
+    if !cfg.is_multi_cluster() {
+        return run_one(args, cfg, None).await;
+    }
+    let mut all = Report::default();
+    if args.upstream.is_some() || args.data_dir.is_some() || args.slot.is_some() {
+        all.add(
+            "configuration",
+            Level::Unknown,
+            "--upstream, --data-dir and --slot apply to a single cluster: with [[cluster]] sections each cluster is checked as configured",
+        );
+        return all;
+    }
+    let socket = cfg.control_socket();
+    for c in cfg.clusters() {
+        let mut one = cfg.clone();
+        one.cluster.clear();
+        one.data_dir = c.data_dir.clone();
+        one.upstream = c.upstream.clone();
+        one.archive = c.archive.clone();
+        one.control.socket = Some(socket.clone());
+        let r = run_one(args, one, Some(&c.name)).await;
+        all.checks.extend(r.checks.into_iter().map(|mut i| {
+            i.cluster = Some(c.name.clone());
+            i
+        }));
+        all.perf.extend(
+            r.perf
+                .into_iter()
+                .map(|(l, v, u, w, cr)| (format!("{}_{l}", c.name), v, u, w, cr)),
+        );
+    }
+    all
+}
+
+/// The checks of one cluster (`cluster`: its name in a multi-cluster `/status`).
+async fn run_one(args: &CheckArgs, mut cfg: Config, cluster: Option<&str>) -> Report {
     if let Some(v) = &args.upstream {
         cfg.upstream.conninfo = Some(v.clone());
     }
@@ -273,7 +323,7 @@ pub async fn run(args: &CheckArgs, mut cfg: Config) -> Report {
 
     let up = check_upstream(&mut r, &cfg).await;
     let local_sysid = check_data_dir(&mut r, &cfg, &th);
-    let status = running_status(&mut r, args, &cfg).await;
+    let status = running_status(&mut r, args, &cfg, cluster).await;
     check_archive(
         &mut r,
         &cfg,
@@ -482,6 +532,7 @@ async fn running_status(
     r: &mut Report,
     args: &CheckArgs,
     cfg: &Config,
+    cluster: Option<&str>,
 ) -> Option<serde_json::Value> {
     let target = match crate::endpoints::resolve_target(
         args.control.as_deref(),
@@ -497,6 +548,13 @@ async fn running_status(
     let doc = match answer {
         Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body).ok(),
         _ => None,
+    };
+    // several clusters: this cluster's part of the document
+    let doc = match (doc, cluster) {
+        (Some(d), Some(name)) if d["clusters"].is_array() => d["clusters"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["cluster"] == name).cloned()),
+        (d, _) => d,
     };
     let Some(doc) = doc else {
         let e = match answer_err(&target) {

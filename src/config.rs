@@ -22,9 +22,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+mod fleet;
+pub use fleet::{ClusterConfig, ClusterSection, DEFAULT_CLUSTER};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// Names the single cluster of the top-level form (its `cluster` label in metrics and
+    /// status); default `"default"`. An error together with `[[cluster]]`.
+    pub name: Option<String>,
     /// Where WAL segments, history files and the control file live.
     pub data_dir: PathBuf,
     pub upstream: UpstreamConfig,
@@ -42,6 +48,12 @@ pub struct Config {
     pub check: CheckConfig,
     /// Logging (`[log]`).
     pub log: LogConfig,
+    /// Several clusters in one process (`[[cluster]]`, see `docs/fleet.md`). Empty: the
+    /// top-level form is the one cluster. Use [`Config::clusters`], never this directly.
+    pub cluster: Vec<ClusterSection>,
+    /// Groups of clusters (`[[group]]`): cluster-wide restore points and feed control
+    /// (`crate::fleet`).
+    pub group: Vec<crate::fleet::group::GroupConfig>,
 }
 
 impl Default for Config {
@@ -57,6 +69,9 @@ impl Default for Config {
             check: CheckConfig::default(),
             log: LogConfig::default(),
             feeds: FeedsConfig::default(),
+            name: None,
+            cluster: Vec::new(),
+            group: Vec::new(),
         }
     }
 }
@@ -170,6 +185,9 @@ pub struct ServerConfig {
     pub hba: Vec<HbaRuleConfig>,
     /// User name → SCRAM verifier (`walrelay passwd USER`) or `md5…` hash.
     pub users: std::collections::BTreeMap<String, String>,
+    /// Shared listener of several clusters: user name → cluster, for standbys that name no
+    /// cluster in `options` (see `docs/fleet.md`).
+    pub route_users: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ServerConfig {
@@ -194,6 +212,7 @@ impl Default for ServerConfig {
             slots: Vec::new(),
             hba: Vec::new(),
             users: Default::default(),
+            route_users: Default::default(),
         }
     }
 }
@@ -613,17 +632,33 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        if !c.cluster.is_empty() {
+            crate::config::fleet::check_multi(&c, &table)?;
+        } else if let Some(n) = &c.name {
+            crate::config::fleet::check_cluster_name(n)?;
+        }
         c.check_feeds()?;
         c.control.check()?;
         c.archive.load_key().map_err(|e| e.to_string())?;
+        for s in &mut c.cluster {
+            if let Some(a) = &mut s.archive {
+                a.load_key()
+                    .map_err(|e| format!("cluster \"{}\": {e}", s.name))?;
+            }
+        }
         Ok(c)
     }
 
-    /// Feed names are unique and URL-safe.
+    /// Feed names are unique (in the whole process) and URL-safe.
     fn check_feeds(&self) -> Result<(), String> {
         let mut seen = std::collections::HashSet::new();
-        for f in &self.feed {
+        let all = self
+            .feed
+            .iter()
+            .chain(self.cluster.iter().flat_map(|c| c.feed.iter()));
+        for f in all {
             let ok = !f.name.is_empty()
                 && f.name.len() <= 63
                 && f.name
@@ -854,6 +889,7 @@ mod redact {
                 .field("slots", &self.slots)
                 .field("hba", &self.hba)
                 .field("users", &users)
+                .field("route_users", &self.route_users)
                 .finish()
         }
     }

@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+mod fleet_feeds;
+
 use crate::admin::{self, Endpoint, Policy, Response, Routes, Target, Token, Transport};
 use crate::archive::archiver::ArchiverStatus;
 use crate::config::Config;
@@ -22,9 +24,15 @@ use crate::statusview::{self, History};
 use crate::store::Positions;
 use crate::upstream::receiver::UpstreamInfo;
 
-/// What the endpoints show.
+/// What the endpoints show of one cluster.
 #[derive(Clone)]
 pub struct Sources {
+    /// The cluster's name (its `cluster` label).
+    pub cluster: String,
+    /// Its errors, upstream liveness and archive events.
+    pub ops: Arc<ops::ClusterOps>,
+    /// Its archive (for the archive listing in `/status`).
+    pub archive: Option<(String, crate::config::ArchiveConfig)>,
     pub positions: watch::Receiver<Positions>,
     pub upstream: watch::Receiver<UpstreamInfo>,
     pub walsenders: Option<StatusSource>,
@@ -51,15 +59,27 @@ pub fn valid_lsn(l: Option<Lsn>) -> Option<Lsn> {
     l.filter(|l| l.is_valid())
 }
 
-/// The `/status` document: what walrelay receives, stores, archives and serves, the lag
-/// of everything downstream, and the last errors.
+/// The `/status` document: with one cluster, that cluster's document (with its name in
+/// `cluster`); with several, `{"clusters": [one document per cluster]}`.
+pub fn fleet_status_json(all: &[Sources]) -> serde_json::Value {
+    match all {
+        [one] => status_json(one),
+        _ => serde_json::json!({
+            "clusters": all.iter().map(status_json).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+/// One cluster's `/status` document: what walrelay receives, stores, archives and serves,
+/// the lag of everything downstream, and the last errors.
 pub fn status_json(s: &Sources) -> serde_json::Value {
     let p = s.positions.borrow().clone();
     let i = s.upstream.borrow().clone();
     let archived = s.archived.as_ref().map(|a| *a.borrow());
     let now = now_unix();
-    let live = ops::liveness();
-    let ev = ops::archive_events();
+    let o = &s.ops;
+    let live = o.liveness();
+    let ev = o.archive_events();
     let astat = s.archiver.as_ref().map(|a| a.borrow().clone());
     let host = i
         .server
@@ -67,6 +87,7 @@ pub fn status_json(s: &Sources) -> serde_json::Value {
         .map(|(h, _)| h.to_string())
         .unwrap_or_default();
     let mut doc = serde_json::json!({
+        "cluster": s.cluster,
         "upstream": {
             "connected": i.connected,
             "state": if i.connected { "streaming" } else { "disconnected" },
@@ -80,7 +101,7 @@ pub fn status_json(s: &Sources) -> serde_json::Value {
             "wal_end": live.wal_end.map(|l| l.to_string()),
             "lag_bytes": live.lag_bytes(p.flush_lsn),
             "lag_seconds": live.lag_seconds(p.flush_lsn, now).map(round1),
-            "last_error": ops::last_error_of("upstream"),
+            "last_error": o.last_error_of("upstream"),
         },
         "store": {
             "timeline": p.timeline,
@@ -89,7 +110,7 @@ pub fn status_json(s: &Sources) -> serde_json::Value {
             "wal_segment_size": p.wal_segment_size,
             "completed_segments": p.completed_segments,
             "error": p.error,
-            "last_error": ops::last_error_of("store"),
+            "last_error": o.last_error_of("store"),
         },
         "archive": {
             "enabled": archived.is_some(),
@@ -101,11 +122,11 @@ pub fn status_json(s: &Sources) -> serde_json::Value {
             "last_archived_segment": ev.last_segment,
             "last_archived_at": ev.last_time.map(ops::rfc3339),
             "last_archived_age_seconds": ev.last_time.map(|t| round1((now - t).max(0.0))),
-            "last_error": ops::last_error_of("archive"),
+            "last_error": o.last_error_of("archive"),
             // the whole archive of this system, listed every few minutes
-            "listing": ops::archive_listing(),
+            "listing": o.archive_listing(),
         },
-        "errors": ops::last_errors(),
+        "errors": o.last_errors(),
     });
     if let Some(w) = &s.walsenders {
         let rows: Vec<serde_json::Value> = w
@@ -175,56 +196,65 @@ fn feeds_summary(list: &serde_json::Value, flush: Lsn) -> serde_json::Value {
     )
 }
 
-fn add_status(routes: &mut Routes, s: &Sources) {
-    let s = s.clone();
+fn add_status(routes: &mut Routes, all: &[Sources]) {
+    let all = all.to_vec();
     routes.add(
         "GET",
         "/status",
-        Arc::new(move |_| Response::json(200, &status_json(&s))),
+        Arc::new(move |_| Response::json(200, &fleet_status_json(&all))),
     );
 }
 
 /// Routes of the metrics listener: `/metrics`, `/health`, `/status`, `/history` and the
 /// status page `/` — read-only.
-pub fn metrics_routes(handle: PrometheusHandle, s: &Sources, history: &History) -> Routes {
+pub fn metrics_routes(handle: PrometheusHandle, all: &[Sources], history: &History) -> Routes {
     let mut routes = Routes::default();
-    let walsenders = s.walsenders.clone();
-    let pos = s.positions.clone();
+    let clusters = all.to_vec();
     routes.add(
         "GET",
         "/metrics",
         Arc::new(move |_| {
-            // the upstream lag from the current flush position and the last message, not
-            // the value of the last XLogData (which goes stale when WAL stops arriving)
-            let flush = pos.borrow().flush_lsn;
-            let live = ops::liveness();
             let now = now_unix();
-            if let Some(b) = live.lag_bytes(flush) {
-                metrics::gauge!(crate::metrics::UPSTREAM_LAG).set(b as f64);
-            }
-            if let Some(sec) = live.lag_seconds(flush, now) {
-                metrics::gauge!(crate::metrics::UPSTREAM_LAG_SECONDS).set(sec);
-            }
-            if let Some(t) = live.last_message {
-                metrics::gauge!(crate::metrics::UPSTREAM_MESSAGE_AGE).set((now - t).max(0.0));
+            let mut standbys = Vec::with_capacity(clusters.len());
+            for s in &clusters {
+                // the upstream lag from the current flush position and the last message,
+                // not the value of the last XLogData (stale when WAL stops arriving)
+                let flush = s.positions.borrow().flush_lsn;
+                let live = s.ops.liveness();
+                let label = (crate::metrics::CLUSTER_LABEL, s.cluster.clone());
+                if let Some(b) = live.lag_bytes(flush) {
+                    metrics::gauge!(crate::metrics::UPSTREAM_LAG, &[label.clone()]).set(b as f64);
+                }
+                if let Some(sec) = live.lag_seconds(flush, now) {
+                    metrics::gauge!(crate::metrics::UPSTREAM_LAG_SECONDS, &[label.clone()])
+                        .set(sec);
+                }
+                if let Some(t) = live.last_message {
+                    metrics::gauge!(crate::metrics::UPSTREAM_MESSAGE_AGE, &[label])
+                        .set((now - t).max(0.0));
+                }
+                if let Some(w) = &s.walsenders {
+                    let samples: Vec<StandbySample> = w
+                        .status()
+                        .into_iter()
+                        .map(|r| StandbySample {
+                            application_name: r.application_name,
+                            sent: r.sent_lsn.map(|l| l.0),
+                            // pg_receivewal reports flush 0/0: its write position is what
+                            // it has
+                            flush: valid_lsn(r.flush_lsn)
+                                .or(valid_lsn(r.write_lsn))
+                                .map(|l| l.0),
+                            replay: r.replay_lsn.map(|l| l.0),
+                            replay_lag_seconds: r.replay_lag,
+                        })
+                        .collect();
+                    standbys.push((s.cluster.clone(), samples));
+                }
             }
             let mut text = handle.render();
-            if let Some(w) = &walsenders {
-                let samples: Vec<StandbySample> = w
-                    .status()
-                    .into_iter()
-                    .map(|r| StandbySample {
-                        application_name: r.application_name,
-                        sent: r.sent_lsn.map(|l| l.0),
-                        // pg_receivewal reports flush 0/0: its write position is what it has
-                        flush: valid_lsn(r.flush_lsn)
-                            .or(valid_lsn(r.write_lsn))
-                            .map(|l| l.0),
-                        replay: r.replay_lsn.map(|l| l.0),
-                        replay_lag_seconds: r.replay_lag,
-                    })
-                    .collect();
-                text.push_str(&crate::metrics::render_standbys(&samples));
+            if !standbys.is_empty() {
+                text.push_str(&crate::metrics::render_standbys(&standbys));
             }
             Response {
                 status: 200,
@@ -233,16 +263,31 @@ pub fn metrics_routes(handle: PrometheusHandle, s: &Sources, history: &History) 
             }
         }),
     );
-    let positions = s.positions.clone();
+    let health: Vec<(String, watch::Receiver<Positions>)> = all
+        .iter()
+        .map(|s| (s.cluster.clone(), s.positions.clone()))
+        .collect();
     routes.add(
         "GET",
         "/health",
-        Arc::new(move |_| match &positions.borrow().error {
-            None => Response::json(200, &serde_json::json!({ "status": "ok" })),
-            Some(e) => Response::json(503, &serde_json::json!({ "status": "failing", "error": e })),
+        Arc::new(move |_| {
+            // failing when any cluster's store failed (the first one named)
+            let failing = health
+                .iter()
+                .find_map(|(n, p)| p.borrow().error.clone().map(|e| (n.clone(), e)));
+            match failing {
+                None => Response::json(200, &serde_json::json!({ "status": "ok" })),
+                Some((cluster, e)) if health.len() > 1 => Response::json(
+                    503,
+                    &serde_json::json!({ "status": "failing", "cluster": cluster, "error": e }),
+                ),
+                Some((_, e)) => {
+                    Response::json(503, &serde_json::json!({ "status": "failing", "error": e }))
+                }
+            }
         }),
     );
-    add_status(&mut routes, s);
+    add_status(&mut routes, all);
     add_history(&mut routes, history);
     // last: "/" is a prefix of every path, so it answers only the root itself
     routes.add(
@@ -282,8 +327,8 @@ fn add_history(routes: &mut Routes, history: &History) {
 
 /// Samples the lags into `history` every [`statusview::SAMPLE_EVERY`] and writes the
 /// aggregated segment log lines every second, until shutdown.
-fn spawn_sampler(s: &Sources, history: History, mut shutdown: watch::Receiver<bool>) {
-    let s = s.clone();
+fn spawn_sampler(all: &[Sources], history: History, mut shutdown: watch::Receiver<bool>) {
+    let all = all.to_vec();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -296,7 +341,7 @@ fn spawn_sampler(s: &Sources, history: History, mut shutdown: watch::Receiver<bo
             }
             ops::flush_segment_logs();
             if n % every == 0 {
-                let doc = status_json(&s);
+                let doc = fleet_status_json(&all);
                 history.push(statusview::Sample::from_status(now_unix(), &doc));
             }
             n = n.wrapping_add(1);
@@ -310,14 +355,15 @@ const LIST_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Lists the archive's segments of this system now and then (first a few seconds after
 /// start) for the oldest/newest segment in `/status`.
-fn spawn_archive_lister(cfg: &Config, s: &Sources, mut shutdown: watch::Receiver<bool>) {
-    let Some(url) = crate::archive::resolve_url(cfg.archive.url.as_deref(), &cfg.data_dir) else {
+fn spawn_archive_lister(s: &Sources, mut shutdown: watch::Receiver<bool>) {
+    let Some((url, archive)) = &s.archive else {
         return;
     };
-    let Ok(b) = crate::archive::backend::open(&url, &cfg.archive) else {
+    let Ok(b) = crate::archive::backend::open(url, archive) else {
         return;
     };
     let positions = s.positions.clone();
+    let o = s.ops.clone();
     tokio::spawn(async move {
         let mut last: Option<(std::time::Instant, Option<String>)> = None;
         loop {
@@ -327,7 +373,7 @@ fn spawn_archive_lister(cfg: &Config, s: &Sources, mut shutdown: watch::Receiver
             }
             let sysid = positions.borrow().system_id;
             // again every LIST_EVERY, or sooner when this process archived past the listing
-            let archived = ops::archive_events().last_segment;
+            let archived = o.archive_events().last_segment;
             let due = match &last {
                 None => true,
                 Some((at, newest)) => at.elapsed() >= LIST_EVERY || archived > *newest,
@@ -337,7 +383,7 @@ fn spawn_archive_lister(cfg: &Config, s: &Sources, mut shutdown: watch::Receiver
             }
             match crate::check::list_archive(&b, sysid).await {
                 Ok(l) => {
-                    ops::set_archive_listing(serde_json::json!({
+                    o.set_archive_listing(serde_json::json!({
                         "segments": l.segments,
                         "oldest_segment": l.oldest,
                         "newest_segment": l.newest,
@@ -356,11 +402,17 @@ fn spawn_archive_lister(cfg: &Config, s: &Sources, mut shutdown: watch::Receiver
 }
 
 /// Routes of the control endpoint: `/status`, and with feeds `/feeds…` and `/xacts`.
-pub fn control_routes(s: &Sources) -> Routes {
+pub fn control_routes(all: &[Sources]) -> Routes {
     let mut routes = Routes::default();
-    add_status(&mut routes, s);
-    if let Some(f) = &s.feeds {
-        crate::delay::api::register_routes(&mut routes, f.clone());
+    add_status(&mut routes, all);
+    let feeds: Vec<(String, Arc<FeedController>)> = all
+        .iter()
+        .filter_map(|s| s.feeds.clone().map(|f| (s.cluster.clone(), f)))
+        .collect();
+    match (all, feeds.as_slice()) {
+        ([_], [(_, f)]) => crate::delay::api::register_routes(&mut routes, f.clone()),
+        (_, []) => {}
+        _ => fleet_feeds::register_routes(&mut routes, feeds),
     }
     routes
 }
@@ -395,12 +447,15 @@ const MAX_SOCKET_PATH: usize = 107;
 pub async fn start(
     cfg: &Config,
     metrics: Option<PrometheusHandle>,
-    s: &Sources,
+    all: &[Sources],
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
+    let s = all;
     let history = History::default();
-    spawn_sampler(s, history.clone(), shutdown.clone());
-    spawn_archive_lister(cfg, s, shutdown.clone());
+    spawn_sampler(all, history.clone(), shutdown.clone());
+    for c in all {
+        spawn_archive_lister(c, shutdown.clone());
+    }
     if let (Some(addr), Some(handle)) = (&cfg.metrics.listen, metrics) {
         let addr: std::net::SocketAddr = addr
             .parse()
@@ -422,7 +477,7 @@ pub async fn start(
         }
     }
     let routes = control_routes(s);
-    let socket = cfg.control.socket_path(&cfg.data_dir);
+    let socket = cfg.control_socket();
     if socket.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(format!(
             "control socket path \"{}\" is longer than {MAX_SOCKET_PATH} bytes: set control.socket to a shorter path",
@@ -505,7 +560,7 @@ pub fn resolve_target(
         return Ok(Target::Unix(d.join(admin::CONTROL_SOCKET)));
     }
     if let Some(c) = cfg {
-        return Ok(Target::Unix(c.control.socket_path(&c.data_dir)));
+        return Ok(Target::Unix(c.control_socket()));
     }
     Err("where is walrelay? use --data-dir DIR, --config FILE, --control SOCKET|http://HOST:PORT or $WALRELAY_CONTROL".into())
 }

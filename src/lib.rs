@@ -15,7 +15,9 @@
 //! | [`metrics`] | metric names and the Prometheus recorder | hold business logic |
 //! | [`admin`] | HTTP machinery: hyper serving with limits, access checks, routes, client | hold business logic |
 //! | [`endpoints`] | which routes go on the metrics listener and the control endpoint | hold state |
-//! | [`config`] | TOML config and defaults | hold business logic |
+//! | [`config`] | TOML config and defaults, the cluster model (`[[cluster]]` → `ClusterConfig`) | hold business logic |
+//! | [`cluster`] | one cluster's wiring: store, receiver, walsender context, archiver, feeds; ordered shutdown | share state with another cluster |
+//! | [`fleet`] | groups of clusters: restore points, group feed control | write WAL |
 //! | [`pgreceivewal`] | the pg_receivewal command line (options, messages, exit codes) | write files itself |
 //! | [`ops`] | last errors, upstream liveness, last archived segment, segment log lines | decide anything |
 //! | [`check`] | `walrelay check`: one health verdict (Nagios codes) | change anything but a throwaway archive object |
@@ -32,10 +34,12 @@
 pub mod admin;
 pub mod archive;
 pub mod check;
+pub mod cluster;
 pub mod config;
 pub mod delay;
 pub mod endpoints;
 pub mod error;
+pub mod fleet;
 pub mod generate;
 pub mod logging;
 pub mod lsn;

@@ -7,16 +7,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tokio::sync::watch;
 
-use std::sync::Arc;
+use walrelay::cluster::ClusterHandle;
 use walrelay::config::{parse_duration, Config};
-use walrelay::delay::indexer::IndexerOptions;
-use walrelay::delay::{CommitIndex, FeedController};
 use walrelay::lsn::Lsn;
 use walrelay::pgreceivewal;
-use walrelay::server::{Server, ServerContext, ServerSettings};
-use walrelay::store::{Store, StoreOptions};
-use walrelay::upstream::conninfo::ConnInfo;
-use walrelay::upstream::receiver::{self, ReceiverOptions, UpstreamInfo};
+use walrelay::server::{Server, ServerSettings};
 
 #[derive(Parser)]
 #[command(
@@ -378,143 +373,9 @@ async fn run(a: RunArgs) -> Result<(), String> {
         if a.verbose > 0 { "debug" } else { "info" },
     );
     let file_cfg = cfg.clone(); // what a SIGHUP reload compares with
-    if let Some(v) = a.upstream {
-        cfg.upstream.conninfo = Some(v);
-    }
-    if let Some(v) = a.data_dir {
-        cfg.data_dir = v;
-    }
-    if let Some(v) = a.slot {
-        cfg.upstream.slot = Some(v);
-    }
-    if a.synchronous {
-        cfg.upstream.synchronous = true;
-    }
-    if let Some(v) = a.listen {
-        cfg.server.listen = Some(v);
-    }
-    if let Some(v) = a.archive {
-        cfg.archive.url = Some(v);
-    }
-    if let Some(v) = a.metrics_listen {
-        cfg.metrics.listen = Some(v);
-    }
-    if let Some(v) = a.status_interval {
-        cfg.upstream.status_interval = v;
-    }
-    if let Some(v) = a.receive_timeout {
-        cfg.upstream.receive_timeout = v;
-    }
-    let Some(conninfo) = cfg.upstream.conninfo.as_deref() else {
-        return Err("no upstream server configured: use --upstream CONNINFO or upstream.conninfo in the configuration file".into());
-    };
-    let mut conninfo = ConnInfo::parse(conninfo).map_err(|e| e.to_string())?;
-    conninfo.apply_env(&|k| std::env::var(k).ok());
-    if conninfo.application_name.is_none() {
-        conninfo.application_name = Some("walrelay".into());
-    }
+    apply_run_flags(&mut cfg, &a)?;
     // a bad control token file or certificate fails before the data directory is touched
     walrelay::endpoints::load_control_secrets(&cfg)?;
-    // fail fast: a missing bucket, missing credentials or a refused write stop start-up
-    walrelay::archive::probe::open_checked(
-        &walrelay::archive::ArchiveSettings::new(cfg.archive.clone(), &cfg.data_dir),
-        walrelay::archive::probe::Access::ReadWrite,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let store = Store::start(
-        &cfg.data_dir,
-        StoreOptions {
-            control_file: true,
-            ..StoreOptions::default()
-        },
-    )
-    .map_err(|e| {
-        format!(
-            "could not open data directory \"{}\": {e}",
-            cfg.data_dir.display()
-        )
-    })?;
-    // Serve what the files hold from the start, with or without the upstream.
-    store.recovered().await;
-    let shutdown = pgreceivewal::shutdown_signal();
-    // The walsender stops after the receiver: standbys then get everything walrelay stored.
-    let (server_stop_tx, server_stop) = watch::channel(false);
-    let (info_tx, info_rx) = watch::channel(UpstreamInfo::default());
-    // Delayed feeds: the commit index follows the store; sessions ask the controller.
-    let feeds = if cfg.feed.is_empty() {
-        None
-    } else {
-        let index = CommitIndex::new();
-        let ctl = FeedController::new(
-            &cfg.feed,
-            &cfg.feeds,
-            &cfg.data_dir,
-            index.clone(),
-            store.positions(),
-        )
-        .map_err(|e| e.to_string())?;
-        tokio::spawn(walrelay::delay::indexer::run(
-            index,
-            Some(ctl.clone()),
-            store.clone(),
-            IndexerOptions {
-                data_dir: cfg.data_dir.clone(),
-                max_entries: cfg.feeds.index_max_entries,
-            },
-            shutdown.clone(),
-        ));
-        let c = ctl.clone();
-        let mut stop = shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => c.persist_if_dirty(),
-                    _ = stop.changed() => { c.persist_if_dirty(); break; }
-                }
-            }
-        });
-        Some(ctl)
-    };
-    let mut archive_settings =
-        walrelay::archive::ArchiveSettings::new(cfg.archive.clone(), &cfg.data_dir);
-    let server = match &cfg.server.listen {
-        Some(_) => {
-            let settings = ServerSettings::from_config(&cfg.server).map_err(|e| e.to_string())?;
-            let ctx = ServerContext {
-                store: store.clone(),
-                upstream: info_rx.clone(),
-                data_dir: cfg.data_dir.clone(),
-                feeds: feeds.clone(),
-                archive: walrelay::archive::LazyArchiveReader::new(&archive_settings).map(Arc::new),
-            };
-            Some(
-                Server::start(settings, ctx, server_stop)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            )
-        }
-        None => None,
-    };
-    archive_settings.slot_floor = retention_floor(
-        server.as_ref().map(|s| s.slots_min_restart.clone()),
-        feeds.as_ref().map(|f| f.min_needed_lsn()),
-    );
-    let expire_settings = archive_settings.clone();
-    // local retention: declared slots only while active (docs/ha.md)
-    archive_settings.slot_floor = retention_floor(
-        server.as_ref().map(|s| s.slots_local_floor.clone()),
-        feeds.as_ref().map(|f| f.min_needed_lsn()),
-    );
-    let archiver = walrelay::archive::Archiver::start(archive_settings, &store, shutdown.clone())
-        .map_err(|e| e.to_string())?;
-    let expiry = archiver.as_ref().and_then(|h| {
-        walrelay::archive::expire::spawn_timer(
-            expire_settings,
-            h.archived_lsn.clone(),
-            shutdown.clone(),
-        )
-    });
     let metrics = match &cfg.metrics.listen {
         Some(_) => {
             let handle = walrelay::metrics::install_recorder()?;
@@ -523,67 +384,183 @@ async fn run(a: RunArgs) -> Result<(), String> {
         }
         None => None,
     };
-    let sources = walrelay::endpoints::Sources {
-        positions: store.positions(),
-        upstream: info_rx.clone(),
-        walsenders: server.as_ref().map(|s| s.status_source()),
-        archived: archiver.as_ref().map(|h| h.archived_lsn.clone()),
-        feeds: feeds.clone(),
-        archiver: archiver.as_ref().map(|h| h.status.clone()),
+    let multi = cfg.is_multi_cluster();
+    let shutdown = pgreceivewal::shutdown_signal();
+    let mut clusters = Vec::new();
+    for c in cfg.clusters() {
+        let h = ClusterHandle::start(&c, cfg.shared_server().is_some(), shutdown.clone())
+            .await
+            .map_err(|e| {
+                if multi {
+                    format!("cluster \"{}\": {e}", c.name)
+                } else {
+                    e
+                }
+            })?;
+        clusters.push(h);
+    }
+    // the shared listener of several clusters (routing by name) stops with the walsenders
+    let (shared_stop_tx, shared_stop) = watch::channel(false);
+    let shared = match cfg.shared_server() {
+        Some(sc) => Some(start_shared_listener(&cfg, sc, &clusters, shared_stop).await?),
+        None => None,
     };
+    let sources: Vec<_> = clusters.iter().map(|c| c.sources.clone()).collect();
     walrelay::endpoints::start(&cfg, metrics, &sources, shutdown.clone()).await?;
-    let opts = ReceiverOptions {
-        conninfo,
-        slot: cfg.upstream.slot.clone(),
-        create_slot_if_missing: cfg.upstream.create_slot,
-        synchronous: cfg.upstream.synchronous,
-        status_interval: cfg.upstream.status_interval,
-        receive_timeout: cfg.upstream.receive_timeout,
-        endpos: None,
-        no_loop: false,
-        reconnect_min: cfg.upstream.reconnect_min,
-        reconnect_max: cfg.upstream.reconnect_max,
-        flush_cap: archiver.as_ref().and_then(|h| h.flush_cap(cfg.archive.ack)),
-        info: Some(info_tx),
-        hs_feedback: server.as_ref().map(|s| s.hs_feedback.clone()),
+    for c in &clusters {
+        tracing::info!(
+            "walrelay starting{}: data directory \"{}\"",
+            if multi {
+                format!(" cluster \"{}\"", c.name)
+            } else {
+                String::new()
+            },
+            c.data_dir_path().display()
+        );
+    }
+    let (server, listen, feeds) = match (&shared, clusters.as_slice()) {
+        (Some(s), _) => (Some(s.access_reloader()), cfg.server.listen.clone(), None),
+        (None, [one]) => (
+            one.server.as_ref().map(|s| s.access_reloader()),
+            one.listen.clone(),
+            one.feeds.clone(),
+        ),
+        (None, _) => (None, None, None),
     };
-    tracing::info!(
-        "walrelay starting: data directory \"{}\"",
-        cfg.data_dir.display()
-    );
     walrelay::reload::spawn(
         walrelay::reload::ReloadTargets {
             path: a.config.clone(),
             loaded: file_cfg,
-            server: server.as_ref().map(|s| s.access_reloader()),
-            listen: cfg.server.listen.clone(),
-            feeds: feeds.clone(),
+            server,
+            listen,
+            feeds,
         },
         shutdown.clone(),
     )?;
-    // systemd (Type=notify): the store has recovered and every listener is up.
+    for c in &mut clusters {
+        c.spawn_receiver(shutdown.clone());
+    }
+    // systemd (Type=notify): the stores have recovered and every listener is up.
     walrelay::sdnotify::ready("streaming from the upstream", shutdown.clone());
-    let result = receiver::run(store.clone(), opts, shutdown)
-        .await
-        .map_err(|e| e.to_string());
+    // One cluster: its receiver's end (shutdown or a fatal error) ends walrelay, as before.
+    // Several: a cluster whose receiver fails keeps serving what it stored, the others go
+    // on; walrelay ends at the shutdown signal and then reports the failures.
+    let mut failed = Vec::new();
+    for c in &mut clusters {
+        if let Err(e) = c.wait_receiver().await {
+            if !multi {
+                failed.push(e);
+                break;
+            }
+            tracing::error!("cluster \"{}\": {e}", c.name);
+            c.ops.record_error("upstream", e.clone());
+            failed.push(format!("cluster \"{}\": {e}", c.name));
+        }
+    }
     walrelay::sdnotify::stopping();
-    // The walsender stops after the receiver; standbys get what is flushed before the store
-    // closes (ordered walsender shutdown).
-    let _ = server_stop_tx.send(true);
-    if let Some(server) = server {
-        server.wait().await;
+    // The walsenders stop after the receivers; standbys get what is flushed before the
+    // stores close (ordered walsender shutdown), cluster by cluster.
+    let _ = shared_stop_tx.send(true);
+    if let Some(s) = shared {
+        s.wait().await;
     }
-    if let Some(h) = archiver {
-        h.abort();
+    let mut close_errors = Vec::new();
+    for c in clusters {
+        let name = c.name.clone();
+        if let Err(e) = c.stop().await {
+            close_errors.push(if multi {
+                format!("cluster \"{name}\": {e}")
+            } else {
+                e
+            });
+        }
     }
-    if let Some(t) = expiry {
-        t.abort();
-        let _ = t.await;
+    if let Some(e) = failed.into_iter().chain(close_errors).next() {
+        return Err(e);
     }
-    result?;
-    store.close().await.map_err(|e| e.to_string())?;
     tracing::info!("walrelay stopped");
     Ok(())
+}
+
+/// Command-line flags over the file: the single-cluster keys (--upstream, --data-dir,
+/// --slot, --listen) only in the single-cluster form; the upstream timings apply to every
+/// cluster.
+fn apply_run_flags(cfg: &mut Config, a: &RunArgs) -> Result<(), String> {
+    if cfg.is_multi_cluster() {
+        if a.upstream.is_some() || a.data_dir.is_some() || a.slot.is_some() || a.listen.is_some() {
+            return Err("--upstream, --data-dir, --slot and --listen apply to a single cluster: with [[cluster]] sections set them in each [[cluster]]".into());
+        }
+    } else {
+        if let Some(v) = &a.upstream {
+            cfg.upstream.conninfo = Some(v.clone());
+        }
+        if let Some(v) = &a.data_dir {
+            cfg.data_dir = v.clone();
+        }
+        if let Some(v) = &a.slot {
+            cfg.upstream.slot = Some(v.clone());
+        }
+        if let Some(v) = &a.listen {
+            cfg.server.listen = Some(v.clone());
+        }
+    }
+    if let Some(v) = &a.archive {
+        cfg.archive.url = Some(v.clone());
+    }
+    if let Some(v) = &a.metrics_listen {
+        cfg.metrics.listen = Some(v.clone());
+    }
+    let mut upstreams: Vec<&mut walrelay::config::UpstreamConfig> = vec![&mut cfg.upstream];
+    upstreams.extend(cfg.cluster.iter_mut().map(|c| &mut c.upstream));
+    for u in upstreams {
+        if a.synchronous {
+            u.synchronous = true;
+        }
+        if let Some(v) = a.status_interval {
+            u.status_interval = v;
+        }
+        if let Some(v) = a.receive_timeout {
+            u.receive_timeout = v;
+        }
+    }
+    Ok(())
+}
+
+/// The top-level `[server]` of a multi-cluster configuration: one listener for every
+/// cluster, routing each connection by the cluster it names (see docs/fleet.md).
+async fn start_shared_listener(
+    cfg: &Config,
+    sc: &walrelay::config::ServerConfig,
+    clusters: &[ClusterHandle],
+    stop: watch::Receiver<bool>,
+) -> Result<walrelay::server::ServerHandle, String> {
+    let settings = ServerSettings::from_config(sc).map_err(|e| e.to_string())?;
+    for (user, cluster) in &sc.route_users {
+        if !clusters.iter().any(|c| &c.name == cluster) {
+            return Err(format!(
+                "server.route_users: user \"{user}\" is mapped to cluster \"{cluster}\", which is not configured"
+            ));
+        }
+    }
+    let targets = clusters
+        .iter()
+        .filter_map(|c| {
+            c.server
+                .as_ref()
+                .map(|s| (c.name.clone(), s.route_target()))
+        })
+        .collect();
+    // its socket lock files (and an unused slot file) live beside the first cluster's data
+    let state_dir = cfg
+        .cluster
+        .first()
+        .map(|c| c.data_dir.join("shared-listener"))
+        .unwrap_or_else(|| cfg.data_dir.join("shared-listener"));
+    std::fs::create_dir_all(&state_dir)
+        .map_err(|e| format!("could not create \"{}\": {e}", state_dir.display()))?;
+    Server::start_shared(settings, targets, sc.route_users.clone(), state_dir, stop)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn feed(a: FeedArgs) -> Result<(), String> {
@@ -664,36 +641,4 @@ async fn xacts(a: XactsArgs) -> Result<(), String> {
         print!("{}", api::format_xacts(&list));
     }
     Ok(())
-}
-
-/// Local WAL that proxy-side slots or delayed feeds still need is kept whatever the other
-/// retention rules say: the archive's retention gets the minimum of both floors.
-fn retention_floor(
-    slots: Option<watch::Receiver<Option<Lsn>>>,
-    feeds: Option<watch::Receiver<Option<Lsn>>>,
-) -> Option<watch::Receiver<Option<Lsn>>> {
-    match (slots, feeds) {
-        (None, None) => None,
-        (Some(a), None) | (None, Some(a)) => Some(a),
-        (Some(mut a), Some(mut b)) => {
-            let min = |a: Option<Lsn>, b: Option<Lsn>| match (a, b) {
-                (Some(x), Some(y)) => Some(x.min(y)),
-                (x, y) => x.or(y),
-            };
-            let (tx, rx) = watch::channel(min(*a.borrow(), *b.borrow()));
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        r = a.changed() => if r.is_err() { break },
-                        r = b.changed() => if r.is_err() { break },
-                    }
-                    let v = min(*a.borrow_and_update(), *b.borrow_and_update());
-                    if tx.send(v).is_err() {
-                        break;
-                    }
-                }
-            });
-            Some(rx)
-        }
-    }
 }

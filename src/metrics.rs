@@ -94,13 +94,77 @@ pub fn describe() {
     describe_gauge!(UPSTREAM_STREAMING, "1 while streaming from the primary");
 }
 
-/// Installs the Prometheus recorder; the admin endpoint renders it on `GET /metrics`.
+/// Installs the Prometheus recorder (wrapped in [`ClusterLabel`]); the admin endpoint
+/// renders it on `GET /metrics`.
 pub fn install_recorder() -> Result<PrometheusHandle, String> {
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(ClusterLabel(recorder))
         .map_err(|e| format!("could not install the metrics recorder: {e}"))?;
     describe();
     Ok(handle)
+}
+
+/// The label every per-cluster series carries (also with one cluster: `default` or its
+/// `name`).
+pub const CLUSTER_LABEL: &str = "cluster";
+
+/// A recorder that adds `cluster="<name>"` to every series, the name being the cluster the
+/// recording task or thread works for ([`crate::ops::current_name`]); a series that already
+/// has a `cluster` label keeps it. Call sites record through the plain macros.
+pub struct ClusterLabel<R>(pub R);
+
+fn with_cluster(key: &metrics::Key) -> metrics::Key {
+    if key.labels().any(|l| l.key() == CLUSTER_LABEL) {
+        return key.clone();
+    }
+    let mut labels = Vec::with_capacity(key.labels().len().saturating_add(1));
+    labels.push(metrics::Label::new(
+        CLUSTER_LABEL,
+        crate::ops::current_name().to_string(),
+    ));
+    labels.extend(key.labels().cloned());
+    metrics::Key::from_parts(key.name_shared(), labels)
+}
+
+impl<R: metrics::Recorder> metrics::Recorder for ClusterLabel<R> {
+    fn describe_counter(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        description: metrics::SharedString,
+    ) {
+        self.0.describe_counter(key, unit, description)
+    }
+    fn describe_gauge(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        description: metrics::SharedString,
+    ) {
+        self.0.describe_gauge(key, unit, description)
+    }
+    fn describe_histogram(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        description: metrics::SharedString,
+    ) {
+        self.0.describe_histogram(key, unit, description)
+    }
+    fn register_counter(&self, key: &metrics::Key, m: &metrics::Metadata<'_>) -> metrics::Counter {
+        self.0.register_counter(&with_cluster(key), m)
+    }
+    fn register_gauge(&self, key: &metrics::Key, m: &metrics::Metadata<'_>) -> metrics::Gauge {
+        self.0.register_gauge(&with_cluster(key), m)
+    }
+    fn register_histogram(
+        &self,
+        key: &metrics::Key,
+        m: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        self.0.register_histogram(&with_cluster(key), m)
+    }
 }
 
 /// Per-standby series (rendered by [`render_standbys`]).
@@ -148,23 +212,29 @@ pub fn label_value(s: &str) -> String {
     }
 }
 
-/// Prometheus text for the sessions connected now, in the order given (oldest first):
-/// labels `application_name` (sanitized) and `session` (1, 2, … among sessions with the
-/// same sanitized name), so a reconnecting standby keeps its series.
-pub fn render_standbys(samples: &[StandbySample]) -> String {
+/// Prometheus text for the sessions connected now, per cluster, in the order given
+/// (oldest first): labels `cluster`, `application_name` (sanitized) and `session` (1, 2, …
+/// among the cluster's sessions with the same sanitized name), so a reconnecting standby
+/// keeps its series. At most [`MAX_STANDBY_SERIES`] sessions per cluster get series.
+pub fn render_standbys(clusters: &[(String, Vec<StandbySample>)]) -> String {
     use std::collections::HashMap;
     use std::fmt::Write;
-    let mut seen: HashMap<String, u32> = HashMap::new();
-    let labelled: Vec<(String, &StandbySample)> = samples
-        .iter()
-        .take(MAX_STANDBY_SERIES)
-        .map(|s| {
+    let mut labelled: Vec<(String, &StandbySample)> = Vec::new();
+    let mut unlabelled: Vec<(&str, usize)> = Vec::new();
+    for (cluster, samples) in clusters {
+        let mut seen: HashMap<String, u32> = HashMap::new();
+        let cl = label_value(cluster);
+        labelled.extend(samples.iter().take(MAX_STANDBY_SERIES).map(|s| {
             let name = label_value(&s.application_name);
             let n = seen.entry(name.clone()).or_insert(0);
             *n = n.saturating_add(1);
-            (format!("application_name=\"{name}\",session=\"{n}\""), s)
-        })
-        .collect();
+            (
+                format!("cluster=\"{cl}\",application_name=\"{name}\",session=\"{n}\""),
+                s,
+            )
+        }));
+        unlabelled.push((cluster, samples.len().saturating_sub(MAX_STANDBY_SERIES)));
+    }
     type Get = fn(&StandbySample) -> Option<f64>;
     let series: [(&str, &str, Get); 5] = [
         (STANDBY_SENT_LSN, "end of WAL sent to the standby", |s| {
@@ -210,9 +280,15 @@ pub fn render_standbys(samples: &[StandbySample]) -> String {
     }
     let _ = writeln!(
         out,
-        "# HELP {STANDBY_UNLABELLED} sessions beyond {MAX_STANDBY_SERIES} without series of their own\n# TYPE {STANDBY_UNLABELLED} gauge\n{STANDBY_UNLABELLED} {}",
-        samples.len().saturating_sub(MAX_STANDBY_SERIES)
+        "# HELP {STANDBY_UNLABELLED} sessions beyond {MAX_STANDBY_SERIES} without series of their own\n# TYPE {STANDBY_UNLABELLED} gauge"
     );
+    for (cluster, n) in unlabelled {
+        let _ = writeln!(
+            out,
+            "{STANDBY_UNLABELLED}{{cluster=\"{}\"}} {n}",
+            label_value(cluster)
+        );
+    }
     out
 }
 
@@ -238,16 +314,26 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        let text = render_standbys(&many);
+        let text = render_standbys(&[
+            ("default".to_string(), many),
+            (
+                "b".to_string(),
+                vec![StandbySample {
+                    application_name: "sb".into(),
+                    sent: Some(7),
+                    ..Default::default()
+                }],
+            ),
+        ]);
         assert!(
             text.contains(
-                "walrelay_walsender_sent_lsn_bytes{application_name=\"sb\",session=\"1\"} 100"
+                "walrelay_walsender_sent_lsn_bytes{cluster=\"default\",application_name=\"sb\",session=\"1\"} 100"
             ),
             "{text}"
         );
         assert!(
             text.contains(
-                "walrelay_walsender_flush_lag_bytes{application_name=\"sb\",session=\"2\"} 60"
+                "walrelay_walsender_flush_lag_bytes{cluster=\"default\",application_name=\"sb\",session=\"2\"} 60"
             ),
             "{text}"
         );
@@ -256,11 +342,47 @@ mod tests {
             text.lines()
                 .filter(|l| l.starts_with(STANDBY_SENT_LSN))
                 .count(),
-            MAX_STANDBY_SERIES
+            MAX_STANDBY_SERIES + 1
         );
-        assert!(text.contains(&format!("{STANDBY_UNLABELLED} 36")), "{text}");
+        assert!(text.contains(
+            "walrelay_walsender_sent_lsn_bytes{cluster=\"b\",application_name=\"sb\",session=\"1\"} 7"
+        ));
+        assert_eq!(
+            text.matches("# TYPE walrelay_walsender_sent_lsn_bytes")
+                .count(),
+            1
+        );
+        assert!(
+            text.contains(&format!("{STANDBY_UNLABELLED}{{cluster=\"default\"}} 36")),
+            "{text}"
+        );
         assert!(!text.contains(STANDBY_REPLAY_LSN), "no rows, no family");
         // no sessions: no per-standby series at all
         assert!(!render_standbys(&[]).contains(STANDBY_SENT_LSN));
+    }
+
+    #[tokio::test]
+    async fn series_carry_the_cluster_label() {
+        use metrics::Recorder;
+        let rec = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = rec.handle();
+        let rec = ClusterLabel(rec);
+        let meta = metrics::Metadata::new("t", metrics::Level::INFO, None);
+        let key =
+            metrics::Key::from_parts("walrelay_t_total", vec![metrics::Label::new("kind", "x")]);
+        rec.register_counter(&key, &meta).increment(2);
+        crate::ops::scope(crate::ops::cluster("shard9"), async {
+            rec.register_counter(&key, &meta).increment(3);
+        })
+        .await;
+        let text = handle.render();
+        assert!(
+            text.contains("walrelay_t_total{cluster=\"default\",kind=\"x\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("walrelay_t_total{cluster=\"shard9\",kind=\"x\"} 3"),
+            "{text}"
+        );
     }
 }

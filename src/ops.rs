@@ -1,23 +1,30 @@
 //! What an operator needs that no single task owns: the last errors, when the upstream last
-//! spoke, what was archived last, one log line per completed/archived segment.
+//! spoke, what was archived last, one log line per completed/archived segment — per cluster.
 //!
-//! Owns: a bounded ring of the last errors ([`record_error`], fed by the upstream, archive
-//! and store error paths), the time and WAL end of the last upstream message
-//! ([`note_upstream`]), the last archived segment and its time ([`note_archived`]) and the
-//! rate-limited segment log lines ([`segment_completed`], [`segment_archived`]). The state is
-//! process-global (one walrelay per process) and cheap to update from hot paths (atomics,
-//! short mutexes). Must not: decide anything — it only remembers and reports.
+//! Owns: the per-cluster operational state ([`ClusterOps`]): a bounded ring of the last
+//! errors ([`record_error`], fed by the upstream, archive and store error paths), the time
+//! and WAL end of the last upstream message ([`note_upstream`]), the last archived segment
+//! and its time ([`note_archived`]) and the rate-limited segment log lines
+//! ([`segment_completed`], [`segment_archived`]); and the *cluster scope* that tells a
+//! task or thread which cluster it works for ([`scope`], [`inherit`], [`set_thread_cluster`],
+//! read by [`current`] and by the metrics recorder for the `cluster` label). The free
+//! functions act on the current cluster (the `default` one outside any scope), so call
+//! sites in the store, archive and upstream need no cluster argument. Hot paths touch only
+//! their own cluster's atomics and short mutexes; the registry lock is taken at start-up and
+//! by the status endpoints. Must not: decide anything — it only remembers and reports.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use crate::lsn::Lsn;
 
-/// How many errors the ring keeps.
+/// How many errors the ring keeps (per cluster).
 pub const ERROR_RING: usize = 32;
 
 /// One remembered error.
@@ -32,7 +39,97 @@ pub struct ErrorEvent {
     pub message: String,
 }
 
-static ERRORS: Mutex<VecDeque<ErrorEvent>> = Mutex::new(VecDeque::new());
+/// The operational state of one cluster.
+pub struct ClusterOps {
+    name: Arc<str>,
+    errors: Mutex<VecDeque<ErrorEvent>>,
+    /// Milliseconds since the epoch of the last message from the upstream (0 = none yet).
+    last_message_ms: AtomicU64,
+    /// The primary's WAL end of the last message.
+    upstream_wal_end: AtomicU64,
+    /// Milliseconds since the epoch when the received WAL last reached the primary's WAL end.
+    caught_up_ms: AtomicU64,
+    archive: Mutex<ArchiveEvents>,
+    /// The last listing of the archive (segments of this system, oldest, newest), as JSON.
+    listing: Mutex<Option<serde_json::Value>>,
+    completed: Mutex<SegLog>,
+    archived: Mutex<SegLog>,
+}
+
+/// Every cluster's state, in registration order (the default one first).
+static REGISTRY: Mutex<Vec<Arc<ClusterOps>>> = Mutex::new(Vec::new());
+static DEFAULT: LazyLock<Arc<ClusterOps>> =
+    LazyLock::new(|| cluster(crate::config::DEFAULT_CLUSTER));
+
+tokio::task_local! {
+    static TASK_CLUSTER: Arc<ClusterOps>;
+}
+thread_local! {
+    static THREAD_CLUSTER: RefCell<Option<Arc<ClusterOps>>> = const { RefCell::new(None) };
+}
+
+/// The state of cluster `name` (created and registered on first use).
+pub fn cluster(name: &str) -> Arc<ClusterOps> {
+    let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = reg.iter().find(|c| &*c.name == name) {
+        return c.clone();
+    }
+    let c = Arc::new(ClusterOps {
+        name: name.into(),
+        errors: Mutex::new(VecDeque::new()),
+        last_message_ms: AtomicU64::new(0),
+        upstream_wal_end: AtomicU64::new(0),
+        caught_up_ms: AtomicU64::new(0),
+        archive: Mutex::new(ArchiveEvents::default()),
+        listing: Mutex::new(None),
+        completed: Mutex::new(SegLog::new("completed")),
+        archived: Mutex::new(SegLog::new("archived")),
+    });
+    reg.push(c.clone());
+    c
+}
+
+/// Every registered cluster.
+pub fn clusters() -> Vec<Arc<ClusterOps>> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// The cluster the running task (or thread) works for; the `default` cluster outside any
+/// scope.
+pub fn current() -> Arc<ClusterOps> {
+    if let Ok(c) = TASK_CLUSTER.try_with(|c| c.clone()) {
+        return c;
+    }
+    THREAD_CLUSTER
+        .with(|t| t.borrow().clone())
+        .unwrap_or_else(|| DEFAULT.clone())
+}
+
+/// The name of the current cluster (the `cluster` label of metrics).
+pub fn current_name() -> Arc<str> {
+    if let Ok(n) = TASK_CLUSTER.try_with(|c| c.name.clone()) {
+        return n;
+    }
+    THREAD_CLUSTER
+        .with(|t| t.borrow().as_ref().map(|c| c.name.clone()))
+        .unwrap_or_else(|| DEFAULT.name.clone())
+}
+
+/// Runs `f` as work of cluster `c`.
+pub fn scope<F: Future>(c: Arc<ClusterOps>, f: F) -> impl Future<Output = F::Output> {
+    TASK_CLUSTER.scope(c, f)
+}
+
+/// `f` in the cluster scope of the caller: for `tokio::spawn(ops::inherit(fut))` (a
+/// spawned task does not inherit task-locals by itself).
+pub fn inherit<F: Future>(f: F) -> impl Future<Output = F::Output> {
+    TASK_CLUSTER.scope(current(), f)
+}
+
+/// Marks the calling thread (e.g. a store thread) as working for `c`.
+pub fn set_thread_cluster(c: Arc<ClusterOps>) {
+    THREAD_CLUSTER.with(|t| *t.borrow_mut() = Some(c));
+}
 
 fn now_unix() -> f64 {
     SystemTime::now()
@@ -49,32 +146,149 @@ pub fn rfc3339(unix: f64) -> String {
         .unwrap_or_default()
 }
 
-/// Remembers an error (the oldest is forgotten past [`ERROR_RING`]).
-pub fn record_error(source: &'static str, message: impl Into<String>) {
-    let unix = now_unix();
-    let ev = ErrorEvent {
-        time: rfc3339(unix),
-        unix_time: unix,
-        source,
-        message: message.into(),
-    };
-    let mut ring = ERRORS.lock().unwrap_or_else(|e| e.into_inner());
-    if ring.len() >= ERROR_RING {
-        ring.pop_front();
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl ClusterOps {
+    pub fn name(&self) -> &str {
+        &self.name
     }
-    ring.push_back(ev);
+
+    /// Remembers an error (the oldest is forgotten past [`ERROR_RING`]).
+    pub fn record_error(&self, source: &'static str, message: impl Into<String>) {
+        let unix = now_unix();
+        let ev = ErrorEvent {
+            time: rfc3339(unix),
+            unix_time: unix,
+            source,
+            message: message.into(),
+        };
+        let mut ring = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        if ring.len() >= ERROR_RING {
+            ring.pop_front();
+        }
+        ring.push_back(ev);
+    }
+
+    /// The remembered errors, newest first.
+    pub fn last_errors(&self) -> Vec<ErrorEvent> {
+        let ring = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        ring.iter().rev().cloned().collect()
+    }
+
+    /// The newest error of `source`.
+    pub fn last_error_of(&self, source: &str) -> Option<ErrorEvent> {
+        let ring = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        ring.iter().rev().find(|e| e.source == source).cloned()
+    }
+
+    /// Called for every message from the upstream: its WAL end and the end of WAL received.
+    pub fn note_upstream(&self, wal_end: Lsn, received_end: Lsn) {
+        let now = now_ms();
+        self.last_message_ms.store(now, Ordering::Relaxed);
+        self.upstream_wal_end
+            .fetch_max(wal_end.0, Ordering::Relaxed);
+        if received_end >= wal_end {
+            self.caught_up_ms.store(now, Ordering::Relaxed);
+        }
+    }
+
+    pub fn liveness(&self) -> Liveness {
+        let ms = |v: u64| (v != 0).then_some(v as f64 / 1000.0);
+        let end = self.upstream_wal_end.load(Ordering::Relaxed);
+        Liveness {
+            last_message: ms(self.last_message_ms.load(Ordering::Relaxed)),
+            wal_end: (end != 0).then_some(Lsn(end)),
+            caught_up: ms(self.caught_up_ms.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Called by the archiver when segment `name` is in the archive.
+    pub fn note_archived(&self, name: &str) {
+        {
+            let mut a = self.archive.lock().unwrap_or_else(|e| e.into_inner());
+            if a.first_segment.as_deref().is_none_or(|f| name < f) {
+                a.first_segment = Some(name.to_string());
+            }
+            if a.last_segment.as_deref().is_none_or(|l| name >= l) {
+                a.last_segment = Some(name.to_string());
+            }
+            a.last_time = Some(now_unix());
+        }
+        self.seg_event(&self.archived, name);
+    }
+
+    pub fn set_archive_listing(&self, v: serde_json::Value) {
+        *self.listing.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+    }
+
+    pub fn archive_listing(&self) -> Option<serde_json::Value> {
+        self.listing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn archive_events(&self) -> ArchiveEvents {
+        self.archive
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn seg_event(&self, l: &Mutex<SegLog>, name: &str) {
+        let line = l
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .event(name, Instant::now());
+        self.log(line);
+    }
+
+    fn log(&self, line: Option<String>) {
+        if let Some(l) = line {
+            if &*self.name == crate::config::DEFAULT_CLUSTER {
+                tracing::info!("{l}");
+            } else {
+                tracing::info!("cluster {}: {l}", self.name);
+            }
+        }
+    }
+
+    fn flush_segment_logs(&self) {
+        let now = Instant::now();
+        for l in [&self.completed, &self.archived] {
+            let line = {
+                let mut l = l.lock().unwrap_or_else(|e| e.into_inner());
+                if l.last_line
+                    .is_none_or(|t| now.duration_since(t) >= LOG_INTERVAL)
+                {
+                    l.flush(now)
+                } else {
+                    None
+                }
+            };
+            self.log(line);
+        }
+    }
 }
 
-/// The remembered errors, newest first.
+/// Remembers an error of the current cluster.
+pub fn record_error(source: &'static str, message: impl Into<String>) {
+    current().record_error(source, message);
+}
+
+/// The current cluster's remembered errors, newest first.
 pub fn last_errors() -> Vec<ErrorEvent> {
-    let ring = ERRORS.lock().unwrap_or_else(|e| e.into_inner());
-    ring.iter().rev().cloned().collect()
+    current().last_errors()
 }
 
-/// The newest error of `source`.
+/// The current cluster's newest error of `source`.
 pub fn last_error_of(source: &str) -> Option<ErrorEvent> {
-    let ring = ERRORS.lock().unwrap_or_else(|e| e.into_inner());
-    ring.iter().rev().find(|e| e.source == source).cloned()
+    current().last_error_of(source)
 }
 
 /// An error's text for a log line: PostgreSQL's `ERROR:  ` severity prefix is dropped
@@ -90,34 +304,20 @@ pub fn plain(message: &str) -> &str {
 
 /// Logs an upstream failure once (no doubled `ERROR ERROR:`) and remembers it.
 pub fn upstream_error(message: &str) {
-    tracing::error!("{}", plain(message));
-    record_error("upstream", message);
+    let c = current();
+    if &*c.name == crate::config::DEFAULT_CLUSTER {
+        tracing::error!("{}", plain(message));
+    } else {
+        tracing::error!("cluster {}: {}", c.name, plain(message));
+    }
+    c.record_error("upstream", message);
 }
 
 // --- upstream liveness ---------------------------------------------------------------
 
-/// Milliseconds since the epoch of the last message from the upstream (0 = none yet).
-static LAST_MESSAGE_MS: AtomicU64 = AtomicU64::new(0);
-/// The primary's WAL end of the last message.
-static UPSTREAM_WAL_END: AtomicU64 = AtomicU64::new(0);
-/// Milliseconds since the epoch when the received WAL last reached the primary's WAL end.
-static CAUGHT_UP_MS: AtomicU64 = AtomicU64::new(0);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Called for every message from the upstream: its WAL end and the end of WAL received.
+/// Called for every message from the upstream (of the current cluster).
 pub fn note_upstream(wal_end: Lsn, received_end: Lsn) {
-    let now = now_ms();
-    LAST_MESSAGE_MS.store(now, Ordering::Relaxed);
-    UPSTREAM_WAL_END.fetch_max(wal_end.0, Ordering::Relaxed);
-    if received_end >= wal_end {
-        CAUGHT_UP_MS.store(now, Ordering::Relaxed);
-    }
+    current().note_upstream(wal_end, received_end);
 }
 
 /// What is known of the upstream's liveness.
@@ -131,14 +331,9 @@ pub struct Liveness {
     pub caught_up: Option<f64>,
 }
 
+/// The current cluster's upstream liveness.
 pub fn liveness() -> Liveness {
-    let ms = |v: u64| (v != 0).then_some(v as f64 / 1000.0);
-    let end = UPSTREAM_WAL_END.load(Ordering::Relaxed);
-    Liveness {
-        last_message: ms(LAST_MESSAGE_MS.load(Ordering::Relaxed)),
-        wal_end: (end != 0).then_some(Lsn(end)),
-        caught_up: ms(CAUGHT_UP_MS.load(Ordering::Relaxed)),
-    }
+    current().liveness()
 }
 
 impl Liveness {
@@ -171,43 +366,21 @@ pub struct ArchiveEvents {
     pub first_segment: Option<String>,
 }
 
-static ARCHIVE: Mutex<ArchiveEvents> = Mutex::new(ArchiveEvents {
-    last_segment: None,
-    last_time: None,
-    first_segment: None,
-});
-
-/// Called by the archiver when segment `name` is in the archive.
+/// Called by the archiver when segment `name` is in the archive (current cluster).
 pub fn note_archived(name: &str) {
-    {
-        let mut a = ARCHIVE.lock().unwrap_or_else(|e| e.into_inner());
-        if a.first_segment.as_deref().is_none_or(|f| name < f) {
-            a.first_segment = Some(name.to_string());
-        }
-        if a.last_segment.as_deref().is_none_or(|l| name >= l) {
-            a.last_segment = Some(name.to_string());
-        }
-        a.last_time = Some(now_unix());
-    }
-    segment_archived(name);
+    current().note_archived(name);
 }
 
-/// The last listing of the archive (segments of this system, oldest, newest), as JSON.
-static ARCHIVE_LISTING: Mutex<Option<serde_json::Value>> = Mutex::new(None);
-
 pub fn set_archive_listing(v: serde_json::Value) {
-    *ARCHIVE_LISTING.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+    current().set_archive_listing(v);
 }
 
 pub fn archive_listing() -> Option<serde_json::Value> {
-    ARCHIVE_LISTING
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone()
+    current().archive_listing()
 }
 
 pub fn archive_events() -> ArchiveEvents {
-    ARCHIVE.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    current().archive_events()
 }
 
 // --- segment log lines -----------------------------------------------------------------
@@ -259,47 +432,16 @@ impl SegLog {
     }
 }
 
-static COMPLETED: Mutex<SegLog> = Mutex::new(SegLog::new("completed"));
-static ARCHIVED: Mutex<SegLog> = Mutex::new(SegLog::new("archived"));
-
-fn log(line: Option<String>) {
-    if let Some(l) = line {
-        tracing::info!("{l}");
-    }
-}
-
 /// One INFO line per completed segment (aggregated when many per second).
 pub fn segment_completed(name: &str) {
-    let line = COMPLETED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .event(name, Instant::now());
-    log(line);
+    let c = current();
+    c.seg_event(&c.completed, name);
 }
 
-fn segment_archived(name: &str) {
-    let line = ARCHIVED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .event(name, Instant::now());
-    log(line);
-}
-
-/// Writes the aggregated lines still pending (called every second).
+/// Writes the aggregated lines still pending, of every cluster (called every second).
 pub fn flush_segment_logs() {
-    let now = Instant::now();
-    for l in [&COMPLETED, &ARCHIVED] {
-        let line = {
-            let mut l = l.lock().unwrap_or_else(|e| e.into_inner());
-            if l.last_line
-                .is_none_or(|t| now.duration_since(t) >= LOG_INTERVAL)
-            {
-                l.flush(now)
-            } else {
-                None
-            }
-        };
-        log(line);
+    for c in clusters() {
+        c.flush_segment_logs();
     }
 }
 
@@ -326,6 +468,27 @@ mod tests {
         let newest_store = last_error_of("store").unwrap();
         assert_eq!(newest_store.message, format!("e{}", ERROR_RING + 4));
         assert!(newest_store.time.ends_with('Z'));
+    }
+
+    #[tokio::test]
+    async fn clusters_are_separate() {
+        let a = cluster("ops-test-a");
+        let b = cluster("ops-test-b");
+        scope(a.clone(), async {
+            record_error("archive", "a failed");
+            note_upstream(Lsn(100), Lsn(50));
+            assert_eq!(&*current_name(), "ops-test-a");
+            tokio::spawn(inherit(async { record_error("store", "a store") }))
+                .await
+                .unwrap();
+        })
+        .await;
+        assert_eq!(a.last_error_of("archive").unwrap().message, "a failed");
+        assert_eq!(a.last_error_of("store").unwrap().message, "a store");
+        assert!(b.last_errors().is_empty());
+        assert_eq!(b.liveness().wal_end, None);
+        assert_eq!(a.liveness().wal_end, Some(Lsn(100)));
+        assert_eq!(&*current_name(), "default");
     }
 
     #[test]

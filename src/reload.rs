@@ -6,6 +6,9 @@
 //! hba rule or verifier) is refused as a whole with an ERROR line and the old configuration
 //! stays in force.
 //!
+//! With `[[cluster]]` sections the top-level `[server]` (the shared listener) is reloaded
+//! live; any change to the clusters or groups is reported as needing a restart.
+//!
 //! Owns: the SIGHUP handler task and the comparison of old and new configuration. Must not:
 //! restart anything (listeners, the receiver, the archiver) or apply a partially valid file.
 
@@ -224,6 +227,17 @@ fn needs_restart(old: &Config, new: &Config, have_server: bool, have_feeds: bool
         "[metrics]",
         format!("{:?}", old.metrics),
         format!("{:?}", new.metrics),
+    );
+    // several clusters: the clusters themselves (and their servers and feeds) are fixed
+    differs(
+        "[[cluster]] sections",
+        format!("{:?}", old.cluster),
+        format!("{:?}", new.cluster),
+    );
+    differs(
+        "[[group]] sections",
+        format!("{:?}", old.group),
+        format!("{:?}", new.group),
     );
     differs(
         "[control]",

@@ -34,8 +34,19 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// The figures of a `/status` document.
+    /// The figures of a `/status` document; of several clusters, the largest of each.
     pub fn from_status(t: f64, doc: &serde_json::Value) -> Sample {
+        if let Some(all) = doc["clusters"].as_array() {
+            let each: Vec<Sample> = all.iter().map(|c| Sample::from_status(t, c)).collect();
+            let max = |f: fn(&Sample) -> Option<u64>| each.iter().filter_map(f).max();
+            return Sample {
+                t,
+                upstream_lag_bytes: max(|s| s.upstream_lag_bytes),
+                archive_lag_bytes: max(|s| s.archive_lag_bytes),
+                standby_lag_bytes: max(|s| s.standby_lag_bytes),
+                feed_lag_bytes: max(|s| s.feed_lag_bytes),
+            };
+        }
         let max_of = |key: &str| {
             doc[key]
                 .as_array()
@@ -95,8 +106,20 @@ fn s(v: &serde_json::Value) -> String {
     }
 }
 
-/// `walrelay status` without `--json`.
+/// `walrelay status` without `--json`: of several clusters, one block per cluster under a
+/// `cluster NAME` line.
 pub fn text(doc: &serde_json::Value) -> String {
+    match doc["clusters"].as_array() {
+        Some(all) => all
+            .iter()
+            .map(|c| format!("cluster {}\n{}", s(&c["cluster"]), cluster_text(c)))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        None => cluster_text(doc),
+    }
+}
+
+fn cluster_text(doc: &serde_json::Value) -> String {
     let mut o = String::new();
     let u = &doc["upstream"];
     o.push_str(&format!(
@@ -235,5 +258,17 @@ mod tests {
         assert!(t.contains("upstream:   streaming db1:5432"), "{t}");
         assert!(t.contains("standby:    s2"), "{t}");
         assert!(t.contains("HELD BY TRIPWIRE at 0/2000000"), "{t}");
+        let mut other = doc.clone();
+        other["cluster"] = "b".into();
+        other["upstream"]["lag_bytes"] = 50.into();
+        let mut first = doc;
+        first["cluster"] = "a".into();
+        let fleet = serde_json::json!({ "clusters": [first, other] });
+        let s = Sample::from_status(1.0, &fleet);
+        assert_eq!(s.upstream_lag_bytes, Some(50));
+        assert_eq!(s.archive_lag_bytes, Some(7));
+        let t = text(&fleet);
+        assert!(t.starts_with("cluster a\nupstream:   streaming"), "{t}");
+        assert!(t.contains("\ncluster b\nupstream:"), "{t}");
     }
 }

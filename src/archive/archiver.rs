@@ -162,7 +162,7 @@ impl Archiver {
             disk_alarm: false,
             status: ArchiverStatus::default(),
         };
-        let task = tokio::spawn(run.main(store.positions(), shutdown));
+        let task = tokio::spawn(crate::ops::inherit(run.main(store.positions(), shutdown)));
         ArchiverHandle {
             archived_lsn,
             status,

@@ -197,7 +197,7 @@ pub fn spawn_timer(
     }
     metrics::describe_counter!(EXPIRED_SEGMENTS, "archived segments deleted by expiry");
     let interval = policy.interval.max(Duration::from_secs(1));
-    Some(tokio::spawn(async move {
+    Some(tokio::spawn(crate::ops::inherit(async move {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
@@ -234,7 +234,7 @@ pub fn spawn_timer(
                 Err(e) => tracing::warn!("archive expiry: {e}"),
             }
         }
-    }))
+    })))
 }
 
 #[cfg(test)]

@@ -208,7 +208,9 @@ impl ArchiveReader {
                 continue;
             }
             let inner = self.inner.clone();
-            let task = tokio::spawn(async move { inner.fetch_segment_now(tli, n).await });
+            let task = tokio::spawn(crate::ops::inherit(async move {
+                inner.fetch_segment_now(tli, n).await
+            }));
             let abort = task.abort_handle();
             let fut: BoxFuture<'static, Result<Option<Bytes>, ()>> = Box::pin(async move {
                 match task.await {

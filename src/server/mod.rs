@@ -41,6 +41,7 @@ mod cmd;
 pub mod feedback;
 pub mod listener;
 mod reply;
+pub mod route;
 mod session;
 // slots.rs belongs to the state work (slots.json via serde, no wire parsing): outside this
 // module's no-panic lints for now.
@@ -106,6 +107,19 @@ impl ServerSettings {
             .as_deref()
             .ok_or_else(|| ServerError::Config("server.listen is not set".into()))?;
         let listen = listener::parse_listen(listen).map_err(ServerError::Config)?;
+        Self::checked(c, listen)
+    }
+
+    /// The settings of a cluster served only through a shared listener: `c` without its
+    /// listen addresses.
+    pub fn unlistened(c: &ServerConfig) -> Result<ServerSettings, ServerError> {
+        Self::checked(c, Vec::new())
+    }
+
+    fn checked(
+        c: &ServerConfig,
+        listen: Vec<listener::ListenAddr>,
+    ) -> Result<ServerSettings, ServerError> {
         let unix_socket_mode =
             listener::parse_mode(&c.unix_socket_permissions).map_err(ServerError::Config)?;
         let tls = match (&c.tls_cert, &c.tls_key) {
@@ -199,6 +213,8 @@ pub struct ServerContext {
     /// Where sessions read segments that are no longer in the data directory (removed by
     /// retention) before answering "has already been removed". `None`: archiving disabled.
     pub archive: Option<Arc<crate::archive::LazyArchiveReader>>,
+    /// The cluster it serves (metrics label, errors); [`crate::ops::current`] by default.
+    pub cluster: Arc<crate::ops::ClusterOps>,
 }
 
 /// A snapshot of what walrelay can serve.
@@ -229,6 +245,10 @@ pub(crate) struct Shared {
     next_pid: AtomicI32,
     next_session: AtomicU64,
     pub limits: listener::Limits,
+    /// See [`ServerContext::cluster`].
+    pub cluster: Arc<crate::ops::ClusterOps>,
+    /// A shared listener: connections go to the cluster they name (`route.rs`).
+    pub(crate) router: Option<Arc<route::Router>>,
 }
 
 impl Shared {
@@ -316,6 +336,10 @@ impl ServerHandle {
     pub fn status_source(&self) -> StatusSource {
         StatusSource(self.shared.clone())
     }
+    /// This server as a target of a shared listener ([`Server::start_shared`]).
+    pub fn route_target(&self) -> RouteTarget {
+        RouteTarget(self.shared.clone())
+    }
     /// One row per replication session, like `pg_stat_replication`.
     pub fn status(&self) -> Vec<WalSenderStatus> {
         self.shared.status.snapshot()
@@ -333,12 +357,59 @@ impl ServerHandle {
 
 pub struct Server;
 
+/// A cluster's server as the shared listener sees it.
+#[derive(Clone)]
+pub struct RouteTarget(Arc<Shared>);
+
 impl Server {
     /// Binds the listener and starts accepting. Shutdown (`shutdown` turning true) stops
-    /// accepting, lets streaming sessions finish in order, and persists the slots.
+    /// accepting, lets streaming sessions finish in order, and persists the slots. With
+    /// no listen address the server only serves what a shared listener routes to it.
     pub async fn start(
         settings: ServerSettings,
         ctx: ServerContext,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<ServerHandle, ServerError> {
+        Self::start_inner(settings, ctx, None, shutdown).await
+    }
+
+    /// The shared listener of several clusters: TLS, admission limits and the startup
+    /// timeout are its own (`settings`); each connection goes to the cluster it names
+    /// (`route.rs`), whose hba, users, slots and feeds then apply. `state_dir` holds its
+    /// socket lock files and an (unused) slot file.
+    pub async fn start_shared(
+        mut settings: ServerSettings,
+        targets: Vec<(String, RouteTarget)>,
+        route_users: std::collections::BTreeMap<String, String>,
+        state_dir: PathBuf,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<ServerHandle, ServerError> {
+        let Some((_, first)) = targets.first() else {
+            return Err(ServerError::Config(
+                "a shared listener needs at least one cluster".into(),
+            ));
+        };
+        let ctx = ServerContext {
+            store: first.0.store.clone(),
+            upstream: first.0.upstream.clone(),
+            data_dir: state_dir,
+            feeds: None,
+            archive: None,
+            cluster: crate::ops::current(),
+        };
+        // declared slots belong to each cluster's server, not to the listener's unused file
+        settings.declared_slots.clear();
+        let router = route::Router {
+            clusters: targets.into_iter().map(|(n, t)| (n, t.0)).collect(),
+            users: route_users,
+        };
+        Self::start_inner(settings, ctx, Some(Arc::new(router)), shutdown).await
+    }
+
+    async fn start_inner(
+        settings: ServerSettings,
+        ctx: ServerContext,
+        router: Option<Arc<route::Router>>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<ServerHandle, ServerError> {
         let fds = listener::FdBudget::start(settings.reserved_file_descriptors);
@@ -378,11 +449,16 @@ impl Server {
             next_pid: AtomicI32::new(first_pid()),
             next_session: AtomicU64::new(1),
             limits,
+            cluster: ctx.cluster,
+            router,
         });
         for b in &bound {
             tracing::info!("walsender listening on {}", b.describe());
         }
-        let task = tokio::spawn(accept_loop(bound, shared.clone(), shutdown));
+        let task = tokio::spawn(crate::ops::scope(
+            shared.cluster.clone(),
+            accept_loop(bound, shared.clone(), shutdown),
+        ));
         Ok(ServerHandle {
             hs_feedback,
             slots_min_restart,
@@ -448,7 +524,11 @@ async fn accept_loop(
     let mut listeners = JoinSet::new();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Incoming>(1);
     for b in bound {
-        listeners.spawn(listen_task(b, shared.clone(), tx.clone()));
+        listeners.spawn(crate::ops::inherit(listen_task(
+            b,
+            shared.clone(),
+            tx.clone(),
+        )));
     }
     drop(tx);
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
@@ -462,10 +542,10 @@ async fn accept_loop(
                 let Incoming { conn, peer, admission } = inc;
                 match admission {
                     Ok(adm) => {
-                        sessions.spawn(session::run(shared.clone(), conn, peer, adm, shutdown.clone()));
+                        sessions.spawn(crate::ops::inherit(session::run(shared.clone(), conn, peer, adm, shutdown.clone())));
                     }
                     Err((why, permit)) => {
-                        sessions.spawn(session::refuse_at_accept(conn, peer, why, permit));
+                        sessions.spawn(crate::ops::inherit(session::refuse_at_accept(conn, peer, why, permit)));
                     }
                 }
             }

@@ -135,7 +135,21 @@ pub(crate) async fn run(
         }
     };
     admission.authenticated();
+    // the session's metrics and errors are its cluster's (a shared listener routed it)
+    let cluster = est.shared.cluster.clone();
+    crate::ops::scope(cluster, established(est, peer, admission, shutdown)).await;
+}
+
+/// The session after authentication, in its cluster's scope.
+async fn established(
+    est: Established,
+    peer: Peer,
+    admission: Admission,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _admission = admission;
     let Established {
+        shared,
         io,
         rbuf,
         user,

@@ -25,6 +25,9 @@ use crate::protocol::frontend::{parse_password, parse_sasl_initial, parse_startu
 const MAX_AUTH_MESSAGE: usize = 65535;
 
 pub(crate) struct Established {
+    /// The cluster's server the session runs in (the listener's own, or where the shared
+    /// listener routed it: `route.rs`).
+    pub shared: std::sync::Arc<Shared>,
     pub io: BoxIo,
     pub rbuf: BytesMut,
     pub user: String,
@@ -80,10 +83,11 @@ async fn accept_tls(
 
 /// `Ok(None)`: the connection ended quietly (cancel request, client closed).
 pub(crate) async fn startup(
-    shared: &Shared,
+    front: &std::sync::Arc<Shared>,
     mut io: BoxIo,
     peer: &Peer,
 ) -> Result<Option<Established>, StartupFail> {
+    let shared: &Shared = front;
     let mut buf = BytesMut::with_capacity(1024);
     let mut tls_peer_cert: Option<Vec<u8>> = None;
     let mut on_tls = false;
@@ -260,6 +264,19 @@ pub(crate) async fn startup(
             return Err(refuse(io, e, "protocol"));
         }
     }
+    // A shared listener of several clusters: the rest (identity, hba, users) is the
+    // target cluster's.
+    let target = match &shared.router {
+        Some(r) => match r.pick(&|k| get(k).map(str::to_string)) {
+            Ok((_, s)) => s,
+            Err(e) => {
+                tracing::info!("connection from {peer} refused: {}", e.message);
+                return Err(refuse(io, e, "route"));
+            }
+        },
+        None => front.clone(),
+    };
+    let shared: &Shared = &target;
     let Some(view) = shared.view() else {
         return Err(refuse(
             io,
@@ -369,6 +386,7 @@ pub(crate) async fn startup(
         if on_tls { ", TLS" } else { "" }
     );
     Ok(Some(Established {
+        shared: target.clone(),
         io,
         rbuf: buf,
         user,

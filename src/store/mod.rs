@@ -215,9 +215,11 @@ impl Store {
         }
         let (ready_tx, recovered) = watch::channel(false);
         let rt = tokio::runtime::Handle::try_current().ok();
+        let cluster = crate::ops::current(); // metrics label and errors of the store thread
         std::thread::Builder::new()
             .name("walrelay-store".into())
             .spawn(move || {
+                crate::ops::set_thread_cluster(cluster);
                 // Start-up recovery first: positions are published from the files before
                 // any request is handled.
                 writer.recover();
