@@ -13,6 +13,7 @@ mod bench_quick;
 mod delay_feeds;
 mod failover_diverge;
 mod fleet_clusters;
+mod fleet_restore_points;
 mod fuzz_replay;
 mod ha_pair;
 mod harness;

@@ -54,6 +54,10 @@ enum Command {
     /// What a running walrelay receives, stores, archives and serves, with lags and the
     /// last errors.
     Status(StatusArgs),
+    /// Cluster-wide restore points: `restore-point create NAME --group G`.
+    RestorePoint(walrelay::fleet::cli::RestorePointArgs),
+    /// List the cluster-wide restore points recorded in the archive.
+    RestorePoints(walrelay::fleet::cli::RestorePointsArgs),
     /// Man pages and shell completions (for packagers): `generate man DIR`,
     /// `generate completions SHELL`.
     #[command(hide = true)]
@@ -90,6 +94,23 @@ struct ControlArgs {
 }
 
 impl ControlArgs {
+    /// [`ControlArgs::target`], ignoring a --config that is not a `run` configuration when
+    /// --control or --data-dir says where walrelay is (the `--group` commands' file).
+    fn target_lenient(&self) -> Result<walrelay::admin::Target, String> {
+        self.target().or_else(
+            |e| match !self.control.is_empty() || self.data_dir.is_some() {
+                true if self.control.len() <= 1 => walrelay::endpoints::resolve_target(
+                    self.control.first().map(String::as_str),
+                    &|k| std::env::var(k).ok(),
+                    self.data_dir.as_deref(),
+                    None,
+                    self.token_file.as_deref(),
+                ),
+                _ => Err(e),
+            },
+        )
+    }
+
     fn target(&self) -> Result<walrelay::admin::Target, String> {
         if self.control.len() > 1 {
             return Err("--control may be given more than once only for walrelay feed".into());
@@ -127,12 +148,28 @@ enum FeedAction {
     /// Position, delay, hold and the next commit waiting, for every feed.
     List,
     /// Hold the feed where it is (the standby keeps its connection).
-    Pause { name: String },
+    Pause {
+        #[arg(required_unless_present = "group")]
+        name: Option<String>,
+        /// Every delayed feed of every cluster of this [[group]] (needs -c).
+        #[arg(long, conflicts_with = "name")]
+        group: Option<String>,
+    },
     /// Drop any hold (and acknowledge a tripwire): the delay alone decides again.
-    Resume { name: String },
+    Resume {
+        #[arg(required_unless_present = "group")]
+        name: Option<String>,
+        /// Every delayed feed of every cluster of this [[group]] (needs -c).
+        #[arg(long, conflicts_with = "name")]
+        group: Option<String>,
+    },
     /// Move the feed to exactly this point, past the delay if need be, and hold it there.
     Advance {
-        name: String,
+        #[arg(required_unless_present = "group")]
+        name: Option<String>,
+        /// Every delayed feed of every cluster of this [[group]], all or nothing (needs -c).
+        #[arg(long, conflicts_with = "name")]
+        group: Option<String>,
         /// Just before the first commit after this time (e.g. "2026-11-21 18:58:59+00").
         #[arg(long, group = "target")]
         to_time: Option<String>,
@@ -305,6 +342,8 @@ fn main() -> ExitCode {
                     Ok(())
                 }
                 Command::Generate(_) => Ok(()), // handled before the runtime starts
+                Command::RestorePoint(a) => walrelay::fleet::cli::restore_point_main(a).await,
+                Command::RestorePoints(a) => walrelay::fleet::cli::restore_points_main(a).await,
             }
         });
         work.await
@@ -407,6 +446,9 @@ async fn run(a: RunArgs) -> Result<(), String> {
     };
     let sources: Vec<_> = clusters.iter().map(|c| c.sources.clone()).collect();
     walrelay::endpoints::start(&cfg, metrics, &sources, shutdown.clone()).await?;
+    // periodic cluster-wide restore points ([[group]] every), tracked and joined below
+    let fleet = walrelay::fleet::Fleet::from_config(&cfg)?;
+    let restore_point_tasks = walrelay::fleet::schedule::spawn(fleet, shutdown.clone());
     for c in &clusters {
         tracing::info!(
             "walrelay starting{}: data directory \"{}\"",
@@ -474,6 +516,9 @@ async fn run(a: RunArgs) -> Result<(), String> {
                 e
             });
         }
+    }
+    for t in restore_point_tasks {
+        let _ = t.await;
     }
     if let Some(e) = failed.into_iter().chain(close_errors).next() {
         return Err(e);
@@ -565,12 +610,37 @@ async fn start_shared_listener(
 
 async fn feed(a: FeedArgs) -> Result<(), String> {
     use walrelay::delay::api::{feed_command, FeedCommand};
+    let (target, config, json) = (
+        a.control.target_lenient(),
+        a.control.config.clone(),
+        a.control.json,
+    );
+    let targets = match a.control.control.len() > 1 {
+        true => a
+            .control
+            .targets()
+            .map(|t| t.into_iter().map(|(l, t)| (l, Ok(t))).collect()),
+        false => Ok(vec![(String::new(), target)]),
+    };
+    let group = |g: &str, action: &'static str, p: &[(&'static str, String)]| {
+        feed_group_each(
+            targets.clone(),
+            config.clone(),
+            g.to_string(),
+            action,
+            p.to_vec(),
+            json,
+        )
+    };
     let cmd = match a.action {
         FeedAction::List => FeedCommand::List,
-        FeedAction::Pause { name } => FeedCommand::Pause(name),
-        FeedAction::Resume { name } => FeedCommand::Resume(name),
+        FeedAction::Pause { group: Some(g), .. } => return group(&g, "pause", &[]).await,
+        FeedAction::Resume { group: Some(g), .. } => return group(&g, "resume", &[]).await,
+        FeedAction::Pause { name, .. } => FeedCommand::Pause(name.unwrap_or_default()),
+        FeedAction::Resume { name, .. } => FeedCommand::Resume(name.unwrap_or_default()),
         FeedAction::Advance {
             name,
+            group: g,
             to_time,
             before_xid,
             to_lsn,
@@ -591,7 +661,10 @@ async fn feed(a: FeedArgs) -> Result<(), String> {
                         .into(),
                 );
             }
-            FeedCommand::Advance(name, p)
+            match g {
+                Some(g) => return group(&g, "advance", &p).await,
+                None => FeedCommand::Advance(name.unwrap_or_default(), p),
+            }
         }
     };
     if a.control.control.len() > 1 {
@@ -608,6 +681,47 @@ async fn feed(a: FeedArgs) -> Result<(), String> {
         feed_command(&a.control.target()?, &cmd, a.control.json).await?
     );
     Ok(())
+}
+
+/// `feed … --group` on every `--control` given (an HA pair, docs/ha.md): each instance in
+/// turn, reported on stderr, non-zero if any failed.
+async fn feed_group_each(
+    targets: Result<Vec<(String, Result<walrelay::admin::Target, String>)>, String>,
+    config: Option<PathBuf>,
+    group: String,
+    action: &'static str,
+    params: Vec<(&'static str, String)>,
+    json: bool,
+) -> Result<(), String> {
+    use walrelay::fleet::cli::feed_group;
+    let mut targets = targets?;
+    if targets.len() == 1 {
+        let (_, t) = targets.remove(0);
+        return feed_group(t, config, group, action, params, json).await;
+    }
+    let mut failed = Vec::new();
+    for (label, t) in targets {
+        match feed_group(
+            t,
+            config.clone(),
+            group.clone(),
+            action,
+            params.clone(),
+            json,
+        )
+        .await
+        {
+            Ok(()) => eprintln!("walrelay at {label}: ok"),
+            Err(e) => {
+                eprintln!("walrelay at {label}: failed: {e}");
+                failed.push(format!("{label}: {e}"));
+            }
+        }
+    }
+    match failed.len() {
+        0 => Ok(()),
+        n => Err(format!("failed on {n} instance(s): {}", failed.join("; "))),
+    }
 }
 
 async fn xacts(a: XactsArgs) -> Result<(), String> {

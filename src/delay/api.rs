@@ -5,7 +5,9 @@
 //! `POST /feeds/NAME/resume`, `POST /feeds/NAME/advance?to_time=…|before_xid=…|to_lsn=…|
 //! to_restore_point=…`, `GET /xacts?since=…&until=…&drops_only=1&limit=…`), the text the
 //! commands print, `walrelay xacts -D DIR` (decoding segment files without a server), and the
-//! fan-out of `walrelay feed` to every `--control` given (the instances of an HA pair).
+//! fan-out of `walrelay feed` to every `--control` given (the instances of an HA pair);
+//! the group paths `POST /feedset/pause|resume|advance?feeds=CLUSTER:FEED,…` (logic in
+//! [`super::group`]) and the client side of `walrelay feed … --group`.
 //! Must not: hold feed state (that is [`super::feeds`]).
 
 // Parses outside input: no panics from indexing, string slicing or overflow (docs/security.md).
@@ -110,6 +112,11 @@ pub fn register_routes(routes: &mut Routes, feeds: Arc<FeedController>) {
             }
         }),
     );
+    let f = feeds.clone();
+    register_group_routes(
+        routes,
+        Arc::new(move |name: &str| f.show(name).ok().map(|_| f.clone())),
+    );
     let f = feeds;
     routes.add(
         "GET",
@@ -121,6 +128,66 @@ pub fn register_routes(routes: &mut Routes, feeds: Arc<FeedController>) {
             };
             let list = f.index().select(filter.limit, |e| filter.matches(e));
             Response::json(200, &xacts_json(&list))
+        }),
+    );
+}
+
+/// Finds the controller that has a feed of this name (the process may run several clusters).
+pub type FeedLookup = Arc<dyn Fn(&str) -> Option<Arc<FeedController>> + Send + Sync>;
+
+/// Registers `POST /feedset/pause|resume|advance?feeds=CLUSTER:FEED,…[&to_restore_point=…]`:
+/// the group-wide feed control of [`super::group`] (all or nothing).
+pub fn register_group_routes(routes: &mut Routes, lookup: FeedLookup) {
+    routes.add(
+        "POST",
+        "/feedset",
+        Arc::new(move |req: &Request| {
+            let [action] = req.rest(1) else {
+                return Response::error(404, "use POST /feedset/pause|resume|advance?feeds=…");
+            };
+            let action = match action.as_str() {
+                "pause" => super::group::GroupAction::Pause,
+                "resume" => super::group::GroupAction::Resume,
+                "advance" => {
+                    let get = |k: &str| req.param(k).map(str::to_string);
+                    match AdvanceTarget::from_params(&get, pg_now()) {
+                        Ok(t) => super::group::GroupAction::Advance(t),
+                        Err(e) => return Response::error(400, e),
+                    }
+                }
+                _ => return Response::error(404, format!("unknown feed action \"{action}\"")),
+            };
+            let list = match super::group::parse_members(req.param("feeds").unwrap_or("")) {
+                Ok(l) => l,
+                Err(e) => return Response::error(400, e),
+            };
+            let mut members = Vec::with_capacity(list.len());
+            let mut unknown = Vec::new();
+            for (cluster, feed) in list {
+                match lookup(&feed) {
+                    Some(controller) => members.push(super::group::Member {
+                        cluster,
+                        feed,
+                        controller,
+                    }),
+                    None => {
+                        unknown.push(format!("cluster \"{cluster}\": no feed named \"{feed}\""))
+                    }
+                }
+            }
+            if !unknown.is_empty() {
+                return Response::error(
+                    404,
+                    format!(
+                        "refused for the whole group, no feed changed: {}",
+                        unknown.join("; ")
+                    ),
+                );
+            }
+            match super::group::apply(&members, &action) {
+                Ok(v) => Response::json(200, &v),
+                Err(e) => Response::error(e.http_status(), e.to_string()),
+            }
         }),
     );
 }
@@ -152,6 +219,42 @@ async fn call(target: &Target, method: &str, path: &str) -> Result<Value, String
         return Err(msg.to_string());
     }
     Ok(v)
+}
+
+/// `walrelay feed pause|resume|advance --group G`: `action` on every delayed feed of the
+/// group's clusters (`feeds`: cluster and feed names), all or nothing; the text to print.
+pub async fn group_command(
+    addr: &Target,
+    action: &str,
+    feeds: &[(String, String)],
+    params: &[(&'static str, String)],
+    as_json: bool,
+) -> Result<String, String> {
+    let list: Vec<String> = feeds.iter().map(|(c, f)| format!("{c}:{f}")).collect();
+    let mut q = vec![format!("feeds={}", enc(&list.join(",")))];
+    q.extend(params.iter().map(|(k, v)| format!("{k}={}", enc(v))));
+    let v = call(addr, "POST", &format!("/feedset/{action}?{}", q.join("&"))).await?;
+    if as_json {
+        return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
+    }
+    let mut out = String::new();
+    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    for m in v
+        .get("feeds")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let f = m.get("feed").cloned().unwrap_or(Value::Null);
+        out.push_str(&format!(
+            "cluster {:<16} feed {:<16} {:<10} held at {}\n",
+            s(m, "cluster"),
+            s(&f, "name"),
+            s(&f, "state"),
+            s(&f, "held_at")
+        ));
+    }
+    Ok(out)
 }
 
 /// What `walrelay feed` was asked to do.

@@ -17,6 +17,7 @@
 //! | [`policy`] | pure: cap, reason and next wake-up of one feed |
 //! | [`api`] | control-endpoint routes, `walrelay feed` / `walrelay xacts` client side |
 //! | [`feeds`] | feed rules, sessions, pause/resume/advance, tripwire, index gaps |
+//! | [`group`] | group-wide pause/resume/advance over several feeds, all or nothing |
 //! | [`state`] | the persisted feed state (`feeds.json`), read strictly |
 //! | [`segments`] | reading segment files, the offline scan behind `walrelay xacts -D` |
 //! | [`time`] | formatting/parsing `TimestampTz` |
@@ -25,6 +26,7 @@
 
 pub mod api;
 pub mod feeds;
+pub mod group;
 pub mod index;
 pub mod indexer;
 pub mod policy;

@@ -105,6 +105,9 @@ pub(super) fn register_routes(routes: &mut Routes, feeds: Vec<(String, Arc<FeedC
             }
         }),
     );
+    // group feed control (restorepoints agent): POST /feedset/… over every cluster's feeds
+    let a = all.clone();
+    crate::delay::api::register_group_routes(routes, Arc::new(move |n: &str| owner(&a, n)));
     let a = all;
     routes.add(
         "GET",

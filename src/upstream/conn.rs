@@ -316,6 +316,12 @@ impl ReplConnection {
     /// Connects to the first host that accepts us and matches `target_session_attrs`.
     /// `ci` should already have had [`ConnInfo::apply_env`] applied.
     pub async fn connect(ci: &ConnInfo) -> Result<ReplConnection> {
+        Self::connect_mode(ci, true).await
+    }
+
+    /// [`ReplConnection::connect`] with the `replication` startup parameter on (`true`) or
+    /// left out (`false`: an ordinary SQL session, used by [`crate::upstream::sql`]).
+    pub async fn connect_mode(ci: &ConnInfo, replication: bool) -> Result<ReplConnection> {
         ci.validate()?;
         let hosts = ci.hosts()?;
         let tsa = ci.target_session_attrs()?;
@@ -328,7 +334,7 @@ impl ReplConnection {
         let mut failures = Vec::new();
         for want in passes {
             for h in &hosts {
-                let attempt = Self::connect_host(ci, h, *want);
+                let attempt = Self::connect_host(ci, h, *want, replication);
                 let res = match timeout {
                     Some(t) => match tokio::time::timeout(t, attempt).await {
                         Ok(r) => r,
@@ -366,32 +372,34 @@ impl ReplConnection {
         ci: &ConnInfo,
         h: &HostSpec,
         want: TargetSessionAttrs,
+        replication: bool,
     ) -> Result<ReplConnection> {
+        let attempt = |tls| Self::attempt(ci, h, tls, want, replication);
         if h.socket_path().is_some() {
             // libpq never requests SSL over a Unix-domain socket, whatever sslmode says.
-            return Self::attempt(ci, h, TlsWant::No, want).await;
+            return attempt(TlsWant::No).await;
         }
         match ci.sslmode()? {
-            SslMode::Disable => Self::attempt(ci, h, TlsWant::No, want).await,
-            SslMode::Allow => match Self::attempt(ci, h, TlsWant::No, want).await {
+            SslMode::Disable => attempt(TlsWant::No).await,
+            SslMode::Allow => match attempt(TlsWant::No).await {
                 Err(
                     e @ (UpstreamError::Auth(AuthFailure::Server(_)) | UpstreamError::Server(_)),
                 ) => {
                     tracing::debug!("retrying with SSL after: {e}");
-                    Self::attempt(ci, h, TlsWant::Required, want).await
+                    attempt(TlsWant::Required).await
                 }
                 r => r,
             },
-            SslMode::Prefer => match Self::attempt(ci, h, TlsWant::Prefer, want).await {
+            SslMode::Prefer => match attempt(TlsWant::Prefer).await {
                 // A failed handshake, or a pg_hba rejection of the TLS connection
                 // (hostnossl): try again without TLS like libpq.
                 Err(e @ UpstreamError::Tls(_)) => {
                     tracing::debug!("retrying without SSL after: {e}");
-                    Self::attempt(ci, h, TlsWant::No, want).await
+                    attempt(TlsWant::No).await
                 }
                 Err(UpstreamError::Auth(AuthFailure::Server(e))) if e.code == "28000" => {
                     tracing::debug!("retrying without SSL after: {e}");
-                    match Self::attempt(ci, h, TlsWant::No, want).await {
+                    match attempt(TlsWant::No).await {
                         Ok(c) => Ok(c),
                         Err(_) => Err(UpstreamError::Auth(AuthFailure::Server(e))),
                     }
@@ -399,7 +407,7 @@ impl ReplConnection {
                 r => r,
             },
             SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-                Self::attempt(ci, h, TlsWant::Required, want).await
+                attempt(TlsWant::Required).await
             }
         }
     }
@@ -409,6 +417,7 @@ impl ReplConnection {
         h: &HostSpec,
         tls_want: TlsWant,
         want: TargetSessionAttrs,
+        replication: bool,
     ) -> Result<ReplConnection> {
         let mut cb_hash = None;
         let mut on_tls = false;
@@ -481,7 +490,7 @@ impl ReplConnection {
             max_msg: MAX_STARTUP_MESSAGE,
             reply_timeout: None,
         };
-        conn.startup(ci, h).await?;
+        conn.startup(ci, h, replication).await?;
         conn.max_msg = MAX_MESSAGE;
         conn.state = State::Idle;
         if let Err(e) = conn.check_session(want).await {
@@ -499,16 +508,15 @@ impl ReplConnection {
         Ok(tcp)
     }
 
-    async fn startup(&mut self, ci: &ConnInfo, h: &HostSpec) -> Result<()> {
+    async fn startup(&mut self, ci: &ConnInfo, h: &HostSpec, replication: bool) -> Result<()> {
         let user = ci.user_or_default();
         let db = ci.dbname_or_default();
         let app = ci.application_name_or_default();
-        let mut params: Vec<(&str, &str)> = vec![
-            ("user", &user),
-            ("database", &db),
-            ("replication", "true"),
-            ("application_name", &app),
-        ];
+        let mut params: Vec<(&str, &str)> = vec![("user", &user), ("database", &db)];
+        if replication {
+            params.push(("replication", "true"));
+        }
+        params.push(("application_name", &app));
         if let Some(o) = ci.options.as_deref() {
             params.push(("options", o));
         }

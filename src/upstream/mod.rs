@@ -4,7 +4,7 @@
 //! Owns: connection strings ([`conninfo`]), the service file ([`service`]), the password file
 //! ([`pgpass`]), `require_auth` ([`require_auth`]), TLS with libpq's `sslmode` semantics, CRLs
 //! and channel binding ([`tls`]), the connection itself ([`conn`]: connection, `auth`,
-//! `commands`, `copy`), the receive loop with its liveness timeout ([`receiver`]), and the
+//! `commands`, `copy`), plain SQL sessions over the same code ([`sql`]), the receive loop with its liveness timeout ([`receiver`]), and the
 //! error type ([`error`]). See `docs/upstream.md`.
 //!
 //! Must not: write files or decide what to do with the WAL it receives; that is the
@@ -17,6 +17,7 @@ pub mod pgpass;
 pub mod receiver;
 pub mod require_auth;
 pub mod service;
+pub mod sql;
 mod timeline;
 pub mod tls;
 
