@@ -683,10 +683,13 @@ async fn feed(a: FeedArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Control endpoints by their `--control` label (each possibly unresolvable).
+type LabelledTargets = Vec<(String, Result<walrelay::admin::Target, String>)>;
+
 /// `feed … --group` on every `--control` given (an HA pair, docs/ha.md): each instance in
 /// turn, reported on stderr, non-zero if any failed.
 async fn feed_group_each(
-    targets: Result<Vec<(String, Result<walrelay::admin::Target, String>)>, String>,
+    targets: Result<LabelledTargets, String>,
     config: Option<PathBuf>,
     group: String,
     action: &'static str,
