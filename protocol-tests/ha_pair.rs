@@ -11,7 +11,9 @@
 //! uploaded ("already archived with the same content"), `walrelay verify` exits 0 with no gap,
 //! every archived segment still in the primary's `pg_wal` is byte-identical to it. Holds:
 //! `walrelay feed advance --control A --control B` holds the feed of both at the same LSN;
-//! with B down, `feed pause` reports A ok, B failed, and exits non-zero.
+//! `feed pause|resume --group` with both `--control`s pauses/resumes both; with B down,
+//! `feed pause` reports A ok, B failed, and exits non-zero. Local retention on B removes
+//! archived segments behind its inactive declared slot.
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -478,6 +480,66 @@ fn ha_pair(major: &str) {
     // MAXALIGNed, the feed holds at the exact end
     let point: Lsn = point.parse().unwrap();
     assert_eq!(Lsn((held[0].0 + 7) & !7), point, "held at {}", held[0]);
+
+    // a group hold (restore points' `[[group]]`, here of the pair's one cluster) on both
+    let gfile = t.join("group.toml");
+    std::fs::write(
+        &gfile,
+        format!(
+            "[[cluster]]\nname = \"default\"\ndata_dir = \"{}\"\n\
+             sql_conninfo = \"host=127.0.0.1 port={} user=postgres\"\n\
+             [[cluster.feed]]\nname = \"lag\"\ndelay = \"1h\"\n\
+             [[group]]\nname = \"pair\"\nclusters = [\"default\"]\nfence_key = 4242\n",
+            a.data.display(),
+            primary.port()
+        ),
+    )
+    .unwrap();
+    let gconf = gfile.display().to_string();
+    let states = || -> Vec<String> {
+        let mut args = vec!["feed", "list", "--json"];
+        args.extend_from_slice(&controls);
+        let (_, out, _) = run_to_end(&args);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                x["result"]["feeds"][0]["state"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let mut args = vec!["feed", "pause", "--group", "pair", "-c", &gconf];
+    args.extend_from_slice(&controls);
+    let (status, out, err) = run_to_end(&args);
+    assert!(
+        status.success(),
+        "feed pause --group on both:\n{out}\n{err}"
+    );
+    assert!(err.contains(&format!("walrelay at {ca}: ok")), "{err}");
+    assert!(err.contains(&format!("walrelay at {cb}: ok")), "{err}");
+    assert_eq!(
+        states(),
+        ["paused", "paused"],
+        "the group pause reached both"
+    );
+    let mut args = vec!["feed", "resume", "--group", "pair", "-c", &gconf];
+    args.extend_from_slice(&controls);
+    let (status, out, err) = run_to_end(&args);
+    assert!(
+        status.success(),
+        "feed resume --group on both:\n{out}\n{err}"
+    );
+    let after = states();
+    assert_eq!(after.len(), 2);
+    assert!(
+        after.iter().all(|s| s != "paused" && s != "advanced"),
+        "resumed on both: {after:?}"
+    );
 
     // one instance down: the other still gets the command, the exit status says it failed
     b.kill9();
