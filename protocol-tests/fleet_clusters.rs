@@ -41,7 +41,8 @@ fn cluster_doc(doc: &serde_json::Value, name: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no cluster {name} in {doc}"))
 }
 
-/// The FATAL a replication startup with `params` gets from `port` (None: it was accepted).
+/// The FATAL a replication startup with `params` gets from `port` (None: it was accepted:
+/// ReadyForQuery).
 fn startup_error(port: u16, params: &[(&str, &str)]) -> Option<ErrorFields> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -62,7 +63,7 @@ fn startup_error(port: u16, params: &[(&str, &str)]) -> Option<ErrorFields> {
     let mut buf = BytesMut::new();
     loop {
         if let Ok(Some(f)) = split_frame(&mut buf, 1 << 20) {
-            match BackendMessage::decode(f).ok()? {
+            match BackendMessage::decode(f).expect("a backend message") {
                 BackendMessage::ErrorResponse(e) => return Some(e),
                 BackendMessage::ReadyForQuery(_) => return None,
                 _ => continue,
@@ -70,7 +71,7 @@ fn startup_error(port: u16, params: &[(&str, &str)]) -> Option<ErrorFields> {
         }
         let mut tmp = [0u8; 4096];
         match s.read(&mut tmp) {
-            Ok(0) | Err(_) => return None,
+            Ok(0) | Err(_) => panic!("connection closed without an error or ReadyForQuery"),
             Ok(n) => buf.extend_from_slice(&tmp[..n]),
         }
     }
@@ -129,13 +130,16 @@ fn fleet_two_clusters_pg15_pg18() {
         format!(
             "[metrics]\nlisten = \"{metrics}\"\n\
              [server]\nlisten = \"127.0.0.1:{shared}\"\n\
+             [server.route_users]\nmapped_b = \"b18\"\n\
              [[cluster]]\nname = \"a15\"\ndata_dir = {}\n\
              [cluster.upstream]\nconninfo = {}\nstatus_interval = \"1s\"\nreconnect_max = \"2s\"\n\
              [cluster.server]\nlisten = \"127.0.0.1:{own_a}\"\n\
              [cluster.archive]\nurl = {}\nretry_max = \"1s\"\n\
+             [[cluster.feed]]\nname = \"feed_a\"\n\
              [[cluster]]\nname = \"b18\"\ndata_dir = {}\n\
              [cluster.upstream]\nconninfo = {}\nstatus_interval = \"1s\"\n\
-             [cluster.archive]\nurl = {}\n",
+             [cluster.archive]\nurl = {}\n\
+             [[cluster.feed]]\nname = \"feed_b\"\n",
             toml_str(t.subdir("a").to_str().unwrap()),
             toml_str(&a.conninfo()),
             toml_str(&format!("file://{}", arch_a.display())),
@@ -194,6 +198,15 @@ fn fleet_two_clusters_pg15_pg18() {
     let mut p = base.to_vec();
     p.push(("database", "b18"));
     assert!(startup_error(shared, &p).is_none(), "dbname=b18 routes");
+    // a mapped user needs no cluster name; options win over the mapping
+    let mapped = [("user", "mapped_b"), ("replication", "true")];
+    assert!(startup_error(shared, &mapped).is_none(), "mapped_b routes");
+    let mut p = mapped.to_vec();
+    p.push(("options", "-c walrelay.cluster=nope"));
+    assert_eq!(
+        startup_error(shared, &p).map(|e| e.code),
+        Some("3D000".to_string())
+    );
 
     // standbys: A on its own port and on the shared port, B on the shared port
     let sa = standby(
@@ -233,6 +246,62 @@ fn fleet_two_clusters_pg15_pg18() {
     assert_eq!(names(&cluster_doc(&d, "a15")), ["sa_own", "sa_shared"]);
     assert_eq!(names(&cluster_doc(&d, "b18")), ["sb_shared"]);
 
+    // feeds of both clusters on one control endpoint, addressed by name
+    let cfg_s = cfg.to_str().unwrap();
+    let feeds = |args: &[&str]| -> serde_json::Value {
+        let mut a = vec!["feed"];
+        a.extend_from_slice(args);
+        a.extend(["--json", "--config", cfg_s]);
+        let (st, out, err) = run_to_end(&a);
+        assert!(st.success(), "feed {args:?}: {err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let state = |name: &str| -> (String, String) {
+        let l = feeds(&["list"]);
+        let f = l["feeds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {l}"));
+        (
+            f["cluster"].as_str().unwrap().to_string(),
+            f["state"].as_str().unwrap().to_string(),
+        )
+    };
+    feeds(&["pause", "feed_b"]);
+    assert_eq!(state("feed_b"), ("b18".to_string(), "paused".to_string()));
+    assert_ne!(
+        state("feed_a").1,
+        "paused",
+        "pausing feed_b left feed_a alone"
+    );
+    assert_eq!(state("feed_a").0, "a15");
+    feeds(&["resume", "feed_b"]);
+    assert_ne!(state("feed_b").1, "paused");
+    let (st, _, err) = run_to_end(&["xacts", "--config", cfg_s]);
+    assert!(!st.success());
+    assert!(
+        err.contains(
+            "several clusters have feeds: add cluster=NAME, `walrelay xacts --cluster NAME` (a15, b18)"
+        ),
+        "{err}"
+    );
+    b.psql("insert into only_b values (30)");
+    harness::wait_for(Duration::from_secs(20), "B's commit in B's index", || {
+        let (st, out, _) = run_to_end(&["xacts", "--json", "--cluster", "b18", "--config", cfg_s]);
+        st.success()
+            && serde_json::from_str::<serde_json::Value>(&out)
+                .is_ok_and(|v| v["xacts"].as_array().is_some_and(|a| !a.is_empty()))
+    });
+    let (st, _, err) = run_to_end(&["xacts", "--cluster", "zz", "--config", cfg_s]);
+    assert!(!st.success());
+    assert!(
+        err.contains("no cluster \"zz\" with feeds (a15, b18)"),
+        "{err}"
+    );
+
     // isolation: A's archive fails (its directory becomes a file) and A's primary dies
     std::fs::remove_dir_all(&arch_a).unwrap();
     std::fs::write(&arch_a, "not a directory").unwrap();
@@ -248,7 +317,7 @@ fn fleet_two_clusters_pg15_pg18() {
         let t0 = Instant::now();
         b.psql(&format!("insert into only_b values (100 + {i})"));
         harness::wait_for(Duration::from_secs(10), "B's row on B's standby", || {
-            count(&sb, "only_b") == Some(21 + i)
+            count(&sb, "only_b") == Some(22 + i)
         });
         eprintln!("fleet: B row {i} on the standby after {:?}", t0.elapsed());
     }

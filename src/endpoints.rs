@@ -223,11 +223,15 @@ pub fn metrics_routes(handle: PrometheusHandle, all: &[Sources], history: &Histo
                 let live = s.ops.liveness();
                 let label = (crate::metrics::CLUSTER_LABEL, s.cluster.clone());
                 if let Some(b) = live.lag_bytes(flush) {
-                    metrics::gauge!(crate::metrics::UPSTREAM_LAG, &[label.clone()]).set(b as f64);
+                    metrics::gauge!(crate::metrics::UPSTREAM_LAG, std::slice::from_ref(&label))
+                        .set(b as f64);
                 }
                 if let Some(sec) = live.lag_seconds(flush, now) {
-                    metrics::gauge!(crate::metrics::UPSTREAM_LAG_SECONDS, &[label.clone()])
-                        .set(sec);
+                    metrics::gauge!(
+                        crate::metrics::UPSTREAM_LAG_SECONDS,
+                        std::slice::from_ref(&label)
+                    )
+                    .set(sec);
                 }
                 if let Some(t) = live.last_message {
                     metrics::gauge!(crate::metrics::UPSTREAM_MESSAGE_AGE, &[label])
@@ -437,6 +441,49 @@ pub fn load_control_secrets(
         _ => None,
     };
     Ok((Some(token), tls))
+}
+
+/// `walrelay xacts --cluster NAME`: one cluster's commit index when several clusters have
+/// feeds (`GET /xacts?cluster=NAME&…`).
+pub async fn xacts_of_cluster(
+    target: &Target,
+    cluster: &str,
+    since: Option<&str>,
+    until: Option<&str>,
+    drops_only: bool,
+) -> Result<Vec<serde_json::Value>, String> {
+    fn enc(s: &str) -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+    let mut q = vec![format!("cluster={}", enc(cluster))];
+    q.extend(since.map(|s| format!("since={}", enc(s))));
+    q.extend(until.map(|u| format!("until={}", enc(u))));
+    if drops_only {
+        q.push("drops_only=1".into());
+    }
+    let (status, body) = admin::call(target, "GET", &format!("/xacts?{}", q.join("&")), &[])
+        .await
+        .map_err(|e| format!("could not reach walrelay's control endpoint at {target}: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body.clone()));
+    if status != 200 {
+        let msg = v
+            .get("error")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or(body.trim());
+        return Err(msg.to_string());
+    }
+    Ok(v.get("xacts")
+        .and_then(serde_json::Value::as_array)
+        .cloned()
+        .unwrap_or_default())
 }
 
 /// Longest Unix socket path (`sun_path` is 108 bytes with the terminating NUL).

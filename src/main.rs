@@ -199,6 +199,9 @@ struct XactsArgs {
     /// Decode the segment files in this directory instead of asking a running walrelay.
     #[arg(short = 'D', long, value_name = "DIR")]
     directory: Option<PathBuf>,
+    /// The cluster whose commit index to list (when several clusters have feeds).
+    #[arg(long)]
+    cluster: Option<String>,
     #[command(flatten)]
     control: ControlArgs,
 }
@@ -427,6 +430,9 @@ async fn run(a: RunArgs) -> Result<(), String> {
     let shutdown = pgreceivewal::shutdown_signal();
     let mut clusters = Vec::new();
     for c in cfg.clusters() {
+        if multi {
+            walrelay::ops::cluster(&c.name).name_in_logs();
+        }
         let h = ClusterHandle::start(&c, cfg.shared_server().is_some(), shutdown.clone())
             .await
             .map_err(|e| {
@@ -738,6 +744,16 @@ async fn xacts(a: XactsArgs) -> Result<(), String> {
                 limit: 0,
             };
             api::xacts_local(dir, &filter)?
+        }
+        None if a.cluster.is_some() => {
+            walrelay::endpoints::xacts_of_cluster(
+                &a.control.target()?,
+                a.cluster.as_deref().unwrap_or_default(),
+                a.since.as_deref(),
+                a.until.as_deref(),
+                a.drops_only,
+            )
+            .await?
         }
         None => {
             api::xacts_remote(

@@ -54,6 +54,8 @@ pub struct ClusterOps {
     listing: Mutex<Option<serde_json::Value>>,
     completed: Mutex<SegLog>,
     archived: Mutex<SegLog>,
+    /// With several clusters: the `cluster{name=…}` span its tasks' log lines carry.
+    span: std::sync::OnceLock<tracing::Span>,
 }
 
 /// Every cluster's state, in registration order (the default one first).
@@ -84,6 +86,7 @@ pub fn cluster(name: &str) -> Arc<ClusterOps> {
         listing: Mutex::new(None),
         completed: Mutex::new(SegLog::new("completed")),
         archived: Mutex::new(SegLog::new("archived")),
+        span: std::sync::OnceLock::new(),
     });
     reg.push(c.clone());
     c
@@ -115,15 +118,18 @@ pub fn current_name() -> Arc<str> {
         .unwrap_or_else(|| DEFAULT.name.clone())
 }
 
-/// Runs `f` as work of cluster `c`.
+/// Runs `f` as work of cluster `c` (in its log span, if it has one).
 pub fn scope<F: Future>(c: Arc<ClusterOps>, f: F) -> impl Future<Output = F::Output> {
-    TASK_CLUSTER.scope(c, f)
+    use tracing::Instrument;
+    let span = c.span.get().cloned().unwrap_or_else(tracing::Span::none);
+    TASK_CLUSTER.scope(c, f.instrument(span))
 }
 
-/// `f` in the cluster scope of the caller: for `tokio::spawn(ops::inherit(fut))` (a
-/// spawned task does not inherit task-locals by itself).
+/// `f` in the cluster scope (and log span) of the caller: for
+/// `tokio::spawn(ops::inherit(fut))` (a spawned task inherits neither by itself).
 pub fn inherit<F: Future>(f: F) -> impl Future<Output = F::Output> {
-    TASK_CLUSTER.scope(current(), f)
+    use tracing::Instrument;
+    TASK_CLUSTER.scope(current(), f.instrument(tracing::Span::current()))
 }
 
 /// Marks the calling thread (e.g. a store thread) as working for `c`.
@@ -156,6 +162,14 @@ fn now_ms() -> u64 {
 impl ClusterOps {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Log lines of this cluster's tasks carry `cluster{name=…}` from now on (several
+    /// clusters in one process).
+    pub fn name_in_logs(&self) {
+        let _ = self
+            .span
+            .set(tracing::info_span!("cluster", name = %self.name));
     }
 
     /// Remembers an error (the oldest is forgotten past [`ERROR_RING`]).
@@ -250,10 +264,11 @@ impl ClusterOps {
 
     fn log(&self, line: Option<String>) {
         if let Some(l) = line {
-            if &*self.name == crate::config::DEFAULT_CLUSTER {
-                tracing::info!("{l}");
-            } else {
+            // named when the line is not already in the cluster's span (the sampler task)
+            if self.span.get().is_some() && tracing::Span::current().is_none() {
                 tracing::info!("cluster {}: {l}", self.name);
+            } else {
+                tracing::info!("{l}");
             }
         }
     }
@@ -304,13 +319,8 @@ pub fn plain(message: &str) -> &str {
 
 /// Logs an upstream failure once (no doubled `ERROR ERROR:`) and remembers it.
 pub fn upstream_error(message: &str) {
-    let c = current();
-    if &*c.name == crate::config::DEFAULT_CLUSTER {
-        tracing::error!("{}", plain(message));
-    } else {
-        tracing::error!("cluster {}: {}", c.name, plain(message));
-    }
-    c.record_error("upstream", message);
+    tracing::error!("{}", plain(message));
+    record_error("upstream", message);
 }
 
 // --- upstream liveness ---------------------------------------------------------------

@@ -27,15 +27,20 @@ use crate::lsn::pg_now;
 
 type Clusters = Arc<Vec<(String, Arc<FeedController>)>>;
 
-fn feed_names(f: &FeedController) -> Vec<String> {
-    f.list()["feeds"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v["name"].as_str().map(str::to_string))
-                .collect()
-        })
+/// The feeds of one controller's list (`{"feeds": [...]}`).
+fn feeds_of(f: &FeedController) -> Vec<Value> {
+    f.list()
+        .get("feeds")
+        .and_then(Value::as_array)
+        .cloned()
         .unwrap_or_default()
+}
+
+fn feed_names(f: &FeedController) -> Vec<String> {
+    feeds_of(f)
+        .iter()
+        .filter_map(|v| v.get("name").and_then(Value::as_str).map(str::to_string))
+        .collect()
 }
 
 /// The controller holding feed `name`.
@@ -59,8 +64,10 @@ pub(super) fn register_routes(routes: &mut Routes, feeds: Vec<(String, Arc<FeedC
             [] => {
                 let mut list: Vec<Value> = Vec::new();
                 for (cluster, f) in a.iter() {
-                    for mut v in f.list()["feeds"].as_array().cloned().unwrap_or_default() {
-                        v["cluster"] = json!(cluster);
+                    for mut v in feeds_of(f) {
+                        if let Some(o) = v.as_object_mut() {
+                            o.insert("cluster".into(), json!(cluster));
+                        }
                         list.push(v);
                     }
                 }
@@ -121,7 +128,7 @@ pub(super) fn register_routes(routes: &mut Routes, feeds: Vec<(String, Arc<FeedC
             let Some(cluster) = req.param("cluster") else {
                 return Response::error(
                     400,
-                    format!("several clusters have feeds: add cluster=NAME ({names})"),
+                    format!("several clusters have feeds: add cluster=NAME, `walrelay xacts --cluster NAME` ({names})"),
                 );
             };
             let Some((_, f)) = a.iter().find(|(n, _)| n == cluster) else {

@@ -395,7 +395,7 @@ impl Server {
             data_dir: state_dir,
             feeds: None,
             archive: None,
-            cluster: crate::ops::current(),
+            cluster: crate::ops::cluster(route::SHARED_LABEL),
         };
         // declared slots belong to each cluster's server, not to the listener's unused file
         settings.declared_slots.clear();

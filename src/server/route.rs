@@ -18,6 +18,10 @@ use crate::protocol::backend::ErrorFields;
 /// The startup-option name a standby sets to choose a cluster.
 pub const CLUSTER_OPTION: &str = "walrelay.cluster";
 
+/// The `cluster` label of the shared listener's own series (admission refusals, startup
+/// failures before a cluster is chosen): not a valid cluster name, so it never collides.
+pub const SHARED_LABEL: &str = "(shared)";
+
 /// SQLSTATE of "no cluster named" (`sqlserver_rejected_establishment_of_sqlconnection`).
 pub const NO_CLUSTER: &str = "08004";
 /// SQLSTATE of "no such cluster" (`invalid_catalog_name`, like an unknown database).
