@@ -13,7 +13,8 @@
 //! `walrelay feed advance --control A --control B` holds the feed of both at the same LSN;
 //! `feed pause|resume --group` with both `--control`s pauses/resumes both; with B down,
 //! `feed pause` reports A ok, B failed, and exits non-zero. Local retention on B removes
-//! archived segments behind its inactive declared slot.
+//! archived segments behind its inactive declared slot; a standby stopped meanwhile comes back
+//! on B (A down) and gets those segments from the shared archive, with every row.
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -244,7 +245,7 @@ fn ha_pair(major: &str) {
          connect_timeout=2",
         a.port, b.port
     );
-    let standby = Pg::standby_of(
+    let mut standby = Pg::standby_of(
         &primary,
         major,
         &conninfo,
@@ -563,6 +564,44 @@ fn ha_pair(major: &str) {
         err.contains("--control may be given more than once only for walrelay feed"),
         "{err}"
     );
+
+    // The standby, stopped, falls behind; B's declared slot is inactive, so B keeps only the
+    // newest 32 MB locally. With A down the standby comes back on B, which streams what it
+    // removed from the shared archive: no new base backup, every row.
+    b.start(&primary);
+    standby.stop();
+    let stopped_at = primary.current_lsn();
+    for _ in 0..5 {
+        primary.psql("insert into t (pad) select md5(g::text) from generate_series(1, 200) g");
+        primary.switch_wal();
+    }
+    let last2 = primary.current_lsn();
+    a.kill9();
+    let gone = walrelay::lsn::segment_file_name(1, stopped_at.0 / seg, seg);
+    wait_for(
+        Duration::from_secs(60),
+        &format!("B to archive up to {last2} and remove {gone} locally"),
+        || {
+            metric(b.metrics, "walrelay_archived_lsn_bytes").is_some_and(|v| v >= last2.0 as f64)
+                && !b.data.join(&gone).exists()
+        },
+    );
+    standby.start();
+    wait_streaming_from(&standby, b.port, "the restarted standby to stream from B");
+    let end = primary.current_lsn();
+    standby.wait_replayed(end, Duration::from_secs(60));
+    assert_eq!(
+        standby.psql("select count(*), coalesce(max(id), 0) from t"),
+        primary.psql("select count(*), coalesce(max(id), 0) from t"),
+        "the standby has every row after coming back on B"
+    );
+    assert!(
+        b.log()
+            .contains(&format!("WAL segment {gone} read from the archive")),
+        "{}",
+        b.log()
+    );
+    assert!(!b.log().contains("panicked"), "{}", b.log());
     drop(standby);
 }
 
