@@ -430,7 +430,16 @@ impl Server {
             settings.max_slots,
             settings.max_slot_wal_keep_size,
         )?;
-        for name in slots.declare(&settings.declared_slots).await? {
+        let declared = slots.declare(&settings.declared_slots).await;
+        let declared = declared.map_err(|e| match e {
+            slots::SlotError::Io { .. } => ServerError::Slots(e),
+            slots::SlotError::TooMany => ServerError::Config(format!(
+                "server.slots: more slots than max_slots ({}) with those in slots.json",
+                settings.max_slots
+            )),
+            e => ServerError::Config(format!("server.slots: {e}")),
+        })?;
+        for name in declared {
             tracing::info!("created replication slot \"{name}\" declared in [server] slots");
         }
         let slots_local_floor = slots.local_floor();
