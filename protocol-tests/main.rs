@@ -17,6 +17,7 @@ mod failover_diverge;
 mod fleet_clusters;
 mod fleet_restore_points;
 mod fuzz_replay;
+mod ha_pair;
 mod harness;
 mod harness_selftest;
 mod ops_check;

@@ -142,6 +142,11 @@ impl ClusterHandle {
             archive_settings.clone(),
             shutdown.clone(),
         );
+        // local retention: declared slots only while active (docs/ha.md)
+        archive_settings.slot_floor = retention_floor(
+            server.as_ref().map(|s| s.slots_local_floor.clone()),
+            feeds.as_ref().map(|f| f.min_needed_lsn()),
+        );
         let archive_url = archive_settings.url();
         let archiver = crate::archive::Archiver::start(archive_settings, &store, shutdown.clone())
             .map_err(|e| e.to_string())?;

@@ -252,6 +252,9 @@ pub struct ServerConfig {
     /// (like `max_slot_wal_keep_size`); unset: no limit.
     #[serde(deserialize_with = "de_opt_size")]
     pub max_slot_wal_keep_size: Option<u64>,
+    /// Permanent proxy slots (docs/ha.md): created at start if absent, never dropped by a
+    /// client, never invalidated; an inactive one holds only archived WAL.
+    pub slots: Vec<String>,
     /// Ordered authentication rules, first match wins (like `pg_hba.conf`). Default: trust
     /// from loopback addresses only.
     pub hba: Vec<HbaRuleConfig>,
@@ -281,6 +284,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(10),
             max_slots: 64,
             max_slot_wal_keep_size: None,
+            slots: Vec::new(),
             hba: Vec::new(),
             users: Default::default(),
             route_users: Default::default(),
@@ -957,6 +961,7 @@ mod redact {
                 .field("shutdown_timeout", &self.shutdown_timeout)
                 .field("max_slots", &self.max_slots)
                 .field("max_slot_wal_keep_size", &self.max_slot_wal_keep_size)
+                .field("slots", &self.slots)
                 .field("hba", &self.hba)
                 .field("users", &users)
                 .field("route_users", &self.route_users)

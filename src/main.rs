@@ -83,9 +83,10 @@ struct StatusArgs {
 #[derive(Args)]
 struct ControlArgs {
     /// Control endpoint: its Unix socket, or http://HOST:PORT for control.listen
-    /// (default: $WALRELAY_CONTROL, else from --data-dir or --config).
+    /// (default: $WALRELAY_CONTROL, else from --data-dir or --config). `walrelay feed`
+    /// takes it repeatedly and acts on every instance listed (an HA pair, docs/ha.md).
     #[arg(long, value_name = "SOCKET|URL", global = true)]
-    control: Option<String>,
+    control: Vec<String>,
     /// Data directory of the running walrelay (its control socket is in there).
     #[arg(long, value_name = "DIR", global = true)]
     data_dir: Option<PathBuf>,
@@ -105,22 +106,36 @@ impl ControlArgs {
     /// [`ControlArgs::target`], ignoring a --config that is not a `run` configuration when
     /// --control or --data-dir says where walrelay is (the `--group` commands' file).
     fn target_lenient(&self) -> Result<walrelay::admin::Target, String> {
-        let strict = self.target();
-        if strict.is_ok() || (self.control.is_none() && self.data_dir.is_none()) {
-            return strict;
-        }
-        walrelay::endpoints::resolve_target(
-            self.control.as_deref(),
-            &|k| std::env::var(k).ok(),
-            self.data_dir.as_deref(),
-            None,
-            self.token_file.as_deref(),
+        self.target().or_else(
+            |e| match !self.control.is_empty() || self.data_dir.is_some() {
+                true if self.control.len() <= 1 => walrelay::endpoints::resolve_target(
+                    self.control.first().map(String::as_str),
+                    &|k| std::env::var(k).ok(),
+                    self.data_dir.as_deref(),
+                    None,
+                    self.token_file.as_deref(),
+                ),
+                _ => Err(e),
+            },
         )
     }
 
     fn target(&self) -> Result<walrelay::admin::Target, String> {
+        if self.control.len() > 1 {
+            return Err("--control may be given more than once only for walrelay feed".into());
+        }
+        self.target_of(self.control.first().map(String::as_str))
+    }
+
+    /// Every `--control` given, labelled as given.
+    fn targets(&self) -> Result<Vec<(String, walrelay::admin::Target)>, String> {
+        let t = |c: &String| Ok((c.clone(), self.target_of(Some(c))?));
+        self.control.iter().map(t).collect()
+    }
+
+    fn target_of(&self, control: Option<&str>) -> Result<walrelay::admin::Target, String> {
         walrelay::endpoints::resolve_target(
-            self.control.as_deref(),
+            control,
             &|k| std::env::var(k).ok(),
             self.data_dir.as_deref(),
             self.config.as_deref(),
@@ -632,10 +647,27 @@ async fn start_shared_listener(
 
 async fn feed(a: FeedArgs) -> Result<(), String> {
     use walrelay::delay::api::{feed_command, FeedCommand};
-    let (target, config, json) = (a.control.target_lenient(), a.control.config.clone(), a.control.json);
+    let (target, config, json) = (
+        a.control.target_lenient(),
+        a.control.config.clone(),
+        a.control.json,
+    );
+    let targets = match a.control.control.len() > 1 {
+        true => a
+            .control
+            .targets()
+            .map(|t| t.into_iter().map(|(l, t)| (l, Ok(t))).collect()),
+        false => Ok(vec![(String::new(), target)]),
+    };
     let group = |g: &str, action: &'static str, p: &[(&'static str, String)]| {
-        let t = target.clone();
-        walrelay::fleet::cli::feed_group(t, config.clone(), g.to_string(), action, p.to_vec(), json)
+        feed_group_each(
+            targets.clone(),
+            config.clone(),
+            g.to_string(),
+            action,
+            p.to_vec(),
+            json,
+        )
     };
     let cmd = match a.action {
         FeedAction::List => FeedCommand::List,
@@ -672,11 +704,64 @@ async fn feed(a: FeedArgs) -> Result<(), String> {
             }
         }
     };
+    if a.control.control.len() > 1 {
+        let (out, failed) =
+            walrelay::delay::api::feed_fanout(&a.control.targets()?, &cmd, a.control.json).await;
+        print!("{out}");
+        return match failed.len() {
+            0 => Ok(()),
+            n => Err(format!("failed on {n} instance(s): {}", failed.join("; "))),
+        };
+    }
     print!(
         "{}",
         feed_command(&a.control.target()?, &cmd, a.control.json).await?
     );
     Ok(())
+}
+
+/// Control endpoints by their `--control` label (each possibly unresolvable).
+type LabelledTargets = Vec<(String, Result<walrelay::admin::Target, String>)>;
+
+/// `feed … --group` on every `--control` given (an HA pair, docs/ha.md): each instance in
+/// turn, reported on stderr, non-zero if any failed.
+async fn feed_group_each(
+    targets: Result<LabelledTargets, String>,
+    config: Option<PathBuf>,
+    group: String,
+    action: &'static str,
+    params: Vec<(&'static str, String)>,
+    json: bool,
+) -> Result<(), String> {
+    use walrelay::fleet::cli::feed_group;
+    let mut targets = targets?;
+    if targets.len() == 1 {
+        let (_, t) = targets.remove(0);
+        return feed_group(t, config, group, action, params, json).await;
+    }
+    let mut failed = Vec::new();
+    for (label, t) in targets {
+        match feed_group(
+            t,
+            config.clone(),
+            group.clone(),
+            action,
+            params.clone(),
+            json,
+        )
+        .await
+        {
+            Ok(()) => eprintln!("walrelay at {label}: ok"),
+            Err(e) => {
+                eprintln!("walrelay at {label}: failed: {e}");
+                failed.push(format!("{label}: {e}"));
+            }
+        }
+    }
+    match failed.len() {
+        0 => Ok(()),
+        n => Err(format!("failed on {n} instance(s): {}", failed.join("; "))),
+    }
 }
 
 async fn xacts(a: XactsArgs) -> Result<(), String> {

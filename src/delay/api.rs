@@ -4,7 +4,8 @@
 //! Owns: the HTTP surface of the control endpoint (`GET /feeds`, `GET /feeds/NAME`, `POST /feeds/NAME/pause`,
 //! `POST /feeds/NAME/resume`, `POST /feeds/NAME/advance?to_time=…|before_xid=…|to_lsn=…|
 //! to_restore_point=…`, `GET /xacts?since=…&until=…&drops_only=1&limit=…`), the text the
-//! commands print, and `walrelay xacts -D DIR` (decoding segment files without a server);
+//! commands print, `walrelay xacts -D DIR` (decoding segment files without a server), and the
+//! fan-out of `walrelay feed` to every `--control` given (the instances of an HA pair);
 //! the group paths `POST /feedset/pause|resume|advance?feeds=CLUSTER:FEED,…` (logic in
 //! [`super::group`]) and the client side of `walrelay feed … --group`.
 //! Must not: hold feed state (that is [`super::feeds`]).
@@ -271,7 +272,56 @@ pub async fn feed_command(
     cmd: &FeedCommand,
     as_json: bool,
 ) -> Result<String, String> {
-    let v = match cmd {
+    let v = feed_call(addr, cmd).await?;
+    if as_json {
+        return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
+    }
+    Ok(format_feeds(&v))
+}
+
+/// `walrelay feed …` with `--control` given more than once (an HA pair, docs/ha.md): the
+/// same command on every instance, one after the other in the order given, each reported
+/// under its `--control` text. Returns the text to print and the instances that failed
+/// (the caller exits non-zero if any did). Holds are per instance; since both instances of
+/// a pair hold the same WAL, an advance to a restore point, a transaction or an LSN holds
+/// both at the same point.
+pub async fn feed_fanout(
+    targets: &[(String, Target)],
+    cmd: &FeedCommand,
+    as_json: bool,
+) -> (String, Vec<String>) {
+    let mut failed = Vec::new();
+    let mut out = String::new();
+    let mut json = Vec::new();
+    for (label, target) in targets {
+        match feed_call(target, cmd).await {
+            Ok(v) => {
+                if as_json {
+                    json.push(json!({ "control": label, "ok": true, "result": v }));
+                } else {
+                    out.push_str(&format!("walrelay at {label}: ok\n{}", format_feeds(&v)));
+                }
+            }
+            Err(e) => {
+                if as_json {
+                    json.push(json!({ "control": label, "ok": false, "error": e }));
+                } else {
+                    out.push_str(&format!("walrelay at {label}: failed: {e}\n"));
+                }
+                failed.push(format!("{label}: {e}"));
+            }
+        }
+    }
+    if as_json {
+        out = serde_json::to_string_pretty(&json!({ "instances": json })).unwrap_or_default();
+        out.push('\n');
+    }
+    (out, failed)
+}
+
+/// One `walrelay feed …` request; the JSON answer.
+async fn feed_call(addr: &Target, cmd: &FeedCommand) -> Result<Value, String> {
+    Ok(match cmd {
         FeedCommand::List => call(addr, "GET", "/feeds").await?,
         FeedCommand::Pause(n) => call(addr, "POST", &format!("/feeds/{}/pause", enc(n))).await?,
         FeedCommand::Resume(n) => call(addr, "POST", &format!("/feeds/{}/resume", enc(n))).await?,
@@ -287,13 +337,14 @@ pub async fn feed_command(
             )
             .await?
         }
-    };
-    if as_json {
-        return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
-    }
+    })
+}
+
+/// The feed table printed by `walrelay feed` (a list or one feed's answer).
+fn format_feeds(v: &Value) -> String {
     let feeds: Vec<Value> = match v.get("feeds").and_then(Value::as_array) {
         Some(a) => a.clone(),
-        None => vec![v],
+        None => vec![v.clone()],
     };
     let mut out = String::new();
     out.push_str(&format!(
@@ -340,7 +391,7 @@ pub async fn feed_command(
             waiting
         ));
     }
-    Ok(out)
+    out
 }
 
 /// Text table of transactions.
@@ -425,4 +476,70 @@ pub fn parse_time_arg(s: Option<&str>) -> Result<Option<i64>, String> {
 /// Formats a time for messages.
 pub fn time_text(t: i64) -> String {
     format_pg_time(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::{serve_tcp, Endpoint, Policy, Transport};
+
+    /// Two instances, one answering and one not: the command reaches the first, each is
+    /// reported under its label, and the failure is returned for the exit status.
+    #[tokio::test]
+    async fn fanout_reports_every_instance() {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let mut routes = Routes::default();
+        routes.add(
+            "POST",
+            "/feeds",
+            Arc::new(|r: &Request| {
+                assert_eq!(r.path, "/feeds/lag/pause");
+                Response::json(200, &json!({"name": "lag", "state": "paused"}))
+            }),
+        );
+        let ep = Endpoint::new(
+            "test",
+            routes,
+            Policy::new(Transport::Tcp { tls: false }, None, &[]),
+        );
+        let s = serve_tcp("127.0.0.1:0".parse().unwrap(), ep, rx)
+            .await
+            .unwrap();
+        let up = format!("http://{}", s.local_addr.unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("walrelay.control.sock");
+        let targets = vec![
+            (
+                up.clone(),
+                Target::Tcp {
+                    addr: s.local_addr.unwrap().to_string(),
+                    token: None,
+                },
+            ),
+            (gone.display().to_string(), Target::Unix(gone.clone())),
+        ];
+        let cmd = FeedCommand::Pause("lag".into());
+        let (out, failed) = feed_fanout(&targets, &cmd, false).await;
+        assert!(
+            out.starts_with(&format!("walrelay at {up}: ok\nfeed ")),
+            "{out}"
+        );
+        assert!(out.contains("paused"), "{out}");
+        let down = format!("walrelay at {}: failed: could not reach", gone.display());
+        assert!(out.contains(&down), "{out}");
+        assert_eq!(failed.len(), 1);
+        assert!(failed[0].starts_with(&gone.display().to_string()));
+
+        let (out, failed) = feed_fanout(&targets, &cmd, true).await;
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["instances"][0]["control"], up.as_str());
+        assert_eq!(v["instances"][0]["ok"], true);
+        assert_eq!(v["instances"][0]["result"]["state"], "paused");
+        assert_eq!(v["instances"][1]["ok"], false);
+        assert!(v["instances"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("could not reach"));
+        assert_eq!(failed.len(), 1);
+    }
 }

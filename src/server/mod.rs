@@ -95,6 +95,8 @@ pub struct ServerSettings {
     pub shutdown_timeout: Duration,
     pub max_slots: usize,
     pub max_slot_wal_keep_size: Option<u64>,
+    /// `[server] slots`: declared permanent slots (docs/ha.md).
+    pub declared_slots: Vec<String>,
 }
 
 impl ServerSettings {
@@ -164,6 +166,7 @@ impl ServerSettings {
             shutdown_timeout: c.shutdown_timeout,
             max_slots: c.max_slots,
             max_slot_wal_keep_size: c.max_slot_wal_keep_size,
+            declared_slots: c.slots.clone(),
         })
     }
 }
@@ -308,6 +311,8 @@ pub struct ServerHandle {
     pub hs_feedback: watch::Receiver<HsFeedback>,
     /// Oldest `restart_lsn` of the proxy-side slots, for WAL retention.
     pub slots_min_restart: watch::Receiver<Option<Lsn>>,
+    /// The same for local WAL retention: declared slots count only while active (docs/ha.md).
+    pub slots_local_floor: watch::Receiver<Option<Lsn>>,
     /// The first TCP listening address (`None`: only Unix sockets).
     pub local_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
@@ -373,7 +378,7 @@ impl Server {
     /// (`route.rs`), whose hba, users, slots and feeds then apply. `state_dir` holds its
     /// socket lock files and an (unused) slot file.
     pub async fn start_shared(
-        settings: ServerSettings,
+        mut settings: ServerSettings,
         targets: Vec<(String, RouteTarget)>,
         route_users: std::collections::BTreeMap<String, String>,
         state_dir: PathBuf,
@@ -392,6 +397,8 @@ impl Server {
             archive: None,
             cluster: crate::ops::cluster(route::SHARED_LABEL),
         };
+        // declared slots belong to each cluster's server, not to the listener's unused file
+        settings.declared_slots.clear();
         let router = route::Router {
             clusters: targets.into_iter().map(|(n, t)| (n, t.0)).collect(),
             users: route_users,
@@ -423,6 +430,19 @@ impl Server {
             settings.max_slots,
             settings.max_slot_wal_keep_size,
         )?;
+        let declared = slots.declare(&settings.declared_slots).await;
+        let declared = declared.map_err(|e| match e {
+            slots::SlotError::Io { .. } => ServerError::Slots(e),
+            slots::SlotError::TooMany => ServerError::Config(format!(
+                "server.slots: more slots than max_slots ({}) with those in slots.json",
+                settings.max_slots
+            )),
+            e => ServerError::Config(format!("server.slots: {e}")),
+        })?;
+        for name in declared {
+            tracing::info!("created replication slot \"{name}\" declared in [server] slots");
+        }
+        let slots_local_floor = slots.local_floor();
         let (feedback, hs_feedback) = feedback::FeedbackAggregator::new();
         let shared = Arc::new(Shared {
             access: access::LiveAccess::new(&settings),
@@ -451,6 +471,7 @@ impl Server {
         Ok(ServerHandle {
             hs_feedback,
             slots_min_restart,
+            slots_local_floor,
             local_addr,
             shared,
             task,

@@ -12,6 +12,14 @@
 //! than `max_slot_wal_keep_size` behind walrelay's flush position, so a forgotten standby can
 //! not fill walrelay's disk. Must not: delete WAL (retention does, reading the watch) or talk
 //! to sockets.
+//!
+//! Declared slots (`[server] slots = [...]`, see docs/ha.md) are created at start if absent,
+//! refuse DROP_REPLICATION_SLOT (55000), and are never invalidated. Two horizons are
+//! published: [`Slots::load`]'s receiver is the minimum over every valid slot (archive
+//! expiry: what a standby may still ask for), and [`Slots::local_floor`] leaves out declared
+//! slots that are inactive or more than `max_slot_wal_keep_size` behind (local retention: a
+//! declared slot whose standby streams from the other instance of an HA pair must not pin
+//! this instance's disk; the WAL it needs is served from the shared archive).
 
 #![cfg_attr(
     not(test),
@@ -61,6 +69,8 @@ pub enum SlotError {
     },
     #[error("{message}")]
     Corrupt { path: PathBuf, message: String },
+    #[error("replication slot \"{0}\" is declared in the configuration")]
+    Declared(String),
 }
 
 impl SlotError {
@@ -82,6 +92,9 @@ impl SlotError {
             SlotError::TooMany => {
                 Some("Free one or increase walrelay's \"max_slots\" setting.".into())
             }
+            SlotError::Declared(_) => Some(
+                "Remove it from walrelay's [server] slots and restart walrelay to drop it.".into(),
+            ),
             _ => None,
         }
     }
@@ -96,7 +109,7 @@ impl SqlState for SlotError {
             SlotError::NameTooShort(_) | SlotError::NameInvalid(_) => codes::INVALID_NAME,
             SlotError::NameTooLong(_) => "42622",
             SlotError::TooMany => "53400",
-            SlotError::Invalidated(_) => codes::OBJECT_NOT_IN_STATE,
+            SlotError::Invalidated(_) | SlotError::Declared(_) => codes::OBJECT_NOT_IN_STATE,
             SlotError::Io { .. } | SlotError::Corrupt { .. } => codes::IO_ERROR,
         }
     }
@@ -128,6 +141,8 @@ pub struct SlotView {
     pub restart_lsn: Option<Lsn>,
     pub invalidated: bool,
     pub active_pid: Option<i32>,
+    /// Declared in `[server] slots` (created at start, never dropped by a client).
+    pub declared: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -138,6 +153,11 @@ struct Slot {
     restart_lsn: Option<Lsn>,
     invalidated: bool,
     active: Option<(u64, i32)>,
+    /// Named in `[server] slots` (from the configuration, not from `slots.json`).
+    declared: bool,
+    /// A declared slot more than `max_slot_wal_keep_size` behind: it no longer holds local
+    /// WAL (declared slots are never invalidated).
+    capped: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -167,6 +187,7 @@ pub struct Slots {
     max_keep: Option<u64>,
     inner: Mutex<Inner>,
     min_tx: watch::Sender<Option<Lsn>>,
+    local_tx: watch::Sender<Option<Lsn>>,
 }
 
 impl Slots {
@@ -179,6 +200,7 @@ impl Slots {
         let path = dir.join(SLOTS_FILE);
         let slots = read_file(&path)?;
         let (min_tx, min_rx) = watch::channel(None);
+        let (local_tx, _) = watch::channel(None);
         let s = Slots {
             file: StateFile::new(&path),
             path,
@@ -189,6 +211,7 @@ impl Slots {
                 dirty: false,
             }),
             min_tx,
+            local_tx,
         };
         {
             let g = s.lock();
@@ -201,21 +224,81 @@ impl Slots {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The horizon for local retention (see the module docs): changes when a slot moves,
+    /// and when a declared slot becomes active or inactive.
+    pub fn local_floor(&self) -> watch::Receiver<Option<Lsn>> {
+        self.local_tx.subscribe()
+    }
+
     fn publish(&self, g: &Inner) {
-        let min = g
-            .slots
-            .values()
-            .filter(|s| !s.invalidated)
-            .filter_map(|s| s.restart_lsn.filter(|l| l.is_valid()))
+        let restart = |s: &Slot| s.restart_lsn.filter(|l| l.is_valid());
+        let valid = || g.slots.values().filter(|s| !s.invalidated);
+        let min = valid().filter_map(restart).min();
+        let local = valid()
+            .filter(|s| !s.declared || (s.active.is_some() && !s.capped))
+            .filter_map(restart)
             .min();
-        self.min_tx.send_if_modified(|cur| {
-            if *cur != min {
-                *cur = min;
-                true
-            } else {
-                false
+        for (tx, v) in [(&self.min_tx, min), (&self.local_tx, local)] {
+            tx.send_if_modified(|cur| {
+                if *cur != v {
+                    *cur = v;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+
+    /// Creates the slots declared in `[server] slots` that do not exist yet (persistent, no
+    /// WAL reserved: `restart_lsn` is set by the standby's first reply) and marks every
+    /// declared one, so that a client cannot drop it and the cap does not invalidate it. A
+    /// declared slot that `slots.json` has as invalidated (by an earlier run, before it was
+    /// declared) is made valid again with no `restart_lsn`. Durable before it returns.
+    pub async fn declare(&self, names: &[String]) -> Result<Vec<String>, SlotError> {
+        let (created, ticket) = {
+            let mut g = self.lock();
+            let mut created = Vec::new();
+            let mut changed = false;
+            for name in names {
+                validate_name(name)?;
+                if let Some(s) = g.slots.get_mut(name) {
+                    if s.temporary {
+                        return Err(SlotError::Exists(name.clone()));
+                    }
+                    s.declared = true;
+                    if s.invalidated {
+                        s.invalidated = false;
+                        s.restart_lsn = None;
+                        changed = true;
+                    }
+                    continue;
+                }
+                if g.slots.len() >= self.max_slots {
+                    return Err(SlotError::TooMany);
+                }
+                g.slots.insert(
+                    name.clone(),
+                    Slot {
+                        temporary: false,
+                        owner: None,
+                        restart_lsn: None,
+                        invalidated: false,
+                        active: None,
+                        declared: true,
+                        capped: false,
+                    },
+                );
+                created.push(name.clone());
+                changed = true;
             }
-        });
+            self.publish(&g);
+            (created, changed.then(|| self.submit(&g)))
+        };
+        if let Some(t) = ticket {
+            t.wait().await.map_err(|e| self.io_error(e))?;
+        }
+        Ok(created)
     }
 
     /// Hands a snapshot of the persistent slots to the writer thread (called with the
@@ -294,6 +377,8 @@ impl Slots {
                 restart_lsn,
                 invalidated: false,
                 active: None,
+                declared: false,
+                capped: false,
             },
         );
         self.publish(&g);
@@ -320,6 +405,9 @@ impl Slots {
             .slots
             .get(name)
             .ok_or_else(|| SlotError::NotFound(name.into()))?;
+        if slot.declared {
+            return Err(SlotError::Declared(name.into()));
+        }
         if let Some((sess, pid)) = slot.active {
             if sess != session {
                 return Err(SlotError::Active {
@@ -361,7 +449,9 @@ impl Slots {
             return Err(SlotError::Invalidated(name.into()));
         }
         slot.active = Some((session, pid));
-        Ok(view(name, slot))
+        let v = view(name, slot);
+        self.publish(&g);
+        Ok(v)
     }
 
     pub fn release(&self, name: &str, session: u64) {
@@ -371,6 +461,7 @@ impl Slots {
                 s.active = None;
             }
         }
+        self.publish(&g);
     }
 
     /// The session ended: release its slots and drop its temporary ones.
@@ -422,17 +513,23 @@ impl Slots {
         };
         let mut g = self.lock();
         let mut hit = Vec::new();
+        let mut capped_changed = false;
         for (name, s) in g.slots.iter_mut() {
-            if let Some(r) = s.restart_lsn {
-                if !s.invalidated && flush.saturating_sub(r) > cap {
-                    s.invalidated = true;
-                    s.restart_lsn = None;
-                    hit.push(name.clone());
-                }
+            let behind = s.restart_lsn.is_some_and(|r| flush.saturating_sub(r) > cap);
+            if s.declared {
+                // never invalidated: it only stops holding local WAL
+                capped_changed |= s.capped != behind;
+                s.capped = behind;
+            } else if behind && !s.invalidated {
+                s.invalidated = true;
+                s.restart_lsn = None;
+                hit.push(name.clone());
             }
         }
         if !hit.is_empty() {
             g.dirty = true;
+        }
+        if !hit.is_empty() || capped_changed {
             self.publish(&g);
         }
         hit
@@ -505,6 +602,8 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, Slot>, SlotError> {
                     restart_lsn,
                     invalidated: s.invalidated,
                     active: None,
+                    declared: false,
+                    capped: false,
                 },
             )
             .is_some()
@@ -522,6 +621,7 @@ fn view(name: &str, s: &Slot) -> SlotView {
         restart_lsn: s.restart_lsn,
         invalidated: s.invalidated,
         active_pid: s.active.map(|(_, p)| p),
+        declared: s.declared,
     }
 }
 
@@ -570,6 +670,85 @@ mod tests {
         assert!(matches!(
             again.drop_slot("s1", 9).await,
             Err(SlotError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn declared_slots_survive_drop_restart_and_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["standby1".to_string(), "standby2".to_string()];
+        {
+            let (slots, min) = Slots::load(dir.path(), 8, Some(1000)).unwrap();
+            let local = slots.local_floor();
+            assert_eq!(slots.declare(&names).await.unwrap(), names);
+            let v = slots.get("standby1").unwrap();
+            assert!(v.declared && !v.temporary && v.restart_lsn.is_none());
+            // a client cannot drop it: PostgreSQL-like text, 55000
+            let e = slots.drop_slot("standby1", 1).await.unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "replication slot \"standby1\" is declared in the configuration"
+            );
+            assert_eq!(e.sqlstate(), "55000");
+            assert!(e.hint().unwrap().contains("[server] slots"));
+            // active: holds local WAL and the archive; inactive: only the archive
+            slots.acquire("standby1", 2, 77).unwrap();
+            slots.confirm_flush("standby1", Lsn(5000));
+            assert_eq!(*min.borrow(), Some(Lsn(5000)));
+            assert_eq!(*local.borrow(), Some(Lsn(5000)));
+            slots.session_ended(2);
+            assert_eq!(*min.borrow(), Some(Lsn(5000)));
+            assert_eq!(*local.borrow(), None);
+            // an ordinary slot still holds local WAL while inactive
+            slots
+                .create("plain", false, Some(Lsn(6000)), 3)
+                .await
+                .unwrap();
+            assert_eq!(*local.borrow(), Some(Lsn(6000)));
+            // far behind: the declared slot is not invalidated, the plain one is
+            slots.acquire("standby1", 4, 78).unwrap();
+            assert_eq!(*local.borrow(), Some(Lsn(5000)));
+            assert_eq!(slots.enforce_cap(Lsn(7001)), vec!["plain".to_string()]);
+            let v = slots.get("standby1").unwrap();
+            assert!(!v.invalidated && v.restart_lsn == Some(Lsn(5000)));
+            assert_eq!(
+                *local.borrow(),
+                None,
+                "a capped declared slot holds no local WAL"
+            );
+            assert_eq!(*min.borrow(), Some(Lsn(5000)));
+            slots.confirm_flush("standby1", Lsn(7000));
+            assert!(slots.enforce_cap(Lsn(7001)).is_empty());
+            assert_eq!(*local.borrow(), Some(Lsn(7000)));
+            slots.session_ended(4);
+            slots.sync().await.unwrap();
+        }
+        // restart: the file keeps the position; declaring again creates nothing
+        let (again, min) = Slots::load(dir.path(), 8, Some(1000)).unwrap();
+        assert!(
+            !again.get("standby1").unwrap().declared,
+            "declared-ness is config"
+        );
+        assert!(again.declare(&names).await.unwrap().is_empty());
+        assert_eq!(again.get("standby1").unwrap().restart_lsn, Some(Lsn(7000)));
+        assert_eq!(*min.borrow(), Some(Lsn(7000)));
+        // taken out of the configuration: an ordinary slot, droppable
+        let (third, _) = Slots::load(dir.path(), 8, Some(1000)).unwrap();
+        third.declare(&names[1..]).await.unwrap();
+        third.drop_slot("standby1", 9).await.unwrap();
+        assert!(matches!(
+            third.drop_slot("standby2", 9).await,
+            Err(SlotError::Declared(_))
+        ));
+        // bad names and too many are start-up errors
+        let (small, _) = Slots::load(tempfile::tempdir().unwrap().path(), 1, None).unwrap();
+        assert!(matches!(
+            small.declare(&["Bad".to_string()]).await,
+            Err(SlotError::NameInvalid(_))
+        ));
+        assert!(matches!(
+            small.declare(&names).await,
+            Err(SlotError::TooMany)
         ));
     }
 }
