@@ -21,7 +21,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{ArchiveConfig, BackupConfig, Config, FeedConfig, FeedsConfig, ServerConfig, UpstreamConfig};
+use super::{
+    ArchiveConfig, BackupConfig, Config, FeedConfig, FeedsConfig, ServerConfig, UpstreamConfig,
+};
 
 /// The cluster label of the single-cluster form without a top-level `name`.
 pub const DEFAULT_CLUSTER: &str = "default";
