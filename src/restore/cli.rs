@@ -270,11 +270,10 @@ pub async fn select(
         _ => {
             let all = catalog::list(cat).await.map_err(archive_err)?;
             match choose(all.clone(), t) {
-                Err(RestoreError::Incomplete { .. }) if force => {
-                    all.into_iter().next_back().ok_or_else(|| {
-                        RestoreError::NoBackup("the archive holds no backup".into())
-                    })?
-                }
+                Err(RestoreError::Incomplete { .. }) if force => all
+                    .into_iter()
+                    .next_back()
+                    .ok_or_else(|| RestoreError::NoBackup("the archive holds no backup".into()))?,
                 r => r?,
             }
         }
