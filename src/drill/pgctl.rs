@@ -56,13 +56,10 @@ pub fn chown_tree(path: &Path, who: RunAs) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The major version of `server_version_num` (150018 → 15; 90624 → 9.6 as 9).
+/// The major version of `server_version_num` (150018 → 15). Backups come from PostgreSQL 14
+/// or later (BASE_BACKUP with a manifest), so the two-part majors before 10 do not occur.
 pub fn major_of(server_version: u32) -> u32 {
-    if server_version >= 100_000 {
-        server_version / 10_000
-    } else {
-        server_version / 100
-    }
+    server_version / 10_000
 }
 
 fn version_of(postgres: &Path) -> Option<u32> {
@@ -267,6 +264,6 @@ mod tests {
     fn majors() {
         assert_eq!(major_of(150018), 15);
         assert_eq!(major_of(180001), 18);
-        assert_eq!(major_of(90624), 9);
+        assert_eq!(major_of(140013), 14);
     }
 }
