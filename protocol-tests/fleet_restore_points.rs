@@ -627,7 +627,7 @@ fn restore_points_one_process_group_feeds() {
     std::fs::write(
         &conf,
         format!(
-            "[metrics]\nlisten = \"{metrics}\"\n{}{}[[group]]\nname = \"app\"\nclusters = [\"shard1\", \"shard2\"]\nfence_key = {KEY}\nevery = \"10s\"\nname_format = \"auto-%Y%m%dT%H%M%SZ\"\n",
+            "[metrics]\nlisten = \"{metrics}\"\n{}{}[[group]]\nname = \"app\"\nclusters = [\"shard1\", \"shard2\"]\nfence_key = {KEY}\nfence_timeout = \"2s\"\nevery = \"10s\"\nname_format = \"auto-%Y%m%dT%H%M%SZ\"\n",
             one("shard1", &da, &a, la),
             one("shard2", &db, &b, lb)
         ),
@@ -769,5 +769,49 @@ fn restore_points_one_process_group_feeds() {
     ]);
     let s = states();
     assert!(s.iter().all(|x| x != "paused" && x != "advanced"), "{s:?}");
+
+    // the application holds the fence on shard2: periodic restore points fail, logged with
+    // the cluster and the cause and counted, while WAL keeps flowing through walrelay
+    b.psql(&format!(
+        "begin; select pg_advisory_xact_lock_shared({KEY}); insert into dt values (1000); prepare transaction 'hold';"
+    ));
+    harness::wait_for(
+        Duration::from_secs(60),
+        "a failed periodic restore point",
+        || {
+            relay
+                .log()
+                .contains("of group \"app\" failed: cluster \"shard2\": could not take the fence")
+        },
+    );
+    let m = http_get(&metrics, "/metrics").unwrap_or_default();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("walrelay_restore_point_failures_total{")
+                && l.contains("group=\"app\"")
+                && !l.ends_with(" 0")),
+        "{m}"
+    );
+    b.psql("create table after_hold (x int)");
+    let target = b.current_lsn();
+    harness::wait_for(
+        Duration::from_secs(30),
+        "shard2's WAL through walrelay",
+        || {
+            b.install()
+                .psql_conninfo(
+                    &format!("host=127.0.0.1 port={lb} user=postgres replication=true"),
+                    "IDENTIFY_SYSTEM",
+                )
+                .ok()
+                .and_then(|o| {
+                    o.split('|')
+                        .nth(2)
+                        .and_then(|p| p.parse::<walrelay::lsn::Lsn>().ok())
+                })
+                .is_some_and(|p| p >= target)
+        },
+    );
+    b.psql("commit prepared 'hold'");
     assert!(relay.stop().success(), "{}", relay.log());
 }
