@@ -126,7 +126,12 @@ pub async fn apply(
     let cutoff = now.checked_sub(ABANDONED).unwrap_or(SystemTime::UNIX_EPOCH);
     let mut abandoned = Vec::new();
     for id in catalog::list_ids(cat).await? {
-        if !listed.contains(&id.as_str()) && id_time(&id).is_some_and(|t| t < cutoff) {
+        // old by its ID *and* untouched for a day: a long backup still uploading (a large
+        // database, a spread checkpoint, a slow store) writes parts all the time
+        if !listed.contains(&id.as_str())
+            && id_time(&id).is_some_and(|t| t < cutoff)
+            && newest_write(cat, &id).await?.is_none_or(|t| t < cutoff)
+        {
             abandoned.push(id);
         }
     }
@@ -150,7 +155,23 @@ pub async fn apply(
     Ok(ids)
 }
 
-/// A backup directory without `backup.json` this old is abandoned.
+/// When anything under backup `id`'s directory was last written (`None`: nothing there).
+async fn newest_write(cat: &Catalog, id: &str) -> Result<Option<SystemTime>> {
+    let store = cat.reader().object_store();
+    let dir = cat.backups_dir().child(id);
+    let mut newest: Option<SystemTime> = None;
+    let mut s = store.list(Some(&dir));
+    while let Some(item) = s.next().await {
+        let t: SystemTime = item
+            .map_err(ArchiveError::store("list", &dir))?
+            .last_modified
+            .into();
+        newest = Some(newest.map_or(t, |n| n.max(t)));
+    }
+    Ok(newest)
+}
+
+/// A backup directory without `backup.json` this old, and unwritten this long, is abandoned.
 const ABANDONED: Duration = Duration::from_secs(24 * 3600);
 
 /// Deletes backup `id`: `backup.json` first, then the rest.
@@ -265,9 +286,17 @@ mod tests {
             apply(&cat, &keep1, now, false).await.unwrap(),
             vec!["20260101T000000Z"]
         );
+        // old IDs, but their objects were written moments ago: still uploading, kept
         assert_eq!(
             catalog::list_ids(&cat).await.unwrap(),
-            vec!["20260102T000000Z", "20260109T230000Z"]
+            vec!["20260102T000000Z", "20260108T000000Z", "20260109T230000Z"]
+        );
+        // two days later nothing was written there: abandoned, deleted
+        let later = SystemTime::now() + Duration::from_secs(2 * 24 * 3600);
+        assert!(apply(&cat, &keep1, later, false).await.unwrap().is_empty());
+        assert_eq!(
+            catalog::list_ids(&cat).await.unwrap(),
+            vec!["20260102T000000Z"]
         );
         // the floor for archive expiry is the kept backup's start segment
         assert_eq!(wal_floor(cat.reader()).await.unwrap(), Some(Lsn(0x2000000)));

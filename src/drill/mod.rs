@@ -104,7 +104,18 @@ fn default_workdir() -> PathBuf {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    std::env::temp_dir().join(format!("walrelay-drill-{}-{t}", std::process::id()))
+    let dir = std::env::temp_dir().join(format!("walrelay-drill-{}-{t}", std::process::id()));
+    // Created here, exclusively (fails if the name exists, never follows a link): a
+    // directory another local user made in advance in the shared temporary directory would
+    // let them edit the restored cluster before PostgreSQL starts.
+    use std::os::unix::fs::DirBuilderExt;
+    if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        tracing::warn!(
+            "could not create drill directory \"{}\": {e}",
+            dir.display()
+        );
+    }
+    dir
 }
 
 /// Tablespace locations of the backup (from its archives or its tablespace_map).

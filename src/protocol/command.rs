@@ -486,7 +486,7 @@ impl Parser<'_> {
             };
             let val = match self.peek()? {
                 Tok::Ident(s) | Tok::SConst(s) => OptVal::Str(s.clone()),
-                Tok::UConst(n) => OptVal::Int(*n as i32),
+                Tok::UConst(n) => OptVal::Int(i32::try_from(*n).unwrap_or(i32::MAX)),
                 _ => OptVal::None,
             };
             if val != OptVal::None {
@@ -536,7 +536,10 @@ impl Parser<'_> {
                 Kw::MaxRate => {
                     self.next()?;
                     match self.next()? {
-                        Tok::UConst(n) => ("max_rate", OptVal::Int(n as i32)),
+                        Tok::UConst(n) => (
+                            "max_rate",
+                            OptVal::Int(i32::try_from(n).unwrap_or(i32::MAX)),
+                        ),
                         _ => return Err(syntax("syntax error")),
                     }
                 }

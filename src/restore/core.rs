@@ -76,6 +76,21 @@ fn io_err<'a>(
     }
 }
 
+fn sync_filesystems<'a>(
+    dir: &Path,
+    tablespaces: impl Iterator<Item = &'a PathBuf>,
+) -> Result<(), RestoreError> {
+    use std::os::fd::AsRawFd;
+    for p in std::iter::once(dir).chain(tablespaces.map(|p| p.as_path())) {
+        let f = std::fs::File::open(p).map_err(io_err("open", p))?;
+        // SAFETY: syncfs only reads the descriptor, which `f` keeps open for the call.
+        if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+            return Err(io_err("syncfs", p)(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
 /// Creates `dir` (0700) or accepts it when it exists and is empty.
 pub fn prepare_empty_dir(dir: &Path, what: &str) -> Result<(), RestoreError> {
     use std::os::unix::fs::PermissionsExt;
@@ -233,6 +248,10 @@ fn restore_inner(
         let p = dir.join("backup_manifest");
         std::fs::write(&p, b).map_err(io_err("write", &p))?;
     }
+    // Everything restored is durable before the signal file says "recover from this":
+    // syncfs on the data directory's and every tablespace's file system (what initdb and
+    // pg_basebackup do with --sync-method=syncfs).
+    sync_filesystems(dir, out.tablespaces.values())?;
     if let Some(s) = settings {
         let signal = s
             .write(dir)

@@ -80,7 +80,12 @@ pub fn sh_quote(s: &str) -> String {
 impl Settings {
     /// The lines appended to postgresql.auto.conf.
     pub fn render(&self) -> String {
-        let mut cmd: Vec<String> = self.wal_fetch.iter().map(|a| sh_quote(a)).collect();
+        // `%` is escaped as `%%`: PostgreSQL replaces %f, %p, %r in restore_command
+        let mut cmd: Vec<String> = self
+            .wal_fetch
+            .iter()
+            .map(|a| sh_quote(&a.replace('%', "%%")))
+            .collect();
         cmd.push("%f".into());
         cmd.push("%p".into());
         let mut s = String::from("\n# added by walrelay restore\n");
