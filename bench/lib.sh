@@ -222,7 +222,15 @@ weed_start() {
 # relay_start WPORT MPORT: `walrelay run --archive none` from the primary on $PORT, with its
 # walsender on WPORT and /status on MPORT; waits until it streams. Sets WPID; defines status.
 relay_start() {
-  "$BIN" run --upstream "$CONN" -D "$T/wr" --slot walrelay --archive none \
+  # fan-out starts up to 50 clients at once from one address: above the default
+  # pre-authentication limits (16 per address, 32 in all; docs/security.md), so raise them
+  cat >"$T/wr.toml" <<TOML
+[server]
+max_connections = 200
+max_startup_connections = 128
+max_startup_connections_per_address = 128
+TOML
+  "$BIN" run -c "$T/wr.toml" --upstream "$CONN" -D "$T/wr" --slot walrelay --archive none \
     --listen "127.0.0.1:$1" --metrics-listen "127.0.0.1:$2" >"$T/walrelay.log" 2>&1 &
   WPID=$!
   on_exit "kill $WPID; wait $WPID"
