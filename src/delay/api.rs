@@ -94,22 +94,7 @@ pub fn register_routes(routes: &mut Routes, feeds: Arc<FeedController>) {
             let [name, action] = req.rest(1) else {
                 return Response::error(404, "use POST /feeds/NAME/pause|resume|advance");
             };
-            let r = match action.as_str() {
-                "pause" => f.pause(name),
-                "resume" => f.resume(name),
-                "advance" => {
-                    let get = |k: &str| req.param(k).map(str::to_string);
-                    match AdvanceTarget::from_params(&get, pg_now()) {
-                        Ok(t) => f.advance(name, &t),
-                        Err(e) => return Response::error(400, e),
-                    }
-                }
-                _ => return Response::error(404, format!("unknown feed action \"{action}\"")),
-            };
-            match r {
-                Ok(v) => Response::json(200, &v),
-                Err(e) => Response::error(e.http_status(), e.to_string()),
-            }
+            feed_action(&f, name, action, req)
         }),
     );
     let f = feeds.clone();
@@ -133,6 +118,27 @@ pub fn register_routes(routes: &mut Routes, feeds: Arc<FeedController>) {
 }
 
 /// Finds the controller that has a feed of this name (the process may run several clusters).
+/// `POST /feeds/NAME/ACTION` on the controller that owns feed `name` (single- and
+/// multi-cluster routes share it).
+pub(crate) fn feed_action(f: &FeedController, name: &str, action: &str, req: &Request) -> Response {
+    let r = match action {
+        "pause" => f.pause(name),
+        "resume" => f.resume(name),
+        "advance" => {
+            let get = |k: &str| req.param(k).map(str::to_string);
+            match AdvanceTarget::from_params(&get, pg_now()) {
+                Ok(t) => f.advance(name, &t),
+                Err(e) => return Response::error(400, e),
+            }
+        }
+        _ => return Response::error(404, format!("unknown feed action \"{action}\"")),
+    };
+    match r {
+        Ok(v) => Response::json(200, &v),
+        Err(e) => Response::error(e.http_status(), e.to_string()),
+    }
+}
+
 pub type FeedLookup = Arc<dyn Fn(&str) -> Option<Arc<FeedController>> + Send + Sync>;
 
 /// Registers `POST /feedset/pause|resume|advance?feeds=CLUSTER:FEED,…[&to_restore_point=…]`:

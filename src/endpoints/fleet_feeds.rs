@@ -21,9 +21,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::admin::{Request, Response, Routes};
-use crate::delay::feeds::AdvanceTarget;
 use crate::delay::FeedController;
-use crate::lsn::pg_now;
 
 type Clusters = Arc<Vec<(String, Arc<FeedController>)>>;
 
@@ -94,22 +92,7 @@ pub(super) fn register_routes(routes: &mut Routes, feeds: Vec<(String, Arc<FeedC
             let Some(f) = owner(&a, name) else {
                 return not_found(name);
             };
-            let r = match action.as_str() {
-                "pause" => f.pause(name),
-                "resume" => f.resume(name),
-                "advance" => {
-                    let get = |k: &str| req.param(k).map(str::to_string);
-                    match AdvanceTarget::from_params(&get, pg_now()) {
-                        Ok(t) => f.advance(name, &t),
-                        Err(e) => return Response::error(400, e),
-                    }
-                }
-                _ => return Response::error(404, format!("unknown feed action \"{action}\"")),
-            };
-            match r {
-                Ok(v) => Response::json(200, &v),
-                Err(e) => Response::error(e.http_status(), e.to_string()),
-            }
+            crate::delay::api::feed_action(&f, name, action, req)
         }),
     );
     // group feed control (restorepoints agent): POST /feedset/… over every cluster's feeds
