@@ -257,9 +257,20 @@ pub(crate) struct Ctx {
     /// The store's in-memory tail: a completed segment still in it is hashed and uploaded
     /// from its shared buffers, without reading the file or taking an upload buffer.
     tail: Option<Arc<Tail>>,
+    /// The `file://` archive, when objects are stored as they are (no compression, no
+    /// encryption): a segment read back from a file is copied in pieces
+    /// ([`super::local_copy`]) instead of through a segment-sized buffer.
+    local: Option<super::durable_fs::DurableFs>,
 }
 
 impl Ctx {
+    /// Where the tail may hold timeline `tli`'s WAL from `start` (for a streamed copy).
+    fn in_tail(&self, tli: TimelineId, start: Lsn) -> Option<super::local_copy::InTail> {
+        self.tail
+            .clone()
+            .map(|tail| super::local_copy::InTail { tail, tli, start })
+    }
+
     /// The upload context for WAL of system `sysid` under `prefix` of `backend`, with the
     /// `[archive]` settings of `cfg`; local files are read from `dir`.
     pub(crate) fn new(
@@ -284,6 +295,10 @@ impl Ctx {
             sorted_listing: backend.scheme != "file",
             buffers: BufferPool::new(buffer_capacity(seg_size), keep),
             tail: None,
+            local: backend
+                .local
+                .clone()
+                .filter(|_| cfg.compression == Compression::None && cfg.encryption_key.is_none()),
         }
     }
 }
@@ -1162,6 +1177,24 @@ async fn upload_segment(
     let name = segment_file_name(tli, segno, ctx.seg_size);
     let object = ctx.layout.wal_object(&name, ctx.compression);
     let start = Lsn(segno.saturating_mul(ctx.seg_size));
+    if let Some(fs) = ctx.local.clone() {
+        let src = ctx.dir.join(&name);
+        let len = ctx.seg_size;
+        let in_tail = ctx.in_tail(tli, start);
+        let copied = upload::retry(&ctx.policy, shutdown, &format!("upload of {name}"), || {
+            let (fs, src, object, t) = (fs.clone(), src.clone(), object.clone(), in_tail.clone());
+            blocking(move || {
+                super::local_copy::copy_create(&fs, &src, len, true, &object, t.as_ref())
+            })
+        })
+        .await?;
+        put_segment_manifest(ctx, tli, segno, (len, len), copied.sha256, shutdown).await?;
+        if copied.outcome == PutOutcome::AlreadyPresent {
+            tracing::info!("archive: {name} was already archived with the same content");
+        }
+        cleanup_snapshots(ctx, &name, None).await;
+        return Ok(copied.outcome);
+    }
     let prepared = prepare_file(
         ctx,
         ctx.dir.join(&name),
@@ -1203,6 +1236,21 @@ pub(crate) async fn store_segment(
     .await?;
     // the buffer goes back to the pool before the manifest round trip
     drop(stored);
+    put_segment_manifest(ctx, tli, segno, (raw_len, stored_size), sha256, shutdown).await?;
+    Ok(outcome)
+}
+
+/// Records the manifest of segment `segno` once its object is stored: `sizes` are the WAL's
+/// and the stored object's, `sha256` the WAL's.
+async fn put_segment_manifest(
+    ctx: &Arc<Ctx>,
+    tli: TimelineId,
+    segno: u64,
+    (raw_len, stored_size): (u64, u64),
+    sha256: String,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), ArchiveError> {
+    let name = segment_file_name(tli, segno, ctx.seg_size);
     let start = Lsn(segno.saturating_mul(ctx.seg_size));
     let manifest = Manifest {
         name,
@@ -1216,7 +1264,7 @@ pub(crate) async fn store_segment(
         encryption: encryption_of(ctx.policy.key.as_ref()),
     };
     put_manifest(ctx, &manifest, shutdown).await?;
-    Ok(outcome)
+    Ok(())
 }
 
 async fn upload_history(
@@ -1313,6 +1361,24 @@ async fn upload_snapshot(
         ctx.dir.join(&name)
     };
     let path = ctx.layout.partial(&name, offset, ctx.compression);
+    if let Some(fs) = ctx.local.clone() {
+        let in_tail = ctx.in_tail(tli, Lsn(segno.saturating_mul(ctx.seg_size)));
+        let copied = upload::retry(
+            &ctx.policy,
+            shutdown,
+            &format!("snapshot of {name}"),
+            || {
+                let (fs, file, object, t) =
+                    (fs.clone(), file.clone(), path.clone(), in_tail.clone());
+                blocking(move || {
+                    super::local_copy::copy_create(&fs, &file, offset, false, &object, t.as_ref())
+                })
+            },
+        )
+        .await?;
+        cleanup_snapshots(ctx, &name, Some(offset)).await;
+        return Ok(copied.outcome);
+    }
     let Prepared {
         sha256: sha,
         stored,

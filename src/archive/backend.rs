@@ -34,6 +34,9 @@ pub struct Backend {
     /// Set when no credentials were configured and object_store falls back to a cloud
     /// metadata service: said with a failed start-up probe.
     pub credentials_note: Option<String>,
+    /// The `file://` archive itself, for uploads streamed from a local file
+    /// (`archive::local_copy`): `None` for other schemes.
+    pub local: Option<super::durable_fs::DurableFs>,
 }
 
 /// walrelay's HTTP client defaults, applied to the keys the environment left unset.
@@ -155,7 +158,8 @@ pub fn open(url: &str, cfg: &ArchiveConfig) -> Result<Backend, ArchiveError> {
             let fs = super::durable_fs::DurableFs::new(path)
                 .map_err(ArchiveError::io("open archive directory", path))?;
             Ok(Backend {
-                store: Arc::new(fs),
+                store: Arc::new(fs.clone()),
+                local: Some(fs),
                 prefix: ObjPath::default(),
                 url: url.to_string(),
                 scheme: "file",
@@ -169,6 +173,7 @@ pub fn open(url: &str, cfg: &ArchiveConfig) -> Result<Backend, ArchiveError> {
             url: url.to_string(),
             scheme: "memory",
             credentials_note: None,
+            local: None,
         }),
         "s3" | "s3a" => {
             use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
@@ -241,6 +246,7 @@ pub fn open(url: &str, cfg: &ArchiveConfig) -> Result<Backend, ArchiveError> {
                 url: url.to_string(),
                 scheme: "s3",
                 credentials_note,
+                local: None,
             })
         }
         "az" | "azure" => {
@@ -301,6 +307,7 @@ pub fn open(url: &str, cfg: &ArchiveConfig) -> Result<Backend, ArchiveError> {
                 url: url.to_string(),
                 scheme: "az",
                 credentials_note: None,
+                local: None,
             })
         }
         "gs" => {
@@ -326,6 +333,7 @@ pub fn open(url: &str, cfg: &ArchiveConfig) -> Result<Backend, ArchiveError> {
                 url: url.to_string(),
                 scheme: "gs",
                 credentials_note: None,
+                local: None,
             })
         }
         other => Err(ArchiveError::Config(format!(

@@ -66,41 +66,48 @@ impl DurableFs {
     }
 
     #[cfg(test)]
-    fn with_log(mut self) -> (DurableFs, Arc<Mutex<Vec<PathBuf>>>) {
+    pub(crate) fn with_log(mut self) -> (DurableFs, Arc<Mutex<Vec<PathBuf>>>) {
         let log = Arc::new(Mutex::new(Vec::new()));
         self.log = Some(log.clone());
         (self, log)
     }
 
+    /// The file that holds the object at `location`.
+    pub(crate) fn object_file(&self, location: &ObjPath) -> Result<PathBuf> {
+        self.inner.path_to_filesystem(location)
+    }
+
+    /// fsyncs `file` (an object's file) and the directories from its parent up to the root,
+    /// then lets the kernel drop its cached pages. Blocking: call it off the async threads.
+    pub(crate) fn sync_file_blocking(&self, file: &Path) -> Result<()> {
+        let note = |p: &Path| {
+            if let Some(l) = &self.log {
+                l.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(p.to_path_buf());
+            }
+        };
+        let f = std::fs::File::open(file).map_err(|e| io_error(file, e))?;
+        f.sync_all().map_err(|e| io_error(file, e))?;
+        drop_cached(&f);
+        note(file);
+        let mut dir = file.parent();
+        while let Some(d) = dir {
+            crate::statefile::fsync_dir(d).map_err(|e| io_error(d, e))?;
+            note(d);
+            if d == self.root || !d.starts_with(&self.root) {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
+    }
+
     /// fsyncs the file of `location` and the directories from its parent up to the root.
     async fn sync(&self, location: &ObjPath) -> Result<()> {
         let file = self.inner.path_to_filesystem(location)?;
-        let root = self.root.clone();
-        let log = self.log.clone();
-        let r = tokio::task::spawn_blocking(move || -> Result<()> {
-            let note = |p: &Path| {
-                if let Some(l) = &log {
-                    l.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(p.to_path_buf());
-                }
-            };
-            let f = std::fs::File::open(&file).map_err(|e| io_error(&file, e))?;
-            f.sync_all().map_err(|e| io_error(&file, e))?;
-            drop_cached(&f);
-            note(&file);
-            let mut dir = file.parent();
-            while let Some(d) = dir {
-                crate::statefile::fsync_dir(d).map_err(|e| io_error(d, e))?;
-                note(d);
-                if d == root || !d.starts_with(&root) {
-                    break;
-                }
-                dir = d.parent();
-            }
-            Ok(())
-        })
-        .await;
+        let fs = self.clone();
+        let r = tokio::task::spawn_blocking(move || fs.sync_file_blocking(&file)).await;
         r.map_err(|e| object_store::Error::Generic {
             store: "LocalFileSystem",
             source: Box::new(e),
@@ -129,7 +136,7 @@ impl DurableFs {
 /// Lets the kernel drop the page cache of `f`, whose pages are clean after its fsync: an
 /// archive copy is not read back in normal operation, so keeping it cached would only push
 /// out pages that are (the store's recent WAL). Advice only: a refusal changes nothing.
-fn drop_cached(f: &std::fs::File) {
+pub(crate) fn drop_cached(f: &std::fs::File) {
     use std::os::fd::AsRawFd;
     // SAFETY: posix_fadvise only reads its integer arguments; `f` is an open descriptor.
     let _ = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };

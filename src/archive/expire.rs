@@ -291,6 +291,7 @@ mod tests {
             url: "memory:///".into(),
             scheme: "memory",
             credentials_note: None,
+            local: None,
         };
         let r = ArchiveReader::open_backend(backend, Some(SYSID), 0, Default::default())
             .await

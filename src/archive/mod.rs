@@ -22,6 +22,7 @@ pub mod durable_fs;
 pub mod expire;
 pub mod fetch;
 pub mod layout;
+pub mod local_copy;
 pub mod probe;
 pub mod reader;
 pub mod upload;

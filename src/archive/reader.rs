@@ -516,6 +516,7 @@ mod tests {
             url: "memory:///".into(),
             scheme: "memory",
             credentials_note: None,
+            local: None,
         };
         let reader = ArchiveReader::open_backend(backend, Some(SYSID), 2, Compression::Zstd)
             .await
