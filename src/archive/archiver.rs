@@ -260,7 +260,7 @@ pub(crate) struct Ctx {
     /// The `file://` archive, when objects are stored as they are (no compression, no
     /// encryption): a segment read back from a file is copied in pieces
     /// ([`super::local_copy`]) instead of through a segment-sized buffer.
-    local: Option<super::durable_fs::DurableFs>,
+    pub(crate) local: Option<super::durable_fs::DurableFs>,
 }
 
 impl Ctx {
@@ -1177,23 +1177,14 @@ async fn upload_segment(
     let name = segment_file_name(tli, segno, ctx.seg_size);
     let object = ctx.layout.wal_object(&name, ctx.compression);
     let start = Lsn(segno.saturating_mul(ctx.seg_size));
-    if let Some(fs) = ctx.local.clone() {
-        let src = ctx.dir.join(&name);
-        let len = ctx.seg_size;
+    if ctx.local.is_some() {
         let in_tail = ctx.in_tail(tli, start);
-        let copied = upload::retry(&ctx.policy, shutdown, &format!("upload of {name}"), || {
-            let (fs, src, object, t) = (fs.clone(), src.clone(), object.clone(), in_tail.clone());
-            blocking(move || {
-                super::local_copy::copy_create(&fs, &src, len, true, &object, t.as_ref())
-            })
-        })
-        .await?;
-        put_segment_manifest(ctx, tli, segno, (len, len), copied.sha256, shutdown).await?;
-        if copied.outcome == PutOutcome::AlreadyPresent {
+        let outcome = copy_segment(ctx, tli, segno, ctx.dir.join(&name), in_tail, shutdown).await?;
+        if outcome == PutOutcome::AlreadyPresent {
             tracing::info!("archive: {name} was already archived with the same content");
         }
         cleanup_snapshots(ctx, &name, None).await;
-        return Ok(copied.outcome);
+        return Ok(outcome);
     }
     let prepared = prepare_file(
         ctx,
@@ -1210,6 +1201,34 @@ async fn upload_segment(
     }
     cleanup_snapshots(ctx, &name, None).await;
     Ok(outcome)
+}
+
+/// Stores segment `segno` of a `file://` archive storing objects as they are
+/// ([`Ctx::local`]) by a streamed copy of `src` (pieces the tail still holds taken from it),
+/// retried as an upload is, then its manifest.
+pub(crate) async fn copy_segment(
+    ctx: &Arc<Ctx>,
+    tli: TimelineId,
+    segno: u64,
+    src: PathBuf,
+    in_tail: Option<super::local_copy::InTail>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<PutOutcome, ArchiveError> {
+    let Some(fs) = ctx.local.clone() else {
+        return Err(ArchiveError::Config(
+            "a streamed copy needs an uncompressed, unencrypted file:// archive".into(),
+        ));
+    };
+    let name = segment_file_name(tli, segno, ctx.seg_size);
+    let object = ctx.layout.wal_object(&name, ctx.compression);
+    let len = ctx.seg_size;
+    let copied = upload::retry(&ctx.policy, shutdown, &format!("upload of {name}"), || {
+        let (fs, src, object, t) = (fs.clone(), src.clone(), object.clone(), in_tail.clone());
+        blocking(move || super::local_copy::copy_create(&fs, &src, len, true, &object, t.as_ref()))
+    })
+    .await?;
+    put_segment_manifest(ctx, tli, segno, (len, len), copied.sha256, shutdown).await?;
+    Ok(copied.outcome)
 }
 
 /// Stores a prepared segment: the object (create-if-absent, retried until it succeeds, a

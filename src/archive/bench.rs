@@ -6,12 +6,15 @@
 //! `concurrency` more), through the archiver's own path: hashing, compression as configured,
 //! the create-if-absent PUT with its retries (multipart above `archive.multipart_threshold`),
 //! then the manifest ([`super::archiver::store_segment`]). Only the source differs: the data
-//! is in memory instead of in a local file. Everything goes under
+//! is in memory instead of in a local file — except for a `file://` archive storing objects
+//! as they are, which `walrelay run` fills by a streamed copy from the segment file
+//! ([`super::archiver::copy_segment`]): there the data is written once to a temporary file
+//! (page-cached) and copied from it, outside the object prefix. Everything goes under
 //! a prefix of its own, `<archive prefix>/walrelay-bench-<time>-<pid>/`, and is deleted after
 //! each level (outside the timed part).
 //!
 //! Owns: nothing that outlives the run. Must not: read, write or delete anything outside its
-//! own prefix.
+//! own prefix (and its temporary source file).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,7 +27,7 @@ use object_store::ObjectStore;
 use rand::RngCore;
 use tokio::sync::watch;
 
-use super::archiver::{prepare_bytes, store_segment, Ctx};
+use super::archiver::{copy_segment, prepare_bytes, store_segment, Ctx};
 use super::backend::Backend;
 use super::upload;
 use super::ArchiveError;
@@ -115,6 +118,21 @@ async fn levels(
     report: &mut impl FnMut(&LevelResult),
 ) -> Result<Vec<LevelResult>, ArchiveError> {
     let data = random_bytes(opts.segment_size as usize);
+    // A `file://` archive storing objects as they are copies from a file, as `walrelay run`
+    // does for a segment no longer in its tail (a page-cached file here: the worst case is
+    // that plus a disk read; segments still in the tail are copied from memory).
+    let src = match &backend.local {
+        Some(_) => {
+            let d = std::env::temp_dir().join(format!(
+                "walrelay-bench-archive-{}-{}.seg",
+                std::process::id(),
+                opts.segment_size
+            ));
+            std::fs::write(&d, &data).map_err(ArchiveError::io("write", &d))?;
+            Some(TempFile(d))
+        }
+        None => None,
+    };
     let mut out = Vec::new();
     for &concurrency in &opts.concurrency {
         let mut level_cfg = cfg.clone();
@@ -131,9 +149,10 @@ async fn levels(
         // warm-up, not timed: connections opened, first-write costs of the store paid
         let n = opts.segments as u64;
         let warm = n + 1..=n + concurrency as u64;
-        upload_all(&ctx, &data, warm, concurrency, &shutdown).await?;
+        let src = src.as_ref().filter(|_| ctx.local.is_some()).map(|f| &f.0);
+        upload_all(&ctx, &data, src, warm, concurrency, &shutdown).await?;
         let start = Instant::now();
-        let stored_bytes = upload_all(&ctx, &data, 1..=n, concurrency, &shutdown).await?;
+        let stored_bytes = upload_all(&ctx, &data, src, 1..=n, concurrency, &shutdown).await?;
         let r = LevelResult {
             concurrency,
             segments: opts.segments,
@@ -153,6 +172,7 @@ async fn levels(
 async fn upload_all(
     ctx: &Arc<Ctx>,
     data: &Bytes,
+    src: Option<&PathBuf>,
     segnos: std::ops::RangeInclusive<u64>,
     concurrency: usize,
     shutdown: &watch::Receiver<bool>,
@@ -161,7 +181,12 @@ async fn upload_all(
         .map(|segno| {
             let data = data.clone();
             let mut shutdown = shutdown.clone();
+            let src = src.cloned();
             async move {
+                if let Some(src) = src {
+                    copy_segment(ctx, 1, segno, src, None, &mut shutdown).await?;
+                    return Ok::<u64, ArchiveError>(data.len() as u64);
+                }
                 let prepared = prepare_bytes(ctx, data, 1, segno).await?;
                 let stored = prepared.stored.content_length() as u64;
                 store_segment(ctx, 1, segno, prepared, &mut shutdown).await?;
@@ -171,6 +196,15 @@ async fn upload_all(
         .buffer_unordered(concurrency)
         .try_fold(0u64, |sum, n| async move { Ok(sum + n) })
         .await
+}
+
+/// A file removed when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// `len` bytes from a CSPRNG: incompressible, so that compression does not flatter the figures.
