@@ -71,7 +71,11 @@ fn server_readcache_clients_share_file_reads() {
     }
     for r in &recvs {
         let n = compare::assert_segments_identical(&r.dir, &relay.data);
-        assert!(n as u64 > backlog, "{n} segments compared in {}", r.dir.display());
+        assert!(
+            n as u64 > backlog,
+            "{n} segments compared in {}",
+            r.dir.display()
+        );
         compare::assert_segments_identical(&r.dir, &primary.pg_wal());
     }
 
@@ -82,7 +86,9 @@ fn server_readcache_clients_share_file_reads() {
     // the tail holds at most 32 MB: each client needed at least this many 1 MB chunks from
     // the files, and would have read each itself without a shared cache
     let from_files = backlog * 16 - 32;
-    eprintln!("read cache: {hits} hits, {misses} misses, {from_files} chunks per client from files");
+    eprintln!(
+        "read cache: {hits} hits, {misses} misses, {from_files} chunks per client from files"
+    );
     assert!(misses > 0, "no chunk read from files: {metrics}");
     assert!(hits > 0, "no read cache hit: {metrics}");
     assert!(

@@ -152,14 +152,15 @@ impl Session {
             if let Some(end_now) = self.check_timeline_switch(st, &p) {
                 st.end = Some(end_now);
             }
-            let limit = st.send_limit(&p);
+            // How far WAL is durable and may be read (into the shared cache, too).
+            let durable = st.send_limit(&p);
             // delay: cap by the feed; a position ahead of the cap just waits (no error).
             let (limit, feed_wake) = match &feed {
                 Some(f) => {
-                    let (cap, wake) = f.limit(st.sent, limit);
-                    (cap.min(limit), wake)
+                    let (cap, wake) = f.limit(st.sent, durable);
+                    (cap.min(durable), wake)
                 }
-                None => (limit, None),
+                None => (durable, None),
             };
             if pending.is_none() && !server_done {
                 if let Some((sw, _)) = st.end {
@@ -173,7 +174,7 @@ impl Session {
                 }
                 if !server_done && st.sent < limit {
                     match self
-                        .next_chunk(st, &p, limit, &mut reader, &mut archived)
+                        .next_chunk(st, &p, (limit, durable), &mut reader, &mut archived)
                         .await
                     {
                         Ok(data) => {
@@ -366,17 +367,24 @@ impl Session {
     }
 
     /// Up to [`MAX_SEND`] bytes at `st.sent`, never past `limit`: from the tail when it holds
-    /// them, else from the files, else (removed by retention) from the archive.
+    /// them, else from the shared read cache or the files, else (removed by retention) from the
+    /// archive. `durable` (≥ `limit`: the send limit before a feed's delay cap) bounds what is
+    /// read from a file into the cache: a delayed session's cap moves by small steps, the
+    /// chunk it reads need not.
     async fn next_chunk(
         &self,
         st: &StreamState,
         p: &Positions,
-        limit: Lsn,
+        (limit, durable): (Lsn, Lsn),
         reader: &mut WalReader,
         archived: &mut Option<ArchivedSegment>,
     ) -> Result<Bytes, ChunkError> {
-        let readable = usize::try_from(limit.saturating_sub(st.sent)).unwrap_or(usize::MAX);
-        let want = readable.min(MAX_SEND);
+        let room = |upto: Lsn| {
+            usize::try_from(upto.saturating_sub(st.sent))
+                .unwrap_or(usize::MAX)
+                .min(MAX_SEND)
+        };
+        let want = room(limit);
         if p.timeline == st.tli {
             if let Some(b) = self.shared.store.tail().get(st.tli, st.sent, limit, want) {
                 return Ok(b);
@@ -387,22 +395,22 @@ impl Session {
         // timeline's segment is preferred: it holds [segment start, switch point) durably. The
         // next timeline's file is zero-padded ahead of what the store wrote, so while the store
         // is still writing that timeline it is read no further than the store's flush_lsn.
+        // Per timeline: (most bytes to send now, end of what a file read may bring in).
         let mut tlis = Vec::with_capacity(2);
         let mut wants = Vec::with_capacity(2);
         tlis.push(st.tli);
-        wants.push((want, readable));
+        wants.push((want, durable));
         if let Some((sw, next)) = st.end {
             if sw.segno(st.seg_size) == st.sent.segno(st.seg_size) {
-                let next_readable = if p.timeline == next {
-                    readable.min(
-                        usize::try_from(p.flush_lsn.saturating_sub(st.sent)).unwrap_or(usize::MAX),
-                    )
+                let (send_end, read_end) = if p.timeline == next {
+                    (limit.min(p.flush_lsn), durable.min(p.flush_lsn))
                 } else {
-                    readable
+                    (limit, durable)
                 };
-                if next_readable > 0 {
+                let w = room(send_end);
+                if w > 0 {
                     tlis.push(next);
-                    wants.push((want.min(next_readable), next_readable));
+                    wants.push((w, read_end));
                 }
             }
         }
@@ -426,12 +434,11 @@ impl Session {
         // is readable, once for every session that misses it at the same time.
         let start = st.sent;
         let mut last = None;
-        for (t, (w, readable)) in tlis.iter().copied().zip(wants) {
-            let end = start.0.saturating_add(readable as u64);
+        for (t, (w, end)) in tlis.iter().copied().zip(wants) {
             let served = cache
                 .get_or_read(t, start, w, |chunk_start, buf| {
                     let off = usize::try_from(start.saturating_sub(chunk_start)).unwrap_or(0);
-                    let len = usize::try_from(end.saturating_sub(chunk_start.0))
+                    let len = usize::try_from(end.saturating_sub(chunk_start))
                         .unwrap_or(usize::MAX)
                         .min(usize::try_from(cache.chunk()).unwrap_or(usize::MAX));
                     let at_least = off.saturating_add(w).min(len);
