@@ -39,6 +39,7 @@ mod server_common;
 mod server_fanout;
 mod server_flood;
 mod server_fuzz;
+mod server_readcache;
 mod server_restart;
 mod server_status;
 mod server_stream;

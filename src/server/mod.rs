@@ -242,6 +242,8 @@ pub(crate) struct Shared {
     pub feeds: Option<Arc<crate::delay::FeedController>>,
     /// See [`ServerContext::archive`].
     pub archive: Option<Arc<crate::archive::LazyArchiveReader>>,
+    /// Chunks of segment files read by this cluster's sessions, shared between them.
+    pub read_cache: crate::store::readcache::ReadCache,
     next_pid: AtomicI32,
     next_session: AtomicU64,
     pub limits: listener::Limits,
@@ -455,6 +457,9 @@ impl Server {
             status: status::StatusRegistry::default(),
             feeds: ctx.feeds,
             archive: ctx.archive,
+            read_cache: crate::store::readcache::ReadCache::new(
+                crate::store::readcache::DEFAULT_CAP,
+            ),
             next_pid: AtomicI32::new(first_pid()),
             next_session: AtomicU64::new(1),
             limits,

@@ -17,6 +17,11 @@ use crate::lsn::{Lsn, TimelineId};
 
 /// Bytes of WAL sent to downstream clients.
 pub const SENT_BYTES: &str = "walrelay_walsender_sent_bytes_total";
+/// WAL messages served from the shared read cache of segment files (read by another session
+/// or earlier, possibly after waiting for that read): a count of lookups, not bytes.
+pub const READ_CACHE_HITS: &str = "walrelay_walsender_read_cache_hits_total";
+/// Chunks (≤ 1 MB) a session read from a segment file into the shared read cache: a count.
+pub const READ_CACHE_MISSES: &str = "walrelay_walsender_read_cache_misses_total";
 /// Per standby positions (bytes since 0/0) and lag.
 pub const SENT_LSN: &str = "walrelay_walsender_sent_lsn_bytes";
 pub const FLUSH_LSN: &str = "walrelay_walsender_flush_lsn_bytes";

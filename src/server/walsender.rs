@@ -3,9 +3,13 @@
 //!
 //! Owns: the loop that sends WAL from exactly the
 //! requested position, contiguous, never past [`StreamState::send_limit`]: recent WAL from the
-//! store's shared tail (no copy), older WAL from the segment files in ≤ 128 kB chunks, and
-//! segments that retention removed from the data directory from the archive (one whole
-//! segment held per session, plus the archive reader's shared read-ahead). It
+//! store's shared tail (no copy), older WAL from the segment files through the cluster's
+//! shared read cache (`store::readcache`: 1 MB aligned chunks read once, on a blocking thread,
+//! for all sessions that want them, then sent as ≤ 128 kB slices), and segments that retention
+//! removed from the data directory from the archive (one whole segment held per session, plus
+//! the archive reader's shared read-ahead). A session holds no read buffer of its own: only
+//! its out queue (8 messages) of slices, about two chunks at most, so serving N sessions from
+//! files takes at most the cache's cap (8 MB) + N × ~2 MB. It
 //! wakes on the store's position watch (no polling), sends keepalives, answers reply
 //! requests, reads status updates and hot-standby feedback, ends a historic timeline with
 //! CopyDone + the `next_tli` row + both CommandCompletes (the session stays usable), moves a
@@ -19,7 +23,6 @@ use bytes::{Bytes, BytesMut};
 use super::cmd::start_replication::end_of_streaming;
 use super::session::{err_of, fatal, End, Out, Session};
 use super::{status, HsFeedback};
-use crate::archive::buffers::BufferPool;
 use crate::archive::ArchiveError;
 use crate::error::{codes, SqlState};
 use crate::lsn::{pg_now, Lsn, TimelineId};
@@ -32,15 +35,6 @@ use crate::wal::history;
 
 /// Most WAL bytes per XLogData message (16 × XLOG_BLCKSZ, like the walsender).
 const MAX_SEND: usize = 128 * 1024;
-/// Bytes a session reads from a segment file per blocking call (then served as `MAX_SEND`
-/// messages from memory): fewer thread hand-offs per byte served.
-const READ_AHEAD: usize = 1024 * 1024;
-/// Read-ahead buffers a session keeps for reuse: the one being served plus those its queued
-/// messages still point into (the out queue holds about one buffer's worth). Reused, not
-/// allocated per MB on whichever blocking thread reads: freed buffers no longer pile up in
-/// glibc's per-thread arenas (peak RSS with 10 standbys, docs/benchmarks.md issue 14).
-const READ_BUFFERS: usize = 3;
-
 /// Why the next chunk of WAL could not be read.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ChunkError {
@@ -126,7 +120,6 @@ impl Session {
         let mut positions = self.shared.store.positions();
         let mut store_alive = true;
         let mut reader = WalReader::new(&self.shared.data_dir, st.seg_size);
-        let pool = BufferPool::new(READ_AHEAD, READ_BUFFERS);
         let mut archived: Option<ArchivedSegment> = None;
         let mut lag = status::LagTracker::default();
         let mut pending: Option<(Out, Lsn)> = None;
@@ -159,14 +152,15 @@ impl Session {
             if let Some(end_now) = self.check_timeline_switch(st, &p) {
                 st.end = Some(end_now);
             }
-            let limit = st.send_limit(&p);
+            // How far WAL is durable and may be read (into the shared cache, too).
+            let durable = st.send_limit(&p);
             // delay: cap by the feed; a position ahead of the cap just waits (no error).
             let (limit, feed_wake) = match &feed {
                 Some(f) => {
-                    let (cap, wake) = f.limit(st.sent, limit);
-                    (cap.min(limit), wake)
+                    let (cap, wake) = f.limit(st.sent, durable);
+                    (cap.min(durable), wake)
                 }
-                None => (limit, None),
+                None => (durable, None),
             };
             if pending.is_none() && !server_done {
                 if let Some((sw, _)) = st.end {
@@ -180,7 +174,7 @@ impl Session {
                 }
                 if !server_done && st.sent < limit {
                     match self
-                        .next_chunk(st, &p, limit, &mut reader, &pool, &mut archived)
+                        .next_chunk(st, &p, (limit, durable), &mut reader, &mut archived)
                         .await
                     {
                         Ok(data) => {
@@ -373,18 +367,24 @@ impl Session {
     }
 
     /// Up to [`MAX_SEND`] bytes at `st.sent`, never past `limit`: from the tail when it holds
-    /// them, else from the files, else (removed by retention) from the archive.
+    /// them, else from the shared read cache or the files, else (removed by retention) from the
+    /// archive. `durable` (≥ `limit`: the send limit before a feed's delay cap) bounds what is
+    /// read from a file into the cache: a delayed session's cap moves by small steps, the
+    /// chunk it reads need not.
     async fn next_chunk(
         &self,
         st: &StreamState,
         p: &Positions,
-        limit: Lsn,
+        (limit, durable): (Lsn, Lsn),
         reader: &mut WalReader,
-        pool: &BufferPool,
         archived: &mut Option<ArchivedSegment>,
     ) -> Result<Bytes, ChunkError> {
-        let readable = usize::try_from(limit.saturating_sub(st.sent)).unwrap_or(usize::MAX);
-        let want = readable.min(MAX_SEND);
+        let room = |upto: Lsn| {
+            usize::try_from(upto.saturating_sub(st.sent))
+                .unwrap_or(usize::MAX)
+                .min(MAX_SEND)
+        };
+        let want = room(limit);
         if p.timeline == st.tli {
             if let Some(b) = self.shared.store.tail().get(st.tli, st.sent, limit, want) {
                 return Ok(b);
@@ -395,28 +395,30 @@ impl Session {
         // timeline's segment is preferred: it holds [segment start, switch point) durably. The
         // next timeline's file is zero-padded ahead of what the store wrote, so while the store
         // is still writing that timeline it is read no further than the store's flush_lsn.
+        // Per timeline: (most bytes to send now, end of what a file read may bring in).
         let mut tlis = Vec::with_capacity(2);
         let mut wants = Vec::with_capacity(2);
         tlis.push(st.tli);
-        wants.push((want, readable));
+        wants.push((want, durable));
         if let Some((sw, next)) = st.end {
             if sw.segno(st.seg_size) == st.sent.segno(st.seg_size) {
-                let next_readable = if p.timeline == next {
-                    readable.min(
-                        usize::try_from(p.flush_lsn.saturating_sub(st.sent)).unwrap_or(usize::MAX),
-                    )
+                let (send_end, read_end) = if p.timeline == next {
+                    (limit.min(p.flush_lsn), durable.min(p.flush_lsn))
                 } else {
-                    readable
+                    (limit, durable)
                 };
-                if next_readable > 0 {
+                let w = room(send_end);
+                if w > 0 {
                     tlis.push(next);
-                    wants.push((want.min(next_readable), next_readable));
+                    wants.push((w, read_end));
                 }
             }
         }
-        // What an earlier file read already brought in (read-ahead): no blocking call.
+        // Read before by any session of this cluster: no blocking call.
+        let cache = &self.shared.read_cache;
         for (t, (w, _)) in tlis.iter().zip(&wants) {
-            if let Some(b) = reader.buffered(*t, st.sent, *w) {
+            if let Some(b) = cache.get(*t, st.sent, *w) {
+                metrics::counter!(status::READ_CACHE_HITS).increment(1);
                 return Ok(b);
             }
         }
@@ -428,43 +430,63 @@ impl Session {
         {
             return Ok(b);
         }
+        // From the file: the whole aligned chunk holding `st.sent`, from its start up to what
+        // is readable, once for every session that misses it at the same time.
         let start = st.sent;
-        let local_tlis: Vec<(TimelineId, (usize, usize))> =
-            tlis.iter().copied().zip(wants).collect();
-        let owned = std::mem::replace(reader, WalReader::new(&self.shared.data_dir, st.seg_size));
-        let pool = pool.clone();
-        let (r, back) = tokio::task::spawn_blocking(move || {
-            let mut rd = owned;
-            let mut last = None;
-            for (t, (want, readable)) in local_tlis {
-                let p = pool.clone();
-                match rd.read_ahead_into(
-                    t,
-                    start,
-                    want,
-                    readable.min(READ_AHEAD),
-                    pool.get(),
-                    move |v| p.freeze(v),
-                ) {
-                    Ok(b) => return (Ok(b), rd),
-                    Err(e) => last = Some(e),
+        let mut last = None;
+        for (t, (w, end)) in tlis.iter().copied().zip(wants) {
+            let served = cache
+                .get_or_read(t, start, w, |chunk_start, buf| {
+                    let off = usize::try_from(start.saturating_sub(chunk_start)).unwrap_or(0);
+                    let len = usize::try_from(end.saturating_sub(chunk_start))
+                        .unwrap_or(usize::MAX)
+                        .min(usize::try_from(cache.chunk()).unwrap_or(usize::MAX));
+                    let at_least = off.saturating_add(w).min(len);
+                    let rd = std::mem::replace(
+                        &mut *reader,
+                        WalReader::new(&self.shared.data_dir, st.seg_size),
+                    );
+                    let slot = &mut *reader;
+                    async move {
+                        let (r, rd) = tokio::task::spawn_blocking(move || {
+                            let mut rd = rd;
+                            let r = rd.read_into(t, chunk_start, len, at_least, buf);
+                            (r, rd)
+                        })
+                        .await
+                        .map_err(|e| ReadError::Io {
+                            path: self.shared.data_dir.clone(),
+                            source: std::io::Error::other(e.to_string()),
+                        })?;
+                        *slot = rd;
+                        r
+                    }
+                })
+                .await;
+            match served {
+                Ok(s) if s.data.is_empty() => {
+                    last = Some(ReadError::Short {
+                        path: self.shared.data_dir.clone(),
+                        got: 0,
+                        wanted: w,
+                    });
                 }
+                Ok(s) => {
+                    let m = if s.read {
+                        status::READ_CACHE_MISSES
+                    } else {
+                        status::READ_CACHE_HITS
+                    };
+                    metrics::counter!(m).increment(1);
+                    return Ok(s.data);
+                }
+                Err(e) => last = Some(e),
             }
-            (
-                Err(last.unwrap_or_else(|| ReadError::Removed(String::new()))),
-                rd,
-            )
-        })
-        .await
-        .map_err(|e| ReadError::Io {
-            path: self.shared.data_dir.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        *reader = back;
-        let removed = match r {
-            Ok(b) => return Ok(b),
-            Err(ReadError::Removed(name)) => name,
-            Err(e) => return Err(e.into()),
+        }
+        let removed = match last {
+            Some(ReadError::Removed(name)) => name,
+            Some(e) => return Err(e.into()),
+            None => return Err(ReadError::Removed(String::new()).into()),
         };
         let Some(lazy) = self.shared.archive.as_ref() else {
             return Err(ReadError::Removed(removed).into());

@@ -25,6 +25,7 @@ pub mod direct;
 pub mod diverge;
 pub mod fsutil;
 pub mod lossy;
+pub mod readcache;
 pub mod reader;
 pub mod recover;
 pub mod retention;

@@ -2,10 +2,11 @@
 //!
 //! Owns: opening a timeline's segment file (complete name first, then `.partial`, retrying
 //! once if the store renamed it in between), keeping the last one open (an open file
-//! descriptor survives the rename), reads that never cross a segment boundary, and one
-//! read-ahead buffer per reader, filled only up to what the caller says is readable (durable
-//! WAL never changes, so buffered bytes stay valid). A missing segment is [`ReadError::Removed`], which the walsender reports as
-//! PostgreSQL does (58P01 "requested WAL segment … has already been removed").
+//! descriptor survives the rename), and reads into the caller's buffer that never cross a
+//! segment boundary nor go past what the caller says is readable. Nothing read is kept:
+//! sharing it between sessions is [`super::readcache`]'s. A missing segment is
+//! [`ReadError::Removed`], which the walsender reports as PostgreSQL does (58P01 "requested
+//! WAL segment … has already been removed").
 //!
 //! Must not: write, rename or delete anything; decide how far a client may read (the caller
 //! bounds reads by the flush position).
@@ -64,8 +65,6 @@ pub struct WalReader {
     dir: PathBuf,
     seg_size: u64,
     open: Option<OpenFile>,
-    /// The last read, with what was read ahead of it: (timeline, start, bytes).
-    buffer: Option<(TimelineId, Lsn, Bytes)>,
 }
 
 impl WalReader {
@@ -74,7 +73,6 @@ impl WalReader {
             dir: dir.to_path_buf(),
             seg_size,
             open: None,
-            buffer: None,
         }
     }
 
@@ -125,54 +123,27 @@ impl WalReader {
     /// Reads up to `len` bytes at `start` from timeline `tli`'s file, stopping at the end of
     /// the segment.
     pub fn read(&mut self, tli: TimelineId, start: Lsn, len: usize) -> Result<Bytes, ReadError> {
-        self.read_ahead(tli, start, len, len)
+        self.read_into(tli, start, len, len, Vec::new())
+            .map(Bytes::from)
     }
 
-    /// Up to `len` bytes at `start` on timeline `tli` from the read-ahead buffer, without IO.
-    pub fn buffered(&self, tli: TimelineId, start: Lsn, len: usize) -> Option<Bytes> {
-        let (t, from, b) = self.buffer.as_ref()?;
-        if *t != tli || start < *from || len == 0 {
-            return None;
-        }
-        let off = usize::try_from(start.0.checked_sub(from.0)?).ok()?;
-        if off >= b.len() {
-            return None;
-        }
-        Some(b.slice(off..b.len().min(off.saturating_add(len))))
-    }
-
-    /// As [`WalReader::read`], but one IO may read up to `readable` bytes (at least `len`;
-    /// the caller guarantees they are durable) into the reader's buffer, from which later
-    /// reads are served without IO.
-    pub fn read_ahead(
+    /// Reads up to `len` bytes at `start` from timeline `tli`'s file into `buf` (cleared; e.g.
+    /// a pooled buffer), stopping at the end of the segment; fewer than `at_least` bytes
+    /// (capped at the segment end) is [`ReadError::Short`]. Nothing is kept: the caller
+    /// guarantees the `len` bytes are durable and caches them if it wants to.
+    pub fn read_into(
         &mut self,
         tli: TimelineId,
         start: Lsn,
         len: usize,
-        readable: usize,
-    ) -> Result<Bytes, ReadError> {
-        self.read_ahead_into(tli, start, len, readable, Vec::new(), Bytes::from)
-    }
-
-    /// As [`WalReader::read_ahead`], reading into `buf` (cleared; e.g. a pooled buffer) and
-    /// making it [`Bytes`] with `freeze` (`buf` is dropped unused when the bytes are buffered).
-    pub fn read_ahead_into(
-        &mut self,
-        tli: TimelineId,
-        start: Lsn,
-        len: usize,
-        readable: usize,
+        at_least: usize,
         mut buf: Vec<u8>,
-        freeze: impl FnOnce(Vec<u8>) -> Bytes,
-    ) -> Result<Bytes, ReadError> {
-        if let Some(b) = self.buffered(tli, start, len) {
-            return Ok(b);
-        }
+    ) -> Result<Vec<u8>, ReadError> {
         let seg_size = self.seg_size;
         let offset = start.segment_offset(seg_size);
-        let in_segment = seg_size.saturating_sub(offset) as usize;
-        let len = len.min(in_segment);
-        let n = readable.max(len).min(in_segment);
+        let in_segment = usize::try_from(seg_size.saturating_sub(offset)).unwrap_or(usize::MAX);
+        let n = len.min(in_segment);
+        let at_least = at_least.min(n);
         let f = self.open(tli, start.segno(seg_size))?;
         // read into spare capacity (no zero-fill of a buffer that is overwritten anyway)
         buf.clear();
@@ -187,17 +158,14 @@ impl WalReader {
                 source,
             });
         }
-        if buf.len() < len {
+        if buf.len() < at_least {
             return Err(ReadError::Short {
                 path: f.path.clone(),
                 got: buf.len(),
-                wanted: len,
+                wanted: at_least,
             });
         }
-        let b = freeze(buf);
-        let out = b.slice(..len);
-        self.buffer = Some((tli, start, b));
-        Ok(out)
+        Ok(buf)
     }
 }
 
@@ -231,29 +199,37 @@ mod tests {
     }
 
     #[test]
-    fn read_ahead_serves_later_reads_from_its_buffer_only_within_what_was_readable() {
+    fn read_into_keeps_nothing_and_reports_short_reads() {
         let dir = tempfile::tempdir().unwrap();
         let seg: u64 = 1 << 20;
         let data: Vec<u8> = (0..seg).map(|i| (i % 251) as u8).collect();
         let path = dir.path().join("000000010000000000000001.partial");
-        std::fs::write(&path, &data).unwrap();
+        std::fs::write(&path, &data[..1000]).unwrap();
         let mut r = WalReader::new(dir.path(), seg);
-        let b = r.read_ahead(1, Lsn(seg + 100), 10, 1000).unwrap();
-        assert_eq!(&b[..], &data[100..110]);
-        // the file changes behind the reader (it cannot for durable WAL): the buffered range
-        // is served from memory, proving no IO happened, and nothing beyond it
-        std::fs::write(&path, vec![0u8; seg as usize]).unwrap();
-        let b = r.buffered(1, Lsn(seg + 500), 1000).unwrap();
-        assert_eq!(&b[..], &data[500..1100]);
-        assert!(r.buffered(1, Lsn(seg + 1100), 1).is_none());
-        assert!(r.buffered(2, Lsn(seg + 500), 1).is_none());
-        assert!(r.buffered(1, Lsn(seg + 99), 1).is_none());
-        // past the buffer: a real read (of the new content, through the same descriptor)
-        let b = r.read(1, Lsn(seg + 1100), 4).unwrap();
+        // a reused buffer is cleared first
+        let b = r.read_into(1, Lsn(seg + 100), 50, 10, vec![7; 3]).unwrap();
+        assert_eq!(&b[..], &data[100..150]);
+        // what the file holds, when at least `at_least`
+        let b = r.read_into(1, Lsn(seg), 4096, 1000, Vec::new()).unwrap();
+        assert_eq!(&b[..], &data[..1000]);
+        let e = r
+            .read_into(1, Lsn(seg), 4096, 1001, Vec::new())
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("000000010000000000000001.partial\": read 1000 of 1001"),
+            "{e}"
+        );
+        assert_eq!(e.sqlstate(), "58030");
+        // nothing buffered: the file's new content is read through the same descriptor
+        std::fs::write(&path, vec![0u8; 2000]).unwrap();
+        let b = r.read_into(1, Lsn(seg + 100), 4, 4, Vec::new()).unwrap();
         assert_eq!(&b[..], &[0, 0, 0, 0]);
-        // never past the segment end, whatever is readable
-        let b = r.read_ahead(1, Lsn(2 * seg - 3), 2, 1 << 20).unwrap();
-        assert_eq!(b.len(), 2);
-        assert_eq!(r.buffered(1, Lsn(2 * seg - 3), 100).unwrap().len(), 3);
+        // never past the segment end, whatever is asked
+        std::fs::write(&path, &data).unwrap();
+        let b = r
+            .read_into(1, Lsn(2 * seg - 3), 1 << 20, 1 << 20, Vec::new())
+            .unwrap();
+        assert_eq!(&b[..], &data[data.len() - 3..]);
     }
 }
