@@ -315,8 +315,16 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::Run(_)) {
         // Two malloc arenas, not 8 per core: buffers allocated on blocking-pool threads and
         // freed on workers otherwise stay in per-thread arenas (docs/benchmarks.md, issue 14).
-        // SAFETY: mallopt only sets an allocator parameter, before any other thread exists.
-        unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+        // And a fixed mmap threshold of 256 kB: glibc's default raises it to the size of every
+        // large block freed (up to 32 MB), after which the upstream's 512 kB read buffers, the
+        // read cache's and the archive's 1 MB pieces — freed in another order than allocated —
+        // fragment the heap; mmapped, each goes back to the kernel when its last slice is
+        // dropped. Peak RSS of `bench/memory.sh` 148 -> 101 MB for the same CPU (docs/benchmarks.md).
+        // SAFETY: mallopt only sets allocator parameters, before any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+        }
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

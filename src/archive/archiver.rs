@@ -1222,6 +1222,8 @@ pub(crate) async fn copy_segment(
     let name = segment_file_name(tli, segno, ctx.seg_size);
     let object = ctx.layout.wal_object(&name, ctx.compression);
     let len = ctx.seg_size;
+    // opened once, outside the retries (see `local_copy::Source`)
+    let src = Arc::new(blocking(move || super::local_copy::Source::open(&src)).await?);
     let copied = upload::retry(&ctx.policy, shutdown, &format!("upload of {name}"), || {
         let (fs, src, object, t) = (fs.clone(), src.clone(), object.clone(), in_tail.clone());
         blocking(move || super::local_copy::copy_create(&fs, &src, len, true, &object, t.as_ref()))
@@ -1382,6 +1384,8 @@ async fn upload_snapshot(
     let path = ctx.layout.partial(&name, offset, ctx.compression);
     if let Some(fs) = ctx.local.clone() {
         let in_tail = ctx.in_tail(tli, Lsn(segno.saturating_mul(ctx.seg_size)));
+        // opened once, outside the retries: the store may complete (rename) the file meanwhile
+        let file = Arc::new(blocking(move || super::local_copy::Source::open(&file)).await?);
         let copied = upload::retry(
             &ctx.policy,
             shutdown,

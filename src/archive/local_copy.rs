@@ -55,60 +55,94 @@ pub(crate) struct InTail {
     pub start: Lsn,
 }
 
+/// A local file to archive, opened once: retries of its upload read the same file (an
+/// inode, not a name) even when the store renames it meanwhile (`.partial` completed,
+/// divergent WAL set aside), and a file that vanished is an error of the job, not a
+/// transient failure to retry.
+pub(crate) struct Source {
+    file: File,
+    path: PathBuf,
+}
+
+impl Source {
+    /// Opens `path` (blocking).
+    pub(crate) fn open(path: &Path) -> Result<Source, ArchiveError> {
+        let file = File::open(path).map_err(ArchiveError::io("read", path))?;
+        Ok(Source {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
 /// Copies the first `len` bytes of `src` (exactly `len` when `exact`: a complete segment;
 /// at least `len` otherwise: a `.partial` snapshot; all of them durable) to the object
 /// `location` of `fs` unless it exists (see the module doc), taking what it can from
 /// `in_tail`. Blocking.
 pub(crate) fn copy_create(
     fs: &DurableFs,
-    src: &Path,
+    src: &Source,
     len: u64,
     exact: bool,
     location: &ObjPath,
     in_tail: Option<&InTail>,
 ) -> Result<Copied, ArchiveError> {
-    let mut input = File::open(src).map_err(ArchiveError::io("read", src))?;
-    let size = input
+    let path = &src.path;
+    let size = src
+        .file
         .metadata()
-        .map_err(ArchiveError::io("read", src))?
+        .map_err(ArchiveError::io("read", path))?
         .len();
     if exact && size != len {
         return Err(ArchiveError::Corrupt {
-            path: src.display().to_string(),
+            path: path.display().to_string(),
             reason: format!("local file has {size} bytes, expected {len}"),
         });
     }
     if size < len {
-        return Err(short(src));
+        return Err(short(path));
     }
     let dest = fs
         .object_file(location)
         .map_err(ArchiveError::store("upload", location))?;
-    if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent).map_err(ArchiveError::io("create directory", parent))?;
-    }
-    let staging = staging_path(&dest);
-    let r = copy_to_staging(&mut input, src, len, in_tail, &staging).and_then(|sha256| {
-        let created = match std::fs::hard_link(&staging, &dest) {
-            Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-            Err(e) => return Err(ArchiveError::io("link", &dest)(e)),
-        };
-        Ok((sha256, created))
-    });
-    let _ = std::fs::remove_file(&staging);
-    let (sha256, created) = r?;
+    // Already there (an HA peer, or a run before a crash, archived it): no copy, just make it
+    // durable and compare. Otherwise copy; the link below still guards against a race.
+    let found = dest.try_exists().map_err(ArchiveError::io("read", &dest))?;
+    let copied = if found {
+        None
+    } else {
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(ArchiveError::io("create directory", parent))?;
+        }
+        let staging = staging_path(&dest);
+        let out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&staging)
+            .map_err(ArchiveError::io("create", &staging))?;
+        // from here on the staging file is this call's own: removed whatever happens
+        let r = copy_to_staging(out, src, len, in_tail, &staging).and_then(|sha256| {
+            match std::fs::hard_link(&staging, &dest) {
+                Ok(()) => Ok(Some(sha256)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+                Err(e) => Err(ArchiveError::io("link", &dest)(e)),
+            }
+        });
+        let _ = std::fs::remove_file(&staging);
+        r?
+    };
     // an object a previous run (or an HA peer) left may not be durable yet: fsync it either way
     fs.sync_file_blocking(&dest)
         .map_err(ArchiveError::store("upload", location))?;
-    if created {
+    if let Some(sha256) = copied {
         metrics::counter!(super::UPLOADED_BYTES).increment(len);
         return Ok(Copied {
             sha256,
             outcome: PutOutcome::Created,
         });
     }
-    if same_file_bytes(&dest, src, len)? {
+    if let Some(sha256) = same_file_bytes(&dest, src, len)? {
         return Ok(Copied {
             sha256,
             outcome: PutOutcome::AlreadyPresent,
@@ -132,29 +166,34 @@ fn short(path: &Path) -> ArchiveError {
     }
 }
 
-/// `<dest>#<digits>`: unique in this process, hidden from `LocalFileSystem` listings.
+/// `<dest>#<digits>`, hidden from `LocalFileSystem` listings: the process id, a counter and
+/// the clock's nanoseconds, so that HA peers (often the same pid in their containers)
+/// archiving the same segment at once do not pick one name (and if they did, the second's
+/// `create_new` fails and it retries: a staging file is only ever removed by its creator).
 fn staging_path(dest: &Path) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     let mut s = dest.as_os_str().to_owned();
-    s.push(format!("#{}{:06}", std::process::id(), n % 1_000_000));
+    s.push(format!(
+        "#{}{:06}{nanos:09}",
+        std::process::id(),
+        n % 1_000_000
+    ));
     PathBuf::from(s)
 }
 
 /// Copies `len` bytes of `input` (from the tail while it has them) into a new `staging` file,
 /// hashing them; fsyncs it. Returns the SHA-256.
 fn copy_to_staging(
-    input: &mut File,
-    src: &Path,
+    mut out: File,
+    src: &Source,
     len: u64,
     in_tail: Option<&InTail>,
     staging: &Path,
 ) -> Result<String, ArchiveError> {
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(staging)
-        .map_err(ArchiveError::io("create", staging))?;
     let mut hasher = Sha256::new();
     let mut buf = Vec::new();
     let mut done: u64 = 0;
@@ -179,11 +218,11 @@ fn copy_to_staging(
             None => {
                 tail = None;
                 buf.resize(want, 0);
-                input
+                src.file
                     .read_exact_at(&mut buf, done)
                     .map_err(|e| match e.kind() {
-                        io::ErrorKind::UnexpectedEof => short(src),
-                        _ => ArchiveError::io("read", src)(e),
+                        io::ErrorKind::UnexpectedEof => short(&src.path),
+                        _ => ArchiveError::io("read", &src.path)(e),
                     })?;
                 hasher.update(&buf);
                 out.write_all(&buf)
@@ -214,30 +253,37 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(got)
 }
 
-/// Whether the object file `obj` holds exactly the first `len` bytes of `src`.
-fn same_file_bytes(obj: &Path, src: &Path, len: u64) -> Result<bool, ArchiveError> {
+/// The SHA-256 of the first `len` bytes of `src` if the object file `obj` holds exactly
+/// them; `None` if it holds anything else.
+fn same_file_bytes(obj: &Path, src: &Source, len: u64) -> Result<Option<String>, ArchiveError> {
     let mut a = File::open(obj).map_err(ArchiveError::io("read", obj))?;
     if a.metadata().map_err(ArchiveError::io("read", obj))?.len() != len {
-        return Ok(false);
+        return Ok(None);
     }
-    let mut b = File::open(src).map_err(ArchiveError::io("read", src))?;
+    let mut hasher = Sha256::new();
     let mut x = vec![0u8; PIECE];
     let mut y = vec![0u8; PIECE];
-    let mut left = len;
-    while left > 0 {
-        let want = usize::try_from(left).map_or(PIECE, |l| l.min(PIECE));
+    let mut done: u64 = 0;
+    while done < len {
+        let want = usize::try_from(len.saturating_sub(done)).map_or(PIECE, |l| l.min(PIECE));
         let (px, py) = (
             x.get_mut(..want).unwrap_or_default(),
             y.get_mut(..want).unwrap_or_default(),
         );
         let na = read_full(&mut a, px).map_err(ArchiveError::io("read", obj))?;
-        let nb = read_full(&mut b, py).map_err(ArchiveError::io("read", src))?;
-        if na != want || nb != want || px != py {
-            return Ok(false);
+        src.file
+            .read_exact_at(py, done)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => short(&src.path),
+                _ => ArchiveError::io("read", &src.path)(e),
+            })?;
+        if na != want || px != py {
+            return Ok(None);
         }
-        left = left.saturating_sub(want as u64);
+        hasher.update(&*py);
+        done = done.saturating_add(want as u64);
     }
-    Ok(true)
+    Ok(Some(layout::hex(&hasher.finalize())))
 }
 
 #[cfg(test)]
@@ -259,7 +305,15 @@ mod tests {
         std::fs::write(&src, &data).unwrap();
         let loc = ObjPath::from("7/wal/000000010000000000000001");
 
-        let c = copy_create(&fs, &src, len as u64, true, &loc, None).unwrap();
+        let c = copy_create(
+            &fs,
+            &Source::open(&src).unwrap(),
+            len as u64,
+            true,
+            &loc,
+            None,
+        )
+        .unwrap();
         assert_eq!(c.outcome, PutOutcome::Created);
         assert_eq!(c.sha256, layout::hex(&Sha256::digest(&data)));
         let obj = root.join("7/wal/000000010000000000000001");
@@ -283,16 +337,62 @@ mod tests {
 
         // the same bytes again (an HA peer got there first): already present, fsynced
         log.lock().unwrap().clear();
-        let c = copy_create(&fs, &src, len as u64, true, &loc, None).unwrap();
+        let c = copy_create(
+            &fs,
+            &Source::open(&src).unwrap(),
+            len as u64,
+            true,
+            &loc,
+            None,
+        )
+        .unwrap();
         assert_eq!(c.outcome, PutOutcome::AlreadyPresent);
         assert_eq!(log.lock().unwrap().first(), Some(&obj));
 
         // different bytes: a conflict, and the object is unchanged
         let other = d.path().join("other");
         std::fs::write(&other, pattern(len, 1)).unwrap();
-        let e = copy_create(&fs, &other, len as u64, true, &loc, None).unwrap_err();
+        let e = copy_create(
+            &fs,
+            &Source::open(&other).unwrap(),
+            len as u64,
+            true,
+            &loc,
+            None,
+        )
+        .unwrap_err();
         assert!(matches!(e, ArchiveError::Conflict { .. }), "{e}");
         assert_eq!(std::fs::read(&obj).unwrap(), data);
+    }
+
+    /// An object already there is compared without a copy (no staging file is made); a
+    /// source renamed after it was opened (a `.partial` completed meanwhile) is still read.
+    #[test]
+    fn present_objects_are_not_copied_and_sources_survive_renames() {
+        let d = tempfile::tempdir().unwrap();
+        let fs = DurableFs::new(&d.path().join("arch")).unwrap();
+        let data = pattern(PIECE + 77, 9);
+        let src = d.path().join("000000010000000000000003.partial");
+        std::fs::write(&src, &data).unwrap();
+        let source = Source::open(&src).unwrap();
+        std::fs::rename(&src, d.path().join("000000010000000000000003")).unwrap();
+        let loc = ObjPath::from("7/wal/000000010000000000000003");
+        let len = data.len() as u64;
+        assert_eq!(
+            copy_create(&fs, &source, len, true, &loc, None)
+                .unwrap()
+                .outcome,
+            PutOutcome::Created
+        );
+        let again = copy_create(&fs, &source, len, true, &loc, None).unwrap();
+        assert_eq!(again.outcome, PutOutcome::AlreadyPresent);
+        assert_eq!(again.sha256, layout::hex(&Sha256::digest(&data)));
+        let obj = fs.object_file(&loc).unwrap();
+        let names: Vec<_> = std::fs::read_dir(obj.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec!["000000010000000000000003".to_string()]);
     }
 
     #[test]
@@ -303,14 +403,22 @@ mod tests {
         let src = d.path().join("seg.partial");
         std::fs::write(&src, &data).unwrap();
         let loc = ObjPath::from("7/partial/seg-100");
-        let c = copy_create(&fs, &src, 100, false, &loc, None).unwrap();
+        let c = copy_create(&fs, &Source::open(&src).unwrap(), 100, false, &loc, None).unwrap();
         assert_eq!(c.outcome, PutOutcome::Created);
         assert_eq!(
             std::fs::read(fs.object_file(&loc).unwrap()).unwrap(),
             &data[..100]
         );
         // a complete segment must have exactly its size; a prefix needs at least its length
-        let e = copy_create(&fs, &src, 100, true, &ObjPath::from("x"), None).unwrap_err();
+        let e = copy_create(
+            &fs,
+            &Source::open(&src).unwrap(),
+            100,
+            true,
+            &ObjPath::from("x"),
+            None,
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(
@@ -321,7 +429,7 @@ mod tests {
         );
         let e = copy_create(
             &fs,
-            &src,
+            &Source::open(&src).unwrap(),
             2 * PIECE as u64,
             false,
             &ObjPath::from("y"),
@@ -355,7 +463,15 @@ mod tests {
             start,
         };
         let loc = ObjPath::from("seg");
-        let c = copy_create(&fs, &src, len as u64, true, &loc, Some(&t)).unwrap();
+        let c = copy_create(
+            &fs,
+            &Source::open(&src).unwrap(),
+            len as u64,
+            true,
+            &loc,
+            Some(&t),
+        )
+        .unwrap();
         let mut want = tail_bytes.clone();
         want.extend_from_slice(&file_bytes[tail_bytes.len()..]);
         assert_eq!(std::fs::read(fs.object_file(&loc).unwrap()).unwrap(), want);
@@ -363,7 +479,15 @@ mod tests {
         // another timeline in the tail: nothing from it
         let t2 = InTail { tli: 2, ..t };
         let loc2 = ObjPath::from("seg2");
-        copy_create(&fs, &src, len as u64, true, &loc2, Some(&t2)).unwrap();
+        copy_create(
+            &fs,
+            &Source::open(&src).unwrap(),
+            len as u64,
+            true,
+            &loc2,
+            Some(&t2),
+        )
+        .unwrap();
         assert_eq!(
             std::fs::read(fs.object_file(&loc2).unwrap()).unwrap(),
             file_bytes

@@ -417,7 +417,7 @@ impl Session {
         // Read before by any session of this cluster: no blocking call.
         let cache = &self.shared.read_cache;
         for (t, (w, _)) in tlis.iter().zip(&wants) {
-            if let Some(b) = cache.get(*t, st.sent, *w) {
+            if let Some(b) = cache.get(p.rewinds, *t, st.sent, *w) {
                 metrics::counter!(status::READ_CACHE_HITS).increment(1);
                 return Ok(b);
             }
@@ -436,7 +436,7 @@ impl Session {
         let mut last = None;
         for (t, (w, end)) in tlis.iter().copied().zip(wants) {
             let served = cache
-                .get_or_read(t, start, w, |chunk_start, buf| {
+                .get_or_read(p.rewinds, t, start, w, |chunk_start, buf| {
                     let off = usize::try_from(start.saturating_sub(chunk_start)).unwrap_or(0);
                     let len = usize::try_from(end.saturating_sub(chunk_start))
                         .unwrap_or(usize::MAX)

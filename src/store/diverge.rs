@@ -342,8 +342,11 @@ mod tests {
         use bytes::Bytes;
         let (d, store, wal) = store_with_four_flushed_pages().await;
         let fork = Lsn(8192 + 100);
+        assert_eq!(store.positions().borrow().rewinds, 0);
         let r = store.set_aside_diverged(1, fork).await.unwrap();
         assert_eq!(r.files, vec!["000000010000000000000000.partial"]);
+        // flush_lsn stepped back on timeline 1: counted, so caches of file bytes let go
+        assert_eq!(store.positions().borrow().rewinds, 1);
         let extent = wal.iter().rposition(|&b| b != 0).unwrap() as u64 + 1;
         assert_eq!(r.bytes, extent - fork.0);
         let p = store.positions().borrow().clone();
@@ -366,7 +369,7 @@ mod tests {
         // the next timeline begins normally
         store.begin(2, Lsn(0)).await.unwrap();
         let p = store.positions().borrow().clone();
-        assert_eq!((p.timeline, p.error), (2, None));
+        assert_eq!((p.timeline, p.error, p.rewinds), (2, None, 1));
     }
     /// A failure to set the files aside still pulls the published positions back to the fork
     /// and fails the store: nothing past the fork may be served.

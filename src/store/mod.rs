@@ -61,6 +61,12 @@ pub struct Positions {
     pub completed_segments: u64,
     /// Set when the store stopped accepting WAL; cleared by the next `begin`.
     pub error: Option<String>,
+    /// How many times the published `flush_lsn` went back on the same timeline (WAL past it
+    /// set aside as divergent, or found different from the upstream's and to be rewritten).
+    /// Bytes read from the files past the new `flush_lsn` before such a step may differ from
+    /// what the files hold after it: a cache of file bytes (the walsenders' read cache) keeps
+    /// only what was read at the current count.
+    pub rewinds: u64,
 }
 
 /// Errors of the segment store.
@@ -600,6 +606,12 @@ impl Writer {
             _ if p.timeline != 0 => self.floor = Some((p.timeline, p.flush_lsn)),
             _ => {}
         }
+        let prev = self.pos_tx.borrow();
+        if prev.timeline == p.timeline && p.flush_lsn < prev.flush_lsn {
+            self.pos.rewinds = self.pos.rewinds.wrapping_add(1);
+        }
+        drop(prev);
+        p.rewinds = self.pos.rewinds;
         p
     }
 

@@ -12,8 +12,13 @@
 //! Invariants:
 //! - A chunk holds only bytes that were durable when read: the caller reads no further than
 //!   its send limit (≤ the store's `flush_lsn`), counted from the chunk start.
-//! - Durable WAL of a timeline never changes, so an entry never goes stale; a longer read of
-//!   the same chunk only extends it (an entry is replaced by a longer one, never a shorter).
+//! - Durable WAL of a timeline changes only when the store steps its published `flush_lsn`
+//!   back (`Positions::rewinds`: WAL past it set aside, or to be rewritten by the upstream).
+//!   Every lookup carries the rewind count of the positions its caller's limits come from;
+//!   a higher count than the cache's drops every entry first, a lower one (a caller with
+//!   older positions) is served no cached bytes and caches nothing. So an entry holds bytes
+//!   read at the current count and never goes stale; a longer read of the same chunk only
+//!   extends it (an entry is replaced by a longer one, never a shorter).
 //! - A historic timeline's chunk may hold bytes past the timeline's switch point (read while
 //!   the timeline was current, then set aside as divergent). They are never served: callers
 //!   bound every [`ReadCache::get`] by their send limit, which for a historic timeline is its
@@ -68,9 +73,23 @@ struct Inner {
     bytes: usize,
     /// Chunks being read now, with the waiters for each.
     inflight: HashMap<Key, Arc<Notify>>,
+    /// The store's rewind count the entries were read at.
+    epoch: u64,
 }
 
 impl Inner {
+    /// Whether a caller whose positions carry rewind count `epoch` may use the entries (and
+    /// add to them): a newer count drops every entry first.
+    fn at_epoch(&mut self, epoch: u64) -> bool {
+        if epoch > self.epoch {
+            self.entries.clear();
+            self.lru.clear();
+            self.bytes = 0;
+            self.epoch = epoch;
+        }
+        epoch == self.epoch
+    }
+
     fn stamp(&mut self) -> u64 {
         self.next_use = self.next_use.wrapping_add(1);
         self.next_use
@@ -91,18 +110,21 @@ impl Inner {
         Some(out)
     }
 
-    fn insert(&mut self, key: Key, data: Bytes, cap: usize) {
+    /// Adds the entry; returns what it replaced or evicted, for the caller to drop unlocked.
+    fn insert(&mut self, key: Key, data: Bytes, cap: usize) -> Vec<Bytes> {
+        let mut gone = Vec::new();
         if data.is_empty() || data.len() > cap {
-            return;
+            return gone;
         }
         if let Some(e) = self.entries.get(&key) {
             if e.data.len() >= data.len() {
-                return;
+                return gone;
             }
         }
         if let Some(old) = self.entries.remove(&key) {
             self.lru.remove(&old.used);
             self.bytes = self.bytes.saturating_sub(old.data.len());
+            gone.push(old.data);
         }
         while self.bytes.saturating_add(data.len()) > cap {
             let Some((_, victim)) = self.lru.pop_first() else {
@@ -110,12 +132,14 @@ impl Inner {
             };
             if let Some(v) = self.entries.remove(&victim) {
                 self.bytes = self.bytes.saturating_sub(v.data.len());
+                gone.push(v.data);
             }
         }
         let used = self.stamp();
         self.bytes = self.bytes.saturating_add(data.len());
         self.lru.insert(used, key);
         self.entries.insert(key, Entry { data, used });
+        gone
     }
 }
 
@@ -165,6 +189,8 @@ enum Step {
     Hit(Bytes),
     Wait(tokio::sync::futures::OwnedNotified),
     Read(Arc<Notify>),
+    /// The caller's positions are older than the cache's entries (module doc).
+    Bypass,
 }
 
 impl ReadCache {
@@ -207,19 +233,22 @@ impl ReadCache {
         self.lock().bytes
     }
 
-    /// At most `max` bytes at `from` on `tli` (a slice of the cached chunk, no copy); `None`
-    /// unless a cached chunk covers `from`.
-    pub fn get(&self, tli: TimelineId, from: Lsn, max: usize) -> Option<Bytes> {
+    /// At most `max` bytes at `from` on `tli` (a slice of the cached chunk, no copy), for a
+    /// caller at rewind count `epoch` (module doc); `None` unless a cached chunk covers `from`.
+    pub fn get(&self, epoch: u64, tli: TimelineId, from: Lsn, max: usize) -> Option<Bytes> {
         let start = self.chunk_start(from);
-        self.lock()
-            .get((tli, start), from.saturating_sub(start), max)
+        let mut g = self.lock();
+        if !g.at_epoch(epoch) {
+            return None;
+        }
+        g.get((tli, start), from.saturating_sub(start), max)
     }
 
     /// Caches `data`, the bytes of `tli` from the chunk-aligned `start` (at most one chunk:
     /// longer data is cut), unless the entry for that chunk is already at least as long.
     /// Evicts the least recently used chunks to stay within the cap; data larger than the cap
-    /// is not cached.
-    pub fn insert(&self, tli: TimelineId, start: Lsn, data: Bytes) {
+    /// is not cached, nor data read at another rewind count than the cache's (`epoch`).
+    pub fn insert(&self, epoch: u64, tli: TimelineId, start: Lsn, data: Bytes) {
         if self.chunk_start(start) != start {
             return;
         }
@@ -229,10 +258,19 @@ impl ReadCache {
         } else {
             data
         };
-        self.lock().insert((tli, start), data, self.cap);
+        let evicted = {
+            let mut g = self.lock();
+            if !g.at_epoch(epoch) {
+                return;
+            }
+            g.insert((tli, start), data, self.cap)
+        };
+        // the last slices of evicted chunks are let go (buffers freed or pooled) unlocked
+        drop(evicted);
     }
 
-    /// At most `max` bytes at `from` on `tli`: from the cache, else after another caller's
+    /// At most `max` bytes at `from` on `tli` for a caller at rewind count `epoch` (module
+    /// doc): from the cache, else after another caller's
     /// read of the same chunk (waiting for it), else by `read(chunk start, buffer)`, which
     /// fills the (empty, pooled) buffer with the chunk's bytes from its start (at least up to
     /// `from`, none past what is durable) and whose result is cached. When another caller's
@@ -240,6 +278,7 @@ impl ReadCache {
     /// its own result or error.
     pub async fn get_or_read<F, Fut, E>(
         &self,
+        epoch: u64,
         tli: TimelineId,
         from: Lsn,
         max: usize,
@@ -255,7 +294,9 @@ impl ReadCache {
         let notify = loop {
             let step = {
                 let mut g = self.lock();
-                if let Some(b) = g.get(key, off, max) {
+                if !g.at_epoch(epoch) {
+                    Step::Bypass
+                } else if let Some(b) = g.get(key, off, max) {
                     Step::Hit(b)
                 } else if let Some(n) = g.inflight.get(&key) {
                     // registered now, under the lock: the reader's wake-up cannot be missed
@@ -269,8 +310,17 @@ impl ReadCache {
             match step {
                 Step::Hit(data) => return Ok(Served { data, read: false }),
                 Step::Wait(w) => w.await,
-                Step::Read(n) => break n,
+                Step::Read(n) => break Some(n),
+                Step::Bypass => break None,
             }
+        };
+        let Some(notify) = notify else {
+            // older positions than the cache's: read and serve, cache nothing
+            let chunk = self.pool.freeze(read(start, self.pool.get()).await?);
+            return Ok(Served {
+                data: slice_from(&chunk, off, max),
+                read: true,
+            });
         };
         let _flight = Flight {
             cache: self,
@@ -279,14 +329,19 @@ impl ReadCache {
         };
         let buf = read(start, self.pool.get()).await?;
         let chunk = self.pool.freeze(buf);
-        let off = usize::try_from(off).unwrap_or(usize::MAX);
-        let data = if off < chunk.len() && max > 0 {
-            chunk.slice(off..off.saturating_add(max).min(chunk.len()))
-        } else {
-            Bytes::new()
-        };
-        self.insert(tli, start, chunk);
+        let data = slice_from(&chunk, off, max);
+        self.insert(epoch, tli, start, chunk);
         Ok(Served { data, read: true })
+    }
+}
+
+/// At most `max` bytes of `chunk` from `off` (empty when it does not reach `off`).
+fn slice_from(chunk: &Bytes, off: u64, max: usize) -> Bytes {
+    let off = usize::try_from(off).unwrap_or(usize::MAX);
+    if off < chunk.len() && max > 0 {
+        chunk.slice(off..off.saturating_add(max).min(chunk.len()))
+    } else {
+        Bytes::new()
     }
 }
 
@@ -307,38 +362,41 @@ mod tests {
         let c = ReadCache::with_chunk(1024, 8192);
         let data = bytes(1000, 1);
         let b = Bytes::from(data.clone());
-        c.insert(2, Lsn(4096), b.clone());
-        let s = c.get(2, Lsn(4096 + 10), 5).unwrap();
+        c.insert(0, 2, Lsn(4096), b.clone());
+        let s = c.get(0, 2, Lsn(4096 + 10), 5).unwrap();
         assert_eq!(&s[..], &data[10..15]);
         // a slice of the cached buffer, not a copy
         assert_eq!(s.as_ptr(), b[10..].as_ptr());
         // capped by what the chunk holds
-        assert_eq!(&c.get(2, Lsn(4096 + 990), 100).unwrap()[..], &data[990..]);
+        assert_eq!(
+            &c.get(0, 2, Lsn(4096 + 990), 100).unwrap()[..],
+            &data[990..]
+        );
         // not covered: past the entry's end, another chunk, another timeline, nothing wanted
-        assert!(c.get(2, Lsn(4096 + 1000), 1).is_none());
-        assert!(c.get(2, Lsn(4096 + 1024), 1).is_none());
-        assert!(c.get(2, Lsn(4095), 1).is_none());
-        assert!(c.get(1, Lsn(4096), 1).is_none());
-        assert!(c.get(2, Lsn(4096), 0).is_none());
+        assert!(c.get(0, 2, Lsn(4096 + 1000), 1).is_none());
+        assert!(c.get(0, 2, Lsn(4096 + 1024), 1).is_none());
+        assert!(c.get(0, 2, Lsn(4095), 1).is_none());
+        assert!(c.get(0, 1, Lsn(4096), 1).is_none());
+        assert!(c.get(0, 2, Lsn(4096), 0).is_none());
         // unaligned inserts are ignored; longer data is cut to the chunk
-        c.insert(3, Lsn(10), Bytes::from(bytes(10, 0)));
-        assert!(c.get(3, Lsn(10), 1).is_none());
-        c.insert(3, Lsn(0), Bytes::from(bytes(3000, 0)));
-        assert_eq!(c.get(3, Lsn(0), 5000).unwrap().len(), 1024);
+        c.insert(0, 3, Lsn(10), Bytes::from(bytes(10, 0)));
+        assert!(c.get(0, 3, Lsn(10), 1).is_none());
+        c.insert(0, 3, Lsn(0), Bytes::from(bytes(3000, 0)));
+        assert_eq!(c.get(0, 3, Lsn(0), 5000).unwrap().len(), 1024);
     }
 
     #[test]
     fn a_longer_read_replaces_a_shorter_entry_never_the_reverse() {
         let c = ReadCache::with_chunk(1024, 8192);
         let data = bytes(1024, 3);
-        c.insert(1, Lsn(0), Bytes::copy_from_slice(&data[..100]));
-        assert!(c.get(1, Lsn(100), 1).is_none());
-        c.insert(1, Lsn(0), Bytes::copy_from_slice(&data[..600]));
-        assert_eq!(&c.get(1, Lsn(100), 1000).unwrap()[..], &data[100..600]);
+        c.insert(0, 1, Lsn(0), Bytes::copy_from_slice(&data[..100]));
+        assert!(c.get(0, 1, Lsn(100), 1).is_none());
+        c.insert(0, 1, Lsn(0), Bytes::copy_from_slice(&data[..600]));
+        assert_eq!(&c.get(0, 1, Lsn(100), 1000).unwrap()[..], &data[100..600]);
         assert_eq!(c.bytes(), 600);
         // a shorter one later (a session with a lower limit) does not shrink it
-        c.insert(1, Lsn(0), Bytes::copy_from_slice(&data[..50]));
-        assert_eq!(c.get(1, Lsn(0), 1000).unwrap().len(), 600);
+        c.insert(0, 1, Lsn(0), Bytes::copy_from_slice(&data[..50]));
+        assert_eq!(c.get(0, 1, Lsn(0), 1000).unwrap().len(), 600);
         assert_eq!(c.bytes(), 600);
     }
 
@@ -346,30 +404,66 @@ mod tests {
     fn evicts_least_recently_used_by_bytes() {
         let c = ReadCache::with_chunk(1024, 3000);
         for i in 0..3u64 {
-            c.insert(1, Lsn(i * 1024), Bytes::from(bytes(1000, i as u8)));
+            c.insert(0, 1, Lsn(i * 1024), Bytes::from(bytes(1000, i as u8)));
         }
         assert_eq!(c.bytes(), 3000);
         // chunk 0 used again: chunk 1 is now the least recently used
-        assert!(c.get(1, Lsn(0), 1).is_some());
-        c.insert(1, Lsn(3 * 1024), Bytes::from(bytes(1000, 9)));
+        assert!(c.get(0, 1, Lsn(0), 1).is_some());
+        c.insert(0, 1, Lsn(3 * 1024), Bytes::from(bytes(1000, 9)));
         assert_eq!(c.bytes(), 3000);
-        assert!(c.get(1, Lsn(1024), 1).is_none());
+        assert!(c.get(0, 1, Lsn(1024), 1).is_none());
         for i in [0u64, 2, 3] {
-            assert!(c.get(1, Lsn(i * 1024), 1).is_some(), "chunk {i}");
+            assert!(c.get(0, 1, Lsn(i * 1024), 1).is_some(), "chunk {i}");
         }
         // 1024 more bytes evict two entries: 0 and 2, used before 3 above
-        c.insert(2, Lsn(0), Bytes::from(bytes(1024, 1)));
+        c.insert(0, 2, Lsn(0), Bytes::from(bytes(1024, 1)));
         assert_eq!(c.bytes(), 2024);
-        assert!(c.get(2, Lsn(0), 1).is_some());
-        assert!(c.get(1, Lsn(0), 1).is_none());
-        assert!(c.get(1, Lsn(2 * 1024), 1).is_none());
-        assert!(c.get(1, Lsn(3 * 1024), 1).is_some());
+        assert!(c.get(0, 2, Lsn(0), 1).is_some());
+        assert!(c.get(0, 1, Lsn(0), 1).is_none());
+        assert!(c.get(0, 1, Lsn(2 * 1024), 1).is_none());
+        assert!(c.get(0, 1, Lsn(3 * 1024), 1).is_some());
         // larger than the whole cap: not cached, nothing evicted
         let small = ReadCache::with_chunk(1024, 500);
-        small.insert(1, Lsn(0), Bytes::from(bytes(400, 0)));
-        small.insert(1, Lsn(1024), Bytes::from(bytes(600, 0)));
-        assert!(small.get(1, Lsn(0), 1).is_some());
-        assert!(small.get(1, Lsn(1024), 1).is_none());
+        small.insert(0, 1, Lsn(0), Bytes::from(bytes(400, 0)));
+        small.insert(0, 1, Lsn(1024), Bytes::from(bytes(600, 0)));
+        assert!(small.get(0, 1, Lsn(0), 1).is_some());
+        assert!(small.get(0, 1, Lsn(1024), 1).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_rewind_drops_entries_and_older_callers_cache_nothing() {
+        let c = ReadCache::with_chunk(1024, 8192);
+        let old = bytes(1024, 1);
+        c.insert(0, 1, Lsn(0), Bytes::from(old.clone()));
+        assert_eq!(&c.get(0, 1, Lsn(10), 5).unwrap()[..], &old[10..15]);
+        // the store stepped flush_lsn back: what was cached at count 0 is gone for everyone
+        assert!(c.get(1, 1, Lsn(10), 5).is_none());
+        assert_eq!(c.bytes(), 0);
+        assert!(c.get(0, 1, Lsn(10), 5).is_none());
+        // a caller still at count 0 reads for itself and caches nothing
+        let stale = c
+            .get_or_read(0, 1, Lsn(10), 5, |_, mut b| async move {
+                b.extend_from_slice(&old);
+                Ok::<_, ()>(b)
+            })
+            .await
+            .unwrap();
+        assert!(stale.read);
+        assert_eq!(c.bytes(), 0);
+        c.insert(0, 1, Lsn(0), Bytes::from(bytes(1024, 1)));
+        assert_eq!(c.bytes(), 0);
+        // the current count caches the rewritten bytes
+        let new = bytes(1024, 2);
+        let n2 = new.clone();
+        let r = c
+            .get_or_read(1, 1, Lsn(10), 5, |_, mut b| async move {
+                b.extend_from_slice(&n2);
+                Ok::<_, ()>(b)
+            })
+            .await
+            .unwrap();
+        assert_eq!(&r.data[..], &new[10..15]);
+        assert_eq!(&c.get(1, 1, Lsn(20), 2).unwrap()[..], &new[20..22]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -385,7 +479,7 @@ mod tests {
                 start.wait().await;
                 let from = Lsn(8192 + i * 100);
                 let r = c
-                    .get_or_read(1, from, 50, |at, mut buf| async move {
+                    .get_or_read(0, 1, from, 50, |at, mut buf| async move {
                         assert_eq!(at, Lsn(8192));
                         reads.fetch_add(1, Ordering::SeqCst);
                         // long enough for every other task to arrive and wait
@@ -420,7 +514,7 @@ mod tests {
             let (c, reads, start) = (c.clone(), reads.clone(), start.clone());
             tasks.push(tokio::spawn(async move {
                 start.wait().await;
-                c.get_or_read(7, Lsn(i), 10, |_, _buf| async move {
+                c.get_or_read(0, 7, Lsn(i), 10, |_, _buf| async move {
                     let n = reads.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     Err::<Vec<u8>, _>(format!("read {n} failed"))
@@ -448,7 +542,7 @@ mod tests {
         assert!(c.lock().inflight.is_empty());
         // and a later read succeeds and is cached
         let r = c
-            .get_or_read(7, Lsn(3), 10, |_, mut buf| async move {
+            .get_or_read(0, 7, Lsn(3), 10, |_, mut buf| async move {
                 buf.extend_from_slice(&bytes(1024, 0));
                 Ok::<_, String>(buf)
             })
@@ -456,7 +550,7 @@ mod tests {
             .unwrap();
         assert!(r.read);
         assert_eq!(&r.data[..], &bytes(1024, 0)[3..13]);
-        assert!(c.get(7, Lsn(500), 1).is_some());
+        assert!(c.get(0, 7, Lsn(500), 1).is_some());
     }
 
     #[tokio::test]
@@ -464,7 +558,7 @@ mod tests {
         let c = Arc::new(ReadCache::with_chunk(1024, 8192));
         let c2 = c.clone();
         let stuck = tokio::spawn(async move {
-            c2.get_or_read(1, Lsn(0), 10, |_, _b| {
+            c2.get_or_read(0, 1, Lsn(0), 10, |_, _b| {
                 std::future::pending::<Result<Vec<u8>, ()>>()
             })
             .await
@@ -473,7 +567,7 @@ mod tests {
         assert!(!c.lock().inflight.is_empty());
         let c3 = c.clone();
         let waiter = tokio::spawn(async move {
-            c3.get_or_read(1, Lsn(5), 10, |_, mut b| async move {
+            c3.get_or_read(0, 1, Lsn(5), 10, |_, mut b| async move {
                 b.extend_from_slice(&[9; 100]);
                 Ok::<_, ()>(b)
             })
