@@ -252,6 +252,10 @@ pub struct ServerConfig {
     /// (like `max_slot_wal_keep_size`); unset: no limit.
     #[serde(deserialize_with = "de_opt_size")]
     pub max_slot_wal_keep_size: Option<u64>,
+    /// Most bytes of segment files the walsender sessions share in memory (docs/walsender.md,
+    /// "Shared read cache"): 2 MB per session reading, at least 8 MB, at most this.
+    #[serde(deserialize_with = "de_size")]
+    pub read_cache_size: u64,
     /// Permanent proxy slots (docs/ha.md): created at start if absent, never dropped by a
     /// client, never invalidated; an inactive one holds only archived WAL.
     pub slots: Vec<String>,
@@ -284,6 +288,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(10),
             max_slots: 64,
             max_slot_wal_keep_size: None,
+            read_cache_size: crate::store::readcache::DEFAULT_MAX as u64,
             slots: Vec::new(),
             hba: Vec::new(),
             users: Default::default(),
@@ -961,6 +966,7 @@ mod redact {
                 .field("shutdown_timeout", &self.shutdown_timeout)
                 .field("max_slots", &self.max_slots)
                 .field("max_slot_wal_keep_size", &self.max_slot_wal_keep_size)
+                .field("read_cache_size", &self.read_cache_size)
                 .field("slots", &self.slots)
                 .field("hba", &self.hba)
                 .field("users", &users)

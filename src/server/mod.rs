@@ -95,6 +95,8 @@ pub struct ServerSettings {
     pub shutdown_timeout: Duration,
     pub max_slots: usize,
     pub max_slot_wal_keep_size: Option<u64>,
+    /// `[server] read_cache_size` (read at start; a reload does not resize the cache).
+    pub read_cache_size: usize,
     /// `[server] slots`: declared permanent slots (docs/ha.md).
     pub declared_slots: Vec<String>,
 }
@@ -166,6 +168,7 @@ impl ServerSettings {
             shutdown_timeout: c.shutdown_timeout,
             max_slots: c.max_slots,
             max_slot_wal_keep_size: c.max_slot_wal_keep_size,
+            read_cache_size: usize::try_from(c.read_cache_size).unwrap_or(usize::MAX),
             declared_slots: c.slots.clone(),
         })
     }
@@ -446,6 +449,7 @@ impl Server {
         }
         let slots_local_floor = slots.local_floor();
         let (feedback, hs_feedback) = feedback::FeedbackAggregator::new();
+        let read_cache_size = settings.read_cache_size;
         let shared = Arc::new(Shared {
             access: access::LiveAccess::new(&settings),
             settings,
@@ -457,9 +461,7 @@ impl Server {
             status: status::StatusRegistry::default(),
             feeds: ctx.feeds,
             archive: ctx.archive,
-            read_cache: crate::store::readcache::ReadCache::new(
-                crate::store::readcache::DEFAULT_CAP,
-            ),
+            read_cache: crate::store::readcache::ReadCache::new(read_cache_size),
             next_pid: AtomicI32::new(first_pid()),
             next_session: AtomicU64::new(1),
             limits,

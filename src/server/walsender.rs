@@ -117,6 +117,9 @@ impl Session {
         slot: Option<&str>,
     ) -> Result<(), End> {
         let settings = self.shared.settings.clone();
+        // counted while streaming: the shared read cache's cap grows with its readers
+        let shared = self.shared.clone();
+        let _cache_reader = shared.read_cache.reader();
         let mut positions = self.shared.store.positions();
         let mut store_alive = true;
         let mut reader = WalReader::new(&self.shared.data_dir, st.seg_size);

@@ -26,7 +26,11 @@
 //!
 //! Memory: the entries (at most the cap) plus the chunks that evicted entries still share
 //! with the slices queued to clients. A session's out queue (8 messages of ≤ 128 kB) spans at
-//! most about two chunks, so the worst case is cap + sessions × ~2 chunks.
+//! most about two chunks, so the worst case is cap + sessions × ~2 chunks. The cap follows
+//! the sessions reading ([`ReadCache::reader`]): [`PER_READER`] each, at least [`MIN_CAP`],
+//! at most the configured maximum (`[server] read_cache_size`) — sequential readers spread
+//! over more WAL than an LRU holds would each read every chunk themselves (50 standbys
+//! draining one backlog at slightly different speeds spread over ~100 MB in a minute).
 
 // Keys and offsets come from clients' positions: no panics from indexing or overflow.
 #![cfg_attr(
@@ -40,6 +44,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -51,10 +56,14 @@ use crate::lsn::{Lsn, TimelineId};
 /// Size and alignment of a cached chunk (a segment is a whole number of chunks: segment
 /// sizes are powers of two from 1 MB).
 pub const CHUNK: u64 = 1 << 20;
-/// Default bound of the cached bytes.
-pub const DEFAULT_CAP: usize = 8 << 20;
+/// Default most cached bytes (`[server] read_cache_size`).
+pub const DEFAULT_MAX: usize = 64 << 20;
+/// The cap while few sessions read (at most the maximum).
+pub const MIN_CAP: usize = 8 << 20;
+/// Cached bytes allowed per session reading.
+pub const PER_READER: usize = 2 << 20;
 /// Idle chunk buffers kept for reuse after their last slice is dropped.
-const KEEP_IDLE: usize = 4;
+const KEEP_IDLE: usize = 8;
 
 type Key = (TimelineId, Lsn);
 
@@ -143,6 +152,15 @@ impl Inner {
     }
 }
 
+/// A session counted as reading through the cache ([`ReadCache::reader`]).
+pub struct Reader<'a>(&'a AtomicUsize);
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// What [`ReadCache::get_or_read`] returned.
 #[derive(Debug)]
 pub struct Served {
@@ -156,7 +174,9 @@ pub struct Served {
 
 /// See the module documentation.
 pub struct ReadCache {
-    cap: usize,
+    max: usize,
+    /// Sessions holding a [`Reader`].
+    readers: AtomicUsize,
     chunk: u64,
     pool: BufferPool,
     inner: Mutex<Inner>,
@@ -194,20 +214,22 @@ enum Step {
 }
 
 impl ReadCache {
-    /// A cache of at most `cap` bytes of [`CHUNK`]-sized chunks.
-    pub fn new(cap: usize) -> ReadCache {
-        ReadCache::with_chunk(CHUNK, cap)
+    /// A cache of [`CHUNK`]-sized chunks, at most `max` bytes (module doc: the cap follows
+    /// the readers up to it).
+    pub fn new(max: usize) -> ReadCache {
+        ReadCache::with_chunk(CHUNK, max)
     }
 
     /// As [`ReadCache::new`] with another chunk size (a power of two, ≤ the segment size).
-    pub fn with_chunk(chunk: u64, cap: usize) -> ReadCache {
+    pub fn with_chunk(chunk: u64, max: usize) -> ReadCache {
         let chunk = if chunk.is_power_of_two() {
             chunk
         } else {
             CHUNK
         };
         ReadCache {
-            cap,
+            max,
+            readers: AtomicUsize::new(0),
             chunk,
             pool: BufferPool::new(usize::try_from(chunk).unwrap_or(usize::MAX), KEEP_IDLE),
             inner: Mutex::new(Inner::default()),
@@ -226,6 +248,23 @@ impl ReadCache {
     /// Start of the chunk holding `lsn`.
     pub fn chunk_start(&self, lsn: Lsn) -> Lsn {
         Lsn(lsn.0 & !(self.chunk.wrapping_sub(1)))
+    }
+
+    /// Counts a session reading through the cache while the guard lives (the cap grows by
+    /// [`PER_READER`] per reader).
+    pub fn reader(&self) -> Reader<'_> {
+        self.readers.fetch_add(1, Ordering::Relaxed);
+        Reader(&self.readers)
+    }
+
+    /// The bound of the cached bytes now: [`PER_READER`] per reader, at least [`MIN_CAP`],
+    /// never more than the maximum.
+    pub fn cap(&self) -> usize {
+        let want = self
+            .readers
+            .load(Ordering::Relaxed)
+            .saturating_mul(PER_READER);
+        want.max(MIN_CAP).min(self.max)
     }
 
     /// Bytes cached now.
@@ -263,7 +302,7 @@ impl ReadCache {
             if !g.at_epoch(epoch) {
                 return;
             }
-            g.insert((tli, start), data, self.cap)
+            g.insert((tli, start), data, self.cap())
         };
         // the last slices of evicted chunks are let go (buffers freed or pooled) unlocked
         drop(evicted);
@@ -428,6 +467,21 @@ mod tests {
         small.insert(0, 1, Lsn(1024), Bytes::from(bytes(600, 0)));
         assert!(small.get(0, 1, Lsn(0), 1).is_some());
         assert!(small.get(0, 1, Lsn(1024), 1).is_none());
+    }
+
+    #[test]
+    fn the_cap_follows_the_readers_between_the_minimum_and_the_maximum() {
+        let c = ReadCache::new(20 << 20);
+        assert_eq!(c.cap(), MIN_CAP);
+        let readers: Vec<_> = (0..7).map(|_| c.reader()).collect();
+        assert_eq!(c.cap(), 14 << 20);
+        let more: Vec<_> = (0..10).map(|_| c.reader()).collect();
+        assert_eq!(c.cap(), 20 << 20);
+        drop(more);
+        drop(readers);
+        assert_eq!(c.cap(), MIN_CAP);
+        // a maximum below the minimum wins
+        assert_eq!(ReadCache::new(1 << 20).cap(), 1 << 20);
     }
 
     #[tokio::test]
