@@ -87,21 +87,7 @@ pub(crate) fn copy_create(
     location: &ObjPath,
     in_tail: Option<&InTail>,
 ) -> Result<Copied, ArchiveError> {
-    let path = &src.path;
-    let size = src
-        .file
-        .metadata()
-        .map_err(ArchiveError::io("read", path))?
-        .len();
-    if exact && size != len {
-        return Err(ArchiveError::Corrupt {
-            path: path.display().to_string(),
-            reason: format!("local file has {size} bytes, expected {len}"),
-        });
-    }
-    if size < len {
-        return Err(short(path));
-    }
+    check_size(&src.file, &src.path, len, exact)?;
     let dest = fs
         .object_file(location)
         .map_err(ArchiveError::store("upload", location))?;
@@ -148,17 +134,34 @@ pub(crate) fn copy_create(
             outcome: PutOutcome::AlreadyPresent,
         });
     }
-    metrics::counter!(super::CONFLICTS).increment(1);
-    tracing::error!(
-        "archive conflict: \"{location}\" already exists with different content than the local \
-         file; it is NOT overwritten. Check which cluster writes to this archive."
-    );
-    Err(ArchiveError::Conflict {
-        path: location.to_string(),
-    })
+    Err(super::upload::conflict(location))
 }
 
-fn short(path: &Path) -> ArchiveError {
+/// The local file `file` (at `path`) must hold exactly `len` bytes when `exact` (a complete
+/// segment), at least `len` otherwise (a snapshot's prefix).
+pub(crate) fn check_size(
+    file: &File,
+    path: &Path,
+    len: u64,
+    exact: bool,
+) -> Result<(), ArchiveError> {
+    let size = file
+        .metadata()
+        .map_err(ArchiveError::io("read", path))?
+        .len();
+    if exact && size != len {
+        return Err(ArchiveError::Corrupt {
+            path: path.display().to_string(),
+            reason: format!("local file has {size} bytes, expected {len}"),
+        });
+    }
+    if size < len {
+        return Err(short(path));
+    }
+    Ok(())
+}
+
+pub(crate) fn short(path: &Path) -> ArchiveError {
     ArchiveError::Io {
         op: "read",
         path: path.to_path_buf(),

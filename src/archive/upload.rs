@@ -157,14 +157,20 @@ pub async fn put_create_payload(
     {
         Ok(PutOutcome::AlreadyPresent)
     } else {
-        metrics::counter!(super::CONFLICTS).increment(1);
-        tracing::error!(
-            "archive conflict: \"{path}\" already exists with different content than the local \
-             file; it is NOT overwritten. Check which cluster writes to this archive."
-        );
-        Err(ArchiveError::Conflict {
-            path: path.to_string(),
-        })
+        Err(conflict(path))
+    }
+}
+
+/// An object found with other content than the local file: counted, logged, never
+/// overwritten.
+pub(crate) fn conflict(path: &ObjPath) -> ArchiveError {
+    metrics::counter!(super::CONFLICTS).increment(1);
+    tracing::error!(
+        "archive conflict: \"{path}\" already exists with different content than the local \
+         file; it is NOT overwritten. Check which cluster writes to this archive."
+    );
+    ArchiveError::Conflict {
+        path: path.to_string(),
     }
 }
 

@@ -94,25 +94,9 @@ pub(super) async fn prepare_file(
                 stored,
             });
         }
-        let short = |path: &Path| ArchiveError::Io {
-            op: "read",
-            path: path.to_path_buf(),
-            source: std::io::Error::other("file shorter than expected"),
-        };
+        let short = crate::archive::local_copy::short;
         let mut file = std::fs::File::open(&path).map_err(ArchiveError::io("read", &path))?;
-        let size = file
-            .metadata()
-            .map_err(ArchiveError::io("read", &path))?
-            .len();
-        if exact && size != len {
-            return Err(ArchiveError::Corrupt {
-                path: path.display().to_string(),
-                reason: format!("local file has {size} bytes, expected {len}"),
-            });
-        }
-        if size < len {
-            return Err(short(&path));
-        }
+        crate::archive::local_copy::check_size(&file, &path, len, exact)?;
         let mut raw = pool.get();
         raw.reserve_exact(usize::try_from(len).unwrap_or(usize::MAX));
         let mut hasher = Sha256::new();
