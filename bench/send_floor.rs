@@ -169,7 +169,7 @@ fn main() {
         let lo = cpu[i].iter().copied().fold(f64::MAX, f64::min);
         let hi = cpu[i].iter().copied().fold(0.0, f64::max);
         println!(
-            "RESULT bench=send_floor variant={m} cpu_s_per_gb={:.3} cpu_s_per_gb_min={lo:.3} cpu_s_per_gb_max={hi:.3} mbps={:.0}",
+            "RESULT send_floor {m} cpu_s_per_gb={:.3} cpu_s_per_gb_min={lo:.3} cpu_s_per_gb_max={hi:.3} mbps={:.0}",
             median(&mut cpu[i]),
             median(&mut mbps[i])
         );

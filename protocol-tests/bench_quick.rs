@@ -194,3 +194,46 @@ fn bench_memory_quick() {
         &["hwm_kb", "wal_mb"],
     );
 }
+
+/// `bench/send_floor.rs` (a cargo example, built by `cargo test --all-targets`; built here
+/// if missing) with 16 MB and one run: every mode reports its CPU per GB and rate.
+#[test]
+fn bench_send_floor_quick() {
+    let walrelay = PathBuf::from(env!("CARGO_BIN_EXE_walrelay"));
+    let exe = walrelay
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("send_floor");
+    if !exe.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .args(["build", "--example", "send_floor"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo build --example send_floor");
+        assert!(st.success(), "cargo build --example send_floor failed");
+    }
+    let out = Command::new(&exe)
+        .args(["0.016", "1"])
+        .output()
+        .expect("run send_floor");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "send_floor failed: {stdout}");
+    let results = parse_results(&stdout);
+    for mode in ["memory", "pread", "sendfile"] {
+        let r = results
+            .get(&("send_floor".to_string(), mode.to_string()))
+            .unwrap_or_else(|| panic!("no RESULT for send_floor {mode} in:\n{stdout}"));
+        for k in [
+            "cpu_s_per_gb",
+            "cpu_s_per_gb_min",
+            "cpu_s_per_gb_max",
+            "mbps",
+        ] {
+            let v = r[k];
+            assert!(v.is_finite() && v >= 0.0, "send_floor {mode} {k} = {v}");
+        }
+        assert!(r["mbps"] > 0.0, "send_floor {mode} moved nothing");
+    }
+}

@@ -1152,6 +1152,9 @@ mod tests {
         assert_eq!(c.server.hba[0].database, "replication");
         assert_eq!(c.server.users["bob"], "md5abc");
         assert_eq!(c.server.max_connections, 100);
+        assert_eq!(c.server.read_cache_size, 64 << 20);
+        let c = Config::parse("[server]\nread_cache_size = \"16MB\"\n").unwrap();
+        assert_eq!(c.server.read_cache_size, 16 << 20);
         let e = Config::parse("[upstream]\nconnifo = \"x\"\n").unwrap_err();
         assert!(e.contains("unknown field `connifo`"), "{e}");
         let c = Config::parse(
