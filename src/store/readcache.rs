@@ -119,6 +119,22 @@ impl Inner {
         Some(out)
     }
 
+    /// Evicts the least recently used entries until at most `cap` bytes are cached; returns
+    /// them, for the caller to drop unlocked.
+    fn trim(&mut self, cap: usize) -> Vec<Bytes> {
+        let mut gone = Vec::new();
+        while self.bytes > cap {
+            let Some((_, victim)) = self.lru.pop_first() else {
+                break;
+            };
+            if let Some(v) = self.entries.remove(&victim) {
+                self.bytes = self.bytes.saturating_sub(v.data.len());
+                gone.push(v.data);
+            }
+        }
+        gone
+    }
+
     /// Adds the entry; returns what it replaced or evicted, for the caller to drop unlocked.
     fn insert(&mut self, key: Key, data: Bytes, cap: usize) -> Vec<Bytes> {
         let mut gone = Vec::new();
@@ -153,11 +169,17 @@ impl Inner {
 }
 
 /// A session counted as reading through the cache ([`ReadCache::reader`]).
-pub struct Reader<'a>(&'a AtomicUsize);
+pub struct Reader<'a>(&'a ReadCache);
 
 impl Drop for Reader<'_> {
+    /// One reader fewer: the cap shrinks, and what it no longer allows is evicted now (not
+    /// at the next insert, which may never come once every session is gone).
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        let cache = self.0;
+        cache.readers.fetch_sub(1, Ordering::Relaxed);
+        let cap = cache.cap();
+        let evicted = cache.lock().trim(cap);
+        drop(evicted);
     }
 }
 
@@ -254,7 +276,7 @@ impl ReadCache {
     /// [`PER_READER`] per reader).
     pub fn reader(&self) -> Reader<'_> {
         self.readers.fetch_add(1, Ordering::Relaxed);
-        Reader(&self.readers)
+        Reader(self)
     }
 
     /// The bound of the cached bytes now: [`PER_READER`] per reader, at least [`MIN_CAP`],
@@ -477,9 +499,16 @@ mod tests {
         assert_eq!(c.cap(), 14 << 20);
         let more: Vec<_> = (0..10).map(|_| c.reader()).collect();
         assert_eq!(c.cap(), 20 << 20);
+        // filled to the cap of 17 readers; when they go, the excess goes with them
+        for i in 0..20u64 {
+            c.insert(0, 1, Lsn(i * CHUNK), Bytes::from(vec![0u8; CHUNK as usize]));
+        }
+        assert_eq!(c.bytes(), 20 << 20);
         drop(more);
+        assert_eq!(c.bytes(), 14 << 20);
         drop(readers);
         assert_eq!(c.cap(), MIN_CAP);
+        assert_eq!(c.bytes(), MIN_CAP);
         // a maximum below the minimum wins
         assert_eq!(ReadCache::new(1 << 20).cap(), 1 << 20);
     }

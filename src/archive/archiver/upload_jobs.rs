@@ -430,9 +430,22 @@ pub(super) async fn upload_snapshot(
     let path = ctx.layout.partial(&name, offset, ctx.compression);
     if let Some(fs) = ctx.local.clone() {
         let in_tail = ctx.in_tail(tli, Lsn(segno.saturating_mul(ctx.seg_size)));
-        // opened once, outside the retries: the store may complete (rename) the file meanwhile
-        let file =
-            Arc::new(blocking(move || crate::archive::local_copy::Source::open(&file)).await?);
+        // opened once, outside the retries: the store may complete (rename) the file meanwhile,
+        // also between the check above and this open (then it has its complete name)
+        let complete = ctx.dir.join(&name);
+        let file = Arc::new(
+            blocking(
+                move || match crate::archive::local_copy::Source::open(&file) {
+                    Err(ArchiveError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound && file != complete =>
+                    {
+                        crate::archive::local_copy::Source::open(&complete)
+                    }
+                    r => r,
+                },
+            )
+            .await?,
+        );
         let copied = upload::retry(
             &ctx.policy,
             shutdown,
