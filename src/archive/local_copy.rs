@@ -21,7 +21,7 @@
 //! run on an async worker (every function here blocks).
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,21 +57,44 @@ pub(crate) struct InTail {
 
 /// A local file to archive, opened once: retries of its upload read the same file (an
 /// inode, not a name) even when the store renames it meanwhile (`.partial` completed,
-/// divergent WAL set aside), and a file that vanished is an error of the job, not a
-/// transient failure to retry.
+/// divergent WAL set aside), and a file that vanished before the open is an error of the
+/// job, not a transient failure to retry.
 pub(crate) struct Source {
     file: File,
     path: PathBuf,
 }
 
 impl Source {
-    /// Opens `path` (blocking).
-    pub(crate) fn open(path: &Path) -> Result<Source, ArchiveError> {
-        let file = File::open(path).map_err(ArchiveError::io("read", path))?;
-        Ok(Source {
-            file,
-            path: path.to_path_buf(),
+    /// Opens the first of `paths` that exists (blocking): a `.partial` the store may complete
+    /// (rename) at any moment is given with its complete name after it.
+    pub(crate) fn open_first(paths: &[PathBuf]) -> Result<Source, ArchiveError> {
+        let mut last = None;
+        for path in paths {
+            match File::open(path) {
+                Ok(file) => {
+                    return Ok(Source {
+                        file,
+                        path: path.clone(),
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => last = Some((path, e)),
+                Err(e) => return Err(ArchiveError::io("read", path)(e)),
+            }
+        }
+        Err(match last {
+            Some((path, e)) => ArchiveError::io("read", path)(e),
+            None => ArchiveError::Config("no local file to archive".into()),
         })
+    }
+
+    /// Fills `buf` from offset `at`; a file ending before is [`short`].
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> Result<(), ArchiveError> {
+        self.file
+            .read_exact_at(buf, at)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => short(&self.path),
+                _ => ArchiveError::io("read", &self.path)(e),
+            })
     }
 }
 
@@ -221,12 +244,7 @@ fn copy_to_staging(
             None => {
                 tail = None;
                 buf.resize(want, 0);
-                src.file
-                    .read_exact_at(&mut buf, done)
-                    .map_err(|e| match e.kind() {
-                        io::ErrorKind::UnexpectedEof => short(&src.path),
-                        _ => ArchiveError::io("read", &src.path)(e),
-                    })?;
+                src.read_exact_at(&mut buf, done)?;
                 hasher.update(&buf);
                 out.write_all(&buf)
                     .map_err(ArchiveError::io("write", staging))?;
@@ -242,25 +260,16 @@ fn copy_to_staging(
     Ok(layout::hex(&hasher.finalize()))
 }
 
-/// Reads until `buf` is full or the end of the file; the count read.
-fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while let Some(rest) = buf.get_mut(got..).filter(|r| !r.is_empty()) {
-        match f.read(rest) {
-            Ok(0) => break,
-            Ok(n) => got = got.saturating_add(n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
-}
-
 /// The SHA-256 of the first `len` bytes of `src` if the object file `obj` holds exactly
 /// them; `None` if it holds anything else.
 fn same_file_bytes(obj: &Path, src: &Source, len: u64) -> Result<Option<String>, ArchiveError> {
-    let mut a = File::open(obj).map_err(ArchiveError::io("read", obj))?;
-    if a.metadata().map_err(ArchiveError::io("read", obj))?.len() != len {
+    let found = Source::open_first(&[obj.to_path_buf()])?;
+    let size = found
+        .file
+        .metadata()
+        .map_err(ArchiveError::io("read", obj))?
+        .len();
+    if size != len {
         return Ok(None);
     }
     let mut hasher = Sha256::new();
@@ -273,14 +282,9 @@ fn same_file_bytes(obj: &Path, src: &Source, len: u64) -> Result<Option<String>,
             x.get_mut(..want).unwrap_or_default(),
             y.get_mut(..want).unwrap_or_default(),
         );
-        let na = read_full(&mut a, px).map_err(ArchiveError::io("read", obj))?;
-        src.file
-            .read_exact_at(py, done)
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::UnexpectedEof => short(&src.path),
-                _ => ArchiveError::io("read", &src.path)(e),
-            })?;
-        if na != want || px != py {
+        found.read_exact_at(px, done)?;
+        src.read_exact_at(py, done)?;
+        if px != py {
             return Ok(None);
         }
         hasher.update(&*py);
@@ -310,7 +314,7 @@ mod tests {
 
         let c = copy_create(
             &fs,
-            &Source::open(&src).unwrap(),
+            &Source::open_first(std::slice::from_ref(&src)).unwrap(),
             len as u64,
             true,
             &loc,
@@ -342,7 +346,7 @@ mod tests {
         log.lock().unwrap().clear();
         let c = copy_create(
             &fs,
-            &Source::open(&src).unwrap(),
+            &Source::open_first(std::slice::from_ref(&src)).unwrap(),
             len as u64,
             true,
             &loc,
@@ -357,7 +361,7 @@ mod tests {
         std::fs::write(&other, pattern(len, 1)).unwrap();
         let e = copy_create(
             &fs,
-            &Source::open(&other).unwrap(),
+            &Source::open_first(std::slice::from_ref(&other)).unwrap(),
             len as u64,
             true,
             &loc,
@@ -377,7 +381,7 @@ mod tests {
         let data = pattern(PIECE + 77, 9);
         let src = d.path().join("000000010000000000000003.partial");
         std::fs::write(&src, &data).unwrap();
-        let source = Source::open(&src).unwrap();
+        let source = Source::open_first(std::slice::from_ref(&src)).unwrap();
         std::fs::rename(&src, d.path().join("000000010000000000000003")).unwrap();
         let loc = ObjPath::from("7/wal/000000010000000000000003");
         let len = data.len() as u64;
@@ -387,6 +391,10 @@ mod tests {
                 .outcome,
             PutOutcome::Created
         );
+        // the `.partial` gone (completed): the complete name after it is opened instead
+        let complete = d.path().join("000000010000000000000003");
+        let source = Source::open_first(&[src.clone(), complete.clone()]).unwrap();
+        assert_eq!(source.path, complete);
         let again = copy_create(&fs, &source, len, true, &loc, None).unwrap();
         assert_eq!(again.outcome, PutOutcome::AlreadyPresent);
         assert_eq!(again.sha256, layout::hex(&Sha256::digest(&data)));
@@ -406,7 +414,15 @@ mod tests {
         let src = d.path().join("seg.partial");
         std::fs::write(&src, &data).unwrap();
         let loc = ObjPath::from("7/partial/seg-100");
-        let c = copy_create(&fs, &Source::open(&src).unwrap(), 100, false, &loc, None).unwrap();
+        let c = copy_create(
+            &fs,
+            &Source::open_first(std::slice::from_ref(&src)).unwrap(),
+            100,
+            false,
+            &loc,
+            None,
+        )
+        .unwrap();
         assert_eq!(c.outcome, PutOutcome::Created);
         assert_eq!(
             std::fs::read(fs.object_file(&loc).unwrap()).unwrap(),
@@ -415,7 +431,7 @@ mod tests {
         // a complete segment must have exactly its size; a prefix needs at least its length
         let e = copy_create(
             &fs,
-            &Source::open(&src).unwrap(),
+            &Source::open_first(std::slice::from_ref(&src)).unwrap(),
             100,
             true,
             &ObjPath::from("x"),
@@ -432,7 +448,7 @@ mod tests {
         );
         let e = copy_create(
             &fs,
-            &Source::open(&src).unwrap(),
+            &Source::open_first(std::slice::from_ref(&src)).unwrap(),
             2 * PIECE as u64,
             false,
             &ObjPath::from("y"),
@@ -468,7 +484,7 @@ mod tests {
         let loc = ObjPath::from("seg");
         let c = copy_create(
             &fs,
-            &Source::open(&src).unwrap(),
+            &Source::open_first(std::slice::from_ref(&src)).unwrap(),
             len as u64,
             true,
             &loc,
@@ -484,7 +500,7 @@ mod tests {
         let loc2 = ObjPath::from("seg2");
         copy_create(
             &fs,
-            &Source::open(&src).unwrap(),
+            &Source::open_first(std::slice::from_ref(&src)).unwrap(),
             len as u64,
             true,
             &loc2,

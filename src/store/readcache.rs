@@ -151,15 +151,8 @@ impl Inner {
             self.bytes = self.bytes.saturating_sub(old.data.len());
             gone.push(old.data);
         }
-        while self.bytes.saturating_add(data.len()) > cap {
-            let Some((_, victim)) = self.lru.pop_first() else {
-                break;
-            };
-            if let Some(v) = self.entries.remove(&victim) {
-                self.bytes = self.bytes.saturating_sub(v.data.len());
-                gone.push(v.data);
-            }
-        }
+        // room for it (`data.len() <= cap`, checked above)
+        gone.extend(self.trim(cap.saturating_sub(data.len())));
         let used = self.stamp();
         self.bytes = self.bytes.saturating_add(data.len());
         self.lru.insert(used, key);

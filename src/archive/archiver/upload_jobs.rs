@@ -247,6 +247,34 @@ pub(super) async fn upload_segment(
     Ok(outcome)
 }
 
+/// One streamed copy into a `file://` archive ([`crate::archive::local_copy::copy_create`]).
+pub(super) struct StreamedCopy {
+    fs: crate::archive::durable_fs::DurableFs,
+    len: u64,
+    exact: bool,
+    object: ObjPath,
+    in_tail: Option<crate::archive::local_copy::InTail>,
+}
+
+/// Opens the first of `paths` once, outside the retries (see `local_copy::Source`), then
+/// runs `copy` on it, retried as an upload is (`what` names it in messages).
+async fn copy_retried(
+    ctx: &Arc<Ctx>,
+    paths: Vec<PathBuf>,
+    copy: StreamedCopy,
+    what: &str,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<crate::archive::local_copy::Copied, ArchiveError> {
+    use crate::archive::local_copy::{copy_create, Source};
+    let src = Arc::new(blocking(move || Source::open_first(&paths)).await?);
+    let copy = Arc::new(copy);
+    upload::retry(&ctx.policy, shutdown, what, || {
+        let (src, c) = (src.clone(), copy.clone());
+        blocking(move || copy_create(&c.fs, &src, c.len, c.exact, &c.object, c.in_tail.as_ref()))
+    })
+    .await
+}
+
 /// Stores segment `segno` of a `file://` archive storing objects as they are
 /// ([`Ctx::local`]) by a streamed copy of `src` (pieces the tail still holds taken from it),
 /// retried as an upload is, then its manifest.
@@ -266,15 +294,15 @@ pub(crate) async fn copy_segment(
     let name = segment_file_name(tli, segno, ctx.seg_size);
     let object = ctx.layout.wal_object(&name, ctx.compression);
     let len = ctx.seg_size;
-    // opened once, outside the retries (see `local_copy::Source`)
-    let src = Arc::new(blocking(move || crate::archive::local_copy::Source::open(&src)).await?);
-    let copied = upload::retry(&ctx.policy, shutdown, &format!("upload of {name}"), || {
-        let (fs, src, object, t) = (fs.clone(), src.clone(), object.clone(), in_tail.clone());
-        blocking(move || {
-            crate::archive::local_copy::copy_create(&fs, &src, len, true, &object, t.as_ref())
-        })
-    })
-    .await?;
+    let what = format!("upload of {name}");
+    let copy = StreamedCopy {
+        fs,
+        len,
+        exact: true,
+        object,
+        in_tail,
+    };
+    let copied = copy_retried(ctx, vec![src], copy, &what, shutdown).await?;
     put_segment_manifest(ctx, tli, segno, (len, len), copied.sha256, shutdown).await?;
     Ok(copied.outcome)
 }
@@ -422,53 +450,28 @@ pub(super) async fn upload_snapshot(
     let name = segment_file_name(tli, segno, ctx.seg_size);
     let offset = end.segment_offset(ctx.seg_size);
     let partial = ctx.dir.join(format!("{name}.partial"));
+    let path = ctx.layout.partial(&name, offset, ctx.compression);
+    if let Some(fs) = ctx.local.clone() {
+        let in_tail = ctx.in_tail(tli, Lsn(segno.saturating_mul(ctx.seg_size)));
+        let copy = StreamedCopy {
+            fs,
+            len: offset,
+            exact: false,
+            object: path.clone(),
+            in_tail,
+        };
+        // the `.partial`, or the complete file if the store renamed it meanwhile
+        let paths = vec![partial, ctx.dir.join(&name)];
+        let what = format!("snapshot of {name}");
+        let copied = copy_retried(ctx, paths, copy, &what, shutdown).await?;
+        cleanup_snapshots(ctx, &name, Some(offset)).await;
+        return Ok(copied.outcome);
+    }
     let file = if partial.exists() {
         partial
     } else {
         ctx.dir.join(&name)
     };
-    let path = ctx.layout.partial(&name, offset, ctx.compression);
-    if let Some(fs) = ctx.local.clone() {
-        let in_tail = ctx.in_tail(tli, Lsn(segno.saturating_mul(ctx.seg_size)));
-        // opened once, outside the retries: the store may complete (rename) the file meanwhile,
-        // also between the check above and this open (then it has its complete name)
-        let complete = ctx.dir.join(&name);
-        let file = Arc::new(
-            blocking(
-                move || match crate::archive::local_copy::Source::open(&file) {
-                    Err(ArchiveError::Io { source, .. })
-                        if source.kind() == std::io::ErrorKind::NotFound && file != complete =>
-                    {
-                        crate::archive::local_copy::Source::open(&complete)
-                    }
-                    r => r,
-                },
-            )
-            .await?,
-        );
-        let copied = upload::retry(
-            &ctx.policy,
-            shutdown,
-            &format!("snapshot of {name}"),
-            || {
-                let (fs, file, object, t) =
-                    (fs.clone(), file.clone(), path.clone(), in_tail.clone());
-                blocking(move || {
-                    crate::archive::local_copy::copy_create(
-                        &fs,
-                        &file,
-                        offset,
-                        false,
-                        &object,
-                        t.as_ref(),
-                    )
-                })
-            },
-        )
-        .await?;
-        cleanup_snapshots(ctx, &name, Some(offset)).await;
-        return Ok(copied.outcome);
-    }
     let Prepared {
         sha256: sha,
         stored,
